@@ -1,0 +1,32 @@
+#pragma once
+// Helpers shared by the tests: scratch directories and fixture paths.
+#include <atomic>
+#include <filesystem>
+#include <string>
+
+#include <unistd.h>
+
+namespace doremi::test {
+
+// A fresh empty directory under the system temp folder, removed on scope exit.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag = "t") {
+    static std::atomic<int> counter{0};
+    path = std::filesystem::temp_directory_path() /
+           ("doremi-test-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+inline std::filesystem::path source_dir() { return DOREMI_SOURCE_DIR; }
+inline std::filesystem::path shared_dir() { return DOREMI_SHARED_DIR; }
+
+}  // namespace doremi::test
