@@ -1,0 +1,127 @@
+#pragma once
+// Causal multi-head self-attention on the fused qkv projection, with rotary
+// position embedding on the first `rot` dims of each head (GPT-NeoX).
+//
+// Layout: qkv row t holds, per head h, [q_h | k_h | v_h] (3·hd values), as
+// GPT-NeoX's query_key_value weight produces. Forward rotates q and k into
+// `qkvr`, then per (batch, head) computes P = softmax(QKᵀ/√hd + causal mask)
+// (kept for the backward: B·H·T² values) and O = PV, written head-major into
+// `out` [B·T, C]. The T×T products are small dense GEMMs done by Eigen inside
+// one OpenMP loop over (batch, head).
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "doremi/backend/cpu/cpu.hpp"
+#include "doremi/backend/cpu/gelu.hpp"
+#include "doremi/backend/elementwise.hpp"
+
+namespace doremi::backend {
+
+// cos/sin tables: [n_ctx, rot/2] each.
+template <class T>
+void attention_forward(Cpu, T* out, T* qkvr, T* att, const T* qkv, const T* rope_cos, const T* rope_sin, int B,
+                       int Tn, int C, int H, int rot) {
+  using namespace cpu;
+  const int hd = C / H, half = rot / 2;
+  const std::size_t N = std::size_t(B) * Tn;
+  copy(Cpu{}, qkvr, qkv, N * 3 * C);
+  if (rot > 0) {
+#pragma omp parallel for schedule(static)
+    for (std::ptrdiff_t n = 0; n < std::ptrdiff_t(N); ++n) {
+      const int t = int(n % Tn);
+      for (int h = 0; h < H; ++h) {
+        T* q = qkvr + std::size_t(n) * 3 * C + std::size_t(h) * 3 * hd;
+        T* k = q + hd;
+        for (int i = 0; i < half; ++i) {
+          const T c = rope_cos[t * half + i], s = rope_sin[t * half + i];
+          rotate(q[i], q[i + half], c, s);
+          rotate(k[i], k[i + half], c, s);
+        }
+      }
+    }
+  }
+  const T scale = T(1) / std::sqrt(T(hd));
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < B * H; ++bh) {
+    const int b = bh / H, h = bh % H;
+    const T* base = qkvr + std::size_t(b) * Tn * 3 * C + std::size_t(h) * 3 * hd;
+    CStridedMap<T> Q(base, Tn, hd, Eigen::OuterStride<>(3 * C));
+    CStridedMap<T> K(base + hd, Tn, hd, Eigen::OuterStride<>(3 * C));
+    CStridedMap<T> V(base + 2 * hd, Tn, hd, Eigen::OuterStride<>(3 * C));
+    MatMap<T> P(att + std::size_t(bh) * Tn * Tn, Tn, Tn);
+    P.noalias() = (Q * K.transpose()) * scale;
+    for (int i = 0; i < Tn; ++i) {
+      T* row = P.data() + std::size_t(i) * Tn;
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int j = 0; j <= i; ++j) mx = row[j] > mx ? row[j] : mx;
+      T sum = 0;
+      for (int j = 0; j <= i; ++j) {
+        row[j] = std::exp(row[j] - mx);
+        sum += row[j];
+      }
+      const T inv = T(1) / sum;
+      for (int j = 0; j <= i; ++j) row[j] *= inv;
+      for (int j = i + 1; j < Tn; ++j) row[j] = 0;
+    }
+    StridedMap<T> O(out + std::size_t(b) * Tn * C + std::size_t(h) * hd, Tn, hd, Eigen::OuterStride<>(C));
+    O.noalias() = P * V;
+  }
+}
+
+// Overwrites dqkv with the gradient with respect to the (unrotated) qkv.
+template <class T>
+void attention_backward(Cpu, T* dqkv, const T* dout, const T* qkvr, const T* att, const T* rope_cos,
+                        const T* rope_sin, int B, int Tn, int C, int H, int rot) {
+  using namespace cpu;
+  const int hd = C / H, half = rot / 2;
+  const T scale = T(1) / std::sqrt(T(hd));
+#pragma omp parallel
+  {
+    RowMat<T> dP(Tn, Tn);
+#pragma omp for schedule(static)
+    for (int bh = 0; bh < B * H; ++bh) {
+      const int b = bh / H, h = bh % H;
+      const std::size_t off = std::size_t(b) * Tn * 3 * C + std::size_t(h) * 3 * hd;
+      CStridedMap<T> Q(qkvr + off, Tn, hd, Eigen::OuterStride<>(3 * C));
+      CStridedMap<T> K(qkvr + off + hd, Tn, hd, Eigen::OuterStride<>(3 * C));
+      CStridedMap<T> V(qkvr + off + 2 * hd, Tn, hd, Eigen::OuterStride<>(3 * C));
+      StridedMap<T> dQ(dqkv + off, Tn, hd, Eigen::OuterStride<>(3 * C));
+      StridedMap<T> dK(dqkv + off + hd, Tn, hd, Eigen::OuterStride<>(3 * C));
+      StridedMap<T> dV(dqkv + off + 2 * hd, Tn, hd, Eigen::OuterStride<>(3 * C));
+      CMatMap<T> P(att + std::size_t(bh) * Tn * Tn, Tn, Tn);
+      CStridedMap<T> dO(dout + std::size_t(b) * Tn * C + std::size_t(h) * hd, Tn, hd, Eigen::OuterStride<>(C));
+      dV.noalias() = P.transpose() * dO;
+      dP.noalias() = dO * V.transpose();
+      // Softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)), then the 1/√hd scale.
+      for (int i = 0; i < Tn; ++i) {
+        const T* p = P.data() + std::size_t(i) * Tn;
+        T* d = dP.data() + std::size_t(i) * Tn;
+        T dot = 0;
+        for (int j = 0; j <= i; ++j) dot += p[j] * d[j];
+        for (int j = 0; j <= i; ++j) d[j] = p[j] * (d[j] - dot) * scale;
+        for (int j = i + 1; j < Tn; ++j) d[j] = 0;
+      }
+      dQ.noalias() = dP * K;
+      dK.noalias() = dP.transpose() * Q;
+    }
+  }
+  if (rot > 0) {
+    const std::size_t N = std::size_t(B) * Tn;
+#pragma omp parallel for schedule(static)
+    for (std::ptrdiff_t n = 0; n < std::ptrdiff_t(N); ++n) {
+      const int t = int(n % Tn);
+      for (int h = 0; h < H; ++h) {
+        T* q = dqkv + std::size_t(n) * 3 * C + std::size_t(h) * 3 * hd;
+        T* k = q + hd;
+        for (int i = 0; i < half; ++i) {
+          const T c = rope_cos[t * half + i], s = rope_sin[t * half + i];
+          rotate_back(q[i], q[i + half], c, s);
+          rotate_back(k[i], k[i + half], c, s);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace doremi::backend

@@ -1,0 +1,58 @@
+#pragma once
+// backend::Cpu: the CPU policy of Model<Config, Backend>. Matrix products go to
+// Eigen (multi-threaded through OpenMP), the rest are OpenMP loops. Each layer
+// lives in its own header under backend/cpu/ with forward and backward side by
+// side; Model calls them by tag dispatch (`layernorm_forward(be, ...)`), so the
+// CUDA backend adds overloads for its own tag without touching the model.
+//
+// Determinism: every reduction uses a static split over a fixed thread count,
+// so results are bit-identical run to run on the same machine and thread count.
+#include <cstddef>
+#include <vector>
+
+#include <Eigen/Core>
+#include <omp.h>
+
+namespace doremi::backend {
+
+struct Cpu {
+  static constexpr const char* name = "cpu";
+  template <class T>
+  using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
+};
+
+namespace cpu {
+
+template <class T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using RowVec = Eigen::Matrix<T, 1, Eigen::Dynamic>;
+template <class T>
+using MatMap = Eigen::Map<RowMat<T>>;
+template <class T>
+using CMatMap = Eigen::Map<const RowMat<T>>;
+template <class T>
+using StridedMap = Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using CStridedMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<>>;
+
+// Column sums of `rows` rows of width C, accumulated per thread over a static
+// split and then summed in thread order: deterministic, no atomics.
+// f(n, acc) adds row n's contribution to acc[0..width).
+template <class Acc, class F>
+void deterministic_row_reduce(std::ptrdiff_t rows, std::ptrdiff_t width, Acc* out, F&& f) {
+  const int nt = omp_get_max_threads();
+  std::vector<Acc> partial(std::size_t(nt) * std::size_t(width), Acc(0));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const std::ptrdiff_t lo = rows * t / nt, hi = rows * (t + 1) / nt;
+    Acc* acc = partial.data() + std::size_t(t) * std::size_t(width);
+    for (std::ptrdiff_t n = lo; n < hi; ++n) f(n, acc);
+  }
+  for (int t = 0; t < nt; ++t)
+    for (std::ptrdiff_t c = 0; c < width; ++c) out[c] += partial[std::size_t(t) * std::size_t(width) + std::size_t(c)];
+}
+
+}  // namespace cpu
+}  // namespace doremi::backend

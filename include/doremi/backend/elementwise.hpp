@@ -1,0 +1,60 @@
+#pragma once
+// Elementwise math shared by every backend (plain inline functions on the CPU,
+// __host__ __device__ under nvcc): GELU in both flavours and the rotary
+// rotation of one (x1, x2) pair. Written once so the backends cannot drift.
+#include <cmath>
+
+#include "doremi/core/hostdevice.hpp"
+#include "doremi/model/config.hpp"
+
+namespace doremi::backend {
+
+// GELU, exact: x·Φ(x) with Φ the standard normal CDF (Pythia's "gelu").
+template <class T>
+DOREMI_HD T gelu_exact(T x) {
+  return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
+}
+template <class T>
+DOREMI_HD T gelu_exact_grad(T x) {
+  const T cdf = T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440)));
+  const T pdf = T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
+  return cdf + x * pdf;
+}
+
+// GELU, tanh approximation (GPT-2's "gelu_new"): 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))).
+template <class T>
+DOREMI_HD T gelu_tanh(T x) {
+  const T u = T(0.79788456080286535588) * (x + T(0.044715) * x * x * x);
+  return T(0.5) * x * (T(1) + std::tanh(u));
+}
+template <class T>
+DOREMI_HD T gelu_tanh_grad(T x) {
+  const T u = T(0.79788456080286535588) * (x + T(0.044715) * x * x * x);
+  const T th = std::tanh(u);
+  const T du = T(0.79788456080286535588) * (T(1) + T(3) * T(0.044715) * x * x);
+  return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * du;
+}
+
+template <Gelu G, class T>
+DOREMI_HD T gelu(T x) {
+  if constexpr (G == Gelu::exact) return gelu_exact(x); else return gelu_tanh(x);
+}
+template <Gelu G, class T>
+DOREMI_HD T gelu_grad(T x) {
+  if constexpr (G == Gelu::exact) return gelu_exact_grad(x); else return gelu_tanh_grad(x);
+}
+
+// Rotary embedding of the pair (x1, x2) = (x[i], x[i + d/2]) by angle θ with
+// (cos θ, sin θ) = (c, s), GPT-NeoX's rotate_half convention. The backward is
+// the rotation by −θ.
+template <class T>
+DOREMI_HD void rotate(T& x1, T& x2, T c, T s) {
+  const T a = x1 * c - x2 * s;
+  const T b = x2 * c + x1 * s;
+  x1 = a;
+  x2 = b;
+}
+template <class T>
+DOREMI_HD void rotate_back(T& x1, T& x2, T c, T s) { rotate(x1, x2, c, -s); }
+
+}  // namespace doremi::backend

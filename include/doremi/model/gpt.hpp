@@ -1,0 +1,299 @@
+#pragma once
+// Model<Config, Backend>: the GPT family DoReMi trains (GPT-2 and GPT-NeoX /
+// Pythia shapes), forward and hand-written backward.
+//
+//   doremi::Model<doremi::presets::Tiny<float>> model;
+//   model.init(/*seed=*/1);
+//   auto out = model.forward(inputs, targets, B, T);   // per-token losses + mask
+//   model.backward(token_weights);                      // d(Σ w·ℓ)/dθ into gradients()
+//
+// Forward returns per-token cross-entropy; backward takes one weight per token
+// and accumulates the gradient of Σ_j w_j·ℓ_j, so a plain mean loss passes
+// w_j = 1/tokens and the DRO trainer passes its domain weights. Parameters and
+// gradients each live in one flat buffer (see params.hpp for the table of
+// tensors with their HuggingFace GPT-NeoX names).
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "doremi/backend/cpu.hpp"
+#include "doremi/core/error.hpp"
+#include "doremi/core/rng.hpp"
+#include "doremi/model/config.hpp"
+#include "doremi/model/params.hpp"
+
+namespace doremi {
+
+template <class Scalar>
+struct ForwardResult {
+  std::span<const Scalar> losses;      // [B·T], per-token cross-entropy (0 where masked)
+  std::span<const std::uint8_t> mask;  // [B·T], 1 where the target is a real token
+  std::size_t tokens = 0;              // number of unmasked targets
+  double loss_sum = 0;                 // Σ losses
+  double mean_loss() const { return tokens ? loss_sum / double(tokens) : 0.0; }
+};
+
+template <class Cfg, class Backend = backend::Cpu>
+class Model {
+ public:
+  using config = Cfg;
+  using scalar = typename Cfg::scalar;
+  using backend_type = Backend;
+  template <class U>
+  using Buffer = typename Backend::template Buffer<U>;
+
+  static constexpr int C = Cfg::n_embd, H = Cfg::n_head, L = Cfg::n_layer, V = Cfg::padded_vocab;
+  static constexpr int D = Cfg::d_mlp;
+
+  explicit Model(Backend be = {}) : be_(be), params_(layout().total, scalar(0)), grads_(layout().total, scalar(0)) {
+    // Rotary tables in double, rounded once: cos/sin(t · base^(−2i/rot)).
+    constexpr int half = Cfg::rotary_dim / 2;
+    if constexpr (!Cfg::learned_positions) {
+      rope_cos_.resize(std::size_t(Cfg::n_ctx) * half);
+      rope_sin_.resize(std::size_t(Cfg::n_ctx) * half);
+      for (int t = 0; t < Cfg::n_ctx; ++t)
+        for (int i = 0; i < half; ++i) {
+          const double inv_freq = std::pow(Cfg::rotary_base, -2.0 * i / Cfg::rotary_dim);
+          rope_cos_[std::size_t(t) * half + i] = scalar(std::cos(t * inv_freq));
+          rope_sin_[std::size_t(t) * half + i] = scalar(std::sin(t * inv_freq));
+        }
+    }
+  }
+
+  static const ParamLayout& layout() {
+    static const ParamLayout l = make_param_layout<Cfg>();
+    return l;
+  }
+  static const std::vector<TensorInfo>& tensors() { return layout().tensors; }
+  std::size_t num_parameters() const { return layout().total; }
+
+  std::span<scalar> parameters() { return {params_.data(), params_.size()}; }
+  std::span<const scalar> parameters() const { return {params_.data(), params_.size()}; }
+  std::span<scalar> gradients() { return {grads_.data(), grads_.size()}; }
+  std::span<const scalar> gradients() const { return {grads_.data(), grads_.size()}; }
+  void zero_grad() { backend::fill(be_, grads_.data(), scalar(0), grads_.size()); }
+
+  // Deterministic initialisation: element i of tensor k is std_k · N(0,1)
+  // drawn from Philox(seed, stream k, index i), independent of thread count.
+  void init(std::uint64_t seed) {
+    const auto& ts = tensors();
+    for (std::size_t k = 0; k < ts.size(); ++k) {
+      const TensorInfo& t = ts[k];
+      scalar* p = params_.data() + t.offset;
+      const std::ptrdiff_t n = std::ptrdiff_t(t.size);
+#pragma omp parallel for schedule(static)
+      for (std::ptrdiff_t i = 0; i < n; ++i) {
+        switch (t.init) {
+          case TensorInfo::Init::normal: p[i] = scalar(t.init_std * Philox::normal(seed, k, std::uint64_t(i))); break;
+          case TensorInfo::Init::ones: p[i] = scalar(1); break;
+          case TensorInfo::Init::zeros: p[i] = scalar(0); break;
+        }
+      }
+    }
+    zero_grad();
+  }
+
+  // inputs, targets: [B·T] token ids; a target < 0 marks padding (ignored).
+  ForwardResult<scalar> forward(std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, int B,
+                                int T) {
+    check_batch(inputs, targets, B, T);
+    B_ = B;
+    T_ = T;
+    const int N = B * T;
+    allocate(B, T);
+    tokens_.assign(inputs.begin(), inputs.end());
+    targets_.assign(targets.begin(), targets.end());
+    const scalar* P = params_.data();
+    const auto& lay = layout();
+    embedding_forward(be_, res(0), tokens_.data(), P + lay.embed_in,
+                      Cfg::learned_positions ? P + lay.embed_pos : nullptr, B, T, C);
+    for (int l = 0; l < L; ++l) {
+      const BlockOffsets& w = lay.blocks[std::size_t(l)];
+      scalar* x = res(l);
+      layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
+      matmul_forward(be_, qkv(l), ln1(l), P + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
+      attention_forward(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
+                        Cfg::rotary_dim);
+      matmul_forward(be_, tmp_c(), atty(l), P + w.proj_w, P + w.proj_b, N, C, C);
+      const scalar* ln2_in = x;
+      if constexpr (!Cfg::parallel_residual) {
+        backend::add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
+        ln2_in = hres(l);
+      }
+      layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
+                        Cfg::ln_eps);
+      matmul_forward(be_, fc(l), ln2(l), P + w.fc_w, P + w.fc_b, N, C, D);
+      gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
+      matmul_forward(be_, tmp_c2(), gel(l), P + w.fc2_w, P + w.fc2_b, N, D, C);
+      if constexpr (Cfg::parallel_residual)
+        backend::add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
+      else
+        backend::add_forward(be_, res(l + 1), hres(l), tmp_c2(), static_cast<const scalar*>(nullptr),
+                             std::size_t(N) * C);
+    }
+    layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
+                      Cfg::ln_eps);
+    classifier_forward(be_, losses_.data(), mask_.data(), logits(), lse(), lnf(), P + lay.embed_out,
+                       targets_.data(), N, C, V);
+    ForwardResult<scalar> r;
+    r.losses = {losses_.data(), std::size_t(N)};
+    r.mask = {mask_.data(), std::size_t(N)};
+    for (int n = 0; n < N; ++n) {
+      r.tokens += mask_[n];
+      r.loss_sum += double(losses_[n]);
+    }
+    has_forward_ = true;
+    return r;
+  }
+
+  // Accumulates d(Σ_j w_j·ℓ_j)/dθ into gradients(); w has one weight per
+  // token of the last forward (ignored where the target is padding).
+  void backward(std::span<const scalar> token_weights) {
+    if (!has_forward_) fail("Model::backward: no forward pass to differentiate (call forward first)");
+    const int B = B_, T = T_, N = B * T;
+    if (token_weights.size() != std::size_t(N))
+      fail("Model::backward: {} token weights for a batch of {} tokens", token_weights.size(), N);
+    has_forward_ = false;  // the logits buffer is consumed below
+    const scalar* P = params_.data();
+    scalar* G = grads_.data();
+    const auto& lay = layout();
+    scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
+    classifier_backward(be_, d_ln1(), G + lay.embed_out, logits(), lse(), token_weights.data(), lnf(),
+                        P + lay.embed_out, targets_.data(), N, C, V);
+    backend::fill(be_, dres, scalar(0), std::size_t(N) * C);
+    layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_ln1(), res(L), P + lay.lnf_w, lnf_stats(),
+                       lnf_stats() + N, N, C);
+    for (int l = L - 1; l >= 0; --l) {
+      const BlockOffsets& w = lay.blocks[std::size_t(l)];
+      // MLP branch (its output's gradient is dres in both residual styles).
+      matmul_backward(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), P + w.fc2_w, N, D, C);
+      gelu_backward<Cfg::gelu>(be_, d_fc(), fc(l), d_fc(), std::size_t(N) * D);
+      matmul_backward(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), ln2(l), P + w.fc_w, N, C, D);
+      const scalar* ln2_in = Cfg::parallel_residual ? res(l) : hres(l);
+      if constexpr (!Cfg::parallel_residual)  // dres becomes d/dh = d/dx' + LN2's share
+        layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
+                           ln2_stats(l) + N, N, C);
+      // Attention branch.
+      matmul_backward(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), P + w.proj_w, N, C, C);
+      attention_backward(be_, d_qkv(), d_atty(), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
+                         Cfg::rotary_dim);
+      matmul_backward(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), P + w.qkv_w, N, C, 3 * C);
+      if constexpr (Cfg::parallel_residual)
+        layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
+                           ln2_stats(l) + N, N, C);
+      layernorm_backward(be_, dres, G + w.ln1_w, G + w.ln1_b, d_ln1(), res(l), P + w.ln1_w, ln1_stats(l),
+                         ln1_stats(l) + N, N, C);
+    }
+    embedding_backward(be_, G + lay.embed_in, Cfg::learned_positions ? G + lay.embed_pos : nullptr, dres,
+                       tokens_.data(), B, T, C);
+  }
+
+  Backend& backend() { return be_; }
+
+ private:
+  void check_batch(std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, int B, int T) const {
+    if (B <= 0 || T <= 0 || T > Cfg::n_ctx)
+      fail("Model<{}>::forward: batch {}x{} is invalid (need B > 0 and 0 < T <= context {})", Cfg::name, B, T,
+           Cfg::n_ctx);
+    const std::size_t N = std::size_t(B) * std::size_t(T);
+    if (inputs.size() != N || targets.size() != N)
+      fail("Model<{}>::forward: {} inputs and {} targets for a {}x{} batch (expected {} each)", Cfg::name,
+           inputs.size(), targets.size(), B, T, N);
+    for (std::size_t i = 0; i < N; ++i) {
+      if (inputs[i] < 0 || inputs[i] >= Cfg::vocab)
+        fail("Model<{}>::forward: input token {} at batch row {}, position {} is outside the vocabulary [0, {})",
+             Cfg::name, inputs[i], i / std::size_t(T), i % std::size_t(T), Cfg::vocab);
+      if (targets[i] >= Cfg::vocab || targets[i] < -1)
+        fail("Model<{}>::forward: target {} at batch row {}, position {} is outside [0, {}) (use -1 for padding)",
+             Cfg::name, targets[i], i / std::size_t(T), i % std::size_t(T), Cfg::vocab);
+    }
+  }
+
+  // Activation buffers: one allocation, laid out for the largest batch seen.
+  void allocate(int B, int T) {
+    const std::size_t N = std::size_t(B) * T, Cs = C;
+    per_layer_ = 0;
+    auto take = [&](std::size_t n) {
+      const std::size_t o = per_layer_;
+      per_layer_ += (n + 15) / 16 * 16;  // keep every view 64-byte aligned
+      return o;
+    };
+    o_res_ = take(N * Cs);
+    o_ln1_ = take(N * Cs);
+    o_ln1s_ = take(2 * N);
+    o_qkv_ = take(3 * N * Cs);
+    o_qkvr_ = take(3 * N * Cs);
+    o_att_ = take(std::size_t(B) * H * T * T);
+    o_atty_ = take(N * Cs);
+    o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
+    o_ln2_ = take(N * Cs);
+    o_ln2s_ = take(2 * N);
+    o_fc_ = take(N * D);
+    o_gel_ = take(N * D);
+    std::size_t tail = per_layer_ * L;
+    auto take_tail = [&](std::size_t n) {
+      const std::size_t o = tail;
+      tail += (n + 15) / 16 * 16;
+      return o;
+    };
+    o_final_res_ = take_tail(N * Cs);
+    o_lnf_ = take_tail(N * Cs);
+    o_lnfs_ = take_tail(2 * N);
+    o_logits_ = take_tail(N * V);
+    o_lse_ = take_tail(N);
+    o_tmp_ = take_tail(N * Cs);
+    o_tmp2_ = take_tail(N * Cs);
+    o_dres_ = take_tail(N * Cs);
+    o_dln1_ = take_tail(N * Cs);
+    o_dln2_ = take_tail(N * Cs);
+    o_datty_ = take_tail(N * Cs);
+    o_dqkv_ = take_tail(3 * N * Cs);
+    o_dfc_ = take_tail(N * D);
+    if (acts_.size() < tail) acts_.resize(tail);
+    losses_.resize(N);
+    mask_.resize(N);
+  }
+
+  scalar* act(std::size_t o) { return acts_.data() + o; }
+  scalar* layer(int l, std::size_t o) { return acts_.data() + std::size_t(l) * per_layer_ + o; }
+  scalar* res(int l) { return l == L ? act(o_final_res_) : layer(l, o_res_); }
+  scalar* ln1(int l) { return layer(l, o_ln1_); }
+  scalar* ln1_stats(int l) { return layer(l, o_ln1s_); }
+  scalar* qkv(int l) { return layer(l, o_qkv_); }
+  scalar* qkvr(int l) { return layer(l, o_qkvr_); }
+  scalar* att(int l) { return layer(l, o_att_); }
+  scalar* atty(int l) { return layer(l, o_atty_); }
+  scalar* hres(int l) { return layer(l, o_h_); }
+  scalar* ln2(int l) { return layer(l, o_ln2_); }
+  scalar* ln2_stats(int l) { return layer(l, o_ln2s_); }
+  scalar* fc(int l) { return layer(l, o_fc_); }
+  scalar* gel(int l) { return layer(l, o_gel_); }
+  scalar* lnf() { return act(o_lnf_); }
+  scalar* lnf_stats() { return act(o_lnfs_); }
+  scalar* logits() { return act(o_logits_); }
+  scalar* lse() { return act(o_lse_); }
+  scalar* tmp_c() { return act(o_tmp_); }
+  scalar* tmp_c2() { return act(o_tmp2_); }
+  scalar* d_res() { return act(o_dres_); }
+  scalar* d_ln1() { return act(o_dln1_); }
+  scalar* d_ln2() { return act(o_dln2_); }
+  scalar* d_atty() { return act(o_datty_); }
+  scalar* d_qkv() { return act(o_dqkv_); }
+  scalar* d_fc() { return act(o_dfc_); }
+
+  Backend be_;
+  Buffer<scalar> params_, grads_, acts_;
+  Buffer<scalar> rope_cos_, rope_sin_, losses_;
+  Buffer<std::uint8_t> mask_;
+  std::vector<std::int32_t> tokens_, targets_;
+  int B_ = 0, T_ = 0;
+  bool has_forward_ = false;
+  std::size_t per_layer_ = 0;
+  std::size_t o_res_ = 0, o_ln1_ = 0, o_ln1s_ = 0, o_qkv_ = 0, o_qkvr_ = 0, o_att_ = 0, o_atty_ = 0, o_h_ = 0,
+              o_ln2_ = 0, o_ln2s_ = 0, o_fc_ = 0, o_gel_ = 0;
+  std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_logits_ = 0, o_lse_ = 0, o_tmp_ = 0, o_tmp2_ = 0,
+              o_dres_ = 0, o_dln1_ = 0, o_dln2_ = 0, o_datty_ = 0, o_dqkv_ = 0, o_dfc_ = 0;
+};
+
+}  // namespace doremi

@@ -1,0 +1,156 @@
+// Model: finite-difference gradient checks in double precision over configs
+// that together cover every switch (rotary vs learned positions, tied vs
+// separate output embedding, parallel vs sequential residual, exact vs tanh
+// GELU), plus the loss/mask contract and errors on bad input.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "doremi/doremi.hpp"
+
+namespace {
+
+using namespace doremi;
+
+constexpr Spec rotary_untied_parallel_exact{.name = "gc-a", .n_layer = 2, .n_embd = 16, .n_head = 2, .n_ctx = 8,
+                                            .vocab = 13, .vocab_multiple = 8, .rotary_pct = 0.5,
+                                            .tied_embeddings = false, .residual = Residual::parallel,
+                                            .gelu = Gelu::exact};
+constexpr Spec learned_tied_sequential_tanh{.name = "gc-b", .n_layer = 2, .n_embd = 16, .n_head = 4, .n_ctx = 8,
+                                            .vocab = 11, .vocab_multiple = 4, .rotary_pct = 0.0,
+                                            .tied_embeddings = true, .residual = Residual::sequential,
+                                            .gelu = Gelu::tanh};
+constexpr Spec full_rotary_tied_parallel_tanh{.name = "gc-c", .n_layer = 1, .n_embd = 12, .n_head = 3,
+                                              .n_ctx = 8, .vocab = 9, .vocab_multiple = 1, .rotary_pct = 1.0,
+                                              .tied_embeddings = true, .residual = Residual::parallel,
+                                              .gelu = Gelu::tanh, .ln_eps = 1e-6};
+
+struct Batch {
+  int B = 2, T = 7;
+  std::vector<std::int32_t> inputs, targets;
+  std::vector<double> weights;
+};
+
+template <class Cfg>
+Batch make_batch(std::uint64_t seed) {
+  Batch b;
+  const int N = b.B * b.T;
+  for (int i = 0; i < N; ++i) {
+    b.inputs.push_back(std::int32_t(Philox::below(Cfg::vocab, seed, 1, i)));
+    b.targets.push_back(std::int32_t(Philox::below(Cfg::vocab, seed, 2, i)));
+    b.weights.push_back(0.1 + Philox::uniform(seed, 3, i));
+  }
+  b.targets[3] = -1;  // padding: ignored by loss and gradient
+  b.targets[N - 1] = -1;
+  return b;
+}
+
+template <class M>
+double weighted_loss(M& m, const Batch& b) {
+  auto out = m.forward(b.inputs, b.targets, b.B, b.T);
+  double s = 0;
+  for (std::size_t i = 0; i < out.losses.size(); ++i) s += b.weights[i] * out.losses[i];
+  return s;
+}
+
+template <class Cfg>
+void gradient_check() {
+  using M = Model<Cfg>;
+  M m;
+  m.init(7);
+  // Break the symmetry of the initial LayerNorm/bias values so every
+  // parameter's gradient is generic.
+  for (std::size_t i = 0; i < m.num_parameters(); ++i) m.parameters()[i] += 0.05 * Philox::normal(99, 0, i);
+  const Batch b = make_batch<Cfg>(3);
+  m.zero_grad();
+  weighted_loss(m, b);
+  m.backward(b.weights);
+  const std::vector<double> g(m.gradients().begin(), m.gradients().end());
+  double worst = 0;
+  for (std::size_t k = 0; k < M::tensors().size(); ++k) {
+    const TensorInfo& t = M::tensors()[k];
+    for (int probe = 0; probe < 4; ++probe) {
+      const std::size_t i = t.offset + Philox::below(t.size, 5, k, probe);
+      double& p = m.parameters()[i];
+      const double h = 1e-5, saved = p;
+      p = saved + h;
+      const double up = weighted_loss(m, b);
+      p = saved - h;
+      const double down = weighted_loss(m, b);
+      p = saved;
+      const double fd = (up - down) / (2 * h);
+      const double err = std::abs(fd - g[i]) / std::max(1e-6, std::abs(fd) + std::abs(g[i]));
+      worst = std::max(worst, err);
+      INFO(t.name, " element ", i - t.offset, ": analytic ", g[i], " finite difference ", fd);
+      CHECK(err < 1e-5);
+    }
+  }
+  MESSAGE(Cfg::name, ": worst relative gradient error ", worst);
+}
+
+}  // namespace
+
+TEST_CASE("model gradient check: rotary, untied, parallel residual, exact GELU") {
+  gradient_check<Config<rotary_untied_parallel_exact, double>>();
+}
+TEST_CASE("model gradient check: learned positions, tied, sequential residual, tanh GELU") {
+  gradient_check<Config<learned_tied_sequential_tanh, double>>();
+}
+TEST_CASE("model gradient check: full rotary, tied, parallel, one layer") {
+  gradient_check<Config<full_rotary_tied_parallel_tanh, double>>();
+}
+
+TEST_CASE("model forward: padding targets give zero loss and no gradient, mask counts tokens") {
+  using Cfg = Config<rotary_untied_parallel_exact, double>;
+  Model<Cfg> m;
+  m.init(1);
+  Batch b = make_batch<Cfg>(11);
+  auto out = m.forward(b.inputs, b.targets, b.B, b.T);
+  CHECK(out.tokens == std::size_t(b.B * b.T - 2));
+  CHECK(out.losses[3] == 0.0);
+  CHECK(out.mask[3] == 0);
+  CHECK(out.mask[0] == 1);
+  // A fresh model predicts close to uniform over the padded vocabulary.
+  CHECK(out.mean_loss() == doctest::Approx(std::log(double(Cfg::padded_vocab))).epsilon(0.05));
+  // Weight on a padding position changes nothing.
+  m.zero_grad();
+  m.backward(b.weights);
+  const std::vector<double> g1(m.gradients().begin(), m.gradients().end());
+  b.weights[3] = 1000.0;
+  m.forward(b.inputs, b.targets, b.B, b.T);
+  m.zero_grad();
+  m.backward(b.weights);
+  for (std::size_t i = 0; i < g1.size(); ++i) REQUIRE(m.gradients()[i] == g1[i]);
+}
+
+TEST_CASE("model init is deterministic and seed dependent") {
+  using Cfg = presets::Tiny<float>;
+  Model<Cfg> a, b, c;
+  a.init(5);
+  b.init(5);
+  c.init(6);
+  CHECK(std::equal(a.parameters().begin(), a.parameters().end(), b.parameters().begin()));
+  CHECK(!std::equal(a.parameters().begin(), a.parameters().end(), c.parameters().begin()));
+  // Standard deviation of the embedding is the GPT-NeoX 0.02.
+  const auto& t = Model<Cfg>::tensors()[0];
+  double ss = 0;
+  for (std::size_t i = 0; i < t.size; ++i) ss += double(a.parameters()[t.offset + i]) * a.parameters()[t.offset + i];
+  CHECK(std::sqrt(ss / double(t.size)) == doctest::Approx(0.02).epsilon(0.05));
+}
+
+TEST_CASE("model rejects bad batches with doremi::Error") {
+  Model<presets::Tiny<float>> m;
+  m.init(1);
+  std::vector<std::int32_t> in(8, 1), tg(8, 2);
+  CHECK_THROWS_AS(m.forward(in, tg, 2, 5), Error);       // size mismatch
+  CHECK_THROWS_AS(m.forward(in, tg, 1, 8 * 100), Error);  // longer than the context
+  in[3] = 100000;
+  CHECK_THROWS_WITH_AS(m.forward(in, tg, 2, 4), doctest::Contains("position 3"), Error);
+  in[3] = 1;
+  tg[5] = -7;
+  CHECK_THROWS_AS(m.forward(in, tg, 2, 4), Error);
+  std::vector<float> w(8, 1.0f);
+  Model<presets::Tiny<float>> fresh;
+  CHECK_THROWS_AS(fresh.backward(w), Error);  // no forward yet
+}
