@@ -1,0 +1,112 @@
+// Full training step (forward, backward, AdamW) of the cpu-bench preset at
+// batch 4 × 256, side by side with a PyTorch twin of the same model in the
+// same run. Prints tokens per second for both, their ratio, and the GFLOP/s
+// achieved against the machine's fp32 peak.
+//
+//   bench_train_step [--steps 10] [--python /usr/bin/python3] [--peak-gflops 268.8]
+//
+// PyTorch runs as a subprocess (benchmarks/torch_twin.py), with whatever BLAS
+// the environment gives it (scripts/install_python_deps.sh prepares OpenBLAS).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include "doremi/doremi.hpp"
+#include "doremi/optim/adamw.hpp"
+#include "doremi/train/trainer.hpp"
+
+using namespace doremi;
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Model FLOPs per token of a training step (forward + backward = 3 × forward):
+// the GEMMs (12·C² per layer and V·C for the head) and the attention products
+// over all T keys (what both implementations compute).
+template <class Cfg>
+double flops_per_token(int T) {
+  const double C = Cfg::n_embd, L = Cfg::n_layer, V = Cfg::padded_vocab;
+  return 6.0 * (L * 12.0 * C * C + V * C) + 12.0 * L * T * C;
+}
+
+std::string run_command(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  pclose(p);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int steps = 10;
+  std::string python = "/usr/bin/python3";
+  double peak = 268.8;  // 2 cores × 2.1 GHz × 2 AVX-512 FMA units × 16 lanes × 2
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--steps") steps = std::atoi(argv[i + 1]);
+    else if (a == "--python") python = argv[i + 1];
+    else if (a == "--peak-gflops") peak = std::atof(argv[i + 1]);
+  }
+  using Cfg = presets::CpuBench<float>;
+  constexpr int B = 4, T = 256, N = B * T;
+  Model<Cfg> model;
+  model.init(1);
+  AdamW<float> adam(model.num_parameters(), AdamWConfig{});
+  const auto groups = param_groups<Model<Cfg>>();
+  std::vector<std::int32_t> in(N), tg(N);
+  for (int i = 0; i < N; ++i) {
+    in[i] = std::int32_t(Philox::below(Cfg::vocab, 1, 0, std::uint64_t(i)));
+    tg[i] = std::int32_t(Philox::below(Cfg::vocab, 1, 1, std::uint64_t(i)));
+  }
+  const std::vector<float> w(N, 1.0f / N);
+  std::vector<double> times;
+  for (int s = 0; s < steps + 2; ++s) {  // two warm-up steps
+    const auto t0 = std::chrono::steady_clock::now();
+    model.zero_grad();
+    model.forward(in, tg, B, T);
+    model.backward(w);
+    adam.step(model.parameters(), model.gradients(), groups, 1e-4);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s >= 2) times.push_back(dt);
+  }
+  const double ours = N / median(times);
+  const double fpt = flops_per_token<Cfg>(T);
+  fmt::print("doremi-cpp  cpu-bench B={} T={} threads={}: {:.0f} tokens/s (median of {} steps), {:.1f} GFLOP/s = "
+             "{:.0f}% of the {:.0f} GFLOP/s fp32 peak\n",
+             B, T, omp_get_max_threads(), ours, steps, ours * fpt / 1e9, 100.0 * ours * fpt / 1e9 / peak, peak);
+  const std::string cmd = fmt::format("{} {}/torch_twin.py --steps {} --threads {} 2>&1", python, DOREMI_BENCH_DIR,
+                                      steps, omp_get_max_threads());
+  const std::string out = run_command(cmd);
+  nlohmann::json peer;
+  for (std::size_t pos = 0; pos < out.size();) {  // the last JSON line the twin printed
+    const std::size_t end = out.find('\n', pos);
+    const std::string line = out.substr(pos, end - pos);
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.contains("tokens_per_s_median")) peer = j;
+    if (end == std::string::npos) break;
+    pos = end + 1;
+  }
+  if (peer.is_null()) {
+    fmt::print("pytorch twin did not run ({}):\n{}\n", cmd, out);
+    return 1;
+  }
+  const double theirs = peer.at("tokens_per_s_median").get<double>();
+  fmt::print("pytorch {}  cpu-bench B={} T={}: {:.0f} tokens/s (median), {:.1f} GFLOP/s ({})\n",
+             peer.value("torch", "?"), B, T, theirs, theirs * fpt / 1e9, peer.value("blas", "?"));
+  fmt::print("ratio doremi-cpp / pytorch: {:.2f}x\n", ours / theirs);
+  return 0;
+}

@@ -1,0 +1,29 @@
+#pragma once
+// Run-time choice among the compiled presets, in the FlashInfer style: one
+// small dispatch that instantiates the supported set and names them all in
+// the error when the requested one is not among them.
+//
+//   doremi::dispatch_preset<float>(name, [&]<class Cfg>() { Model<Cfg> m; ... });
+#include <string>
+#include <string_view>
+
+#include "doremi/core/error.hpp"
+#include "doremi/model/config.hpp"
+
+namespace doremi {
+
+inline constexpr std::string_view preset_names = "tiny, cpu-bench, doremi-120m, gpt2-124m, pythia-70m, pythia-160m";
+
+template <class Scalar, class F>
+decltype(auto) dispatch_preset(std::string_view name, F&& f) {
+  using namespace presets;
+  if (name == "tiny") return f.template operator()<Tiny<Scalar>>();
+  if (name == "cpu-bench") return f.template operator()<CpuBench<Scalar>>();
+  if (name == "doremi-120m") return f.template operator()<Doremi120M<Scalar>>();
+  if (name == "gpt2-124m") return f.template operator()<Gpt2_124M<Scalar>>();
+  if (name == "pythia-70m") return f.template operator()<Pythia70M<Scalar>>();
+  if (name == "pythia-160m") return f.template operator()<Pythia160M<Scalar>>();
+  fail("unknown model preset '{}' (available: {})", name, preset_names);
+}
+
+}  // namespace doremi

@@ -1,0 +1,254 @@
+#pragma once
+// Trainer<Model, Sampler>: plain language-model training (the reference and
+// main models of DoReMi). One step = `grad_accum` micro-batches whose summed
+// token losses are divided by the step's total target tokens, so k
+// micro-batches give the same gradient as one batch k times larger; then
+// global-norm clipping and AdamW at the schedule's learning rate.
+//
+//   doremi::Trainer trainer(model, sampler, config);
+//   trainer.resume_if_possible();          // picks up output_dir's last checkpoint
+//   trainer.run();                         // metrics.jsonl, checkpoints, progress bar
+//
+// Checkpoints (`output_dir/checkpoint-00000100/`) hold the model as HuggingFace
+// loads it, the AdamW moments and the trainer and sampler state; a run resumed
+// from one continues bit-identically on the CPU (same thread count).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "doremi/core/atomic_file.hpp"
+#include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
+#include "doremi/core/progress.hpp"
+#include "doremi/core/safetensors.hpp"
+#include "doremi/data/batch.hpp"
+#include "doremi/model/checkpoint.hpp"
+#include "doremi/optim/adamw.hpp"
+#include "doremi/optim/clip.hpp"
+#include "doremi/optim/schedule.hpp"
+
+namespace doremi {
+
+struct TrainConfig {
+  long steps = 1000;
+  int grad_accum = 1;            // micro-batches per optimizer step
+  AdamWConfig adam{};
+  LrSchedule schedule{};         // total_steps is set to `steps` when 0
+  double max_grad_norm = 1.0;    // ≤ 0: no clipping
+  std::filesystem::path output_dir;  // empty: no metrics or checkpoints on disk
+  long checkpoint_every = 0;     // 0: only at the end
+  int keep_checkpoints = 2;      // older checkpoints are removed
+  long log_every = 10;           // progress lines when not on a terminal
+  bool progress = true;
+
+  void validate() const {
+    if (steps <= 0) fail("train config: steps must be positive (got {})", steps);
+    if (grad_accum <= 0) fail("train config: grad_accum must be positive (got {})", grad_accum);
+    if (checkpoint_every < 0) fail("train config: checkpoint_every must be >= 0 (got {})", checkpoint_every);
+    if (keep_checkpoints < 1) fail("train config: keep_checkpoints must be >= 1 (got {})", keep_checkpoints);
+    adam.validate();
+    schedule.validate();
+  }
+};
+
+struct StepStats {
+  long step = 0;          // optimizer steps completed, this one included
+  double loss = 0;        // mean token cross-entropy over the step's batch
+  double lr = 0;
+  double grad_norm = 0;   // before clipping
+  std::size_t tokens = 0;
+  double seconds = 0;
+  nlohmann::json to_json() const {
+    return {{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
+            {"tokens_per_s", seconds > 0 ? double(tokens) / seconds : 0.0}};
+  }
+};
+
+// Names of a checkpoint folder and the parameter groups of a model.
+inline std::string checkpoint_name(long step) { return fmt::format("checkpoint-{:08d}", step); }
+
+template <class M>
+std::vector<ParamGroup> param_groups() {
+  std::vector<ParamGroup> g;
+  for (const TensorInfo& t : M::tensors()) g.push_back({t.offset, t.size, t.decay});
+  return g;
+}
+
+// The checkpoint folders under `dir`, oldest first (only complete ones: a
+// folder appears under its final name only once fully written).
+inline std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path& dir) {
+  std::vector<std::filesystem::path> out;
+  if (!std::filesystem::is_directory(dir)) return out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.starts_with("checkpoint-") && n.size() == 19 &&
+        std::all_of(n.begin() + 11, n.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+template <class M, class S>
+class Trainer {
+ public:
+  using scalar = typename M::scalar;
+
+  Trainer(M& model, S& sampler, TrainConfig config)
+      : model_(model), sampler_(sampler), config_(std::move(config)),
+        adam_(model.num_parameters(), config_.adam), groups_(param_groups<M>()) {
+    if (config_.schedule.total_steps == 0) config_.schedule.total_steps = config_.steps;
+    config_.validate();
+  }
+
+  long step() const { return step_; }
+  const TrainConfig& config() const { return config_; }
+  AdamW<scalar>& optimizer() { return adam_; }
+
+  // One optimizer step over `grad_accum` micro-batches.
+  StepStats train_step() {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<Batch> micro;
+    std::size_t tokens = 0;
+    for (int k = 0; k < config_.grad_accum; ++k) {
+      micro.push_back(sampler_.next());
+      tokens += micro.back().target_tokens();
+    }
+    if (tokens == 0) fail("training step {}: the batch has no target tokens", step_ + 1);
+    model_.zero_grad();
+    double loss_sum = 0;
+    for (const Batch& b : micro) {
+      const auto out = model_.forward(b.inputs, b.targets, b.B, b.T);
+      if (!std::isfinite(out.loss_sum))
+        fail("training step {}: the loss is not finite ({}); lower the learning rate or check the data",
+             step_ + 1, out.loss_sum);
+      loss_sum += out.loss_sum;
+      weights_.assign(out.losses.size(), scalar(1.0 / double(tokens)));
+      model_.backward(weights_);
+    }
+    StepStats s;
+    s.grad_norm = clip_grad_norm(model_.gradients(), config_.max_grad_norm);
+    if (!std::isfinite(s.grad_norm))
+      fail("training step {}: the gradient norm is not finite ({})", step_ + 1, s.grad_norm);
+    s.lr = config_.schedule.at(step_);
+    adam_.step(model_.parameters(), model_.gradients(), groups_, s.lr);
+    ++step_;
+    s.step = step_;
+    s.loss = loss_sum / double(tokens);
+    s.tokens = tokens;
+    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return s;
+  }
+
+  // Trains until `config.steps`, logging metrics.jsonl and checkpointing into
+  // output_dir. `on_step` (optional) sees every step's stats.
+  template <class F = void (*)(const StepStats&)>
+  void run(F&& on_step = [](const StepStats&) {}) {
+    ProgressBar bar("train", config_.steps, config_.log_every);
+    bar.resumed_at(step_);
+    std::ofstream metrics;
+    if (!config_.output_dir.empty()) {
+      std::filesystem::create_directories(config_.output_dir);
+      metrics.open(config_.output_dir / "metrics.jsonl", std::ios::app);
+    }
+    while (step_ < config_.steps) {
+      const StepStats s = train_step();
+      on_step(s);
+      if (metrics.is_open()) metrics << s.to_json().dump() << "\n" << std::flush;
+      if (config_.progress)
+        bar.update(s.step, fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", s.loss, s.lr,
+                                       s.seconds > 0 ? double(s.tokens) / s.seconds : 0.0));
+      const bool due = config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0;
+      if (!config_.output_dir.empty() && (due || step_ == config_.steps)) save_checkpoint();
+    }
+  }
+
+  // Writes output_dir/checkpoint-<step>/ atomically and prunes old ones.
+  std::filesystem::path save_checkpoint() {
+    if (config_.output_dir.empty()) fail("save_checkpoint: the train config has no output_dir");
+    const auto final_path = config_.output_dir / checkpoint_name(step_);
+    std::filesystem::create_directories(config_.output_dir);
+    AtomicDirectory dir(final_path);
+    save_model(model_, dir.path());
+    SafetensorsWriter opt;
+    const std::vector<std::int64_t> shape{std::int64_t(adam_.size())};
+    opt.add("exp_avg", shape, std::span<const scalar>(adam_.state_m()));
+    opt.add("exp_avg_sq", shape, std::span<const scalar>(adam_.state_v()));
+    opt.set_metadata("steps", std::to_string(adam_.steps()));
+    opt.write(dir.path() / "optimizer.safetensors");
+    const nlohmann::json state{{"format", "doremi-trainer-1"}, {"step", step_}, {"sampler", sampler_.state()},
+                               {"preset", std::string(M::config::name)}};
+    write_file_atomic(dir.path() / "trainer_state.json", state.dump(2) + "\n");
+    dir.commit();
+    auto all = list_checkpoints(config_.output_dir);
+    for (std::size_t i = 0; i + std::size_t(config_.keep_checkpoints) < all.size(); ++i)
+      std::filesystem::remove_all(all[i]);
+    return final_path;
+  }
+
+  // Restores model, optimizer, sampler and step from a checkpoint folder.
+  void load_checkpoint(const std::filesystem::path& dir) {
+    const auto state_path = dir / "trainer_state.json";
+    const nlohmann::json state = read_json_file(state_path);
+    if (state.value("format", "") != "doremi-trainer-1" || !state.contains("step") || !state.contains("sampler"))
+      fail("load_checkpoint: {} is not a doremi trainer state (format doremi-trainer-1 with step and sampler)",
+           state_path.string());
+    load_model(model_, dir);
+    const SafetensorsFile opt(dir / "optimizer.safetensors");
+    const std::vector<std::int64_t> shape{std::int64_t(adam_.size())};
+    std::vector<scalar> m(adam_.size()), v(adam_.size());
+    opt.read("exp_avg", shape, std::span<scalar>(m));
+    opt.read("exp_avg_sq", shape, std::span<scalar>(v));
+    const auto& meta = opt.metadata();
+    const auto it = meta.find("steps");
+    if (it == meta.end()) fail("load_checkpoint: {} has no 'steps' metadata", (dir / "optimizer.safetensors").string());
+    adam_.restore(m, v, std::stoll(it->second));
+    sampler_.restore(state.at("sampler"));
+    step_ = state.at("step").get<long>();
+    truncate_metrics();
+  }
+
+  // Resumes from the newest checkpoint in output_dir; false when there is none.
+  bool resume_if_possible() {
+    if (config_.output_dir.empty()) return false;
+    const auto all = list_checkpoints(config_.output_dir);
+    if (all.empty()) return false;
+    load_checkpoint(all.back());
+    return true;
+  }
+
+ private:
+  // Drops metric lines of steps after the resumed one (written by the run that
+  // was interrupted), so metrics.jsonl lists every step exactly once.
+  void truncate_metrics() {
+    if (config_.output_dir.empty()) return;
+    const auto path = config_.output_dir / "metrics.jsonl";
+    if (!std::filesystem::exists(path)) return;
+    std::ifstream in(path);
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded()) continue;  // a line cut short by the interruption
+      if (j.value("step", 0L) <= step_) kept += line + "\n";
+    }
+    write_file_atomic(path, kept);
+  }
+
+  M& model_;
+  S& sampler_;
+  TrainConfig config_;
+  AdamW<scalar> adam_;
+  std::vector<ParamGroup> groups_;
+  std::vector<scalar> weights_;
+  long step_ = 0;
+};
+
+}  // namespace doremi
