@@ -134,7 +134,7 @@ class Model {
     }
     layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
                       Cfg::ln_eps);
-    classifier_forward(be_, losses_.data(), mask_.data(), logits(), lse(), lnf(), P + lay.embed_out,
+    classifier_forward(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
                        targets_.data(), N, C, V);
     ForwardResult<scalar> r;
     r.losses = {losses_.data(), std::size_t(N)};
@@ -154,12 +154,11 @@ class Model {
     const int B = B_, T = T_, N = B * T;
     if (token_weights.size() != std::size_t(N))
       fail("Model::backward: {} token weights for a batch of {} tokens", token_weights.size(), N);
-    has_forward_ = false;  // the logits buffer is consumed below
-    const scalar* P = params_.data();
+        const scalar* P = params_.data();
     scalar* G = grads_.data();
     const auto& lay = layout();
     scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
-    classifier_backward(be_, d_ln1(), G + lay.embed_out, logits(), lse(), token_weights.data(), lnf(),
+    classifier_backward(be_, d_ln1(), G + lay.embed_out, probs(), inv_sum(), token_weights.data(), lnf(),
                         P + lay.embed_out, targets_.data(), N, C, V);
     backend::fill(be_, dres, scalar(0), std::size_t(N) * C);
     layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_ln1(), res(L), P + lay.lnf_w, lnf_stats(),
@@ -240,8 +239,8 @@ class Model {
     o_final_res_ = take_tail(N * Cs);
     o_lnf_ = take_tail(N * Cs);
     o_lnfs_ = take_tail(2 * N);
-    o_logits_ = take_tail(N * V);
-    o_lse_ = take_tail(N);
+    o_probs_ = take_tail(N * V);
+    o_inv_sum_ = take_tail(N);
     o_tmp_ = take_tail(N * Cs);
     o_tmp2_ = take_tail(N * Cs);
     o_dres_ = take_tail(N * Cs);
@@ -271,8 +270,8 @@ class Model {
   scalar* gel(int l) { return layer(l, o_gel_); }
   scalar* lnf() { return act(o_lnf_); }
   scalar* lnf_stats() { return act(o_lnfs_); }
-  scalar* logits() { return act(o_logits_); }
-  scalar* lse() { return act(o_lse_); }
+  scalar* probs() { return act(o_probs_); }
+  scalar* inv_sum() { return act(o_inv_sum_); }
   scalar* tmp_c() { return act(o_tmp_); }
   scalar* tmp_c2() { return act(o_tmp2_); }
   scalar* d_res() { return act(o_dres_); }
@@ -292,7 +291,7 @@ class Model {
   std::size_t per_layer_ = 0;
   std::size_t o_res_ = 0, o_ln1_ = 0, o_ln1s_ = 0, o_qkv_ = 0, o_qkvr_ = 0, o_att_ = 0, o_atty_ = 0, o_h_ = 0,
               o_ln2_ = 0, o_ln2s_ = 0, o_fc_ = 0, o_gel_ = 0;
-  std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_logits_ = 0, o_lse_ = 0, o_tmp_ = 0, o_tmp2_ = 0,
+  std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_probs_ = 0, o_inv_sum_ = 0, o_tmp_ = 0, o_tmp2_ = 0,
               o_dres_ = 0, o_dln1_ = 0, o_dln2_ = 0, o_datty_ = 0, o_dqkv_ = 0, o_dfc_ = 0;
 };
 

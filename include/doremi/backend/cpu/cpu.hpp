@@ -17,6 +17,11 @@ namespace doremi::backend {
 
 struct Cpu {
   static constexpr const char* name = "cpu";
+#ifdef DOREMI_GEMM_OPENBLAS
+  static constexpr const char* gemm = "Eigen -> OpenBLAS";  // EIGEN_USE_BLAS (CMake option DOREMI_BLAS)
+#else
+  static constexpr const char* gemm = "Eigen";
+#endif
   template <class T>
   using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
 };

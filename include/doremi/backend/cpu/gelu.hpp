@@ -4,20 +4,49 @@
 #include <cstddef>
 
 #include "doremi/backend/cpu/cpu.hpp"
+#include <unsupported/Eigen/SpecialFunctions>  // vectorised erf
+
 #include "doremi/backend/elementwise.hpp"
 
 namespace doremi::backend {
 
+// The CPU versions evaluate the shared formulas (backend/elementwise.hpp) on
+// Eigen arrays, whose tanh/erf/exp are vectorised: a scalar std::tanh per
+// element cost several percent of a whole training step.
 template <Gelu G, class T>
 void gelu_forward(Cpu, T* out, const T* x, std::size_t n) {
-#pragma omp parallel for schedule(static)
-  for (std::size_t i = 0; i < n; ++i) out[i] = gelu<G>(x[i]);
+  using A = Eigen::Array<T, Eigen::Dynamic, 1>;
+#pragma omp parallel
+  {
+    const std::size_t nt = std::size_t(omp_get_num_threads()), t = std::size_t(omp_get_thread_num());
+    const std::size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+    Eigen::Map<const A> X(x + lo, Eigen::Index(hi - lo));
+    Eigen::Map<A> Y(out + lo, Eigen::Index(hi - lo));
+    if constexpr (G == Gelu::tanh)
+      Y = T(0.5) * X * (T(1) + (T(0.79788456080286535588) * (X + T(0.044715) * X.cube())).tanh());
+    else
+      Y = T(0.5) * X * (T(1) + (X * T(0.70710678118654752440)).erf());
+  }
 }
 
 template <Gelu G, class T>
 void gelu_backward(Cpu, T* dx, const T* x, const T* dout, std::size_t n) {
-#pragma omp parallel for schedule(static)
-  for (std::size_t i = 0; i < n; ++i) dx[i] = gelu_grad<G>(x[i]) * dout[i];
+  using A = Eigen::Array<T, Eigen::Dynamic, 1>;
+#pragma omp parallel
+  {
+    const std::size_t nt = std::size_t(omp_get_num_threads()), t = std::size_t(omp_get_thread_num());
+    const std::size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+    Eigen::Map<const A> X(x + lo, Eigen::Index(hi - lo)), D(dout + lo, Eigen::Index(hi - lo));
+    Eigen::Map<A> DX(dx + lo, Eigen::Index(hi - lo));
+    if constexpr (G == Gelu::tanh) {
+      const A th = (T(0.79788456080286535588) * (X + T(0.044715) * X.cube())).tanh();
+      DX = D * (T(0.5) * (T(1) + th) +
+                T(0.5) * X * (T(1) - th.square()) * T(0.79788456080286535588) * (T(1) + T(3 * 0.044715) * X.square()));
+    } else {
+      DX = D * (T(0.5) * (T(1) + (X * T(0.70710678118654752440)).erf()) +
+                X * T(0.39894228040143267794) * (T(-0.5) * X.square()).exp());
+    }
+  }
 }
 
 // out = a + b (+ c): residual sums.
