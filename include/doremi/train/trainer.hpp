@@ -66,9 +66,12 @@ struct StepStats {
   double grad_norm = 0;   // before clipping
   std::size_t tokens = 0;
   double seconds = 0;
+  nlohmann::json extra = nlohmann::json::object();  // trainer-specific metrics (DRO: scores, weights)
   nlohmann::json to_json() const {
-    return {{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
-            {"tokens_per_s", seconds > 0 ? double(tokens) / seconds : 0.0}};
+    nlohmann::json j{{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", tokens},
+                     {"tokens_per_s", seconds > 0 ? double(tokens) / seconds : 0.0}};
+    j.update(extra);
+    return j;
   }
 };
 
@@ -97,12 +100,18 @@ inline std::vector<std::filesystem::path> list_checkpoints(const std::filesystem
   return out;
 }
 
-template <class M, class S>
-class Trainer {
+// What every trainer shares: drawing micro-batches, clipping, AdamW at the
+// schedule's rate, metrics, checkpoints and resuming. `Derived` supplies
+//   void accumulate_gradients(const std::vector<Batch>& micro, std::size_t tokens, StepStats& s)
+//     (gradients of the step's loss into model().gradients(); sets s.loss)
+//   nlohmann::json extra_state() const; void restore_extra_state(const nlohmann::json&)
+//     (what else a checkpoint must hold to resume bit-identically).
+template <class Derived, class M, class S>
+class TrainerBase {
  public:
   using scalar = typename M::scalar;
 
-  Trainer(M& model, S& sampler, TrainConfig config)
+  TrainerBase(M& model, S& sampler, TrainConfig config)
       : model_(model), sampler_(sampler), config_(std::move(config)),
         adam_(model.num_parameters(), config_.adam), groups_(param_groups<M>()) {
     if (config_.schedule.total_steps == 0) config_.schedule.total_steps = config_.steps;
@@ -112,6 +121,8 @@ class Trainer {
   long step() const { return step_; }
   const TrainConfig& config() const { return config_; }
   AdamW<scalar>& optimizer() { return adam_; }
+  M& model() { return model_; }
+  S& sampler() { return sampler_; }
 
   // One optimizer step over `grad_accum` micro-batches.
   StepStats train_step() {
@@ -124,17 +135,11 @@ class Trainer {
     }
     if (tokens == 0) fail("training step {}: the batch has no target tokens", step_ + 1);
     model_.zero_grad();
-    double loss_sum = 0;
-    for (const Batch& b : micro) {
-      const auto out = model_.forward(b.inputs, b.targets, b.B, b.T);
-      if (!std::isfinite(out.loss_sum))
-        fail("training step {}: the loss is not finite ({}); lower the learning rate or check the data",
-             step_ + 1, out.loss_sum);
-      loss_sum += out.loss_sum;
-      weights_.assign(out.losses.size(), scalar(1.0 / double(tokens)));
-      model_.backward(weights_);
-    }
     StepStats s;
+    derived().accumulate_gradients(micro, tokens, s);
+    if (!std::isfinite(s.loss))
+      fail("training step {}: the loss is not finite ({}); lower the learning rate or check the data", step_ + 1,
+           s.loss);
     s.grad_norm = clip_grad_norm(model_.gradients(), config_.max_grad_norm);
     if (!std::isfinite(s.grad_norm))
       fail("training step {}: the gradient norm is not finite ({})", step_ + 1, s.grad_norm);
@@ -142,7 +147,6 @@ class Trainer {
     adam_.step(model_.parameters(), model_.gradients(), groups_, s.lr);
     ++step_;
     s.step = step_;
-    s.loss = loss_sum / double(tokens);
     s.tokens = tokens;
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return s;
@@ -152,7 +156,7 @@ class Trainer {
   // output_dir. `on_step` (optional) sees every step's stats.
   template <class F = void (*)(const StepStats&)>
   void run(F&& on_step = [](const StepStats&) {}) {
-    ProgressBar bar("train", config_.steps, config_.log_every);
+    ProgressBar bar(Derived::label, config_.steps, config_.log_every);
     bar.resumed_at(step_);
     std::ofstream metrics;
     if (!config_.output_dir.empty()) {
@@ -184,8 +188,11 @@ class Trainer {
     opt.add("exp_avg_sq", shape, std::span<const scalar>(adam_.state_v()));
     opt.set_metadata("steps", std::to_string(adam_.steps()));
     opt.write(dir.path() / "optimizer.safetensors");
-    const nlohmann::json state{{"format", "doremi-trainer-1"}, {"step", step_}, {"sampler", sampler_.state()},
-                               {"preset", std::string(M::config::name)}};
+    const nlohmann::json state{{"format", "doremi-trainer-1"},
+                               {"step", step_},
+                               {"sampler", sampler_.state()},
+                               {"preset", std::string(M::config::name)},
+                               {"extra", derived().extra_state()}};
     write_file_atomic(dir.path() / "trainer_state.json", state.dump(2) + "\n");
     dir.commit();
     auto all = list_checkpoints(config_.output_dir);
@@ -194,7 +201,7 @@ class Trainer {
     return final_path;
   }
 
-  // Restores model, optimizer, sampler and step from a checkpoint folder.
+  // Restores model, optimizer, sampler, step and the derived trainer's state.
   void load_checkpoint(const std::filesystem::path& dir) {
     const auto state_path = dir / "trainer_state.json";
     const nlohmann::json state = read_json_file(state_path);
@@ -212,6 +219,7 @@ class Trainer {
     if (it == meta.end()) fail("load_checkpoint: {} has no 'steps' metadata", (dir / "optimizer.safetensors").string());
     adam_.restore(m, v, std::stoll(it->second));
     sampler_.restore(state.at("sampler"));
+    derived().restore_extra_state(state.value("extra", nlohmann::json::object()));
     step_ = state.at("step").get<long>();
     truncate_metrics();
   }
@@ -225,7 +233,9 @@ class Trainer {
     return true;
   }
 
- private:
+ protected:
+  Derived& derived() { return static_cast<Derived&>(*this); }
+
   // Drops metric lines of steps after the resumed one (written by the run that
   // was interrupted), so metrics.jsonl lists every step exactly once.
   void truncate_metrics() {
@@ -247,8 +257,36 @@ class Trainer {
   TrainConfig config_;
   AdamW<scalar> adam_;
   std::vector<ParamGroup> groups_;
-  std::vector<scalar> weights_;
   long step_ = 0;
 };
+
+// Plain language-model training: the mean token cross-entropy over the step.
+template <class M, class S>
+class Trainer : public TrainerBase<Trainer<M, S>, M, S> {
+ public:
+  using Base = TrainerBase<Trainer<M, S>, M, S>;
+  using scalar = typename M::scalar;
+  static constexpr const char* label = "train";
+  using Base::Base;
+
+  void accumulate_gradients(const std::vector<Batch>& micro, std::size_t tokens, StepStats& s) {
+    double loss_sum = 0;
+    for (const Batch& b : micro) {
+      const auto out = this->model_.forward(b.inputs, b.targets, b.B, b.T);
+      loss_sum += out.loss_sum;
+      weights_.assign(out.losses.size(), scalar(1.0 / double(tokens)));
+      this->model_.backward(weights_);
+    }
+    s.loss = loss_sum / double(tokens);
+  }
+  nlohmann::json extra_state() const { return nlohmann::json::object(); }
+  void restore_extra_state(const nlohmann::json&) {}
+
+ private:
+  std::vector<scalar> weights_;
+};
+
+template <class M, class S>
+Trainer(M&, S&, TrainConfig) -> Trainer<M, S>;
 
 }  // namespace doremi
