@@ -1,0 +1,127 @@
+#pragma once
+// The DoReMi domain-weight update (doremi.md, Algorithm 1, "doremiv1"):
+//
+//   λᵢ  = mean over domain i's tokens of max(ℓ_θ − ℓ_ref, 0)   (kept when absent)
+//   log α'ᵢ = log αᵢ + η·λᵢ,  α' = softmax(log α')
+//   α   = (1 − c)·α' + c/k
+//   ᾱ   = running mean of α over all steps, counting α₀ as the first sample
+//   wᵢ  = (αᵢ/sᵢ) / Σⱼ (αⱼ/sⱼ)   loss weights, s = the sampling distribution
+//
+// Everything is in double; one update per optimisation step from the summed
+// excess losses and token counts of all its micro-batches (and ranks).
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "doremi/core/error.hpp"
+
+namespace doremi {
+
+struct DroConfig {
+  double eta = 1.0;         // η, `reweight_eta`
+  double smoothing = 1e-4;  // c, `reweight_eps` (the public 120M Pile run: 1e-3)
+  void validate() const {
+    if (!(eta > 0) || !std::isfinite(eta)) fail("DRO config: reweight_eta must be positive and finite (got {})", eta);
+    if (!(smoothing >= 0 && smoothing <= 1)) fail("DRO config: reweight_eps must lie in [0, 1] (got {})", smoothing);
+  }
+};
+
+class DomainWeights {
+ public:
+  // alpha0: initial weights, sampling: the distribution batches are drawn
+  // from (both normalised here), initial_score: λ₀ (ln vocabulary).
+  DomainWeights(std::vector<std::string> names, std::vector<double> alpha0, std::vector<double> sampling,
+                double initial_score, DroConfig config)
+      : names_(std::move(names)), alpha_(normalised(std::move(alpha0), "initial domain weights")),
+        sampling_(normalised(std::move(sampling), "sampling weights")), scores_(names_.size(), initial_score),
+        average_(alpha_), config_(config) {
+    config_.validate();
+    if (alpha_.size() != names_.size() || sampling_.size() != names_.size())
+      fail("DomainWeights: {} domains but {} initial and {} sampling weights", names_.size(), alpha_.size(),
+           sampling_.size());
+    for (std::size_t i = 0; i < names_.size(); ++i)
+      if (sampling_[i] == 0 && alpha_[i] > 0)
+        fail("DomainWeights: domain '{}' has sampling weight 0 but a positive initial weight; its loss could never "
+             "be observed",
+             names_[i]);
+  }
+
+  // Steps 4–6: excess_sum[i] = Σ max(ℓ_θ − ℓ_ref, 0) and tokens[i] = token
+  // count of domain i over the whole step.
+  void update(std::span<const double> excess_sum, std::span<const double> tokens) {
+    const std::size_t k = names_.size();
+    if (excess_sum.size() != k || tokens.size() != k)
+      fail("DomainWeights::update: {} domains but {} sums and {} counts", k, excess_sum.size(), tokens.size());
+    for (std::size_t i = 0; i < k; ++i)
+      if (tokens[i] > 0) scores_[i] = excess_sum[i] / tokens[i];
+    std::vector<double> logits(k);
+    for (std::size_t i = 0; i < k; ++i)
+      logits[i] = (alpha_[i] > 0 ? std::log(alpha_[i]) : -INFINITY) + config_.eta * scores_[i];
+    const double mx = *std::max_element(logits.begin(), logits.end());
+    double z = 0;
+    for (double l : logits) z += std::exp(l - mx);
+    const double lse = mx + std::log(z);
+    for (std::size_t i = 0; i < k; ++i)
+      alpha_[i] = (1 - config_.smoothing) * std::exp(logits[i] - lse) + config_.smoothing / double(k);
+    ++count_;
+    for (std::size_t i = 0; i < k; ++i) average_[i] = (average_[i] * double(count_ - 1) + alpha_[i]) / double(count_);
+  }
+
+  // Step 7's per-domain loss weights wᵢ = (αᵢ/sᵢ)/Σⱼ(αⱼ/sⱼ) (0 where s is 0).
+  std::vector<double> loss_weights() const {
+    std::vector<double> w(names_.size(), 0.0);
+    double z = 0;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      w[i] = sampling_[i] > 0 ? alpha_[i] / sampling_[i] : 0.0;
+      z += w[i];
+    }
+    for (double& x : w) x /= z;
+    return w;
+  }
+
+  const std::vector<std::string>& names() const { return names_; }
+  const std::vector<double>& alpha() const { return alpha_; }
+  const std::vector<double>& scores() const { return scores_; }
+  const std::vector<double>& average() const { return average_; }
+  const std::vector<double>& sampling() const { return sampling_; }
+  long count() const { return count_; }  // samples in the average, α₀ included
+  const DroConfig& config() const { return config_; }
+
+  nlohmann::json state() const {
+    return {{"domains", names_}, {"alpha", alpha_},     {"scores", scores_},
+            {"average", average_}, {"count", count_},   {"sampling", sampling_}};
+  }
+  void restore(const nlohmann::json& j) {
+    if (!j.is_object() || j.value("domains", std::vector<std::string>{}) != names_)
+      fail("DomainWeights: the saved DRO state is for domains {} but this run has {}",
+           j.is_object() && j.contains("domains") ? j.at("domains").dump() : "none", nlohmann::json(names_).dump());
+    alpha_ = j.at("alpha").get<std::vector<double>>();
+    scores_ = j.at("scores").get<std::vector<double>>();
+    average_ = j.at("average").get<std::vector<double>>();
+    count_ = j.at("count").get<long>();
+  }
+
+ private:
+  static std::vector<double> normalised(std::vector<double> w, const char* what) {
+    double z = 0;
+    for (double x : w) {
+      if (!std::isfinite(x) || x < 0) fail("DomainWeights: {} must be finite and >= 0 (got {})", what, x);
+      z += x;
+    }
+    if (!(z > 0)) fail("DomainWeights: {} are all zero", what);
+    for (double& x : w) x /= z;
+    return w;
+  }
+
+  std::vector<std::string> names_;
+  std::vector<double> alpha_, sampling_, scores_, average_;
+  long count_ = 1;  // ᾱ starts as α₀, one sample
+  DroConfig config_;
+};
+
+}  // namespace doremi

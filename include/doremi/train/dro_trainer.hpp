@@ -1,0 +1,148 @@
+#pragma once
+// DROTrainer<Model, Sampler, Reference>: the DoReMi proxy (doremi.md,
+// Algorithm 1). Each optimisation step:
+//   1. draws the step's micro-batches (the sampler uses the sampling weights);
+//   2. runs the frozen reference and the proxy on the same tokens;
+//   3–6. turns the clipped per-token excess losses of *all* micro-batches into
+//      per-domain scores and updates α and ᾱ once (DomainWeights);
+//   7. weights every micro-batch's token losses with that same updated α,
+//      importance-corrected by the sampling weights, normalised by the step's
+//      total weight, and takes the AdamW step (via TrainerBase).
+//
+// Exact accumulation. The public implementation updates α lazily per
+// micro-batch, so k−1 of k micro-batches use stale weights. Here the update
+// needs every micro-batch's losses first, so the proxy's forward runs once per
+// micro-batch to score it, then again (except for the last micro-batch, whose
+// activations are still in place) right before its backward: k micro-batches
+// give the same α trajectory as one batch k times larger, at the cost of k−1
+// extra proxy forwards per step (none without accumulation).
+//
+//   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
+//   dro.run();
+//   dro.write_domain_weights("out");   // avg_domain_weights.json + domain_config.json
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "doremi/core/atomic_file.hpp"
+#include "doremi/core/error.hpp"
+#include "doremi/train/domain_weights.hpp"
+#include "doremi/train/trainer.hpp"
+
+namespace doremi {
+
+template <class M, class S, class Ref = M>
+class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
+ public:
+  using Base = TrainerBase<DROTrainer<M, S, Ref>, M, S>;
+  using scalar = typename M::scalar;
+  static constexpr const char* label = "dro";
+
+  DROTrainer(M& proxy, Ref& reference, S& sampler, TrainConfig config, DomainWeights weights)
+      : Base(proxy, sampler, std::move(config)), ref_(reference), dw_(std::move(weights)) {}
+
+  // λ₀ for a model: ln of its (padded) vocabulary, the loss of a uniform predictor.
+  static double initial_score() { return std::log(double(M::config::padded_vocab)); }
+
+  const DomainWeights& domain_weights() const { return dw_; }
+
+  void accumulate_gradients(const std::vector<Batch>& micro, std::size_t tokens, StepStats& s) {
+    const std::size_t k = dw_.names().size();
+    std::vector<double> excess(k, 0.0), count(k, 0.0), proxy_sum(k, 0.0), ref_sum(k, 0.0);
+    std::vector<std::vector<scalar>> proxy_losses(micro.size());
+    std::vector<std::vector<std::uint8_t>> masks(micro.size());
+    // Pass 1: score every micro-batch (steps 2–4).
+    for (std::size_t m = 0; m < micro.size(); ++m) {
+      const Batch& b = micro[m];
+      check_domains(b, k);
+      const auto ref = ref_.forward(b.inputs, b.targets, b.B, b.T);
+      const auto out = this->model_.forward(b.inputs, b.targets, b.B, b.T);
+      proxy_losses[m].assign(out.losses.begin(), out.losses.end());
+      masks[m].assign(out.mask.begin(), out.mask.end());
+      for (std::size_t j = 0; j < out.losses.size(); ++j) {
+        if (!out.mask[j]) continue;
+        const auto d = std::size_t(b.domain[j / std::size_t(b.T)]);
+        excess[d] += std::max(double(out.losses[j]) - double(ref.losses[j]), 0.0);
+        count[d] += 1;
+        proxy_sum[d] += double(out.losses[j]);
+        ref_sum[d] += double(ref.losses[j]);
+      }
+    }
+    // Steps 5–6, once per step.
+    dw_.update(excess, count);
+    // Step 7: L = Σ w[d]·ℓ / Σ w[d] over all the step's tokens.
+    const std::vector<double> w = dw_.loss_weights();
+    double denom = 0, weighted = 0;
+    for (std::size_t m = 0; m < micro.size(); ++m)
+      for (std::size_t j = 0; j < masks[m].size(); ++j)
+        if (masks[m][j]) {
+          const double wd = w[std::size_t(micro[m].domain[j / std::size_t(micro[m].T)])];
+          denom += wd;
+          weighted += wd * double(proxy_losses[m][j]);
+        }
+    if (!(denom > 0))
+      fail("DRO step {}: every token of the step belongs to a domain with loss weight 0", this->step_ + 1);
+    for (std::size_t m = micro.size(); m-- > 0;) {
+      const Batch& b = micro[m];
+      if (m + 1 != micro.size()) this->model_.forward(b.inputs, b.targets, b.B, b.T);  // activations for backward
+      token_w_.assign(masks[m].size(), scalar(0));
+      for (std::size_t j = 0; j < masks[m].size(); ++j)
+        if (masks[m][j]) token_w_[j] = scalar(w[std::size_t(b.domain[j / std::size_t(b.T)])] / denom);
+      this->model_.backward(token_w_);
+    }
+    s.loss = weighted / denom;
+    double psum = 0, rsum = 0;
+    std::vector<double> proxy_mean(k, 0.0), ref_mean(k, 0.0);
+    for (std::size_t i = 0; i < k; ++i) {
+      psum += proxy_sum[i];
+      rsum += ref_sum[i];
+      if (count[i] > 0) {
+        proxy_mean[i] = proxy_sum[i] / count[i];
+        ref_mean[i] = ref_sum[i] / count[i];
+      }
+    }
+    s.extra = {{"mean_loss", psum / double(tokens)},     {"reference_loss", rsum / double(tokens)},
+               {"domains", dw_.names()},                {"scores", dw_.scores()},
+               {"alpha", dw_.alpha()},                  {"avg_alpha", dw_.average()},
+               {"domain_tokens", count},                {"domain_loss", proxy_mean},
+               {"domain_reference_loss", ref_mean}};
+  }
+
+  nlohmann::json extra_state() const { return {{"domain_weights", dw_.state()}}; }
+  void restore_extra_state(const nlohmann::json& j) {
+    if (!j.contains("domain_weights")) fail("DROTrainer: the checkpoint holds no DRO state (domain_weights)");
+    dw_.restore(j.at("domain_weights"));
+  }
+
+  // The proxy's output: ᾱ as `avg_domain_weights.json` ({domain: weight}) and
+  // as a domain config (train_domain_weights = ᾱ; eval_domain_weights as
+  // given, e.g. the reference weights) usable as the next stage's input.
+  void write_domain_weights(const std::filesystem::path& dir, const std::vector<double>& eval_weights = {}) const {
+    std::filesystem::create_directories(dir);
+    nlohmann::json avg = nlohmann::json::object(), eval = nlohmann::json::object();
+    for (std::size_t i = 0; i < dw_.names().size(); ++i) {
+      avg[dw_.names()[i]] = dw_.average()[i];
+      eval[dw_.names()[i]] = eval_weights.empty() ? dw_.average()[i] : eval_weights.at(i);
+    }
+    write_file_atomic(dir / "avg_domain_weights.json", avg.dump(2) + "\n");
+    const nlohmann::json config{{"train_domain_weights", avg}, {"eval_domain_weights", eval}};
+    write_file_atomic(dir / "domain_config.json", config.dump(2) + "\n");
+  }
+
+ private:
+  static void check_domains(const Batch& b, std::size_t k) {
+    if (b.domain.size() != std::size_t(b.B))
+      fail("DRO: a batch of {} sequences carries {} domain ids", b.B, b.domain.size());
+    for (auto d : b.domain)
+      if (d < 0 || std::size_t(d) >= k) fail("DRO: batch domain id {} outside [0, {})", d, k);
+  }
+
+  Ref& ref_;
+  DomainWeights dw_;
+  std::vector<scalar> token_w_;
+};
+
+}  // namespace doremi
