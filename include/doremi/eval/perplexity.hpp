@@ -1,0 +1,105 @@
+#pragma once
+// Per-domain held-out log-perplexity (doremi.md, "Evaluation"): for each
+// domain, the summed token cross-entropy over its validation sequences divided
+// by its number of target tokens; plus the uniform average over domains and
+// the worst case. Sequences are read in order, each cut into consecutive
+// windows of T inputs whose targets are the next tokens (every token but a
+// sequence's first is predicted exactly once), batched B windows at a time.
+//
+//   auto r = doremi::evaluate_perplexity(model, names, sources, /*T=*/128, /*B=*/8);
+//   fmt::print("{}\n", r.to_json().dump(2));
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "doremi/core/error.hpp"
+#include "doremi/core/progress.hpp"
+#include "doremi/data/source.hpp"
+
+namespace doremi {
+
+struct PerplexityReport {
+  std::vector<std::string> domains;
+  std::vector<double> log_perplexity;  // nats per target token, per domain
+  std::vector<std::uint64_t> tokens;   // target tokens per domain
+  double average = 0;                  // uniform mean over domains
+  double worst = 0;                    // maximum over domains
+  std::string worst_domain;
+
+  nlohmann::json to_json() const {
+    nlohmann::json per = nlohmann::json::object(), tok = nlohmann::json::object();
+    for (std::size_t i = 0; i < domains.size(); ++i) {
+      per[domains[i]] = log_perplexity[i];
+      tok[domains[i]] = tokens[i];
+    }
+    return {{"log_perplexity", per}, {"average", average}, {"worst", worst}, {"worst_domain", worst_domain},
+            {"target_tokens", tok}};
+  }
+};
+
+// max_tokens_per_domain > 0 stops a domain after about that many target
+// tokens (whole windows), for quick evaluations of large validation sets.
+template <class M, TokenSource Source>
+PerplexityReport evaluate_perplexity(M& model, const std::vector<std::string>& names,
+                                     const std::vector<Source>& sources, int T, int B,
+                                     std::uint64_t max_tokens_per_domain = 0, bool progress = false) {
+  if (names.size() != sources.size())
+    fail("evaluate_perplexity: {} domain names for {} sources", names.size(), sources.size());
+  if (T <= 0 || T > M::config::n_ctx || B <= 0)
+    fail("evaluate_perplexity: windows of {} tokens in batches of {} (need 0 < T <= {} and B > 0)", T, B,
+         M::config::n_ctx);
+  PerplexityReport r;
+  r.domains = names;
+  std::vector<std::int32_t> inputs(std::size_t(B) * T), targets(std::size_t(B) * T), seq;
+  ProgressBar bar("eval", long(names.size()), 1);
+  for (std::size_t d = 0; d < names.size(); ++d) {
+    const Source& src = sources[d];
+    double sum = 0;
+    std::uint64_t count = 0;
+    int rows = 0;
+    auto flush = [&] {
+      if (rows == 0) return;
+      std::fill(inputs.begin() + std::ptrdiff_t(rows) * T, inputs.end(), 0);
+      std::fill(targets.begin() + std::ptrdiff_t(rows) * T, targets.end(), -1);
+      const auto out = model.forward(inputs, targets, B, T);
+      sum += out.loss_sum;
+      count += out.tokens;
+      rows = 0;
+    };
+    for (std::size_t i = 0; i < src.size(); ++i) {
+      if (max_tokens_per_domain && count >= max_tokens_per_domain) break;
+      seq.resize(src.length(i));
+      src.read(i, 0, seq);
+      for (std::size_t start = 0; start + 1 < seq.size(); start += std::size_t(T)) {
+        std::int32_t* in = inputs.data() + std::size_t(rows) * T;
+        std::int32_t* tg = targets.data() + std::size_t(rows) * T;
+        for (int t = 0; t < T; ++t) {
+          const std::size_t p = start + std::size_t(t);
+          in[t] = p < seq.size() ? seq[p] : 0;
+          tg[t] = p + 1 < seq.size() ? seq[p + 1] : -1;
+        }
+        if (++rows == B) flush();
+      }
+    }
+    flush();
+    if (count == 0) fail("evaluate_perplexity: domain '{}' ({}) has no target tokens", names[d], src.describe());
+    r.log_perplexity.push_back(sum / double(count));
+    r.tokens.push_back(count);
+    if (progress) bar.update(long(d + 1), names[d]);
+  }
+  double total = 0;
+  std::size_t worst = 0;
+  for (std::size_t d = 0; d < names.size(); ++d) {
+    total += r.log_perplexity[d];
+    if (r.log_perplexity[d] > r.log_perplexity[worst]) worst = d;
+  }
+  r.average = total / double(names.size());
+  r.worst = r.log_perplexity[worst];
+  r.worst_domain = names[worst];
+  return r;
+}
+
+}  // namespace doremi
