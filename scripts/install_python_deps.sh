@@ -5,6 +5,10 @@
 #   * PyTorch 1.13.1 from Debian (python3-torch, CPU only, no CUDA wheels),
 #   * HuggingFace transformers 4.47.1 (the last release that supports
 #     torch 1.x) and its pure-Python / abi3 dependencies from PyPI, pinned,
+#   * HuggingFace datasets 3.2.0 with pyarrow 18.1.0 (and pandas, aiohttp and
+#     their small dependencies), pinned, for the Arrow token-source tests
+#     (tests/python/make_hf_datasets_fixture.py); these wheels work with
+#     Debian's numpy 1.24,
 #   * OpenBLAS (OpenMP build) unpacked into a private folder, NOT installed
 #     system-wide: Debian's torch links libblas.so.3, which is the slow
 #     reference BLAS by default (~3.5 GFLOP/s on a 512^3 matmul); putting the
@@ -43,6 +47,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 TRANSFORMERS_VERSION=4.47.1
+DATASETS_VERSION=3.2.0
 # Exact pins, installed with --no-deps so pip never touches Debian's numpy,
 # requests, yaml or typing-extensions (all of which satisfy these releases).
 # Versions are contemporary with transformers 4.47.1; all have cp311 or abi3
@@ -57,6 +62,24 @@ PIP_PKGS=(
   "filelock==3.16.1"
   "fsspec==2024.12.0"
   "packaging==24.2"
+  # datasets (Dataset.save_to_disk) for the ArrowSource tests. datasets 3.2.0
+  # declares requests>=2.32.2 and fsspec<=2024.9.0; Debian's requests 2.28 and
+  # the fsspec above work for save_to_disk/load_from_disk (checked by the tests).
+  "datasets==$DATASETS_VERSION"
+  "pyarrow==18.1.0"
+  "pandas==2.2.3"
+  "pytz==2024.2"
+  "tzdata==2024.2"
+  "dill==0.3.8"
+  "multiprocess==0.70.16"
+  "xxhash==3.5.0"
+  "aiohttp==3.11.11"
+  "aiohappyeyeballs==2.4.4"
+  "aiosignal==1.3.2"
+  "frozenlist==1.5.0"
+  "multidict==6.1.0"
+  "propcache==0.2.1"
+  "yarl==1.18.3"
 )
 # Debian packages: torch (pulls numpy, requests, typing-extensions, sympy),
 # pip for the PyPI part, yaml for transformers.
@@ -66,12 +89,14 @@ log() { echo "install_python_deps: $*" >&2; }
 
 python_ok() {
   [[ -x "$PY" ]] || return 1
-  "$PY" - "$TRANSFORMERS_VERSION" <<'EOF' >/dev/null 2>&1
+  "$PY" - "$TRANSFORMERS_VERSION" "$DATASETS_VERSION" <<'EOF' >/dev/null 2>&1
 import sys
 import torch, numpy, yaml, safetensors.torch, tokenizers, huggingface_hub
 import transformers
 from transformers import GPTNeoXForCausalLM, GPTNeoXConfig
 assert transformers.__version__ == sys.argv[1], transformers.__version__
+import datasets, pyarrow, pyarrow.ipc
+assert datasets.__version__ == sys.argv[2], datasets.__version__
 EOF
 }
 
@@ -102,7 +127,7 @@ export DEBIAN_FRONTEND=noninteractive
 if python_ok; then
   :
 elif [[ $CHECK_ONLY == 1 ]]; then
-  log "missing: torch/transformers $TRANSFORMERS_VERSION for $PY"; exit 1
+  log "missing: torch/transformers $TRANSFORMERS_VERSION or datasets $DATASETS_VERSION for $PY"; exit 1
 else
   missing="$(apt_missing "${APT_PKGS[@]}")"
   if [[ -n "${missing// /}" ]]; then
@@ -118,6 +143,7 @@ else
   if ! python_ok; then
     log "import check failed after install:"
     "$PY" -c "import torch, transformers; from transformers import GPTNeoXForCausalLM; print(transformers.__version__)" >&2 || true
+    "$PY" -c "import datasets, pyarrow; print(datasets.__version__, pyarrow.__version__)" >&2 || true
     exit 1
   fi
 fi
