@@ -281,10 +281,6 @@ struct Batch {
   std::int32_t list_size = 0;
 };
 
-inline std::string type_text(std::uint8_t tag, const ColumnPlan& p) {
-  return fmt::format("{}<{}int{}>", type_name(tag), p.value_signed ? "" : "u", p.value_bits);
-}
-
 // Reads the schema and finds the token column.
 inline ColumnPlan plan_column(const FlatBuffer& fb, const FlatBuffer::Table& schema, std::int16_t version,
                               const std::string& file, const std::string& column) {
