@@ -17,3 +17,16 @@ if(NOT DEFINED DOREMI_BLAS OR DOREMI_BLAS)
   find_library(DOREMI_OPENBLAS_LIBRARY NAMES openblas
     PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
 endif()
+# utf8proc (Debian: libutf8proc-dev) has no CMake package: Unicode categories
+# and NFC for the BPE tokenizers.
+find_path(DOREMI_UTF8PROC_INCLUDE_DIR utf8proc.h)
+find_library(DOREMI_UTF8PROC_LIBRARY NAMES utf8proc)
+if(NOT DOREMI_UTF8PROC_INCLUDE_DIR OR NOT DOREMI_UTF8PROC_LIBRARY)
+  message(FATAL_ERROR "doremi needs utf8proc (Debian: apt-get install libutf8proc-dev)")
+endif()
+if(NOT TARGET doremi_deps::utf8proc)
+  add_library(doremi_deps::utf8proc UNKNOWN IMPORTED)
+  set_target_properties(doremi_deps::utf8proc PROPERTIES
+    IMPORTED_LOCATION "${DOREMI_UTF8PROC_LIBRARY}"
+    INTERFACE_INCLUDE_DIRECTORIES "${DOREMI_UTF8PROC_INCLUDE_DIR}")
+endif()

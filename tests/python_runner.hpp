@@ -4,6 +4,7 @@
 // torch or transformers cannot be imported the test is skipped with a message,
 // unless DOREMI_REQUIRE_PYTHON=1 (set by the README's test command and CI),
 // where a missing reference is a failure: CI never passes by skipping.
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -41,6 +42,20 @@ inline int run_python_script(const std::string& script, const std::string& args)
   const std::string cmd =
       fmt::format("{} {} {} 2>&1", python(), (source_dir() / "tests/python" / script).string(), args);
   const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+// Runs a script under tests/python/ and captures its stdout (stderr passes
+// through to the test log); returns the exit status.
+inline int run_python_script_capture(const std::string& script, const std::string& args, std::string& out) {
+  const std::string cmd = fmt::format("{} {} {}", python(), (source_dir() / "tests/python" / script).string(), args);
+  out.clear();
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return 127;
+  char buf[1 << 16];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
