@@ -8,7 +8,9 @@
 #include <string_view>
 
 #include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
 #include "doremi/model/config.hpp"
+#include "doremi/model/hf_config.hpp"
 
 namespace doremi {
 
@@ -24,6 +26,23 @@ decltype(auto) dispatch_preset(std::string_view name, F&& f) {
   if (name == "pythia-70m") return f.template operator()<Pythia70M<Scalar>>();
   if (name == "pythia-160m") return f.template operator()<Pythia160M<Scalar>>();
   fail("unknown model preset '{}' (available: {})", name, preset_names);
+}
+
+// The compiled preset whose shapes a checkpoint's config.json describes (one
+// written by this library or by transformers). The error lists the presets.
+inline std::string preset_for_checkpoint(const std::filesystem::path& dir) {
+  const auto path = dir / "config.json";
+  const nlohmann::json j = read_json_file(path);
+  std::string reasons;
+  for (std::string_view name : {"tiny", "cpu-bench", "doremi-120m", "gpt2-124m", "pythia-70m", "pythia-160m"}) {
+    try {
+      dispatch_preset<float>(name, [&]<class Cfg>() { check_hf_config<Cfg>(j, path); });
+      return std::string(name);
+    } catch (const Error& e) {
+      reasons += fmt::format("\n  {}: {}", name, e.what());
+    }
+  }
+  fail("{} matches none of the compiled presets ({}); why each was rejected:{}", path.string(), preset_names, reasons);
 }
 
 }  // namespace doremi
