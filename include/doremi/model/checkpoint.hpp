@@ -18,6 +18,7 @@
 #include "doremi/core/json.hpp"
 #include "doremi/core/safetensors.hpp"
 #include "doremi/model/hf_config.hpp"
+#include "doremi/model/params.hpp"
 
 namespace doremi {
 

@@ -29,6 +29,7 @@
 
 #include "doremi/core/atomic_file.hpp"
 #include "doremi/core/error.hpp"
+#include "doremi/data/domain_config.hpp"
 #include "doremi/train/domain_weights.hpp"
 #include "doremi/train/trainer.hpp"
 
@@ -122,14 +123,10 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
   // given, e.g. the reference weights) usable as the next stage's input.
   void write_domain_weights(const std::filesystem::path& dir, const std::vector<double>& eval_weights = {}) const {
     std::filesystem::create_directories(dir);
-    nlohmann::json avg = nlohmann::json::object(), eval = nlohmann::json::object();
-    for (std::size_t i = 0; i < dw_.names().size(); ++i) {
-      avg[dw_.names()[i]] = dw_.average()[i];
-      eval[dw_.names()[i]] = eval_weights.empty() ? dw_.average()[i] : eval_weights.at(i);
-    }
-    write_file_atomic(dir / "avg_domain_weights.json", avg.dump(2) + "\n");
-    const nlohmann::json config{{"train_domain_weights", avg}, {"eval_domain_weights", eval}};
-    write_file_atomic(dir / "domain_config.json", config.dump(2) + "\n");
+    const DomainMixture avg{dw_.names(), dw_.average()};
+    doremi::write_domain_weights(dir / "avg_domain_weights.json", avg);
+    write_domain_config(dir / "domain_config.json",
+                        DomainConfig{avg, eval_weights.empty() ? avg : DomainMixture{dw_.names(), eval_weights}});
   }
 
  private:

@@ -1,0 +1,284 @@
+#pragma once
+// The whole DoReMi pipeline (doremi.md, "The pipeline"), one call:
+//
+//   round r = 1..R:  reference model on w_ref(r)   (w_ref(1) = the reference
+//                    weights, w_ref(r) = round r−1's output: iterated DoReMi)
+//                    proxy with DRO against it → ᾱ_r
+//                    stop early when max |ᾱ_r − ᾱ_{r−1}| < tolerance
+//   main model on ᾱ_R, and a baseline main model on the reference weights
+//   per-domain held-out log-perplexity of both, the report
+//
+// Model shapes are compile-time, so each stage runs through a ModelStages
+// object for one preset (StagesFor<Config>): the small (reference and proxy)
+// and main presets are chosen independently without instantiating every pair.
+// Every stage writes into its own folder and marks completion with done.json;
+// a rerun skips finished stages and resumes unfinished ones from their last
+// checkpoint.
+//
+//   doremi::StagesFor<doremi::presets::Tiny<float>> small;
+//   auto result = doremi::run_pipeline(config, small, small);
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "doremi/core/atomic_file.hpp"
+#include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
+#include "doremi/data/dataset_folder.hpp"
+#include "doremi/data/domain_config.hpp"
+#include "doremi/data/weighted_sampler.hpp"
+#include "doremi/eval/perplexity.hpp"
+#include "doremi/eval/report.hpp"
+#include "doremi/model/checkpoint.hpp"
+#include "doremi/model/gpt.hpp"
+#include "doremi/pipeline/run_config.hpp"
+#include "doremi/train/dro_trainer.hpp"
+#include "doremi/train/trainer.hpp"
+
+namespace doremi {
+
+// The data every stage reads, opened once.
+struct PipelineData {
+  DatasetFolder train, validation;
+  int seq_len = 128;
+  std::uint64_t seed = 1;
+  std::uint64_t eval_max_tokens = 0;
+  const std::vector<std::string>& domains() const { return train.domains; }
+};
+
+inline TrainConfig train_config_for(const StageConfig& s, const std::filesystem::path& dir) {
+  TrainConfig t;
+  t.steps = s.steps;
+  t.grad_accum = s.grad_accum;
+  t.adam.lr = s.lr;
+  t.adam.beta2 = s.beta2;
+  t.adam.weight_decay = s.weight_decay;
+  t.schedule.kind = LrSchedule::parse(s.schedule);
+  t.schedule.peak_lr = s.lr;
+  t.schedule.end_lr = std::min(s.end_lr, s.lr);
+  t.schedule.total_steps = s.steps;
+  t.schedule.warmup_steps = long(std::ceil(double(s.steps) * s.warmup));
+  t.max_grad_norm = s.max_grad_norm;
+  t.checkpoint_every = s.checkpoint_every;
+  t.output_dir = dir;
+  t.log_every = std::max<long>(1, s.steps / 20);
+  return t;
+}
+
+inline bool stage_done(const std::filesystem::path& dir) { return std::filesystem::exists(dir / "done.json"); }
+inline void mark_done(const std::filesystem::path& dir, const nlohmann::json& info) {
+  write_file_atomic(dir / "done.json", info.dump(2) + "\n");
+}
+
+struct ModelStages {
+  virtual ~ModelStages() = default;
+  virtual std::string preset() const = 0;
+  // Trains a model on data drawn with `weights`; the result in dir/final.
+  virtual void train(const PipelineData& data, const StageConfig& stage, const std::vector<double>& weights,
+                     const std::filesystem::path& dir) = 0;
+  // The DRO proxy against the model in reference_dir/final; returns ᾱ and
+  // writes dir/avg_domain_weights.json, dir/domain_config.json, dir/metrics.jsonl.
+  virtual std::vector<double> dro(const PipelineData& data, const StageConfig& stage, const std::vector<double>& alpha0,
+                                  const std::vector<double>& sampling, const std::vector<double>& eval_weights,
+                                  const std::filesystem::path& reference_dir, const std::filesystem::path& dir) = 0;
+  // Per-domain held-out log-perplexity of the model in model_dir/final.
+  virtual PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) = 0;
+};
+
+template <class Cfg>
+class StagesFor final : public ModelStages {
+ public:
+  using M = Model<Cfg>;
+  using Sampler = WeightedDomainSampler<AnySource>;
+
+  std::string preset() const override { return std::string(Cfg::name); }
+
+  void train(const PipelineData& data, const StageConfig& stage, const std::vector<double>& weights,
+             const std::filesystem::path& dir) override {
+    if (stage_done(dir)) return;
+    check_data(data);
+    M model;
+    model.init(data.seed);
+    Sampler sampler = make_sampler(data, weights, stage.batch_size, data.seed + 11);
+    Trainer trainer(model, sampler, train_config_for(stage, dir));
+    if (trainer.resume_if_possible()) fmt::print(stderr, "{}: resumed at step {}\n", dir.string(), trainer.step());
+    trainer.run();
+    save_model(model, dir / "final");
+    mark_done(dir, {{"preset", preset()}, {"steps", stage.steps}, {"weights", weights}});
+  }
+
+  std::vector<double> dro(const PipelineData& data, const StageConfig& stage, const std::vector<double>& alpha0,
+                          const std::vector<double>& sampling, const std::vector<double>& eval_weights,
+                          const std::filesystem::path& reference_dir, const std::filesystem::path& dir) override {
+    if (stage_done(dir)) return read_json_file(dir / "done.json").at("avg_domain_weights").get<std::vector<double>>();
+    check_data(data);
+    M reference, proxy;
+    load_model(reference, reference_dir / "final");
+    proxy.init(data.seed + 1);
+    Sampler sampler = make_sampler(data, sampling, stage.batch_size, data.seed + 12);
+    DomainWeights dw(data.domains(), alpha0, sampling, DROTrainer<M, Sampler>::initial_score(), stage.dro);
+    DROTrainer trainer(proxy, reference, sampler, train_config_for(stage, dir), std::move(dw));
+    if (trainer.resume_if_possible()) fmt::print(stderr, "{}: resumed at step {}\n", dir.string(), trainer.step());
+    trainer.run();
+    trainer.write_domain_weights(dir, eval_weights);
+    save_model(proxy, dir / "final");
+    const auto avg = trainer.domain_weights().average();
+    mark_done(dir, {{"preset", preset()}, {"steps", stage.steps}, {"avg_domain_weights", avg}});
+    return avg;
+  }
+
+  PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) override {
+    M model;
+    load_model(model, model_dir / "final");
+    auto r = evaluate_perplexity(model, data.validation.domains, data.validation.sources, data.seq_len, 8,
+                                 data.eval_max_tokens);
+    write_file_atomic(model_dir / "perplexity.json", r.to_json().dump(2) + "\n");
+    return r;
+  }
+
+ private:
+  static void check_data(const PipelineData& data) {
+    if (data.seq_len > Cfg::n_ctx)
+      fail("seq_len {} exceeds preset '{}''s context of {} tokens", data.seq_len, Cfg::name, Cfg::n_ctx);
+  }
+  static Sampler make_sampler(const PipelineData& data, const std::vector<double>& weights, int batch_size,
+                              std::uint64_t seed) {
+    SamplerOptions options;  // documents kept whole by `preprocess --nopack` are cut into pieces
+    if (!data.train.manifest.is_null() && !data.train.manifest.value("pack", true)) options.packing = Packing::nopack;
+    return Sampler(data.train.domains, data.train.sources, weights, batch_size, data.seq_len, seed, options);
+  }
+};
+
+struct PipelineResult {
+  std::vector<std::string> domains;
+  std::vector<double> reference_weights;
+  std::vector<std::vector<double>> round_weights;  // ᾱ of each round
+  std::vector<double> doremi_weights;              // the last round's
+  std::optional<PerplexityReport> doremi_perplexity, baseline_perplexity;
+  nlohmann::json to_json() const {
+    nlohmann::json j{{"domains", domains},
+                     {"reference_weights", reference_weights},
+                     {"round_weights", round_weights},
+                     {"doremi_weights", doremi_weights}};
+    if (doremi_perplexity) j["doremi_perplexity"] = doremi_perplexity->to_json();
+    if (baseline_perplexity) j["baseline_perplexity"] = baseline_perplexity->to_json();
+    return j;
+  }
+};
+
+// Reference weights as the config says: a domain-config file, "uniform", or
+// by size ("pack"/"nopack" counts from a preprocessed folder's manifest,
+// times per-domain epochs).
+inline std::vector<double> resolve_reference_weights(const RunConfig& cfg, const PipelineData& data) {
+  const auto& names = data.domains();
+  const std::size_t k = names.size();
+  if (cfg.reference_weights == "uniform") return std::vector<double>(k, 1.0 / double(k));
+  if (cfg.reference_weights == "pack" || cfg.reference_weights == "nopack") {
+    if (data.train.manifest.is_null())
+      fail("reference_weights \"{}\" needs a folder written by `doremi preprocess` (its manifest.json counts)",
+           cfg.reference_weights);
+    std::vector<double> counts;
+    for (const auto& d : names)
+      counts.push_back(double(data.train.manifest.at("domains").at(d).at("train").at(cfg.reference_weights + "_chunks")
+                                  .get<std::uint64_t>()));
+    return weights_by_size(names, counts, cfg.epochs);
+  }
+  const DomainConfig dc = read_domain_config(cfg.reference_weights);
+  return dc.train.weights_for(names, cfg.reference_weights);
+}
+
+// The report of a run: weights over the last round's proxy steps, final
+// against reference weights, and per-domain perplexity of both main models.
+inline void write_pipeline_report(const RunConfig& cfg, const PipelineResult& r, const std::string& small_preset,
+                                  const std::string& main_preset) {
+  ReportData d;
+  d.title = "DoReMi report";
+  d.settings = {{"data", cfg.data.string()},
+                {"reference/proxy preset", small_preset},
+                {"main preset", main_preset},
+                {"sequence length", std::to_string(cfg.seq_len)},
+                {"reference weights", cfg.reference_weights},
+                {"rounds run", std::to_string(r.round_weights.size())},
+                {"proxy steps", std::to_string(cfg.proxy.steps)},
+                {"η, c", fmt::format("{}, {}", cfg.proxy.dro.eta, cfg.proxy.dro.smoothing)}};
+  d.domains = r.domains;
+  d.reference_weights = r.reference_weights;
+  d.doremi_weights = r.doremi_weights;
+  const auto metrics = cfg.output / fmt::format("round-{}", r.round_weights.size()) / "proxy" / "metrics.jsonl";
+  if (std::filesystem::exists(metrics)) {
+    const WeightTrajectory t = read_weight_trajectory(metrics);
+    d.steps = t.steps;
+    d.step_weights = t.weights;
+    d.step_average_weights = read_weight_trajectory(metrics, TrajectoryWeights::avg_alpha).weights;
+  }
+  if (r.baseline_perplexity) d.baseline_log_perplexity = r.baseline_perplexity->log_perplexity;
+  if (r.doremi_perplexity) d.doremi_log_perplexity = r.doremi_perplexity->log_perplexity;
+  write_report(cfg.output / "report", d);
+}
+
+inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, ModelStages& main) {
+  namespace fs = std::filesystem;
+  fs::create_directories(cfg.output);
+  write_file_atomic(cfg.output / "run_config.json", nlohmann::json{{"preset", small.preset()},
+                                                                   {"main_preset", main.preset()},
+                                                                   {"data", cfg.data.string()}}
+                                                           .dump(2) + "\n");
+  std::vector<std::string> domains = cfg.domains;
+  if (domains.empty() && cfg.reference_weights != "uniform" && cfg.reference_weights != "pack" &&
+      cfg.reference_weights != "nopack")
+    domains = read_domain_config(cfg.reference_weights).train.names;  // only the configured domains are loaded
+  PipelineData data{open_dataset_folder(cfg.data, "train", domains), open_dataset_folder(cfg.data, "validation", domains),
+                    cfg.seq_len, cfg.seed, cfg.eval_max_tokens};
+  if (data.validation.domains != data.train.domains)
+    fail("{}: the validation split's domains differ from the train split's", cfg.data.string());
+  PipelineResult r;
+  r.domains = data.domains();
+  r.reference_weights = resolve_reference_weights(cfg, data);
+  const std::size_t k = r.domains.size();
+  write_domain_config(cfg.output / "reference_weights.json",
+                      DomainConfig{{r.domains, r.reference_weights}, {r.domains, r.reference_weights}});
+
+  std::vector<double> w_ref = r.reference_weights;
+  for (int round = 1; round <= cfg.rounds; ++round) {
+    const fs::path rd = cfg.output / fmt::format("round-{}", round);
+    fmt::print(stderr, "round {}: reference model ({}) on {}\n", round, small.preset(),
+               round == 1 ? "the reference weights" : "the previous round's weights");
+    small.train(data, cfg.reference, w_ref, rd / "reference");
+    const std::vector<double> uniform(k, 1.0 / double(k));
+    const auto& start = cfg.proxy_sampling == "uniform" ? uniform : w_ref;
+    fmt::print(stderr, "round {}: proxy with DRO\n", round);
+    r.round_weights.push_back(small.dro(data, cfg.proxy, start, start, r.reference_weights, rd / "reference",
+                                        rd / "proxy"));
+    if (round > 1) {
+      double change = 0;
+      for (std::size_t i = 0; i < k; ++i)
+        change = std::max(change, std::abs(r.round_weights[std::size_t(round - 1)][i] -
+                                           r.round_weights[std::size_t(round - 2)][i]));
+      fmt::print(stderr, "round {}: weights changed by at most {:.4g}\n", round, change);
+      if (change < cfg.tolerance) break;
+    }
+    w_ref = r.round_weights.back();
+  }
+  r.doremi_weights = r.round_weights.back();
+  write_domain_config(cfg.output / "doremi_weights.json",
+                      DomainConfig{{r.domains, r.doremi_weights}, {r.domains, r.reference_weights}});
+
+  fmt::print(stderr, "main model ({}) on the DoReMi weights\n", main.preset());
+  main.train(data, cfg.main, r.doremi_weights, cfg.output / "main-doremi");
+  r.doremi_perplexity = main.evaluate(data, cfg.output / "main-doremi");
+  if (cfg.baseline) {
+    fmt::print(stderr, "baseline main model ({}) on the reference weights\n", main.preset());
+    main.train(data, cfg.main, r.reference_weights, cfg.output / "main-baseline");
+    r.baseline_perplexity = main.evaluate(data, cfg.output / "main-baseline");
+  }
+  write_file_atomic(cfg.output / "summary.json", r.to_json().dump(2) + "\n");
+  write_pipeline_report(cfg, r, small.preset(), main.preset());
+  return r;
+}
+
+}  // namespace doremi

@@ -1,0 +1,160 @@
+#pragma once
+// The pipeline's run configuration: one JSON file for the whole DoReMi run.
+//
+// {
+//   "data": "data/pile",             // preprocessed folder or HF datasets layout (train/ + validation/)
+//   "output": "runs/pile-120m",
+//   "preset": "doremi-120m",         // reference and proxy models
+//   "main_preset": "doremi-120m",    // main models (default: preset)
+//   "seq_len": 1024,
+//   "reference_weights": "config.json" | "uniform" | "pack" | "nopack",
+//   "domains": ["ArXiv", ...],       // optional subset (default: the reference config's or all)
+//   "epochs": "pile" | {"Books3": 1.5, ...},   // multiplies "pack"/"nopack" counts (default 1)
+//   "reference": {"steps": 200000, "batch_size": 64, "grad_accum": 8, "lr": 1e-3, ...},
+//   "proxy": {...}, "main": {...},   // same fields; "proxy" also "eta", "smoothing"
+//   "proxy_sampling": "uniform" | "reference",  // α₀ and s of the proxy (public runs: uniform)
+//   "rounds": 1, "tolerance": 0.0,   // iterated DoReMi: stop when max |Δᾱ| < tolerance
+//   "baseline": true,                // also train a main model on the reference weights
+//   "eval_max_tokens": 0,            // per domain, 0 = whole validation split
+//   "seed": 1
+// }
+//
+// Every field is checked; an unknown field or a wrong type is an error naming it.
+#include <filesystem>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
+#include "doremi/optim/schedule.hpp"
+#include "doremi/train/domain_weights.hpp"
+
+namespace doremi {
+
+struct StageConfig {
+  long steps = 1000;
+  int batch_size = 8;
+  int grad_accum = 1;
+  double lr = 1e-3;
+  double end_lr = 1e-4;
+  double warmup = 0.06;  // share of steps
+  std::string schedule = "linear_warmup_exponential";
+  double weight_decay = 0.01;
+  double beta2 = 0.99;
+  double max_grad_norm = 1.0;
+  long checkpoint_every = 0;
+  DroConfig dro{1.0, 1e-3};  // proxy only
+};
+
+struct RunConfig {
+  std::filesystem::path data, output;
+  std::string preset = "tiny", main_preset;
+  int seq_len = 128;
+  std::string reference_weights = "uniform";  // a domain-config path, "uniform", "pack" or "nopack"
+  std::vector<std::string> domains;
+  nlohmann::json epochs;  // null, "pile" or {domain: epochs}
+  StageConfig reference, proxy, main;
+  std::string proxy_sampling = "uniform";
+  int rounds = 1;
+  double tolerance = 0.0;
+  bool baseline = true;
+  std::uint64_t eval_max_tokens = 0;
+  std::uint64_t seed = 1;
+
+  static RunConfig from_json(const nlohmann::json& j, const std::string& where) {
+    if (!j.is_object()) fail("{}: the run config must be a JSON object", where);
+    RunConfig c;
+    const std::set<std::string> known{"data",    "output",          "preset", "main_preset",    "seq_len",
+                                      "reference_weights", "domains", "epochs", "reference",    "proxy",
+                                      "main",    "proxy_sampling",  "rounds", "tolerance",      "baseline",
+                                      "eval_max_tokens",   "seed",    "comment"};
+    for (const auto& [key, _] : j.items())
+      if (!known.count(key)) fail("{}: unknown field '{}'", where, key);
+    auto get = [&](const char* key, auto& out) {
+      if (!j.contains(key)) return;
+      try {
+        j.at(key).get_to(out);
+      } catch (const nlohmann::json::exception&) {
+        fail("{}: field '{}' has the wrong type ({})", where, key, j.at(key).dump());
+      }
+    };
+    std::string data, output;
+    get("data", data);
+    get("output", output);
+    c.data = data;
+    c.output = output;
+    get("preset", c.preset);
+    get("main_preset", c.main_preset);
+    get("seq_len", c.seq_len);
+    get("reference_weights", c.reference_weights);
+    get("domains", c.domains);
+    if (j.contains("epochs")) c.epochs = j.at("epochs");
+    get("proxy_sampling", c.proxy_sampling);
+    get("rounds", c.rounds);
+    get("tolerance", c.tolerance);
+    get("baseline", c.baseline);
+    get("eval_max_tokens", c.eval_max_tokens);
+    get("seed", c.seed);
+    for (auto [key, stage] : {std::pair{"reference", &c.reference}, {"proxy", &c.proxy}, {"main", &c.main}})
+      if (j.contains(key)) *stage = stage_from_json(j.at(key), fmt::format("{}: {}", where, key));
+    if (c.main_preset.empty()) c.main_preset = c.preset;
+    c.validate(where);
+    return c;
+  }
+
+  void validate(const std::string& where) const {
+    if (data.empty()) fail("{}: field 'data' is required", where);
+    if (output.empty()) fail("{}: field 'output' is required", where);
+    if (seq_len < 2) fail("{}: field 'seq_len' must be >= 2 (got {})", where, seq_len);
+    if (rounds < 1) fail("{}: field 'rounds' must be >= 1 (got {})", where, rounds);
+    if (!(tolerance >= 0)) fail("{}: field 'tolerance' must be >= 0 (got {})", where, tolerance);
+    if (proxy_sampling != "uniform" && proxy_sampling != "reference")
+      fail("{}: field 'proxy_sampling' must be \"uniform\" or \"reference\" (got \"{}\")", where, proxy_sampling);
+    if (!epochs.is_null() && !epochs.is_object() && epochs != "pile")
+      fail("{}: field 'epochs' must be \"pile\" or an object of domain epochs (got {})", where, epochs.dump());
+  }
+
+ private:
+  static StageConfig stage_from_json(const nlohmann::json& j, const std::string& where) {
+    if (!j.is_object()) fail("{} must be an object", where);
+    StageConfig s;
+    const std::set<std::string> known{"steps",        "batch_size",    "grad_accum",       "lr",   "end_lr",
+                                      "warmup",       "schedule",      "weight_decay",     "beta2", "max_grad_norm",
+                                      "checkpoint_every", "eta",       "smoothing"};
+    for (const auto& [key, _] : j.items())
+      if (!known.count(key)) fail("{}: unknown field '{}'", where, key);
+    auto get = [&](const char* key, auto& out) {
+      if (!j.contains(key)) return;
+      try {
+        j.at(key).get_to(out);
+      } catch (const nlohmann::json::exception&) {
+        fail("{}: field '{}' has the wrong type ({})", where, key, j.at(key).dump());
+      }
+    };
+    get("steps", s.steps);
+    get("batch_size", s.batch_size);
+    get("grad_accum", s.grad_accum);
+    get("lr", s.lr);
+    get("end_lr", s.end_lr);
+    get("warmup", s.warmup);
+    get("schedule", s.schedule);
+    get("weight_decay", s.weight_decay);
+    get("beta2", s.beta2);
+    get("max_grad_norm", s.max_grad_norm);
+    get("checkpoint_every", s.checkpoint_every);
+    get("eta", s.dro.eta);
+    get("smoothing", s.dro.smoothing);
+    if (s.steps <= 0) fail("{}: field 'steps' must be positive (got {})", where, s.steps);
+    if (s.batch_size <= 0) fail("{}: field 'batch_size' must be positive (got {})", where, s.batch_size);
+    if (s.grad_accum <= 0) fail("{}: field 'grad_accum' must be positive (got {})", where, s.grad_accum);
+    if (!(s.warmup >= 0 && s.warmup < 1)) fail("{}: field 'warmup' must lie in [0, 1) (got {})", where, s.warmup);
+    LrSchedule::parse(s.schedule);  // names the valid schedules on a typo
+    s.dro.validate();
+    return s;
+  }
+};
+
+}  // namespace doremi

@@ -1,0 +1,102 @@
+// The pipeline end to end on a small corpus: reference, proxy, main and
+// baseline models, iterated rounds, evaluation, outputs and report; a rerun
+// skips finished stages; run configs are validated field by field.
+#include <doctest/doctest.h>
+
+#include <fstream>
+
+#include "doremi/data/preprocess.hpp"
+#include "doremi/data/tokenizer.hpp"
+#include "doremi/pipeline/pipeline.hpp"
+#include "test_util.hpp"
+
+using namespace doremi;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path make_corpus(const fs::path& dir) {
+  std::ofstream out(dir / "corpus.jsonl");
+  for (int i = 0; i < 120; ++i) {
+    std::string text;
+    const char* domain = i % 3 == 0 ? "counting" : i % 3 == 1 ? "random" : "repeat";
+    for (int t = 0; t < 200; ++t) {
+      if (i % 3 == 0) text += char('a' + (t % 26));
+      if (i % 3 == 1) text += char(33 + Philox::below(90, 5, std::uint64_t(i), std::uint64_t(t)));
+      if (i % 3 == 2) text += "do re mi "[t % 9];
+    }
+    out << nlohmann::json{{"text", text}, {"meta", {{"domain", domain}}}}.dump() << "\n";
+  }
+  PreprocessConfig pc;
+  pc.inputs = {dir / "corpus.jsonl"};
+  pc.output = dir / "data";
+  pc.domain_key = "meta.domain";
+  pc.seq_len = 32;
+  pc.validation_share = 0.2;
+  pc.progress = false;
+  preprocess(pc, Tokenizer{});
+  return pc.output;
+}
+
+nlohmann::json run_config_json(const fs::path& data, const fs::path& out) {
+  const nlohmann::json stage{{"steps", 12}, {"batch_size", 4}, {"lr", 3e-3}, {"schedule", "constant"}, {"warmup", 0.0}};
+  return {{"data", data.string()}, {"output", out.string()}, {"preset", "tiny"}, {"seq_len", 32},
+          {"reference_weights", "pack"}, {"reference", stage}, {"proxy", stage}, {"main", stage},
+          {"rounds", 2}, {"eval_max_tokens", 2000}};
+}
+
+}  // namespace
+
+TEST_CASE("pipeline: two rounds, main and baseline models, outputs, and a rerun that skips finished stages") {
+  test::TempDir dir("pipeline");
+  const fs::path data = make_corpus(dir.path);
+  const RunConfig cfg = RunConfig::from_json(run_config_json(data, dir.path / "run"), "test config");
+  StagesFor<presets::Tiny<float>> tiny;
+  const PipelineResult r = run_pipeline(cfg, tiny, tiny);
+  REQUIRE(r.domains == std::vector<std::string>{"counting", "random", "repeat"});
+  CHECK(r.round_weights.size() == 2);
+  double sum = 0;
+  for (double w : r.doremi_weights) sum += w;
+  CHECK(sum == doctest::Approx(1.0));
+  REQUIRE(r.doremi_perplexity);
+  REQUIRE(r.baseline_perplexity);
+  // The random domain is the hardest for both models.
+  CHECK(r.baseline_perplexity->worst_domain == "random");
+  for (const char* f : {"doremi_weights.json", "reference_weights.json", "summary.json", "report/report.html",
+                        "round-2/proxy/avg_domain_weights.json", "round-2/reference/final/model.safetensors",
+                        "main-doremi/perplexity.json", "main-baseline/final/config.json"})
+    CHECK_MESSAGE(fs::exists(cfg.output / f), f);
+  // The output is usable as the next stage's input.
+  const DomainConfig dc = read_domain_config(cfg.output / "doremi_weights.json");
+  CHECK(dc.train.weights_for(r.domains, "x")[1] == doctest::Approx(r.doremi_weights[1]));
+  // Round 2's reference was trained on round 1's output weights.
+  const auto done = read_json_file(cfg.output / "round-2/reference/done.json");
+  CHECK(done.at("weights").get<std::vector<double>>() == r.round_weights[0]);
+  // A rerun finds every stage done and gives the same answer.
+  const PipelineResult again = run_pipeline(cfg, tiny, tiny);
+  CHECK(again.doremi_weights == r.doremi_weights);
+  CHECK(again.doremi_perplexity->log_perplexity == r.doremi_perplexity->log_perplexity);
+}
+
+TEST_CASE("pipeline: run configs are checked field by field") {
+  const nlohmann::json good = run_config_json("d", "o");
+  CHECK_NOTHROW(RunConfig::from_json(good, "cfg"));
+  auto bad = good;
+  bad["stpes"] = 3;
+  CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("'stpes'"), Error);
+  bad = good;
+  bad["proxy"]["steps"] = -1;
+  CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("proxy"), Error);
+  bad = good;
+  bad["seq_len"] = "long";
+  CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("'seq_len'"), Error);
+  bad = good;
+  bad["main"]["schedule"] = "cosin";
+  CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("cosine"), Error);
+  bad = good;
+  bad.erase("data");
+  CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("'data'"), Error);
+  bad = good;
+  bad["proxy"]["eta"] = 0;
+  CHECK_THROWS_AS(RunConfig::from_json(bad, "cfg"), Error);
+}
