@@ -1,0 +1,244 @@
+#pragma once
+// backend::Cuda: the GPU policy of Model<Config, Backend>. One device, one
+// stream, one cuBLASLt handle with one workspace, shared by every copy of the
+// tag (Model holds its backend by value), so kernels of one model run in order
+// on one stream. Layers live in one header each under backend/cuda/ with the
+// forward and backward side by side and are found by tag dispatch
+// (`layernorm_forward(Cuda, ...)`), exactly like backend::Cpu's.
+//
+// Status (first slice): fp32 (and fp64) kernels for embedding, LayerNorm,
+// GELU, residual adds, cuBLASLt linear layers, AdamW and the global gradient
+// norm. bf16 compute with fp32 master weights, attention and the fused
+// classifier are still to come (issue 4). Pointers passed to the layer
+// functions are device pointers.
+//
+// Needs nvcc (kernels); the program must be compiled as CUDA.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include "doremi/core/error.hpp"
+
+namespace doremi::backend {
+
+namespace cuda {
+
+// Raise doremi::Error naming the failed call, where it was made and CUDA's words.
+inline void check(cudaError_t e, const char* call, const char* file, int line) {
+  if (e != cudaSuccess)
+    fail("CUDA error in {} ({}:{}): {} ({})", call, file, line, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+inline void check(cublasStatus_t s, const char* call, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    fail("cuBLAS error in {} ({}:{}): {} ({})", call, file, line, cublasLtGetStatusString(s), cublasLtGetStatusName(s));
+}
+
+}  // namespace cuda
+
+#define DOREMI_CUDA_CHECK(call) ::doremi::backend::cuda::check((call), #call, __FILE__, __LINE__)
+// After a kernel launch: launch-configuration errors surface here.
+#define DOREMI_CUDA_CHECK_LAUNCH(what) ::doremi::backend::cuda::check(cudaGetLastError(), what, __FILE__, __LINE__)
+
+// True when a CUDA driver and at least one device are present. Never throws:
+// tests and the example program use it to skip or to say why CUDA is absent.
+inline bool cuda_available() noexcept {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no device / no driver" state
+    return false;
+  }
+  return n > 0;
+}
+
+namespace cuda {
+
+// Why CUDA is not usable, for error messages ("" when it is).
+inline std::string unavailable_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return fmt::format("{} ({})", cudaGetErrorString(e), cudaGetErrorName(e));
+  }
+  if (n == 0) return "no CUDA device found";
+  return "";
+}
+
+// A device allocation of n elements of T: size(), data() (a device pointer),
+// resize() (keeps the first min(old, new) elements), no host access.
+// Move-only; copies go through copy_to_device / copy_to_host.
+template <class T>
+class DeviceBuffer {
+ public:
+  using value_type = T;
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t n) { resize(n); }
+  // Filled with value (zero bytes through cudaMemset, anything else by a kernel in fill()).
+  DeviceBuffer(std::size_t n, T value);
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { release(); }
+
+  std::size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+
+  void resize(std::size_t n) {
+    if (n == n_) return;
+    T* q = nullptr;
+    if (n) DOREMI_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&q), n * sizeof(T)));
+    if (p_ && q) {
+      // Kernels on a backend's (non-blocking) stream may still be writing the
+      // old block: wait for the device before copying it (resizes are rare).
+      cudaError_t e = cudaDeviceSynchronize();
+      if (e == cudaSuccess) e = cudaMemcpy(q, p_, (n < n_ ? n : n_) * sizeof(T), cudaMemcpyDeviceToDevice);
+      if (e != cudaSuccess) {
+        cudaFree(q);
+        check(e, "cudaMemcpy (DeviceBuffer::resize)", __FILE__, __LINE__);
+      }
+    }
+    release();
+    p_ = q;
+    n_ = n;
+  }
+
+ private:
+  void release() noexcept {
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+// The state one Cuda tag shares with its copies: device, stream, cuBLASLt
+// handle and workspace, and a scratch arena for deterministic reductions.
+struct Context {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  DeviceBuffer<std::byte> workspace;  // cuBLASLt's
+  DeviceBuffer<std::byte> scratch;    // column-reduction partials, CUB temp storage
+
+  static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
+
+  explicit Context(int dev) : device(dev) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      fail("backend::Cuda: CUDA is not usable on this machine: {} ({}); use the CPU backend (--device cpu)",
+           cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    if (n == 0) fail("backend::Cuda: no CUDA device found; use the CPU backend (--device cpu)");
+    if (dev < 0 || dev >= n) fail("backend::Cuda: device {} does not exist (this machine has {} CUDA devices: 0..{})",
+                                  dev, n, n - 1);
+    DOREMI_CUDA_CHECK(cudaSetDevice(dev));
+    DOREMI_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    DOREMI_CUDA_CHECK(cublasLtCreate(&lt));
+    workspace.resize(workspace_bytes);
+  }
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  ~Context() {
+    if (stream) cudaStreamSynchronize(stream);
+    if (lt) cublasLtDestroy(lt);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  // At least `bytes` of scratch (grows, never shrinks; grows only while shapes grow).
+  void* scratch_bytes(std::size_t bytes) {
+    if (scratch.size() < bytes) {
+      DOREMI_CUDA_CHECK(cudaStreamSynchronize(stream));  // kernels in flight may use the old one
+      scratch.resize(0);
+      scratch.resize(bytes);
+    }
+    return scratch.data();
+  }
+};
+
+}  // namespace cuda
+
+// The tag. Copies share one Context; constructing it without a usable device
+// raises doremi::Error saying so.
+struct Cuda {
+  static constexpr const char* name = "cuda";
+  static constexpr const char* gemm = "cuBLASLt";
+  template <class T>
+  using Buffer = cuda::DeviceBuffer<T>;
+
+  // Device 0; not explicit, so `Model(Backend be = {})` compiles for Cuda too.
+  Cuda() : Cuda(0) {}
+  explicit Cuda(int device) : ctx(std::make_shared<cuda::Context>(device)) {}
+
+  int device() const { return ctx->device; }
+  cudaStream_t stream() const { return ctx->stream; }
+  cublasLtHandle_t lt() const { return ctx->lt; }
+  void synchronize() const { DOREMI_CUDA_CHECK(cudaStreamSynchronize(ctx->stream)); }
+
+  std::shared_ptr<cuda::Context> ctx;
+};
+
+namespace cuda {
+
+// Host <-> device copies on the backend's stream; both wait for completion.
+template <class T>
+void copy_to_device(const Cuda& be, T* dst, const T* src, std::size_t n) {
+  if (!n) return;
+  DOREMI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, be.stream()));
+  DOREMI_CUDA_CHECK(cudaStreamSynchronize(be.stream()));
+}
+template <class T>
+void copy_to_host(const Cuda& be, T* dst, const T* src, std::size_t n) {
+  if (!n) return;
+  DOREMI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, be.stream()));
+  DOREMI_CUDA_CHECK(cudaStreamSynchronize(be.stream()));
+}
+
+inline unsigned blocks_for(std::size_t n, unsigned threads) {
+  const std::size_t b = (n + threads - 1) / threads;
+  return unsigned(b < 65535u * 16u ? b : 65535u * 16u);  // grid-stride loops cover the rest
+}
+
+// dst[i] = value (memory-bound, grid-stride).
+template <class T>
+__global__ void fill_kernel(T* dst, T value, std::size_t n) {
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
+    dst[i] = value;
+}
+
+}  // namespace cuda
+
+template <class T>
+cuda::DeviceBuffer<T>::DeviceBuffer(std::size_t n, T value) {
+  resize(n);
+  if (!n) return;
+  if (value == T(0)) {
+    DOREMI_CUDA_CHECK(cudaMemset(p_, 0, n * sizeof(T)));
+  } else {
+    cuda::fill_kernel<<<cuda::blocks_for(n, 256), 256>>>(p_, value, n);
+    DOREMI_CUDA_CHECK_LAUNCH("fill_kernel (DeviceBuffer)");
+  }
+  // The legacy default stream does not order against a backend's non-blocking
+  // stream: finish here so the first kernel on that stream sees the values.
+  DOREMI_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+}  // namespace doremi::backend

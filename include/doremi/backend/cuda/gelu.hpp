@@ -1,0 +1,74 @@
+#pragma once
+// GELU over a flat buffer, residual adds, copies and fills: memory-bound
+// grid-stride loops. The GELU math is the shared DOREMI_HD function of
+// backend/elementwise.hpp, the same formula the CPU backend evaluates.
+// Backward overwrites dx (as the CPU's does; dx may alias dout).
+#include <cstddef>
+
+#include "doremi/backend/cuda/cuda.hpp"
+#include "doremi/backend/elementwise.hpp"
+
+namespace doremi::backend {
+
+namespace cuda {
+
+#define DOREMI_GRID_STRIDE(i, n)                                                                   \
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); \
+       i += std::size_t(gridDim.x) * blockDim.x)
+
+template <Gelu G, class T>
+__global__ void gelu_forward_kernel(T* out, const T* x, std::size_t n) {
+  DOREMI_GRID_STRIDE(i, n) out[i] = backend::gelu<G>(x[i]);
+}
+
+template <Gelu G, class T>
+__global__ void gelu_backward_kernel(T* dx, const T* x, const T* dout, std::size_t n) {
+  DOREMI_GRID_STRIDE(i, n) dx[i] = dout[i] * backend::gelu_grad<G>(x[i]);
+}
+
+template <class T>
+__global__ void add_kernel(T* out, const T* a, const T* b, const T* c, std::size_t n) {
+  DOREMI_GRID_STRIDE(i, n) out[i] = c ? a[i] + b[i] + c[i] : a[i] + b[i];
+}
+
+#undef DOREMI_GRID_STRIDE
+
+}  // namespace cuda
+
+template <Gelu G, class T>
+void gelu_forward(const Cuda& be, T* out, const T* x, std::size_t n) {
+  if (!n) return;
+  cuda::gelu_forward_kernel<G><<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(out, x, n);
+  DOREMI_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
+}
+
+template <Gelu G, class T>
+void gelu_backward(const Cuda& be, T* dx, const T* x, const T* dout, std::size_t n) {
+  if (!n) return;
+  cuda::gelu_backward_kernel<G><<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(dx, x, dout, n);
+  DOREMI_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
+}
+
+// out = a + b (+ c): residual sums.
+template <class T>
+void add_forward(const Cuda& be, T* out, const T* a, const T* b, const T* c, std::size_t n) {
+  if (!n) return;
+  cuda::add_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(out, a, b, c, n);
+  DOREMI_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+// Device-to-device copy on the backend's stream.
+template <class T>
+void copy(const Cuda& be, T* dst, const T* src, std::size_t n) {
+  if (!n) return;
+  DOREMI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice, be.stream()));
+}
+
+template <class T>
+void fill(const Cuda& be, T* dst, T value, std::size_t n) {
+  if (!n) return;
+  cuda::fill_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(dst, value, n);
+  DOREMI_CUDA_CHECK_LAUNCH("fill_kernel");
+}
+
+}  // namespace doremi::backend

@@ -1,0 +1,198 @@
+#pragma once
+// Linear layer y = x·Wᵀ + b with W stored [out, in] row-major (HuggingFace's
+// layout), through cuBLASLt. Compute-bound: the three products are GEMMs on
+// the backend's stream with its one workspace; the forward fuses the bias
+// into the GEMM epilogue. cuBLASLt is column-major, so a row-major [r, c]
+// matrix is read as a column-major [c, r] one:
+//   forward   yᵀ[out,N]  = W[out,in] · xᵀ[in,N]          (A = W as [in,out] transposed)
+//   dx        dxᵀ[in,N]  = Wᵀ[in,out] · dyᵀ[out,N]
+//   dW        dWᵀ[in,out] += xᵀ[in,N] · dy[N,out]       (B = dy as [out,N] transposed)
+// fp32 uses CUBLAS_COMPUTE_32F (true fp32, no TF32) so it matches the CPU;
+// fp64 uses CUBLAS_COMPUTE_64F. Backward overwrites dx and accumulates into
+// dW, db (parameter gradients add up across micro-batches), like the CPU's.
+//
+// bf16: the overloads at the end take bf16 activations and weights, accumulate
+// in fp32 and keep parameter gradients in fp32.
+// To do (issue 4): fused GELU epilogues, cached descriptors and heuristics per
+// shape (this slice queries the heuristic on every call).
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+
+#include "doremi/backend/cuda/cuda.hpp"
+#include "doremi/backend/cuda/reduce.hpp"
+
+namespace doremi::backend {
+
+namespace cuda {
+
+// cuBLASLt types per element type: data type, compute type and the type of
+// alpha/beta. bf16 computes and accumulates in fp32.
+template <class T>
+struct LtTypes;
+template <>
+struct LtTypes<float> {
+  static constexpr cudaDataType_t data = CUDA_R_32F;
+  static constexpr cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  using scale = float;
+};
+template <>
+struct LtTypes<double> {
+  static constexpr cudaDataType_t data = CUDA_R_64F;
+  static constexpr cublasComputeType_t compute = CUBLAS_COMPUTE_64F;
+  using scale = double;
+};
+template <>
+struct LtTypes<__nv_bfloat16> {
+  static constexpr cudaDataType_t data = CUDA_R_16BF;
+  static constexpr cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  using scale = float;
+};
+
+// Owns cuBLASLt descriptors for one call and frees them on every path.
+struct LtCall {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  LtCall() = default;
+  LtCall(const LtCall&) = delete;
+  LtCall& operator=(const LtCall&) = delete;
+  ~LtCall() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+// The largest power of two (at most 256) dividing the address.
+inline std::uint32_t alignment_of(const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t r = 256;
+  while (r > 1 && (a % r) != 0) r >>= 1;
+  return r;
+}
+
+// Column-major D[m,n] = alpha·op(A)·op(B) + beta·D (+ bias[m] broadcast over
+// columns when bias is given). A is stored [ta ? k : m, ta ? m : k] with
+// leading dimension lda, likewise B; D has leading dimension ldd.
+// Inputs A, B of type In; C = D and the bias of type Out (bf16 inputs may
+// accumulate into fp32 outputs: parameter gradients stay fp32).
+template <class In, class Out = In>
+void lt_matmul(const Cuda& be, bool ta, bool tb, int m, int n, int k, const In* A, int lda, const In* B, int ldb,
+               Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
+               const std::type_identity_t<Out>* bias,
+               const char* what) {
+  using Ty = LtTypes<In>;
+  LtCall call;
+  const auto scale = std::is_same_v<typename Ty::scale, double> ? CUDA_R_64F : CUDA_R_32F;
+  DOREMI_CUDA_CHECK(cublasLtMatmulDescCreate(&call.op, Ty::compute, scale));
+  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+  DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+  if (bias) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    DOREMI_CUDA_CHECK(
+        cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const cudaDataType_t bt = LtTypes<Out>::data;
+    DOREMI_CUDA_CHECK(
+        cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+  }
+  DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&call.a, Ty::data, ta ? k : m, ta ? m : k, lda));
+  DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&call.b, Ty::data, tb ? n : k, tb ? k : n, ldb));
+  DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&call.c, LtTypes<Out>::data, m, n, ldd));
+  DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
+  const std::size_t ws = be.ctx->workspace.size();
+  DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                         sizeof(ws)));
+  // The heuristic assumes 256-byte-aligned pointers unless told otherwise;
+  // views into the flat parameter buffer are often less aligned.
+  const auto set_alignment = [&](cublasLtMatmulPreferenceAttributes_t attr, const void* ptr) {
+    const std::uint32_t a = alignment_of(ptr);
+    DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, attr, &a, sizeof(a)));
+  };
+  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, A);
+  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, B);
+  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, D);
+  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, D);
+  cublasLtMatmulHeuristicResult_t heuristic{};
+  int found = 0;
+  DOREMI_CUDA_CHECK(cublasLtMatmulAlgoGetHeuristic(be.lt(), call.op, call.a, call.b, call.c, call.c, call.pref, 1,
+                                                   &heuristic, &found));
+  if (found == 0)
+    fail("cuBLASLt: no algorithm for {} (m={}, n={}, k={}, {}{})", what, m, n, k, ta ? "Aᵀ" : "A", tb ? "·Bᵀ" : "·B");
+  DOREMI_CUDA_CHECK(cublasLtMatmul(be.lt(), call.op, &alpha, A, call.a, B, call.b, &beta, D, call.c, D, call.c,
+                                   &heuristic.algo, be.ctx->workspace.data(), ws, be.stream()));
+}
+
+template <class T>
+struct RowOf {
+  const T* m;
+  int width;
+  __device__ Acc<T> operator()(int n, int j) const { return Acc<T>(m[std::size_t(n) * width + j]); }
+};
+
+// y[n, j] += bias[j] (fp64 path: cuBLASLt's bias epilogue is for fp32/fp16/bf16).
+template <class T>
+__global__ void add_bias_kernel(T* y, const T* bias, int N, int width) {
+  const std::size_t total = std::size_t(N) * width;
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < total;
+       i += std::size_t(gridDim.x) * blockDim.x)
+    y[i] += bias[i % width];
+}
+
+}  // namespace cuda
+
+template <class T>
+void matmul_forward(const Cuda& be, T* out, const T* x, const T* w, const T* bias, int N, int in, int out_dim) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul_forward(Cuda): float or double");
+  if (N <= 0) return;
+  constexpr bool fused_bias = std::is_same_v<T, float>;
+  cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0),
+                     fused_bias ? bias : nullptr, "matmul_forward");
+  if (!fused_bias && bias) {
+    const std::size_t total = std::size_t(N) * out_dim;
+    cuda::add_bias_kernel<<<cuda::blocks_for(total, 256), 256, 0, be.stream()>>>(out, bias, N, out_dim);
+    DOREMI_CUDA_CHECK_LAUNCH("add_bias_kernel");
+  }
+}
+
+template <class T>
+void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int N, int in,
+                     int out_dim) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul_backward(Cuda): float or double");
+  if (N <= 0) return;
+  if (dx)
+    cuda::lt_matmul<T>(be, false, false, in, N, out_dim, w, in, dout, out_dim, dx, in, T(1), T(0), nullptr,
+                       "matmul_backward dx");
+  cuda::lt_matmul<T>(be, false, true, in, out_dim, N, x, in, dout, out_dim, dw, in, T(1), T(1), nullptr,
+                     "matmul_backward dW");
+  if (dbias) cuda::column_reduce_add<cuda::Acc<T>>(be, dbias, N, out_dim, cuda::RowOf<T>{dout, out_dim});
+}
+
+// bf16 compute (issue 4's numbers): bf16 activations and weights (the bf16
+// copy of the fp32 master weights), fp32 accumulation inside the GEMM, bf16
+// outputs; the parameter gradients dW, db stay fp32 (the GEMM reads bf16 and
+// accumulates into fp32 D directly, beta = 1).
+inline void matmul_forward(const Cuda& be, __nv_bfloat16* out, const __nv_bfloat16* x, const __nv_bfloat16* w,
+                           const __nv_bfloat16* bias, int N, int in, int out_dim) {
+  if (N <= 0) return;
+  cuda::lt_matmul<__nv_bfloat16>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, 1.0f, 0.0f, bias,
+                                 "matmul_forward (bf16)");
+}
+
+inline void matmul_backward(const Cuda& be, __nv_bfloat16* dx, float* dw, float* dbias, const __nv_bfloat16* dout,
+                            const __nv_bfloat16* x, const __nv_bfloat16* w, int N, int in, int out_dim) {
+  if (N <= 0) return;
+  if (dx)
+    cuda::lt_matmul<__nv_bfloat16>(be, false, false, in, N, out_dim, w, in, dout, out_dim, dx, in, 1.0f, 0.0f,
+                                   static_cast<const __nv_bfloat16*>(nullptr), "matmul_backward dx (bf16)");
+  cuda::lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, x, in, dout, out_dim, dw, in, 1.0f, 1.0f,
+                                        static_cast<const float*>(nullptr), "matmul_backward dW (bf16 -> fp32)");
+  if (dbias) cuda::column_reduce_add<float>(be, dbias, N, out_dim, cuda::RowOf<__nv_bfloat16>{dout, out_dim});
+}
+
+}  // namespace doremi::backend

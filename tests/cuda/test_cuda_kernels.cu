@@ -1,0 +1,366 @@
+// backend::Cuda against backend::Cpu: every kernel runs on the same random
+// inputs on both backends and the results are compared with tolerances that
+// fit fp32 (different summation orders, no TF32). Without a GPU every case
+// that needs one skips with a MESSAGE; the no-device error path runs here.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#include "doremi/backend/cpu.hpp"           // the reference: backend::Cpu layers
+#include "doremi/backend/cuda.hpp"          // the layers under test
+#include "doremi/core/rng.hpp"              // Philox: inputs as pure functions of (seed, stream, index)
+#include "doremi/optim/adamw.hpp"           // AdamW (CPU optimiser), ParamGroup, adamw_coefficients
+#include "doremi/optim/clip.hpp"            // global_grad_norm (CPU)
+
+using namespace doremi;
+using backend::Cpu;
+using backend::Cuda;
+using backend::cuda::DeviceBuffer;
+
+namespace {
+
+#define REQUIRE_GPU()                                                                                   \
+  do {                                                                                                  \
+    if (!backend::cuda_available()) {                                                                   \
+      MESSAGE("skipped: no CUDA device (" << backend::cuda::unavailable_reason() << ")");               \
+      return;                                                                                           \
+    }                                                                                                   \
+  } while (0)
+
+Cuda& gpu() {
+  static Cuda be;  // one context (stream, cuBLASLt handle) for the whole binary
+  return be;
+}
+
+std::vector<float> randn(std::size_t n, std::uint64_t seed, float scale = 1.0f, float shift = 0.0f) {
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = shift + scale * float(Philox::normal(seed, 7, i));
+  return v;
+}
+
+template <class T>
+DeviceBuffer<T> to_device(const std::vector<T>& h) {
+  DeviceBuffer<T> d(h.size());
+  backend::cuda::copy_to_device(gpu(), d.data(), h.data(), h.size());
+  return d;
+}
+
+template <class T>
+std::vector<T> to_host(const DeviceBuffer<T>& d) {
+  std::vector<T> h(d.size());
+  backend::cuda::copy_to_host(gpu(), h.data(), d.data(), d.size());
+  return h;
+}
+
+// h copied to a device buffer `offset` elements past its start (misaligned views).
+template <class T>
+DeviceBuffer<T> to_device_at(const std::vector<T>& h, std::size_t offset) {
+  DeviceBuffer<T> d(h.size() + offset);
+  backend::cuda::copy_to_device(gpu(), d.data() + offset, h.data(), h.size());
+  return d;
+}
+template <class T>
+std::vector<T> to_host_at(const DeviceBuffer<T>& d, std::size_t offset) {
+  std::vector<T> h(d.size() - offset);
+  backend::cuda::copy_to_host(gpu(), h.data(), d.data() + offset, h.size());
+  return h;
+}
+
+// |gpu − cpu| ≤ atol + rtol·|cpu| everywhere; reports the worst element.
+void check_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
+                 const char* what) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  std::size_t at = 0;
+  bool finite = true;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) finite = false;
+    const double excess = std::abs(double(got[i]) - double(want[i])) - (atol + rtol * std::abs(double(want[i])));
+    if (excess > worst) {
+      worst = excess;
+      at = i;
+    }
+  }
+  INFO(what << ": worst element " << at << " gpu " << got[at] << " cpu " << want[at]);
+  CHECK(finite);
+  CHECK(worst <= 0.0);
+}
+
+}  // namespace
+
+TEST_CASE("cuda: cuda_available never throws; a Cuda backend without a device raises doremi::Error") {
+  bool available = false;
+  CHECK_NOTHROW(available = backend::cuda_available());
+  if (available) {
+    MESSAGE("a CUDA device is present: the no-device error path is not exercised");
+    CHECK_THROWS_AS(Cuda(1 << 20), Error);  // no machine has that many devices
+    return;
+  }
+  try {
+    Cuda be = {};  // as Model's `Backend be = {}` default argument does
+    FAIL("constructing backend::Cuda without a device did not throw");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("backend::Cuda") != std::string::npos);
+    CHECK(msg.find("cpu") != std::string::npos);  // says what to use instead
+  }
+}
+
+TEST_CASE("cuda: error checks name the call and CUDA's message") {
+  try {
+    DOREMI_CUDA_CHECK(cudaErrorInvalidValue);
+    FAIL("no throw");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("cudaErrorInvalidValue") != std::string::npos);
+  }
+}
+
+TEST_CASE("cuda: DeviceBuffer sizes, fills and keeps its contents across resize") {
+  REQUIRE_GPU();
+  DeviceBuffer<float> b(5, 0.0f);
+  CHECK(b.size() == 5);
+  CHECK(to_host(b) == std::vector<float>(5, 0.0f));
+  DeviceBuffer<float> c(4, 2.5f);
+  CHECK(to_host(c) == std::vector<float>(4, 2.5f));
+  const std::vector<float> h{1, 2, 3, 4, 5};
+  b = to_device(h);
+  b.resize(8);
+  const auto back = to_host(b);
+  CHECK(std::vector<float>(back.begin(), back.begin() + 5) == h);
+  b.resize(2);
+  CHECK(to_host(b) == std::vector<float>{1, 2});
+  backend::fill(gpu(), b.data(), 7.0f, b.size());
+  CHECK(to_host(b) == std::vector<float>{7, 7});
+}
+
+TEST_CASE("cuda: embedding forward and backward match the CPU") {
+  REQUIRE_GPU();
+  const int B = 3, T = 17, C = 40, V = 11;
+  std::vector<std::int32_t> tokens(std::size_t(B) * T);
+  for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = std::int32_t(Philox::below(V, 5, 1, i));
+  const auto wte = randn(std::size_t(V) * C, 1), wpe = randn(std::size_t(T) * C, 2);
+  const auto dout = randn(std::size_t(B) * T * C, 3);
+  for (bool positions : {true, false}) {
+    CAPTURE(positions);
+    std::vector<float> out(dout.size()), dwte(wte.size(), 0.5f), dwpe(wpe.size(), -0.25f);
+    backend::embedding_forward(Cpu{}, out.data(), tokens.data(), wte.data(), positions ? wpe.data() : nullptr, B, T,
+                               C);
+    backend::embedding_backward(Cpu{}, dwte.data(), positions ? dwpe.data() : nullptr, dout.data(), tokens.data(), B,
+                                T, C);
+    auto d_tok = to_device(tokens);
+    auto d_wte = to_device(wte), d_wpe = to_device(wpe), d_dout = to_device(dout);
+    DeviceBuffer<float> d_out(out.size());
+    auto d_dwte = to_device(std::vector<float>(wte.size(), 0.5f));
+    auto d_dwpe = to_device(std::vector<float>(wpe.size(), -0.25f));
+    backend::embedding_forward(gpu(), d_out.data(), d_tok.data(), d_wte.data(), positions ? d_wpe.data() : nullptr,
+                               B, T, C);
+    backend::embedding_backward(gpu(), d_dwte.data(), positions ? d_dwpe.data() : nullptr, d_dout.data(),
+                                d_tok.data(), B, T, C);
+    check_close(to_host(d_out), out, 0, 0, "embedding out");
+    check_close(to_host(d_dwte), dwte, 1e-5, 1e-5, "dwte");
+    check_close(to_host(d_dwpe), dwpe, 1e-5, 1e-5, "dwpe");
+  }
+}
+
+TEST_CASE("cuda: layernorm forward and backward match the CPU") {
+  REQUIRE_GPU();
+  for (int C : {40, 96, 771}) {
+    CAPTURE(C);
+    const int N = 133;
+    const auto x = randn(std::size_t(N) * C, 11, 2.0f, 0.5f), w = randn(C, 12, 0.5f, 1.0f), b = randn(C, 13, 0.1f);
+    const auto dout = randn(std::size_t(N) * C, 14);
+    const auto dx0 = randn(std::size_t(N) * C, 15);  // backward accumulates into dx
+    std::vector<float> out(x.size()), mean(N), rstd(N), dx = dx0, dw(C, 0.1f), db(C, -0.1f);
+    backend::layernorm_forward(Cpu{}, out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, 1e-5);
+    backend::layernorm_backward(Cpu{}, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(),
+                                rstd.data(), N, C);
+    auto d_x = to_device(x), d_w = to_device(w), d_b = to_device(b), d_dout = to_device(dout), d_dx = to_device(dx0);
+    DeviceBuffer<float> d_out(x.size()), d_mean(N), d_rstd(N);
+    auto d_dw = to_device(std::vector<float>(C, 0.1f)), d_db = to_device(std::vector<float>(C, -0.1f));
+    backend::layernorm_forward(gpu(), d_out.data(), d_mean.data(), d_rstd.data(), d_x.data(), d_w.data(), d_b.data(),
+                               N, C, 1e-5);
+    backend::layernorm_backward(gpu(), d_dx.data(), d_dw.data(), d_db.data(), d_dout.data(), d_x.data(), d_w.data(),
+                                d_mean.data(), d_rstd.data(), N, C);
+    check_close(to_host(d_out), out, 1e-5, 1e-5, "layernorm out");
+    check_close(to_host(d_mean), mean, 1e-5, 1e-5, "mean");
+    check_close(to_host(d_rstd), rstd, 1e-6, 1e-5, "rstd");
+    check_close(to_host(d_dx), dx, 1e-4, 1e-4, "layernorm dx");
+    check_close(to_host(d_dw), dw, 1e-3, 1e-4, "layernorm dw");
+    check_close(to_host(d_db), db, 1e-3, 1e-4, "layernorm db");
+  }
+}
+
+template <Gelu G>
+void gelu_case() {
+  const std::size_t n = 100003;
+  const auto x = randn(n, 21, 3.0f), dout = randn(n, 22);
+  std::vector<float> y(n), dx(n);
+  backend::gelu_forward<G>(Cpu{}, y.data(), x.data(), n);
+  backend::gelu_backward<G>(Cpu{}, dx.data(), x.data(), dout.data(), n);
+  auto d_x = to_device(x), d_dout = to_device(dout);
+  DeviceBuffer<float> d_y(n);
+  backend::gelu_forward<G>(gpu(), d_y.data(), d_x.data(), n);
+  backend::gelu_backward<G>(gpu(), d_dout.data(), d_x.data(), d_dout.data(), n);  // in place, as Model calls it
+  check_close(to_host(d_y), y, 1e-6, 1e-5, "gelu forward");
+  check_close(to_host(d_dout), dx, 1e-6, 1e-5, "gelu backward");
+}
+
+TEST_CASE("cuda: gelu (exact and tanh) forward and backward match the CPU") {
+  REQUIRE_GPU();
+  SUBCASE("exact") { gelu_case<Gelu::exact>(); }
+  SUBCASE("tanh") { gelu_case<Gelu::tanh>(); }
+}
+
+TEST_CASE("cuda: residual adds and copies match the CPU") {
+  REQUIRE_GPU();
+  const std::size_t n = 5001;
+  const auto a = randn(n, 31), b = randn(n, 32), c = randn(n, 33);
+  std::vector<float> two(n), three(n);
+  backend::add_forward(Cpu{}, two.data(), a.data(), b.data(), static_cast<const float*>(nullptr), n);
+  backend::add_forward(Cpu{}, three.data(), a.data(), b.data(), c.data(), n);
+  auto d_a = to_device(a), d_b = to_device(b), d_c = to_device(c);
+  DeviceBuffer<float> d_two(n), d_three(n), d_copy(n);
+  backend::add_forward(gpu(), d_two.data(), d_a.data(), d_b.data(), static_cast<const float*>(nullptr), n);
+  backend::add_forward(gpu(), d_three.data(), d_a.data(), d_b.data(), d_c.data(), n);
+  backend::copy(gpu(), d_copy.data(), d_a.data(), n);
+  check_close(to_host(d_two), two, 0, 0, "a + b");
+  check_close(to_host(d_three), three, 0, 0, "a + b + c");
+  check_close(to_host(d_copy), a, 0, 0, "copy");
+}
+
+TEST_CASE("cuda: matmul (cuBLASLt) forward and backward match the CPU") {
+  REQUIRE_GPU();
+  struct Shape {
+    int N, in, out;
+  };
+  // Views into the flat parameter buffer are not 256-byte aligned: offset = 1
+  // places every matrix and vector 4 bytes past an allocation's start.
+  for (std::size_t off : {std::size_t(0), std::size_t(1)})
+  for (Shape s : {Shape{64, 32, 96}, Shape{37, 40, 17}, Shape{130, 257, 65}}) {
+    for (bool with_bias : {true, false}) {
+      CAPTURE(off);
+      CAPTURE(s.N);
+      CAPTURE(s.in);
+      CAPTURE(s.out);
+      CAPTURE(with_bias);
+      const auto x = randn(std::size_t(s.N) * s.in, 41), w = randn(std::size_t(s.out) * s.in, 42, 0.2f);
+      const auto bias = randn(s.out, 43), dout = randn(std::size_t(s.N) * s.out, 44);
+      const auto dw0 = randn(w.size(), 45), db0 = randn(s.out, 46);  // backward accumulates into dW, db
+      std::vector<float> y(dout.size()), dx(x.size()), dw = dw0, db = db0;
+      backend::matmul_forward(Cpu{}, y.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, s.N, s.in,
+                              s.out);
+      backend::matmul_backward(Cpu{}, dx.data(), dw.data(), with_bias ? db.data() : nullptr, dout.data(), x.data(),
+                               w.data(), s.N, s.in, s.out);
+      auto d_x = to_device_at(x, off), d_w = to_device_at(w, off), d_bias = to_device_at(bias, off);
+      auto d_dout = to_device_at(dout, off), d_dw = to_device_at(dw0, off), d_db = to_device_at(db0, off);
+      DeviceBuffer<float> d_y(y.size() + off), d_dx(dx.size() + off);
+      backend::matmul_forward(gpu(), d_y.data() + off, d_x.data() + off, d_w.data() + off,
+                              with_bias ? d_bias.data() + off : nullptr, s.N, s.in, s.out);
+      backend::matmul_backward(gpu(), d_dx.data() + off, d_dw.data() + off, with_bias ? d_db.data() + off : nullptr,
+                               d_dout.data() + off, d_x.data() + off, d_w.data() + off, s.N, s.in, s.out);
+      check_close(to_host_at(d_y, off), y, 1e-4, 1e-4, "y = x·Wᵀ + b");
+      check_close(to_host_at(d_dx, off), dx, 1e-4, 1e-4, "dx");
+      check_close(to_host_at(d_dw, off), dw, 1e-3, 1e-4, "dW");
+      check_close(to_host_at(d_db, off), db, 1e-3, 1e-4, "db");
+      // dx = nullptr (the first layer's input needs no gradient) leaves dW, db right.
+      auto d_dw2 = to_device_at(dw0, off), d_db2 = to_device_at(db0, off);
+      backend::matmul_backward(gpu(), static_cast<float*>(nullptr), d_dw2.data() + off,
+                               with_bias ? d_db2.data() + off : nullptr, d_dout.data() + off, d_x.data() + off,
+                               d_w.data() + off, s.N, s.in, s.out);
+      check_close(to_host_at(d_dw2, off), dw, 1e-3, 1e-4, "dW without dx");
+      if (with_bias) check_close(to_host_at(d_db2, off), db, 1e-3, 1e-4, "db without dx");
+    }
+  }
+}
+
+// bf16 in, fp32 accumulation: the CPU reference gets the same bf16-rounded
+// inputs in fp32, so the GPU differs only by accumulation order and by the
+// final rounding of y and dx to bf16 (8 bits of mantissa: relative 2^-8).
+TEST_CASE("cuda: bf16 matmul (fp32 accumulation, fp32 parameter gradients) matches the CPU on bf16-rounded inputs") {
+  REQUIRE_GPU();
+  const int N = 96, in = 136, out = 72;
+  const auto round = [](std::vector<float> v) {
+    for (float& f : v) f = float(__nv_bfloat16(f));
+    return v;
+  };
+  const auto x = round(randn(std::size_t(N) * in, 81)), w = round(randn(std::size_t(out) * in, 82, 0.2f));
+  const auto bias = round(randn(out, 83)), dout = round(randn(std::size_t(N) * out, 84));
+  const auto dw0 = randn(w.size(), 85), db0 = randn(out, 86);
+  std::vector<float> y(dout.size()), dx(x.size()), dw = dw0, db = db0;
+  backend::matmul_forward(Cpu{}, y.data(), x.data(), w.data(), bias.data(), N, in, out);
+  backend::matmul_backward(Cpu{}, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), N, in, out);
+
+  using bf16 = __nv_bfloat16;
+  const auto to_bf16 = [](const std::vector<float>& v) {
+    auto f = to_device(v);
+    DeviceBuffer<bf16> b(v.size());
+    backend::convert(gpu(), b.data(), f.data(), v.size());
+    return b;
+  };
+  const auto to_float = [](const DeviceBuffer<bf16>& b) {
+    DeviceBuffer<float> f(b.size());
+    backend::convert(gpu(), f.data(), b.data(), b.size());
+    return to_host(f);
+  };
+  auto d_x = to_bf16(x), d_w = to_bf16(w), d_bias = to_bf16(bias), d_dout = to_bf16(dout);
+  CHECK(to_float(d_x) == x);  // the conversions are exact on bf16 values
+  auto d_dw = to_device(dw0), d_db = to_device(db0);
+  DeviceBuffer<bf16> d_y(y.size()), d_dx(dx.size());
+  backend::matmul_forward(gpu(), d_y.data(), d_x.data(), d_w.data(), d_bias.data(), N, in, out);
+  backend::matmul_backward(gpu(), d_dx.data(), d_dw.data(), d_db.data(), d_dout.data(), d_x.data(), d_w.data(), N,
+                           in, out);
+  check_close(to_float(d_y), y, 1e-2, 1.0 / 128, "y (bf16)");
+  check_close(to_float(d_dx), dx, 1e-2, 1.0 / 128, "dx (bf16)");
+  check_close(to_host(d_dw), dw, 1e-3, 1e-4, "dW (fp32)");
+  check_close(to_host(d_db), db, 1e-3, 1e-4, "db (fp32)");
+}
+
+TEST_CASE("cuda: AdamW over the flat buffer matches the CPU optimiser step for step") {
+  REQUIRE_GPU();
+  const std::size_t n = 10007;
+  const std::vector<ParamGroup> groups{{0, 3000, true}, {3000, 7, false}, {3007, 5000, true}, {8007, 2000, false}};
+  AdamWConfig cfg;
+  cfg.lr = 3e-3;
+  cfg.weight_decay = 0.1;
+  AdamW<float> cpu_opt(n, cfg);
+  auto p = randn(n, 51);
+  auto d_p = to_device(p);
+  DeviceBuffer<float> d_m(n, 0.0f), d_v(n, 0.0f);
+  for (int step = 1; step <= 3; ++step) {
+    const auto g = randn(n, 60 + std::uint64_t(step), 0.01f);
+    cpu_opt.step(p, g, groups);
+    const double bc1 = 1.0 - std::pow(cfg.beta1, step), bc2 = 1.0 - std::pow(cfg.beta2, step);
+    const auto decayed = adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, bc1, bc2);
+    const auto undecayed = adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, 0.0, bc1, bc2);
+    auto d_g = to_device(g);
+    backend::adamw_step(gpu(), d_p.data(), d_g.data(), d_m.data(), d_v.data(), n, groups, decayed, undecayed);
+  }
+  // Same arithmetic in the same order: equal up to the device's sqrt/division rounding.
+  check_close(to_host(d_p), p, 1e-7, 1e-6, "parameters");
+  check_close(to_host(d_m), std::vector<float>(cpu_opt.state_m().begin(), cpu_opt.state_m().end()), 1e-9, 1e-6, "m");
+  check_close(to_host(d_v), std::vector<float>(cpu_opt.state_v().begin(), cpu_opt.state_v().end()), 1e-12, 1e-6,
+              "v");
+}
+
+TEST_CASE("cuda: global gradient norm matches the CPU") {
+  REQUIRE_GPU();
+  for (std::size_t n : {std::size_t(1), std::size_t(1000), std::size_t(1) << 20}) {
+    CAPTURE(n);
+    const auto g = randn(n, 71, 0.03f);
+    auto d_g = to_device(g);
+    const double cpu = global_grad_norm<float>(g);
+    const double gpu_norm = backend::global_grad_norm(gpu(), d_g.data(), n);
+    CHECK(gpu_norm == doctest::Approx(cpu).epsilon(1e-12));
+  }
+  CHECK(backend::global_grad_norm(gpu(), static_cast<const float*>(nullptr), 0) == 0.0);
+}
