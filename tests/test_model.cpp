@@ -26,15 +26,15 @@ constexpr Spec full_rotary_tied_parallel_tanh{.name = "gc-c", .n_layer = 1, .n_e
                                               .tied_embeddings = true, .residual = Residual::parallel,
                                               .gelu = Gelu::tanh, .ln_eps = 1e-6};
 
-struct Batch {
+struct TokenBatch {
   int B = 2, T = 7;
   std::vector<std::int32_t> inputs, targets;
   std::vector<double> weights;
 };
 
 template <class Cfg>
-Batch make_batch(std::uint64_t seed) {
-  Batch b;
+TokenBatch make_batch(std::uint64_t seed) {
+  TokenBatch b;
   const int N = b.B * b.T;
   for (int i = 0; i < N; ++i) {
     b.inputs.push_back(std::int32_t(Philox::below(Cfg::vocab, seed, 1, i)));
@@ -47,7 +47,7 @@ Batch make_batch(std::uint64_t seed) {
 }
 
 template <class M>
-double weighted_loss(M& m, const Batch& b) {
+double weighted_loss(M& m, const TokenBatch& b) {
   auto out = m.forward(b.inputs, b.targets, b.B, b.T);
   double s = 0;
   for (std::size_t i = 0; i < out.losses.size(); ++i) s += b.weights[i] * out.losses[i];
@@ -62,7 +62,7 @@ void gradient_check() {
   // Break the symmetry of the initial LayerNorm/bias values so every
   // parameter's gradient is generic.
   for (std::size_t i = 0; i < m.num_parameters(); ++i) m.parameters()[i] += 0.05 * Philox::normal(99, 0, i);
-  const Batch b = make_batch<Cfg>(3);
+  const TokenBatch b = make_batch<Cfg>(3);
   m.zero_grad();
   weighted_loss(m, b);
   m.backward(b.weights);
@@ -105,7 +105,7 @@ TEST_CASE("model forward: padding targets give zero loss and no gradient, mask c
   using Cfg = Config<rotary_untied_parallel_exact, double>;
   Model<Cfg> m;
   m.init(1);
-  Batch b = make_batch<Cfg>(11);
+  TokenBatch b = make_batch<Cfg>(11);
   auto out = m.forward(b.inputs, b.targets, b.B, b.T);
   CHECK(out.tokens == std::size_t(b.B * b.T - 2));
   CHECK(out.losses[3] == 0.0);

@@ -62,18 +62,8 @@ struct ReferenceAdamW {
   }
 };
 
-std::string error_of(auto&& f) {
-  try {
-    f();
-  } catch (const doremi::Error& e) {
-    return e.what();
-  }
-  return "(no doremi::Error)";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+using doremi::test::contains;
+using doremi::test::error_of;
 
 // Runs the PyTorch reference script; empty when torch is not importable.
 nlohmann::json torch_reference() {

@@ -45,18 +45,8 @@ void write_raw(const fs::path& p, const std::string& header, std::size_t data_le
   write_bytes(p, bytes);
 }
 
-// The message of the doremi::Error that `f` throws ("" when it throws none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const doremi::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using doremi::test::contains;
+using doremi::test::error_of;
 
 }  // namespace
 

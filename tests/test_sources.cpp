@@ -46,17 +46,8 @@ void write_bytes(const fs::path& p, const std::string& bytes) {
   out.write(bytes.data(), std::streamsize(bytes.size()));
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const doremi::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using doremi::test::contains;
+using doremi::test::error_of;
 
 // Every sequence of `src`, read whole and (for the longer ones) in two pieces.
 template <doremi::TokenSource S>

@@ -6,6 +6,8 @@
 
 #include <unistd.h>
 
+#include "doremi/core/error.hpp"
+
 namespace doremi::test {
 
 // A fresh empty directory under the system temp folder, removed on scope exit.
@@ -25,6 +27,19 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 };
+
+// The message of the doremi::Error that `f` throws ("" when it throws none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const doremi::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 inline std::filesystem::path source_dir() { return DOREMI_SOURCE_DIR; }
 inline std::filesystem::path shared_dir() { return DOREMI_SHARED_DIR; }

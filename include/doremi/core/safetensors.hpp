@@ -40,15 +40,12 @@
 #include <utility>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include "doremi/core/atomic_file.hpp"
 #include "doremi/core/error.hpp"
+#include "doremi/core/mapped_file.hpp"
 
 namespace doremi {
 
@@ -221,32 +218,12 @@ class SafetensorsFile {
   // Headers beyond this are rejected before parsing (as the Python library does).
   static constexpr std::uint64_t max_header_bytes = 100'000'000;
 
-  explicit SafetensorsFile(std::filesystem::path path) : path_(std::move(path)) {
-    map_file();
-    try {
-      parse_header();
-    } catch (...) {
-      unmap();
-      throw;
-    }
+  explicit SafetensorsFile(std::filesystem::path path)
+      : path_(std::move(path)), file_(path_, "safetensors file"), data_(file_.data()), size_(file_.size()) {
+    if (size_ < 8)
+      fail("{}: not a safetensors file: it has {} bytes, fewer than the 8-byte header length", path_.string(), size_);
+    parse_header();
   }
-  SafetensorsFile(SafetensorsFile&& o) noexcept
-      : path_(std::move(o.path_)), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)),
-        tensors_(std::move(o.tensors_)), metadata_(std::move(o.metadata_)) {}
-  SafetensorsFile& operator=(SafetensorsFile&& o) noexcept {
-    if (this != &o) {
-      unmap();
-      path_ = std::move(o.path_);
-      data_ = std::exchange(o.data_, nullptr);
-      size_ = std::exchange(o.size_, 0);
-      tensors_ = std::move(o.tensors_);
-      metadata_ = std::move(o.metadata_);
-    }
-    return *this;
-  }
-  SafetensorsFile(const SafetensorsFile&) = delete;
-  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
-  ~SafetensorsFile() { unmap(); }
 
   const std::filesystem::path& path() const { return path_; }
 
@@ -350,36 +327,6 @@ class SafetensorsFile {
   }
 
  private:
-  void map_file() {
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail("cannot open safetensors file {}: {}", path_.string(), std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      fail("cannot stat safetensors file {}: {}", path_.string(), std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      fail("{} is not a regular file", path_.string());
-    }
-    size_ = std::size_t(st.st_size);
-    if (size_ < 8) {
-      ::close(fd);
-      fail("{}: not a safetensors file: it has {} bytes, fewer than the 8-byte header length", path_.string(), size_);
-    }
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int err = errno;
-    ::close(fd);  // the mapping keeps the file alive
-    if (p == MAP_FAILED) fail("cannot mmap safetensors file {}: {}", path_.string(), std::strerror(err));
-    data_ = static_cast<const std::byte*>(p);
-  }
-
-  void unmap() {
-    if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
-    data_ = nullptr;
-  }
-
   void parse_header() {
     const std::string file = path_.string();
     const auto header_len = detail::load_unaligned<std::uint64_t>(data_);
@@ -476,7 +423,8 @@ class SafetensorsFile {
   }
 
   std::filesystem::path path_;
-  const std::byte* data_ = nullptr;
+  MappedFile file_;
+  const std::byte* data_ = nullptr;  // file_'s bytes (stable when moved: the mapping moves, not the bytes)
   std::size_t size_ = 0;
   std::map<std::string, SafetensorsTensor, std::less<>> tensors_;
   std::map<std::string, std::string> metadata_;

@@ -71,16 +71,8 @@ struct RunConfig {
                                       "reference_weights", "domains", "epochs", "reference",    "proxy",
                                       "main",    "proxy_sampling",  "rounds", "tolerance",      "baseline",
                                       "eval_max_tokens",   "seed",    "comment"};
-    for (const auto& [key, _] : j.items())
-      if (!known.count(key)) fail("{}: unknown field '{}'", where, key);
-    auto get = [&](const char* key, auto& out) {
-      if (!j.contains(key)) return;
-      try {
-        j.at(key).get_to(out);
-      } catch (const nlohmann::json::exception&) {
-        fail("{}: field '{}' has the wrong type ({})", where, key, j.at(key).dump());
-      }
-    };
+    check_known_fields(j, known, where);
+    auto get = [&](const char* key, auto& out) { read_field(j, key, out, where); };
     std::string data, output;
     get("data", data);
     get("output", output);
@@ -118,22 +110,28 @@ struct RunConfig {
   }
 
  private:
+  template <class T>
+  static void read_field(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+    if (!j.contains(key)) return;
+    try {
+      j.at(key).get_to(out);
+    } catch (const nlohmann::json::exception&) {
+      fail("{}: field '{}' has the wrong type ({})", where, key, j.at(key).dump());
+    }
+  }
+  static void check_known_fields(const nlohmann::json& j, const std::set<std::string>& known, const std::string& where) {
+    for (const auto& [key, _] : j.items())
+      if (!known.count(key)) fail("{}: unknown field '{}'", where, key);
+  }
+
   static StageConfig stage_from_json(const nlohmann::json& j, const std::string& where) {
     if (!j.is_object()) fail("{} must be an object", where);
     StageConfig s;
     const std::set<std::string> known{"steps",        "batch_size",    "grad_accum",       "lr",   "end_lr",
                                       "warmup",       "schedule",      "weight_decay",     "beta2", "max_grad_norm",
                                       "checkpoint_every", "eta",       "smoothing"};
-    for (const auto& [key, _] : j.items())
-      if (!known.count(key)) fail("{}: unknown field '{}'", where, key);
-    auto get = [&](const char* key, auto& out) {
-      if (!j.contains(key)) return;
-      try {
-        j.at(key).get_to(out);
-      } catch (const nlohmann::json::exception&) {
-        fail("{}: field '{}' has the wrong type ({})", where, key, j.at(key).dump());
-      }
-    };
+    check_known_fields(j, known, where);
+    auto get = [&](const char* key, auto& out) { read_field(j, key, out, where); };
     get("steps", s.steps);
     get("batch_size", s.batch_size);
     get("grad_accum", s.grad_accum);
