@@ -86,6 +86,9 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true",
+                    help="run forward and loss under torch.autocast('cpu', bfloat16): bf16 matrix products "
+                         "(oneDNN), fp32 master weights and AdamW")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--blas-dir", default=None, help="folder with OpenBLAS's libblas.so.3")
     g.add_argument("--no-blas-dir", action="store_true", help="use whatever BLAS the loader finds")
@@ -193,7 +196,11 @@ def main():
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        if args.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x, y)
+        else:
+            loss = model(x, y)
         loss.backward()
         opt.step()
         dt = time.perf_counter() - t0
@@ -205,6 +212,7 @@ def main():
     tokens = args.batch * args.seq
     print(json.dumps({
         "impl": "pytorch",
+        "precision": "bf16 autocast" if args.bf16 else "fp32",
         "tokens_per_s_median": round(tokens / step, 2),
         "step_s_median": round(step, 6),
         "step_s_min": round(min(times), 6),
