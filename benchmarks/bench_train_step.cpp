@@ -85,6 +85,51 @@ std::string run_command(const std::string& cmd) {
   return out;
 }
 
+// tokens/s (median over `steps` after two warm-up steps) of Model<Cfg> at B×T.
+template <class Cfg>
+double time_ours(int steps, int B, int T) {
+  const int N = B * T;
+  Model<Cfg> model;
+  model.init(1);
+  AdamW<float> adam(model.num_parameters(), AdamWConfig{});
+  const auto groups = param_groups<Model<Cfg>>();
+  std::vector<std::int32_t> in(N), tg(N);
+  for (int i = 0; i < N; ++i) {
+    in[i] = std::int32_t(Philox::below(Cfg::vocab, 1, 0, std::uint64_t(i)));
+    tg[i] = std::int32_t(Philox::below(Cfg::vocab, 1, 1, std::uint64_t(i)));
+  }
+  const std::vector<float> w(N, 1.0f / N);
+  std::vector<double> times;
+  for (int s = 0; s < steps + 2; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    model.zero_grad();
+    model.forward(in, tg, B, T);
+    model.backward(w);
+    adam.step(model.parameters(), model.gradients(), groups, 1e-4);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s >= 2) times.push_back(dt);
+  }
+  return N / median(times);
+}
+
+// The PyTorch twin's tokens/s and its JSON line (null when it did not run).
+nlohmann::json run_twin(const std::string& python, int steps, const char* extra) {
+  const std::string cmd = fmt::format("{} {}/torch_twin.py --steps {} --threads {} {} 2>&1", python,
+                                      DOREMI_BENCH_DIR, steps, omp_get_max_threads(), extra);
+  const std::string out = run_command(cmd);
+  nlohmann::json peer;
+  for (std::size_t pos = 0; pos < out.size();) {  // the last JSON line the twin printed
+    const std::size_t end = out.find('\n', pos);
+    const std::string line = out.substr(pos, end - pos);
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.contains("tokens_per_s_median")) peer = j;
+    if (end == std::string::npos) break;
+    pos = end + 1;
+  }
+  if (peer.is_null()) fmt::print("pytorch twin did not run ({}):\n{}\n", cmd, out);
+  return peer;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -99,51 +144,29 @@ int main(int argc, char** argv) {
   }
   if (peak <= 0) peak = measure_fp32_peak_gflops();
   using Cfg = presets::CpuBench<float>;
-  constexpr int B = 4, T = 256, N = B * T;
-  Model<Cfg> model;
-  model.init(1);
-  AdamW<float> adam(model.num_parameters(), AdamWConfig{});
-  const auto groups = param_groups<Model<Cfg>>();
-  std::vector<std::int32_t> in(N), tg(N);
-  for (int i = 0; i < N; ++i) {
-    in[i] = std::int32_t(Philox::below(Cfg::vocab, 1, 0, std::uint64_t(i)));
-    tg[i] = std::int32_t(Philox::below(Cfg::vocab, 1, 1, std::uint64_t(i)));
-  }
-  const std::vector<float> w(N, 1.0f / N);
-  std::vector<double> times;
-  for (int s = 0; s < steps + 2; ++s) {  // two warm-up steps
-    const auto t0 = std::chrono::steady_clock::now();
-    model.zero_grad();
-    model.forward(in, tg, B, T);
-    model.backward(w);
-    adam.step(model.parameters(), model.gradients(), groups, 1e-4);
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (s >= 2) times.push_back(dt);
-  }
-  const double ours = N / median(times);
+  using CfgBf16 = Config<bf16_matmul(presets::cpu_bench), float>;
+  constexpr int B = 4, T = 256;
   const double fpt = flops_per_token<Cfg>(T);
-  fmt::print("doremi-cpp  cpu-bench B={} T={} threads={} gemm={}: {:.0f} tokens/s (median of {} steps), {:.1f} "
-             "GFLOP/s = {:.0f}% of the measured {:.0f} GFLOP/s fp32 FMA peak\n",
-             B, T, omp_get_max_threads(), backend::Cpu::gemm, ours, steps, ours * fpt / 1e9, 100.0 * ours * fpt / 1e9 / peak, peak);
-  const std::string cmd = fmt::format("{} {}/torch_twin.py --steps {} --threads {} 2>&1", python, DOREMI_BENCH_DIR,
-                                      steps, omp_get_max_threads());
-  const std::string out = run_command(cmd);
-  nlohmann::json peer;
-  for (std::size_t pos = 0; pos < out.size();) {  // the last JSON line the twin printed
-    const std::size_t end = out.find('\n', pos);
-    const std::string line = out.substr(pos, end - pos);
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.is_object() && j.contains("tokens_per_s_median")) peer = j;
-    if (end == std::string::npos) break;
-    pos = end + 1;
-  }
-  if (peer.is_null()) {
-    fmt::print("pytorch twin did not run ({}):\n{}\n", cmd, out);
-    return 1;
-  }
+  const double ours = time_ours<Cfg>(steps, B, T);
+  const double ours_bf16 = time_ours<CfgBf16>(steps, B, T);
+  const nlohmann::json peer = run_twin(python, steps, "");
+  const nlohmann::json peer_bf16 = run_twin(python, steps, "--bf16");
+  if (peer.is_null() || peer_bf16.is_null()) return 1;
   const double theirs = peer.at("tokens_per_s_median").get<double>();
-  fmt::print("pytorch {}  cpu-bench B={} T={}: {:.0f} tokens/s (median), {:.1f} GFLOP/s ({})\n",
-             peer.value("torch", "?"), B, T, theirs, theirs * fpt / 1e9, peer.value("blas", "?"));
-  fmt::print("ratio doremi-cpp / pytorch: {:.2f}x\n", ours / theirs);
+  const double theirs_bf16 = peer_bf16.at("tokens_per_s_median").get<double>();
+
+  fmt::print("cpu-bench, full training step (forward, backward, AdamW), B={} T={}, {} threads, median of {} steps\n",
+             B, T, omp_get_max_threads(), steps);
+  fmt::print("doremi-cpp: GEMM {}; pytorch {}: {}\n", backend::Cpu::gemm, peer.value("torch", "?"),
+             peer.value("blas", "?"));
+  fmt::print("{:<34} {:>12} {:>12} {:>7}   doremi-cpp GFLOP/s (share of the measured {:.0f} GFLOP/s fp32 peak)\n",
+             "matrix products", "doremi-cpp", "pytorch", "ratio", peak);
+  auto row = [&](const char* what, double a, double b) {
+    fmt::print("{:<34} {:>8.0f} t/s {:>8.0f} t/s {:>6.2f}x   {:.1f} ({:.0f}%)\n", what, a, b, a / b, a * fpt / 1e9,
+               100.0 * a * fpt / 1e9 / peak);
+  };
+  row("fp32 / fp32", ours, theirs);
+  row("bf16 / bf16 (torch autocast)", ours_bf16, theirs_bf16);
+  row("bf16 / fp32", ours_bf16, theirs);
   return 0;
 }

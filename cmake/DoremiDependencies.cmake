@@ -17,6 +17,11 @@ if(NOT DEFINED DOREMI_BLAS OR DOREMI_BLAS)
   find_library(DOREMI_OPENBLAS_LIBRARY NAMES openblas
     PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
 endif()
+# oneDNN (Debian: libdnnl-dev), optional: the CPU backend's fp32 and bf16
+# GEMMs (see include/doremi/backend/cpu/gemm.hpp); Eigen otherwise.
+if(NOT DEFINED DOREMI_ONEDNN OR DOREMI_ONEDNN)
+  find_package(dnnl QUIET CONFIG)
+endif()
 # utf8proc (Debian: libutf8proc-dev) has no CMake package: Unicode categories
 # and NFC for the BPE tokenizers.
 find_path(DOREMI_UTF8PROC_INCLUDE_DIR utf8proc.h)

@@ -154,3 +154,110 @@ TEST_CASE("model rejects bad batches with doremi::Error") {
   Model<presets::Tiny<float>> fresh;
   CHECK_THROWS_AS(fresh.backward(w), Error);  // no forward yet
 }
+
+TEST_CASE("cpu gemm: bf16 rounding is to nearest even and keeps inf and NaN") {
+  using backend::cpu::bf16;
+  using backend::cpu::from_bf16;
+  using backend::cpu::to_bf16;
+  CHECK(std::uint16_t(to_bf16(1.0f)) == 0x3f80);
+  CHECK(from_bf16(to_bf16(-2.5f)) == -2.5f);
+  // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+  CHECK(from_bf16(to_bf16(1.0f + 0x1p-8f)) == 1.0f);
+  CHECK(from_bf16(to_bf16(1.0f + 0x1p-7f + 0x1p-8f)) == 1.0f + 0x1p-6f);  // tie, odd below: rounds up
+  CHECK(from_bf16(to_bf16(1.0f + 0x1p-8f + 0x1p-12f)) == 1.0f + 0x1p-7f);  // above the tie: up
+  CHECK(std::isinf(from_bf16(to_bf16(INFINITY))));
+  CHECK(std::isnan(from_bf16(to_bf16(NAN))));
+  CHECK(std::isinf(from_bf16(to_bf16(3.4e38f))));  // beyond bf16's largest finite value
+}
+
+TEST_CASE("cpu gemm: every transpose, strides and accumulation against a double reference, fp32 and bf16") {
+  using backend::cpu::bf16;
+  struct Shape {
+    int M, N, K;
+  };
+  for (const Shape s : {Shape{5, 7, 300}, Shape{64, 130, 257}, Shape{1, 50, 3}}) {
+    for (int variant = 0; variant < 8; ++variant) {
+      const bool ta = variant & 1, tb = variant & 2, acc = variant & 4;
+      const int ar = ta ? s.K : s.M, ac = ta ? s.M : s.K, br = tb ? s.N : s.K, bc = tb ? s.K : s.N;
+      const int lda = ac + 3, ldb = bc + 1, ldc = s.N + 2;  // padded rows
+      std::vector<float> A(std::size_t(ar) * lda), B(std::size_t(br) * ldb), C0(std::size_t(s.M) * ldc);
+      for (std::size_t i = 0; i < A.size(); ++i) A[i] = float(Philox::normal(1, variant, i));
+      for (std::size_t i = 0; i < B.size(); ++i) B[i] = float(Philox::normal(2, variant, i));
+      for (std::size_t i = 0; i < C0.size(); ++i) C0[i] = float(Philox::normal(3, variant, i));
+      std::vector<bf16> Ab(A.size()), Bb(B.size());
+      backend::cpu::to_bf16(Ab.data(), A.data(), A.size());
+      backend::cpu::to_bf16(Bb.data(), B.data(), B.size());
+      for (const bool use_bf16 : {false, true}) {
+        auto a = [&](int i, int k) {
+          const std::size_t at = ta ? std::size_t(k) * lda + i : std::size_t(i) * lda + k;
+          return use_bf16 ? double(backend::cpu::from_bf16(Ab[at])) : double(A[at]);
+        };
+        auto b = [&](int k, int j) {
+          const std::size_t at = tb ? std::size_t(j) * ldb + k : std::size_t(k) * ldb + j;
+          return use_bf16 ? double(backend::cpu::from_bf16(Bb[at])) : double(B[at]);
+        };
+        std::vector<float> C = C0;
+        if (use_bf16)
+          backend::cpu::gemm(ta, tb, s.M, s.N, s.K, Ab.data(), lda, Bb.data(), ldb, C.data(), ldc, acc);
+        else
+          backend::cpu::gemm(ta, tb, s.M, s.N, s.K, A.data(), lda, B.data(), ldb, C.data(), ldc, acc);
+        double worst = 0;
+        for (int i = 0; i < s.M; ++i)
+          for (int j = 0; j < ldc; ++j) {
+            const std::size_t at = std::size_t(i) * ldc + j;
+            if (j >= s.N) {  // padding of C's rows is never written
+              CHECK(C[at] == C0[at]);
+              continue;
+            }
+            double ref = acc ? double(C0[at]) : 0.0;
+            for (int k = 0; k < s.K; ++k) ref += a(i, k) * b(k, j);
+            worst = std::max(worst, std::abs(double(C[at]) - ref) / (1.0 + std::abs(ref)));
+          }
+        INFO("M N K ", s.M, " ", s.N, " ", s.K, " ta ", ta, " tb ", tb, " accumulate ", acc, " bf16 ", use_bf16);
+        CHECK(worst < 2e-5);  // fp32 accumulation of exactly representable products
+      }
+    }
+  }
+}
+
+TEST_CASE("model with bf16 matrix products: losses and gradients follow the fp32 model") {
+  using F32 = presets::Tiny<float>;
+  using B16 = Config<bf16_matmul(presets::tiny), float>;
+  Model<F32> a;
+  Model<B16> b;
+  a.init(11);
+  b.init(11);
+  REQUIRE(std::equal(a.parameters().begin(), a.parameters().end(), b.parameters().begin()));
+  const int B = 2, T = 64, N = B * T;
+  std::vector<std::int32_t> in(N), tg(N);
+  for (int i = 0; i < N; ++i) {
+    in[i] = std::int32_t(Philox::below(F32::vocab, 5, 0, i));
+    tg[i] = i % 17 == 3 ? -1 : std::int32_t(Philox::below(F32::vocab, 5, 1, i));
+  }
+  std::vector<float> w(N);
+  for (int i = 0; i < N; ++i) w[i] = float(0.5 + Philox::uniform(5, 2, i)) / N;
+  const auto ra = a.forward(in, tg, B, T);
+  const auto rb = b.forward(in, tg, B, T);
+  CHECK(ra.tokens == rb.tokens);
+  double worst_loss = 0;
+  for (int i = 0; i < N; ++i) {
+    CHECK(ra.mask[i] == rb.mask[i]);
+    worst_loss = std::max(worst_loss, std::abs(double(ra.losses[i]) - double(rb.losses[i])) / double(ra.losses[i] + 1));
+  }
+  a.zero_grad();
+  b.zero_grad();
+  a.backward(w);
+  b.backward(w);
+  double dot = 0, na = 0, nb = 0;
+  for (std::size_t i = 0; i < a.num_parameters(); ++i) {
+    dot += double(a.gradients()[i]) * b.gradients()[i];
+    na += double(a.gradients()[i]) * a.gradients()[i];
+    nb += double(b.gradients()[i]) * b.gradients()[i];
+  }
+  const double cosine = dot / std::sqrt(na * nb), norm_ratio = std::sqrt(nb / na);
+  MESSAGE("bf16 vs fp32 products: worst per-token loss difference ", worst_loss, ", gradient cosine ", cosine,
+          ", norm ratio ", norm_ratio);
+  CHECK(worst_loss < 1e-2);
+  CHECK(cosine > 0.999);
+  CHECK(std::abs(norm_ratio - 1) < 1e-2);
+}

@@ -10,6 +10,7 @@
 #include "doremi/backend/cuda/gelu.hpp"       // GELU, residual adds, copies, fills
 #include "doremi/backend/cuda/adamw.hpp"      // AdamW over the flat buffer (shared adamw_update)
 #include "doremi/backend/cuda/grad_norm.hpp"  // global gradient norm (CUB)
+#include "doremi/backend/cuda/classifier.hpp" // LM head: logits GEMM + fused softmax/loss/gradient
 
 // Not yet here (issue 4): attention (flash-style) and the fused classifier,
 // bf16 versions of the non-GEMM layers (only the linear layers and the

@@ -12,11 +12,16 @@
 //   using MyModel = doremi::Model<doremi::Config<my_spec, float>>;
 #include <cstddef>
 #include <string_view>
+#include <type_traits>
 
 namespace doremi {
 
 enum class Gelu { exact, tanh };           // erf GELU (Pythia) or tanh approximation (GPT-2)
 enum class Residual { sequential, parallel };  // GPT-2 style or GPT-NeoX's parallel
+// Inputs of the matrix products: the model's scalar type, or bf16 (weights,
+// activations and gradients rounded to bf16 at the product, fp32 accumulation,
+// fp32 master weights and everything else: mixed precision as on GPUs).
+enum class MatmulPrecision { native, bf16 };
 
 // A fixed-capacity name usable inside a structural template argument.
 struct PresetName {
@@ -46,7 +51,15 @@ struct Spec {
   Gelu gelu = Gelu::exact;
   double ln_eps = 1e-5;
   int mlp_mult = 4;           // MLP hidden width = mlp_mult * n_embd
+  MatmulPrecision matmul = MatmulPrecision::native;
 };
+
+// The same model with bf16 matrix products (fp32 scalar type only):
+//   doremi::Config<doremi::bf16_matmul(doremi::presets::cpu_bench)>
+constexpr Spec bf16_matmul(Spec s) {
+  s.matmul = MatmulPrecision::bf16;
+  return s;
+}
 
 template <Spec S, class Scalar = float>
 struct Config {
@@ -68,10 +81,13 @@ struct Config {
   static constexpr Gelu gelu = S.gelu;
   static constexpr double ln_eps = S.ln_eps;
   static constexpr int d_mlp = S.mlp_mult * S.n_embd;
+  static constexpr MatmulPrecision matmul = S.matmul;
 
   static_assert(S.n_layer > 0 && S.n_embd > 0 && S.n_head > 0 && S.n_ctx > 0 && S.vocab > 0);
   static_assert(S.n_embd % S.n_head == 0, "n_embd must be a multiple of n_head");
   static_assert(S.vocab_multiple > 0);
+  static_assert(S.matmul == MatmulPrecision::native || std::is_same_v<Scalar, float>,
+                "bf16 matrix products need the fp32 scalar type");
   static_assert(S.rotary_pct >= 0.0 && S.rotary_pct <= 1.0);
   static_assert(rotary_dim % 2 == 0, "rotary dims per head must be even");
   static_assert(learned_positions || rotary_dim > 0, "rotary_pct too small for this head size");

@@ -112,10 +112,10 @@ class Model {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       scalar* x = res(l);
       layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
-      matmul_forward(be_, qkv(l), ln1(l), P + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
+      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), P + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
       attention_forward(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
                         Cfg::rotary_dim);
-      matmul_forward(be_, tmp_c(), atty(l), P + w.proj_w, P + w.proj_b, N, C, C);
+      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), P + w.proj_w, P + w.proj_b, N, C, C);
       const scalar* ln2_in = x;
       if constexpr (!Cfg::parallel_residual) {
         backend::add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
@@ -123,9 +123,9 @@ class Model {
       }
       layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
                         Cfg::ln_eps);
-      matmul_forward(be_, fc(l), ln2(l), P + w.fc_w, P + w.fc_b, N, C, D);
+      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), P + w.fc_w, P + w.fc_b, N, C, D);
       gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
-      matmul_forward(be_, tmp_c2(), gel(l), P + w.fc2_w, P + w.fc2_b, N, D, C);
+      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), P + w.fc2_w, P + w.fc2_b, N, D, C);
       if constexpr (Cfg::parallel_residual)
         backend::add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
       else
@@ -134,7 +134,7 @@ class Model {
     }
     layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
                       Cfg::ln_eps);
-    classifier_forward(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
+    classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
                        targets_.data(), N, C, V);
     ForwardResult<scalar> r;
     r.losses = {losses_.data(), std::size_t(N)};
@@ -158,7 +158,7 @@ class Model {
     scalar* G = grads_.data();
     const auto& lay = layout();
     scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
-    classifier_backward(be_, d_ln1(), G + lay.embed_out, probs(), inv_sum(), token_weights.data(), lnf(),
+    classifier_backward<Cfg::matmul>(be_, d_ln1(), G + lay.embed_out, probs(), inv_sum(), token_weights.data(), lnf(),
                         P + lay.embed_out, targets_.data(), N, C, V);
     backend::fill(be_, dres, scalar(0), std::size_t(N) * C);
     layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_ln1(), res(L), P + lay.lnf_w, lnf_stats(),
@@ -166,18 +166,18 @@ class Model {
     for (int l = L - 1; l >= 0; --l) {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       // MLP branch (its output's gradient is dres in both residual styles).
-      matmul_backward(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), P + w.fc2_w, N, D, C);
+      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), P + w.fc2_w, N, D, C);
       gelu_backward<Cfg::gelu>(be_, d_fc(), fc(l), d_fc(), std::size_t(N) * D);
-      matmul_backward(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), ln2(l), P + w.fc_w, N, C, D);
+      matmul_backward<Cfg::matmul>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), ln2(l), P + w.fc_w, N, C, D);
       const scalar* ln2_in = Cfg::parallel_residual ? res(l) : hres(l);
       if constexpr (!Cfg::parallel_residual)  // dres becomes d/dh = d/dx' + LN2's share
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
       // Attention branch.
-      matmul_backward(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), P + w.proj_w, N, C, C);
+      matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), P + w.proj_w, N, C, C);
       attention_backward(be_, d_qkv(), d_atty(), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
                          Cfg::rotary_dim);
-      matmul_backward(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), P + w.qkv_w, N, C, 3 * C);
+      matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), P + w.qkv_w, N, C, 3 * C);
       if constexpr (Cfg::parallel_residual)
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);

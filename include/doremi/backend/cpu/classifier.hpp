@@ -11,36 +11,75 @@
 //   dW += Eᵀ·(diag(w·s)·x) − Σ_n w_n·x_n at row target_n
 // Two GEMMs over E and O(N·C) extra work. Targets < 0 are padding: loss 0,
 // mask 0, weight 0.
+//
+// P = MatmulPrecision::bf16: the logits are computed 64 rows at a time into
+// fp32 scratch (bf16 operands, fp32 accumulation), the softmax statistics and
+// losses in fp32, and E is kept in bf16 in the first half of `probs` (the
+// backward's GEMM operand), so the [N, V] matrix is written once and read
+// twice in bf16 instead of rewritten in fp32.
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "doremi/backend/cpu/cpu.hpp"
+#include "doremi/backend/cpu/gemm.hpp"
 #include "doremi/backend/cpu/matmul.hpp"
 
 namespace doremi::backend {
 
-// `probs` receives E (the row-wise exp-shifted logits); `inv_sum` receives s.
+namespace cpu {
+
+// One row of logits r[0..V), in place: r becomes E = exp(r − max); returns
+// the row's loss (0 for padding) and sets inv_sum = 1/ΣE and the mask.
 template <class T>
-void classifier_forward(Cpu be, T* losses, std::uint8_t* mask, T* probs, T* inv_sum, const T* x, const T* w,
+T softmax_row(T* r, std::int32_t target, int V, T& inv_sum, std::uint8_t& mask) {
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> row(r, V);
+  const T mx = row.maxCoeff();
+  const bool valid = target >= 0;
+  const T target_logit = valid ? r[target] : T(0);
+  row = (row - mx).exp();
+  const double s = double(row.sum());
+  inv_sum = T(1.0 / s);
+  mask = valid;
+  return valid ? T(double(mx) + std::log(s) - double(target_logit)) : T(0);
+}
+
+}  // namespace cpu
+
+// `probs` receives E (the row-wise exp-shifted logits; bf16 in its first half
+// when P is bf16); `inv_sum` receives s.
+template <MatmulPrecision P = MatmulPrecision::native, class T>
+void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum, const T* x, const T* w,
                         const std::int32_t* targets, int N, int C, int V) {
-  matmul_forward(be, probs, x, w, static_cast<const T*>(nullptr), N, C, V);
+  using namespace cpu;
+  if constexpr (P == MatmulPrecision::bf16) {
+    const bf16* xb = operand<P, 0>(x, std::size_t(N) * C);
+    const bf16* wb = operand<P, 1>(w, std::size_t(V) * C);
+    bf16* E = reinterpret_cast<bf16*>(probs);
+    constexpr int rows = 64;
+    float* logits = scratch<float, 3>(std::size_t(rows) * V);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+      const int m = std::min(rows, N - r0);
+      gemm(false, true, m, V, C, xb + std::size_t(r0) * C, C, wb, C, logits, V, false);
 #pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n) {
-    Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> r(probs + std::size_t(n) * V, V);
-    const T mx = r.maxCoeff();
-    const bool valid = targets[n] >= 0;
-    const T target_logit = valid ? r[targets[n]] : T(0);
-    r = (r - mx).exp();
-    const double s = double(r.sum());
-    inv_sum[n] = T(1.0 / s);
-    mask[n] = valid;
-    losses[n] = valid ? T(double(mx) + std::log(s) - double(target_logit)) : T(0);
+      for (int i = 0; i < m; ++i) {
+        const int n = r0 + i;
+        float* r = logits + std::size_t(i) * V;
+        losses[n] = softmax_row(r, targets[n], V, inv_sum[n], mask[n]);
+        bf16* e = E + std::size_t(n) * V;
+        for (int v = 0; v < V; ++v) e[v] = to_bf16(r[v]);
+      }
+    }
+  } else {
+    matmul_forward(Cpu{}, probs, x, w, static_cast<const T*>(nullptr), N, C, V);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n)
+      losses[n] = softmax_row(probs + std::size_t(n) * V, targets[n], V, inv_sum[n], mask[n]);
   }
 }
 
 // Overwrites dx; accumulates into dw.
-template <class T>
+template <MatmulPrecision P = MatmulPrecision::native, class T>
 void classifier_backward(Cpu, T* dx, T* dw, const T* probs, const T* inv_sum, const T* weights, const T* x,
                          const T* w, const std::int32_t* targets, int N, int C, int V) {
   using namespace cpu;
@@ -50,11 +89,15 @@ void classifier_backward(Cpu, T* dx, T* dw, const T* probs, const T* inv_sum, co
     scale[n] = wn[n] * inv_sum[n];
   }
   const Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>> sv(scale.data(), N);
-  CMatMap<T> E(probs, N, V), W(w, V, C), X(x, N, C);
-  MatMap<T> DX(dx, N, C);
-  DX.noalias() = E * W;
-  RowMat<T> xs = sv.asDiagonal() * X;
-  MatMap<T>(dw, V, C).noalias() += E.transpose() * xs;
+  RowMat<T> xs = sv.asDiagonal() * CMatMap<T>(x, N, C);
+  if constexpr (P == MatmulPrecision::bf16) {
+    const bf16* E = reinterpret_cast<const bf16*>(probs);
+    gemm(false, false, N, C, V, E, V, operand<P, 1>(w, std::size_t(V) * C), C, dx, C, false);
+    gemm(true, false, V, C, N, E, V, operand<P, 0>(xs.data(), std::size_t(N) * C), C, dw, C, true);
+  } else {
+    gemm(false, false, N, C, V, probs, V, w, C, dx, C, false);
+    gemm(true, false, V, C, N, probs, V, static_cast<const T*>(xs.data()), C, dw, C, true);
+  }
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     const T* wt = w + std::size_t(targets[n] >= 0 ? targets[n] : 0) * C;

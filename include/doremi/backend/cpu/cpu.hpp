@@ -1,6 +1,7 @@
 #pragma once
 // backend::Cpu: the CPU policy of Model<Config, Backend>. Matrix products go to
-// Eigen (multi-threaded through OpenMP), the rest are OpenMP loops. Each layer
+// cpu::gemm (oneDNN or Eigen, multi-threaded through OpenMP; gemm.hpp), the
+// rest are OpenMP loops. Each layer
 // lives in its own header under backend/cpu/ with forward and backward side by
 // side; Model calls them by tag dispatch (`layernorm_forward(be, ...)`), so the
 // CUDA backend adds overloads for its own tag without touching the model.
@@ -17,7 +18,11 @@ namespace doremi::backend {
 
 struct Cpu {
   static constexpr const char* name = "cpu";
-#ifdef DOREMI_GEMM_OPENBLAS
+#if defined(DOREMI_GEMM_ONEDNN) && defined(DOREMI_GEMM_OPENBLAS)
+  static constexpr const char* gemm = "oneDNN (fp32, bf16); Eigen -> OpenBLAS (fp64)";
+#elif defined(DOREMI_GEMM_ONEDNN)
+  static constexpr const char* gemm = "oneDNN (fp32, bf16); Eigen (fp64)";
+#elif defined(DOREMI_GEMM_OPENBLAS)
   static constexpr const char* gemm = "Eigen -> OpenBLAS";  // EIGEN_USE_BLAS (CMake option DOREMI_BLAS)
 #else
   static constexpr const char* gemm = "Eigen";

@@ -1,28 +1,51 @@
 #pragma once
 // Linear layer y = x·Wᵀ + b with W stored [out, in] (HuggingFace's layout).
-// Compute-bound: all three products go to Eigen's blocked GEMM, which uses
-// every OpenMP thread. Backward overwrites dx and accumulates into dW, db
+// Compute-bound: all three products go to cpu::gemm (oneDNN or Eigen), which
+// uses every OpenMP thread. Backward overwrites dx and accumulates into dW, db
 // (parameter gradients add up across micro-batches).
+//
+// P = MatmulPrecision::bf16 rounds the operands of each product to bf16 (into
+// per-thread scratch) and accumulates in fp32; weights, activations and
+// gradients stay fp32 everywhere else.
 #include "doremi/backend/cpu/cpu.hpp"
+#include "doremi/backend/cpu/gemm.hpp"
+#include "doremi/model/config.hpp"
 
 namespace doremi::backend {
 
-template <class T>
-void matmul_forward(Cpu, T* out, const T* x, const T* w, const T* bias, int N, int in, int out_dim) {
-  using namespace cpu;
-  MatMap<T> y(out, N, out_dim);
-  y.noalias() = CMatMap<T>(x, N, in) * CMatMap<T>(w, out_dim, in).transpose();
-  if (bias) y.rowwise() += Eigen::Map<const RowVec<T>>(bias, out_dim);
+namespace cpu {
+
+// The operand as the product wants it: itself, or a bf16 copy in scratch slot `Slot`.
+template <MatmulPrecision P, int Slot, class T>
+const auto* operand(const T* p, std::size_t n) {
+  if constexpr (P == MatmulPrecision::bf16) {
+    static_assert(std::is_same_v<T, float>, "bf16 matrix products need fp32 operands");
+    bf16* b = scratch<bf16, Slot>(n);
+    to_bf16(b, p, n);
+    return static_cast<const bf16*>(b);
+  } else {
+    return p;
+  }
 }
 
-template <class T>
+}  // namespace cpu
+
+template <MatmulPrecision P = MatmulPrecision::native, class T>
+void matmul_forward(Cpu, T* out, const T* x, const T* w, const T* bias, int N, int in, int out_dim) {
+  using namespace cpu;
+  gemm(false, true, N, out_dim, in, operand<P, 0>(x, std::size_t(N) * in), in,
+       operand<P, 1>(w, std::size_t(out_dim) * in), in, out, out_dim, false);
+  if (bias) MatMap<T>(out, N, out_dim).rowwise() += Eigen::Map<const RowVec<T>>(bias, out_dim);
+}
+
+template <MatmulPrecision P = MatmulPrecision::native, class T>
 void matmul_backward(Cpu, T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int N, int in,
                      int out_dim) {
   using namespace cpu;
-  CMatMap<T> dy(dout, N, out_dim);
-  if (dx) MatMap<T>(dx, N, in).noalias() = dy * CMatMap<T>(w, out_dim, in);
-  MatMap<T>(dw, out_dim, in).noalias() += dy.transpose() * CMatMap<T>(x, N, in);
-  if (dbias) Eigen::Map<RowVec<T>>(dbias, out_dim) += dy.colwise().sum();
+  const auto* dy = operand<P, 0>(dout, std::size_t(N) * out_dim);
+  if (dx) gemm(false, false, N, in, out_dim, dy, out_dim, operand<P, 1>(w, std::size_t(out_dim) * in), in, dx, in, false);
+  gemm(true, false, out_dim, in, N, dy, out_dim, operand<P, 2>(x, std::size_t(N) * in), in, dw, in, true);
+  if (dbias) Eigen::Map<RowVec<T>>(dbias, out_dim) += CMatMap<T>(dout, N, out_dim).colwise().sum();
 }
 
 }  // namespace doremi::backend

@@ -1,0 +1,161 @@
+#pragma once
+// The CPU backend's matrix product, C (+)= op(A)·op(B), with row-major
+// operands, fp32 results and fp32 accumulation, for fp32 or bf16 inputs.
+//
+// Engine: oneDNN's matmul (Debian: libdnnl-dev; CMake option DOREMI_ONEDNN)
+// when the build found it, Eigen otherwise. oneDNN is used because on the
+// CPUs measured here it runs the LM head's shapes about 10 % faster than
+// OpenBLAS in fp32 and, where the CPU has AVX512-BF16, twice as fast again in
+// bf16 (benchmarks/bench_train_step.cpp; neither Eigen nor Debian's OpenBLAS
+// has a bf16 GEMM). Without oneDNN, bf16 operands are widened to fp32 and
+// multiplied by Eigen: the same numbers up to summation order, slower.
+//
+// bf16 here is storage only (round to nearest even from fp32); the products
+// accumulate in fp32, as on GPUs.
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "doremi/backend/cpu/cpu.hpp"
+
+#ifdef DOREMI_GEMM_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace doremi::backend::cpu {
+
+// A bfloat16 value (the upper half of an fp32), as raw bits.
+enum class bf16 : std::uint16_t {};
+
+inline bf16 to_bf16(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16(std::uint16_t((u >> 16) | 0x40u));  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);                                                   // round to nearest even
+  return bf16(std::uint16_t(u >> 16));
+}
+inline float from_bf16(bf16 b) {
+  const std::uint32_t u = std::uint32_t(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// dst[i] = bf16(src[i]), multi-threaded (memory-bound).
+inline void to_bf16(bf16* dst, const float* src, std::size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) dst[i] = to_bf16(src[i]);
+}
+
+// A growable per-thread scratch array (bf16 copies of operands).
+template <class T, int Slot>
+T* scratch(std::size_t n) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+template <class T>
+inline constexpr bool gemm_input = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>;
+
+#ifdef DOREMI_GEMM_ONEDNN
+namespace onednn {
+
+inline dnnl::engine& engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+template <class T>
+constexpr dnnl::memory::data_type dtype() {
+  return std::is_same_v<T, bf16> ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
+// One primitive per shape with its operand descriptions, created once
+// (creation JIT-compiles code: milliseconds).
+struct Matmul {
+  dnnl::memory::desc a, b, c;
+  dnnl::matmul mm;
+};
+
+template <class In>
+const Matmul& primitive(bool ta, bool tb, int M, int N, int K, int lda, int ldb, int ldc, bool accumulate) {
+  using Key = std::tuple<bool, bool, int, int, int, int, int, int, bool>;
+  static std::mutex mu;
+  static std::map<Key, Matmul> cache;  // references stay valid while others are added
+  const Key key{ta, tb, M, N, K, lda, ldb, ldc, accumulate};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  using dnnl::memory;
+  const memory::desc a({M, K}, dtype<In>(), ta ? memory::dims{1, lda} : memory::dims{lda, 1});
+  const memory::desc b({K, N}, dtype<In>(), tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
+  const memory::desc c({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
+  dnnl::primitive_attr attr;
+  if (accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine());
+  return cache.emplace(key, Matmul{a, b, c, dnnl::matmul(pd)}).first->second;
+}
+
+}  // namespace onednn
+#endif
+
+// C[M, N] = op(A)·op(B) (accumulate: C +=), op(X) = Xᵀ when the flag is set;
+// A is [M, K] (or [K, M] when ta), B is [K, N] (or [N, K] when tb), row-major
+// with leading dimensions lda, ldb, ldc. Uses every OpenMP thread; call it
+// from outside parallel regions.
+template <class In, class Out>
+void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In* B, int ldb, Out* C, int ldc,
+          bool accumulate) {
+  static_assert(gemm_input<In>);
+  static_assert(std::is_same_v<Out, std::conditional_t<std::is_same_v<In, bf16>, float, In>>,
+                "fp32 results for fp32 and bf16 inputs, fp64 for fp64");
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int i = 0; i < M; ++i) std::fill(C + std::size_t(i) * ldc, C + std::size_t(i) * ldc + N, Out(0));
+    return;
+  }
+#ifdef DOREMI_GEMM_ONEDNN
+  if constexpr (!std::is_same_v<In, double>) {
+    const onednn::Matmul& p = onednn::primitive<In>(ta, tb, M, N, K, lda, ldb, ldc, accumulate);
+    const dnnl::engine& e = onednn::engine();
+    dnnl::memory am(p.a, e, const_cast<In*>(A)), bm(p.b, e, const_cast<In*>(B)), cm(p.c, e, C);
+    dnnl::stream s(e);
+    p.mm.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    s.wait();
+    return;
+  }
+#endif
+  if constexpr (std::is_same_v<In, bf16>) {  // no bf16 GEMM without oneDNN: widen, then Eigen
+    const std::size_t na = std::size_t((ta ? K : M) - 1) * lda + (ta ? M : K);
+    const std::size_t nb = std::size_t((tb ? N : K) - 1) * ldb + (tb ? K : N);
+    std::vector<float> a(na), b(nb);
+    for (std::size_t i = 0; i < na; ++i) a[i] = from_bf16(A[i]);
+    for (std::size_t i = 0; i < nb; ++i) b[i] = from_bf16(B[i]);
+    gemm(ta, tb, M, N, K, a.data(), lda, b.data(), ldb, C, ldc, accumulate);
+  } else {
+    using Map = Eigen::Map<const RowMat<In>, 0, Eigen::OuterStride<>>;
+    Eigen::Map<RowMat<Out>, 0, Eigen::OuterStride<>> c(C, M, N, Eigen::OuterStride<>(ldc));
+    const Map a(A, ta ? K : M, ta ? M : K, Eigen::OuterStride<>(lda));
+    const Map b(B, tb ? N : K, tb ? K : N, Eigen::OuterStride<>(ldb));
+    auto run = [&](const auto& x, const auto& y) {
+      if (accumulate) c.noalias() += x * y; else c.noalias() = x * y;
+    };
+    if (ta && tb) run(a.transpose(), b.transpose());
+    else if (ta) run(a.transpose(), b);
+    else if (tb) run(a, b.transpose());
+    else run(a, b);
+  }
+}
+
+}  // namespace doremi::backend::cpu

@@ -1,0 +1,470 @@
+#pragma once
+// Causal multi-head self-attention, FlashAttention(-2) style: the T×T score
+// matrix never goes to global memory. Same layout and semantics as the CPU's
+// (backend/cpu/attention.hpp): qkv is [B·T, 3C], row n holding per head h
+// [q_h | k_h | v_h] (3·hd values); rotary embedding (GPT-NeoX rotate_half,
+// the shared rotate / rotate_back of backend/elementwise.hpp) on the first
+// `rot` dims of q and k at position t = n mod T, tables [n_ctx, rot/2];
+// softmax scale 1/√hd; `out` is [B·T, C] with head h in columns
+// h·hd .. h·hd + hd − 1. Storage float or bf16; all math and sums in fp32.
+//
+// With S = scale·QKᵀ (causal: S_ij = −∞ for j > i), per (batch, head):
+//   forward   P = softmax(S) = exp(S − lse),  O = P·V
+//   backward  D_i = rowsum(dO_i ⊙ O_i)  (= Σ_j P_ij·dP_ij, the softmax row term)
+//             dP = dO·Vᵀ,  dS = P ⊙ (dP − D)·scale
+//             dV = Pᵀ·dO,  dK = dSᵀ·Q,  dQ = dS·K
+// The forward keeps only lse (per (b, h, query): [B·H·T] floats, index
+// (b·H + h)·T + t); the backward recomputes P from it.
+//
+// Kernels (hd = 16, 32, 64 or 128, a template parameter):
+//  * rotary: qkvr = qkv with q, k rotated. The attention kernels read the
+//    stored qkvr, so forward and backward see the same (rounded) values.
+//  * forward: one block per (64-query tile, b·h); the block's queries stay in
+//    registers while K and V stream through shared memory in tiles of Bc keys
+//    (up to the diagonal). Online softmax: per row a running max m and sum l;
+//    when a tile raises the max, the sum and the output accumulator are
+//    rescaled by exp(m_old − m_new). Writes O = acc / l and lse = m + log l.
+//  * backward: (1) D per row; (2) dK, dV: one block per (64-key tile, b·h),
+//    keys and the dK, dV accumulators in registers, looping over the query
+//    tiles at or after its keys (Q, dO, lse, D through shared memory);
+//    (3) dQ: one block per (64-query tile, b·h), looping over the key tiles up
+//    to the diagonal. dQ has its own kernel instead of atomics: S and dP are
+//    computed once more, but every sum runs in a fixed order, so the backward
+//    repeats bit for bit. dq and dk leave through rotate_back: dqkv is the
+//    gradient with respect to the unrotated qkv, as on the CPU.
+//
+// Thread layout, the same in the three attention kernels: a block owns 64
+// rows (queries or keys) of one (b, h). Each row is split over TPR = hd/16
+// consecutive lanes (so a block has 64·TPR = 4·hd threads) and every vector
+// of a row (q, o, k, v, ...) lives in registers, 16 values per thread: with
+// the row's hd values taken as hd/4 float4 chunks, slice s ∈ [0, TPR) holds
+// chunks s, s + TPR, s + 2·TPR, s + 3·TPR. A dot product with a row of the
+// shared tile is 16 FMAs per thread and a butterfly sum over the TPR lanes
+// (__shfl_xor_sync; every lane gets the same total). The streamed tile is
+// two fp32 arrays of Bc rows × hd, Bc = 64 (32 for hd = 128): ≤ 32 KB of
+// static shared memory. All threads read the same tile row at a time
+// (broadcast, no bank conflicts). Results leave through a shared-memory
+// stage (the tile buffers reused) so that rotate_back sees both values of a
+// pair and the global writes are coalesced.
+//
+// Not yet: tensor cores (WMMA/mma for the bf16 path), vectorised global loads.
+#include <cmath>
+#include <cstddef>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+
+#include "doremi/backend/cuda/cuda.hpp"
+#include "doremi/backend/elementwise.hpp"
+
+namespace doremi::backend {
+
+namespace cuda {
+
+// Tile shape per head dimension.
+template <int HD>
+struct AttentionTiles {
+  static_assert(HD == 16 || HD == 32 || HD == 64 || HD == 128, "attention: head dimension 16, 32, 64 or 128");
+  static constexpr int rows = 64;                   // rows (queries or keys) a block owns
+  static constexpr int tpr = HD / 16;               // threads per row, 16 values each
+  static constexpr int threads = rows * tpr;        // 64, 128, 256, 512
+  static constexpr int tile = HD <= 64 ? 64 : 32;   // rows of a tile streamed through shared memory
+  static constexpr int smem_floats = 2 * tile * HD; // two tile arrays; also the output stage
+  static_assert(smem_floats * sizeof(float) <= 32 * 1024, "attention: tiles exceed the static shared memory plan");
+  static_assert(smem_floats >= rows * HD, "attention: the output stage must fit in the tile buffers");
+};
+
+// Shape checks shared by attention_forward and attention_backward, made before
+// any CUDA call. Returns hd = C / H.
+[[noreturn]] inline void attention_unsupported_head_dim(int hd) {
+  fail("attention (cuda): head dimension hd = C / H = {} is not supported (supported: 16, 32, 64, 128)", hd);
+}
+inline int attention_check(int B, int Tn, int C, int H, int rot) {
+  if (B <= 0) fail("attention (cuda): batch size B = {} must be positive", B);
+  if (Tn <= 0) fail("attention (cuda): sequence length T = {} must be positive", Tn);
+  if (H <= 0) fail("attention (cuda): head count H = {} must be positive", H);
+  if (C <= 0 || C % H != 0) fail("attention (cuda): C = {} is not a positive multiple of the head count H = {}", C, H);
+  const int hd = C / H;
+  if (hd != 16 && hd != 32 && hd != 64 && hd != 128) attention_unsupported_head_dim(hd);
+  if (rot < 0 || rot % 2 != 0 || rot > hd)
+    fail("attention (cuda): rotary dims rot = {} must be even and in [0, hd = {}]", rot, hd);
+  if (static_cast<long long>(B) * H > 0x7fffffffLL) fail("attention (cuda): B·H = {}·{} is too large", B, H);
+  if ((Tn + 63) / 64 > 65535) fail("attention (cuda): sequence length T = {} is too large (at most {})", Tn, 65535 * 64);
+  return hd;
+}
+
+// ---- per-thread row vectors (16 values: the thread's slice of one row) ----
+
+// Sum over the TPR lanes of a row (consecutive, TPR-aligned lanes); every lane
+// gets the same total. All lanes of the warp must call it.
+template <int TPR>
+__device__ __forceinline__ float attention_row_sum(float v) {
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// x = this thread's slice of global row `row` (zeros when !valid).
+template <int TPR, class T>
+__device__ __forceinline__ void attention_load_row(float (&x)[16], const T* row, int s, bool valid) {
+#pragma unroll
+  for (int m = 0; m < 4; ++m)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) x[4 * m + c] = valid ? float(row[4 * (s + TPR * m) + c]) : 0.0f;
+}
+
+// Partial dot product of x with the matching slice of the shared row `row`
+// (16-byte aligned); attention_row_sum completes it.
+template <int TPR>
+__device__ __forceinline__ float attention_dot(const float (&x)[16], const float* row, int s) {
+  const float4* r4 = reinterpret_cast<const float4*>(row);
+  float acc = 0.0f;
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    const float4 y = r4[s + TPR * m];
+    acc += x[4 * m] * y.x + x[4 * m + 1] * y.y + x[4 * m + 2] * y.z + x[4 * m + 3] * y.w;
+  }
+  return acc;
+}
+
+// x += a · (the matching slice of the shared row `row`).
+template <int TPR>
+__device__ __forceinline__ void attention_axpy(float (&x)[16], float a, const float* row, int s) {
+  const float4* r4 = reinterpret_cast<const float4*>(row);
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    const float4 y = r4[s + TPR * m];
+    x[4 * m] += a * y.x;
+    x[4 * m + 1] += a * y.y;
+    x[4 * m + 2] += a * y.z;
+    x[4 * m + 3] += a * y.w;
+  }
+}
+
+// dst[r·HD + d] = src row (row0 + r), column d, for r < ROWS (zeros past Tn):
+// a tile into shared memory as fp32. src points at row 0, rows ld apart.
+template <int HD, int NT, int ROWS, class T>
+__device__ __forceinline__ void attention_load_tile(float* dst, const T* src, std::size_t ld, int row0, int Tn) {
+  for (int idx = threadIdx.x; idx < ROWS * HD; idx += NT) {
+    const int r = idx / HD, d = idx % HD;
+    dst[idx] = row0 + r < Tn ? float(src[std::size_t(row0 + r) * ld + d]) : 0.0f;
+  }
+}
+
+// Writes the block's rows row0 .. row0 + 63 (those < Tn) of a register-held
+// vector to dst (row 0 at dst, rows ld apart) as T, the first `rot` dims
+// rotated back by the angle of position t = row (rot = 0: a plain store).
+// Goes through `stage` (rows·HD floats of shared memory, the tile buffers) so
+// that each (d, d + rot/2) pair meets in one thread and the writes coalesce.
+// Every thread of the block must call it (it synchronises).
+template <int HD, class T>
+__device__ void attention_store_rows(T* dst, std::size_t ld, float* stage, const float (&x)[16], int row0, int Tn,
+                                     int rot, const float* rope_cos, const float* rope_sin) {
+  using L = AttentionTiles<HD>;
+  constexpr int TPR = L::tpr;
+  const int r = threadIdx.x / TPR, s = threadIdx.x % TPR;
+  __syncthreads();  // the stage overlays the tile buffers, which other threads may still be reading
+  float4* st4 = reinterpret_cast<float4*>(stage + r * HD);
+#pragma unroll
+  for (int m = 0; m < 4; ++m) st4[s + TPR * m] = make_float4(x[4 * m], x[4 * m + 1], x[4 * m + 2], x[4 * m + 3]);
+  __syncthreads();
+  const int half = rot / 2;
+  for (int idx = threadIdx.x; idx < L::rows * HD; idx += L::threads) {
+    const int rr = idx / HD, d = idx % HD, t = row0 + rr;
+    if (t >= Tn) continue;
+    float v = stage[idx];
+    if (d < rot) {
+      const int p = d < half ? d : d - half;
+      float x1 = stage[rr * HD + p], x2 = stage[rr * HD + p + half];
+      const std::size_t a = std::size_t(t) * half + p;
+      rotate_back(x1, x2, rope_cos[a], rope_sin[a]);
+      v = d < half ? x1 : x2;
+    }
+    dst[std::size_t(t) * ld + d] = T(v);
+  }
+}
+
+// ---- kernels ----
+
+// qkvr = qkv with the first rot dims of every q and k rotated by the angle of
+// the row's position (grid-stride, one output element per thread and step).
+// qkvr must not alias qkv.
+template <class T>
+__global__ void attention_rotary_kernel(T* qkvr, const T* qkv, const float* rope_cos, const float* rope_sin,
+                                        std::size_t n, int Tn, int C, int hd, int rot) {
+  const int half = rot / 2;
+  const std::size_t ld = std::size_t(3) * C;
+  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n;
+       e += std::size_t(gridDim.x) * blockDim.x) {
+    const std::size_t row = e / ld;
+    const int w = int(e % ld) % (3 * hd);  // within the head's [q | k | v]
+    const int part = w / hd, d = w % hd;   // part 0: q, 1: k, 2: v
+    float v = float(qkv[e]);
+    if (part < 2 && d < rot) {
+      const int p = d < half ? d : d - half;
+      const std::size_t e1 = e - d + p;  // the pair (x1, x2) = (x[p], x[p + half])
+      float x1 = float(qkv[e1]), x2 = float(qkv[e1 + half]);
+      const std::size_t a = (row % Tn) * half + p;
+      rotate(x1, x2, rope_cos[a], rope_sin[a]);
+      v = d < half ? x1 : x2;
+    }
+    qkvr[e] = T(v);
+  }
+}
+
+// Forward. Grid (B·H, query tiles); the longest (last) query tiles start first.
+template <int HD, class T>
+__global__ void __launch_bounds__(AttentionTiles<HD>::threads)
+    attention_forward_kernel(T* out, float* lse, const T* qkvr, int Tn, int C, int H, float scale) {
+  using L = AttentionTiles<HD>;
+  constexpr int TPR = L::tpr, BC = L::tile;
+  __shared__ float4 smem4[L::smem_floats / 4];
+  float* const Ks = reinterpret_cast<float*>(smem4);
+  float* const Vs = Ks + BC * HD;
+
+  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int q0 = int(gridDim.y - 1 - blockIdx.y) * L::rows;
+  const int r = threadIdx.x / TPR, s = threadIdx.x % TPR, i = q0 + r;  // this thread's query row and slice
+  const std::size_t ld = std::size_t(3) * C;
+  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
+
+  float q[16], o[16];
+  attention_load_row<TPR>(q, base + std::size_t(i) * ld, s, i < Tn);
+#pragma unroll
+  for (int e = 0; e < 16; ++e) o[e] = 0.0f;
+  float m = -INFINITY, l = 0.0f;  // running max and sum of exp(S − m) over the keys seen so far
+
+  const int kend = Tn < q0 + L::rows ? Tn : q0 + L::rows;  // later keys are masked for every row of the block
+  for (int k0 = 0; k0 < kend; k0 += BC) {
+    __syncthreads();  // everyone is done with the previous tile
+    attention_load_tile<HD, L::threads, BC>(Ks, base + HD, ld, k0, Tn);
+    attention_load_tile<HD, L::threads, BC>(Vs, base + 2 * HD, ld, k0, Tn);
+    __syncthreads();
+
+    float sc[BC];  // this row's scores against the tile
+    float mt = -INFINITY;
+#pragma unroll
+    for (int jj = 0; jj < BC; ++jj) {
+      const int j = k0 + jj;
+      const float x = attention_row_sum<TPR>(attention_dot<TPR>(q, Ks + jj * HD, s)) * scale;
+      sc[jj] = j <= i && j < Tn ? x : -INFINITY;
+      mt = fmaxf(mt, sc[jj]);
+    }
+    const float mn = fmaxf(m, mt);
+    // mn = −∞ only while a row has seen no visible key (never for a row < T:
+    // key 0 is in the first tile); subtracting 0 then keeps exp(−∞) = 0, no NaN.
+    const float ref = mn == -INFINITY ? 0.0f : mn;
+    const float alpha = expf(m - ref);  // 0 on the first visible tile (m = −∞)
+    l *= alpha;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) o[e] *= alpha;
+#pragma unroll
+    for (int jj = 0; jj < BC; ++jj) {
+      const float p = expf(sc[jj] - ref);  // masked: exp(−∞) = 0
+      l += p;
+      attention_axpy<TPR>(o, p, Vs + jj * HD, s);
+    }
+    m = mn;
+  }
+
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+  for (int e = 0; e < 16; ++e) o[e] *= inv;
+  if (s == 0 && i < Tn) lse[std::size_t(bh) * Tn + i] = m + logf(l);
+  attention_store_rows<HD>(out + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), Ks, o, q0, Tn, 0,
+                           nullptr, nullptr);
+}
+
+// D[(b·H + h)·T + t] = Σ_d dO·O over the head's hd columns of row n = b·T + t:
+// one warp per (row, head), grid-stride.
+template <class T>
+__global__ void attention_row_dot_kernel(float* Dv, const T* dout, const T* out, int B, int Tn, int C, int H) {
+  const int hd = C / H, lane = threadIdx.x % 32;
+  const std::size_t rows = std::size_t(B) * Tn * H;
+  const std::size_t warps = std::size_t(gridDim.x) * blockDim.x / 32;
+  for (std::size_t w = (blockIdx.x * std::size_t(blockDim.x) + threadIdx.x) / 32; w < rows; w += warps) {
+    const std::size_t n = w / H;  // the whole warp has the same w: the shuffles below see all lanes
+    const int h = int(w % H);
+    const std::size_t off = n * C + std::size_t(h) * hd;
+    float acc = 0.0f;
+    for (int d = lane; d < hd; d += 32) acc += float(dout[off + d]) * float(out[off + d]);
+    acc = attention_row_sum<32>(acc);
+    if (lane == 0) Dv[((n / Tn) * H + h) * Tn + n % Tn] = acc;
+  }
+}
+
+// dK, dV. Grid (B·H, key tiles); the first key tiles (which see the most
+// queries) start first. Overwrites the k and v parts of dqkv.
+template <int HD, class T>
+__global__ void __launch_bounds__(AttentionTiles<HD>::threads)
+    attention_backward_dkv_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+                                  const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
+                                  float scale) {
+  using L = AttentionTiles<HD>;
+  constexpr int TPR = L::tpr, BQ = L::tile;
+  __shared__ float4 smem4[L::smem_floats / 4];
+  __shared__ float lse_s[BQ], D_s[BQ];
+  float* const Qs = reinterpret_cast<float*>(smem4);
+  float* const dOs = Qs + BQ * HD;
+
+  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int k0 = int(blockIdx.y) * L::rows;
+  const int r = threadIdx.x / TPR, s = threadIdx.x % TPR, j = k0 + r;  // this thread's key row and slice
+  const std::size_t ld = std::size_t(3) * C;
+  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  const T* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
+  const float* lse_bh = lse + std::size_t(bh) * Tn;
+  const float* D_bh = Dv + std::size_t(bh) * Tn;
+
+  float k[16], v[16], dk[16], dv[16];
+  attention_load_row<TPR>(k, base + std::size_t(j) * ld + HD, s, j < Tn);
+  attention_load_row<TPR>(v, base + std::size_t(j) * ld + 2 * HD, s, j < Tn);
+#pragma unroll
+  for (int e = 0; e < 16; ++e) dk[e] = dv[e] = 0.0f;
+
+  for (int i0 = k0; i0 < Tn; i0 += BQ) {  // queries before k0 see none of the block's keys
+    __syncthreads();
+    attention_load_tile<HD, L::threads, BQ>(Qs, base, ld, i0, Tn);
+    attention_load_tile<HD, L::threads, BQ>(dOs, dO_base, std::size_t(C), i0, Tn);
+    for (int ii = threadIdx.x; ii < BQ; ii += L::threads) {
+      lse_s[ii] = i0 + ii < Tn ? lse_bh[i0 + ii] : 0.0f;
+      D_s[ii] = i0 + ii < Tn ? D_bh[i0 + ii] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int ii = 0; ii < BQ; ++ii) {
+      const int i = i0 + ii;
+      const float x = attention_row_sum<TPR>(attention_dot<TPR>(k, Qs + ii * HD, s)) * scale;  // S_ij
+      const float dp = attention_row_sum<TPR>(attention_dot<TPR>(v, dOs + ii * HD, s));        // dP_ij
+      const float p = j <= i && i < Tn ? expf(x - lse_s[ii]) : 0.0f;
+      const float ds = p * (dp - D_s[ii]) * scale;
+      attention_axpy<TPR>(dv, p, dOs + ii * HD, s);
+      attention_axpy<TPR>(dk, ds, Qs + ii * HD, s);
+    }
+  }
+
+  T* dbase = dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  attention_store_rows<HD>(dbase + HD, ld, Qs, dk, k0, Tn, rot, rope_cos, rope_sin);
+  attention_store_rows<HD>(dbase + 2 * HD, ld, Qs, dv, k0, Tn, 0, nullptr, nullptr);
+}
+
+// dQ. Grid (B·H, query tiles); the longest (last) query tiles start first.
+// Overwrites the q part of dqkv.
+template <int HD, class T>
+__global__ void __launch_bounds__(AttentionTiles<HD>::threads)
+    attention_backward_dq_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+                                 const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
+                                 float scale) {
+  using L = AttentionTiles<HD>;
+  constexpr int TPR = L::tpr, BC = L::tile;
+  __shared__ float4 smem4[L::smem_floats / 4];
+  float* const Ks = reinterpret_cast<float*>(smem4);
+  float* const Vs = Ks + BC * HD;
+
+  const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  const int q0 = int(gridDim.y - 1 - blockIdx.y) * L::rows;
+  const int r = threadIdx.x / TPR, s = threadIdx.x % TPR, i = q0 + r;  // this thread's query row and slice
+  const std::size_t ld = std::size_t(3) * C;
+  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+
+  float q[16], dO[16], dq[16];
+  attention_load_row<TPR>(q, base + std::size_t(i) * ld, s, i < Tn);
+  attention_load_row<TPR>(dO, dout + (std::size_t(b) * Tn + i) * C + std::size_t(h) * HD, s, i < Tn);
+#pragma unroll
+  for (int e = 0; e < 16; ++e) dq[e] = 0.0f;
+  const float lse_i = i < Tn ? lse[std::size_t(bh) * Tn + i] : 0.0f;
+  const float D_i = i < Tn ? Dv[std::size_t(bh) * Tn + i] : 0.0f;
+
+  const int kend = Tn < q0 + L::rows ? Tn : q0 + L::rows;
+  for (int k0 = 0; k0 < kend; k0 += BC) {
+    __syncthreads();
+    attention_load_tile<HD, L::threads, BC>(Ks, base + HD, ld, k0, Tn);
+    attention_load_tile<HD, L::threads, BC>(Vs, base + 2 * HD, ld, k0, Tn);
+    __syncthreads();
+#pragma unroll 4
+    for (int jj = 0; jj < BC; ++jj) {
+      const int j = k0 + jj;
+      const float x = attention_row_sum<TPR>(attention_dot<TPR>(q, Ks + jj * HD, s)) * scale;  // S_ij
+      const float dp = attention_row_sum<TPR>(attention_dot<TPR>(dO, Vs + jj * HD, s));       // dP_ij
+      const float p = j <= i && i < Tn ? expf(x - lse_i) : 0.0f;
+      attention_axpy<TPR>(dq, p * (dp - D_i) * scale, Ks + jj * HD, s);
+    }
+  }
+
+  attention_store_rows<HD>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, Ks, dq, q0, Tn, rot,
+                           rope_cos, rope_sin);
+}
+
+template <int HD, class T>
+void attention_forward_launch(const Cuda& be, T* out, float* lse, const T* qkvr, int B, int Tn, int C, int H) {
+  using L = AttentionTiles<HD>;
+  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + L::rows - 1) / L::rows));
+  const float scale = 1.0f / std::sqrt(float(HD));
+  attention_forward_kernel<HD, T><<<grid, L::threads, 0, be.stream()>>>(out, lse, qkvr, Tn, C, H, scale);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_forward_kernel");
+}
+
+template <int HD, class T>
+void attention_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* qkvr, const float* lse,
+                               const float* Dv, const float* rope_cos, const float* rope_sin, int B, int Tn, int C,
+                               int H, int rot) {
+  using L = AttentionTiles<HD>;
+  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + L::rows - 1) / L::rows));
+  const float scale = 1.0f / std::sqrt(float(HD));
+  attention_backward_dkv_kernel<HD, T><<<grid, L::threads, 0, be.stream()>>>(dqkv, dout, qkvr, lse, Dv, rope_cos,
+                                                                             rope_sin, Tn, C, H, rot, scale);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_backward_dkv_kernel");
+  attention_backward_dq_kernel<HD, T><<<grid, L::threads, 0, be.stream()>>>(dqkv, dout, qkvr, lse, Dv, rope_cos,
+                                                                            rope_sin, Tn, C, H, rot, scale);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
+}
+
+}  // namespace cuda
+
+// qkvr receives qkv with q and k rotated (it must not alias qkv); lse the
+// logsumexp of each query's scaled scores, [B·H·T] (index (b·H + h)·T + t),
+// kept for the backward. rope_cos / rope_sin: [n_ctx, rot/2] device tables
+// (unused when rot = 0). T = float or __nv_bfloat16.
+template <class T>
+void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv, const float* rope_cos,
+                       const float* rope_sin, int B, int Tn, int C, int H, int rot) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
+                "attention (cuda): storage float or __nv_bfloat16");
+  const int hd = cuda::attention_check(B, Tn, C, H, rot);
+  const std::size_t n = std::size_t(B) * Tn * 3 * C;
+  cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr, qkv, rope_cos, rope_sin,
+                                                                                   n, Tn, C, hd, rot);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
+  switch (hd) {
+    case 16: cuda::attention_forward_launch<16>(be, out, lse, qkvr, B, Tn, C, H); break;
+    case 32: cuda::attention_forward_launch<32>(be, out, lse, qkvr, B, Tn, C, H); break;
+    case 64: cuda::attention_forward_launch<64>(be, out, lse, qkvr, B, Tn, C, H); break;
+    case 128: cuda::attention_forward_launch<128>(be, out, lse, qkvr, B, Tn, C, H); break;
+    default: cuda::attention_unsupported_head_dim(hd);
+  }
+}
+
+// Overwrites dqkv [B·T, 3C] with the gradient with respect to the unrotated
+// qkv, from dout, the forward's out, qkvr and lse. Needs B·H·T floats of the
+// backend's scratch (D).
+template <class T>
+void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, const T* qkvr, const float* lse,
+                        const float* rope_cos, const float* rope_sin, int B, int Tn, int C, int H, int rot) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
+                "attention (cuda): storage float or __nv_bfloat16");
+  const int hd = cuda::attention_check(B, Tn, C, H, rot);
+  const std::size_t rows = std::size_t(B) * H * Tn;
+  float* Dv = static_cast<float*>(be.ctx->scratch_bytes(rows * sizeof(float)));
+  cuda::attention_row_dot_kernel<<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out, B, Tn, C,
+                                                                                            H);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
+  switch (hd) {
+    case 16: cuda::attention_backward_launch<16>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
+    case 32: cuda::attention_backward_launch<32>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
+    case 64: cuda::attention_backward_launch<64>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
+    case 128: cuda::attention_backward_launch<128>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
+    default: cuda::attention_unsupported_head_dim(hd);
+  }
+}
+
+}  // namespace doremi::backend
