@@ -12,7 +12,7 @@
 // Two GEMMs over E and O(N·C) extra work. Targets < 0 are padding: loss 0,
 // mask 0, weight 0.
 //
-// P = MatmulPrecision::bf16: the logits are computed 64 rows at a time into
+// P = MatmulPrecision::bf16: the logits are computed 256 rows at a time into
 // fp32 scratch (bf16 operands, fp32 accumulation), the softmax statistics and
 // losses in fp32, and E is kept in bf16 in the first half of `probs` (the
 // backward's GEMM operand), so the [N, V] matrix is written once and read
@@ -56,7 +56,7 @@ void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum
     const bf16* xb = operand<P, 0>(x, std::size_t(N) * C);
     const bf16* wb = operand<P, 1>(w, std::size_t(V) * C);
     bf16* E = reinterpret_cast<bf16*>(probs);
-    constexpr int rows = 64;
+    constexpr int rows = 256;  // smaller chunks cost GEMM speed (64 rows: +25 % here)
     float* logits = scratch<float, 3>(std::size_t(rows) * V);
     for (int r0 = 0; r0 < N; r0 += rows) {
       const int m = std::min(rows, N - r0);
@@ -67,6 +67,7 @@ void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum
         float* r = logits + std::size_t(i) * V;
         losses[n] = softmax_row(r, targets[n], V, inv_sum[n], mask[n]);
         bf16* e = E + std::size_t(n) * V;
+#pragma omp simd
         for (int v = 0; v < V; ++v) e[v] = to_bf16(r[v]);
       }
     }
