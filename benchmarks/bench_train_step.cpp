@@ -3,7 +3,7 @@
 // same run. Prints tokens per second for both, their ratio, and the GFLOP/s
 // achieved against the machine's fp32 peak.
 //
-//   bench_train_step [--steps 10] [--python /usr/bin/python3] [--peak-gflops X (default: measured)]
+//   bench_train_step [--steps 10] [--rounds 3] [--python /usr/bin/python3] [--peak-gflops X (default: measured)]
 //
 // PyTorch runs as a subprocess (benchmarks/torch_twin.py), with whatever BLAS
 // the environment gives it (scripts/install_python_deps.sh prepares OpenBLAS).
@@ -85,9 +85,9 @@ std::string run_command(const std::string& cmd) {
   return out;
 }
 
-// tokens/s (median over `steps` after two warm-up steps) of Model<Cfg> at B×T.
+// Step times (`steps` after two warm-up steps) of Model<Cfg> at B×T.
 template <class Cfg>
-double time_ours(int steps, int B, int T) {
+std::vector<double> time_ours(int steps, int B, int T) {
   const int N = B * T;
   Model<Cfg> model;
   model.init(1);
@@ -109,7 +109,7 @@ double time_ours(int steps, int B, int T) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (s >= 2) times.push_back(dt);
   }
-  return N / median(times);
+  return times;
 }
 
 // The PyTorch twin's tokens/s and its JSON line (null when it did not run).
@@ -133,12 +133,13 @@ nlohmann::json run_twin(const std::string& python, int steps, const char* extra)
 }  // namespace
 
 int main(int argc, char** argv) {
-  int steps = 10;
+  int steps = 10, rounds = 3;
   std::string python = "/usr/bin/python3";
   double peak = 0;  // measured unless given
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--steps") steps = std::atoi(argv[i + 1]);
+    else if (a == "--rounds") rounds = std::max(1, std::atoi(argv[i + 1]));
     else if (a == "--python") python = argv[i + 1];
     else if (a == "--peak-gflops") peak = std::atof(argv[i + 1]);
   }
@@ -147,16 +148,26 @@ int main(int argc, char** argv) {
   using CfgBf16 = Config<bf16_matmul(presets::cpu_bench), float>;
   constexpr int B = 4, T = 256;
   const double fpt = flops_per_token<Cfg>(T);
-  const double ours = time_ours<Cfg>(steps, B, T);
-  const double ours_bf16 = time_ours<CfgBf16>(steps, B, T);
-  const nlohmann::json peer = run_twin(python, steps, "");
-  const nlohmann::json peer_bf16 = run_twin(python, steps, "--bf16");
-  if (peer.is_null() || peer_bf16.is_null()) return 1;
-  const double theirs = peer.at("tokens_per_s_median").get<double>();
-  const double theirs_bf16 = peer_bf16.at("tokens_per_s_median").get<double>();
+  // Rounds alternate the four runs, so a busy spell on the shared machine
+  // slows all of them rather than one: tokens/s from the median step over all
+  // rounds (ours) and the median of the twin's per-run medians (PyTorch).
+  std::vector<double> ours_t, ours_bf16_t, theirs_t, theirs_bf16_t;
+  nlohmann::json peer;
+  for (int round = 0; round < rounds; ++round) {
+    for (double t : time_ours<Cfg>(steps, B, T)) ours_t.push_back(t);
+    peer = run_twin(python, steps, "");
+    for (double t : time_ours<CfgBf16>(steps, B, T)) ours_bf16_t.push_back(t);
+    const nlohmann::json peer_bf16 = run_twin(python, steps, "--bf16");
+    if (peer.is_null() || peer_bf16.is_null()) return 1;
+    theirs_t.push_back(peer.at("step_s_median").get<double>());
+    theirs_bf16_t.push_back(peer_bf16.at("step_s_median").get<double>());
+  }
+  const double N = B * T;
+  const double ours = N / median(ours_t), ours_bf16 = N / median(ours_bf16_t);
+  const double theirs = N / median(theirs_t), theirs_bf16 = N / median(theirs_bf16_t);
 
-  fmt::print("cpu-bench, full training step (forward, backward, AdamW), B={} T={}, {} threads, median of {} steps\n",
-             B, T, omp_get_max_threads(), steps);
+  fmt::print("cpu-bench, full training step (forward, backward, AdamW), B={} T={}, {} threads, {} rounds of {} steps\n",
+             B, T, omp_get_max_threads(), rounds, steps);
   fmt::print("doremi-cpp: GEMM {}; pytorch {}: {}\n", backend::Cpu::gemm, peer.value("torch", "?"),
              peer.value("blas", "?"));
   fmt::print("{:<34} {:>12} {:>12} {:>7}   doremi-cpp GFLOP/s (share of the measured {:.0f} GFLOP/s fp32 peak)\n",

@@ -24,7 +24,14 @@
 #include "doremi/backend/cpu/cpu.hpp"
 
 #ifdef DOREMI_GEMM_ONEDNN
-#include <oneapi/dnnl/dnnl.hpp>
+// oneDNN's C API: its C++ header crashes nvcc 13, and CUDA translation units
+// include this file too (the same inline definitions in every unit).
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#if DNNL_VERSION_MAJOR != 2
+#error "doremi's oneDNN GEMM is written for oneDNN 2.x (Debian 12's libdnnl-dev); configure with -DDOREMI_ONEDNN=OFF"
+#endif
+#include "doremi/core/error.hpp"
 #endif
 
 namespace doremi::backend::cpu {
@@ -67,21 +74,25 @@ inline constexpr bool gemm_input = std::is_same_v<T, float> || std::is_same_v<T,
 #ifdef DOREMI_GEMM_ONEDNN
 namespace onednn {
 
-inline dnnl::engine& engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+inline void check(dnnl_status_t st, const char* call) {
+  if (st != dnnl_success) fail("oneDNN: {} failed: {}", call, dnnl_status2str(st));
+}
+#define DOREMI_DNNL(call) ::doremi::backend::cpu::onednn::check((call), #call)
+
+inline dnnl_engine_t engine() {
+  static const dnnl_engine_t e = [] {
+    dnnl_engine_t x = nullptr;
+    DOREMI_DNNL(dnnl_engine_create(&x, dnnl_cpu, 0));
+    return x;
+  }();
   return e;
 }
 
-template <class T>
-constexpr dnnl::memory::data_type dtype() {
-  return std::is_same_v<T, bf16> ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
-}
-
 // One primitive per shape with its operand descriptions, created once
-// (creation JIT-compiles code: milliseconds).
+// (creation JIT-compiles code: milliseconds) and kept for the program's life.
 struct Matmul {
-  dnnl::memory::desc a, b, c;
-  dnnl::matmul mm;
+  dnnl_memory_desc_t a, b, c;
+  dnnl_primitive_t prim = nullptr;
 };
 
 template <class In>
@@ -93,18 +104,50 @@ const Matmul& primitive(bool ta, bool tb, int M, int N, int K, int lda, int ldb,
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  using dnnl::memory;
-  const memory::desc a({M, K}, dtype<In>(), ta ? memory::dims{1, lda} : memory::dims{lda, 1});
-  const memory::desc b({K, N}, dtype<In>(), tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
-  const memory::desc c({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
-  dnnl::primitive_attr attr;
-  if (accumulate) {
-    dnnl::post_ops ops;
-    ops.append_sum(1.0f);
-    attr.set_post_ops(ops);
+  const dnnl_data_type_t in = std::is_same_v<In, bf16> ? dnnl_bf16 : dnnl_f32;
+  Matmul m;
+  const dnnl_dims_t da{M, K}, db{K, N}, dc{M, N};
+  const dnnl_dims_t sa{ta ? 1 : lda, ta ? lda : 1}, sb{tb ? 1 : ldb, tb ? ldb : 1}, sc{ldc, 1};
+  DOREMI_DNNL(dnnl_memory_desc_init_by_strides(&m.a, 2, da, in, sa));
+  DOREMI_DNNL(dnnl_memory_desc_init_by_strides(&m.b, 2, db, in, sb));
+  DOREMI_DNNL(dnnl_memory_desc_init_by_strides(&m.c, 2, dc, dnnl_f32, sc));
+  dnnl_matmul_desc_t desc;
+  DOREMI_DNNL(dnnl_matmul_desc_init(&desc, &m.a, &m.b, nullptr, &m.c));
+  dnnl_primitive_attr_t attr = nullptr;
+  dnnl_post_ops_t ops = nullptr;
+  DOREMI_DNNL(dnnl_primitive_attr_create(&attr));
+  DOREMI_DNNL(dnnl_post_ops_create(&ops));
+  if (accumulate) DOREMI_DNNL(dnnl_post_ops_append_sum(ops, 1.0f));
+  DOREMI_DNNL(dnnl_primitive_attr_set_post_ops(attr, ops));
+  dnnl_primitive_desc_t pd = nullptr;
+  const dnnl_status_t st = dnnl_primitive_desc_create(&pd, &desc, attr, engine(), nullptr);
+  dnnl_post_ops_destroy(ops);
+  dnnl_primitive_attr_destroy(attr);
+  check(st, "dnnl_primitive_desc_create (matmul)");
+  const dnnl_status_t st2 = dnnl_primitive_create(&m.prim, pd);
+  dnnl_primitive_desc_destroy(pd);
+  check(st2, "dnnl_primitive_create (matmul)");
+  return cache.emplace(key, m).first->second;
+}
+
+// Runs the product on caller-owned memory.
+template <class In, class Out>
+void execute(const Matmul& p, const In* A, const In* B, Out* C) {
+  dnnl_memory_t am = nullptr, bm = nullptr, cm = nullptr;
+  dnnl_stream_t s = nullptr;
+  dnnl_status_t st = dnnl_memory_create(&am, &p.a, engine(), const_cast<In*>(A));
+  if (st == dnnl_success) st = dnnl_memory_create(&bm, &p.b, engine(), const_cast<In*>(B));
+  if (st == dnnl_success) st = dnnl_memory_create(&cm, &p.c, engine(), C);
+  if (st == dnnl_success) st = dnnl_stream_create(&s, engine(), dnnl_stream_default_flags);
+  if (st == dnnl_success) {
+    const dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
+    st = dnnl_primitive_execute(p.prim, s, 3, args);
+    if (st == dnnl_success) st = dnnl_stream_wait(s);
   }
-  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, engine());
-  return cache.emplace(key, Matmul{a, b, c, dnnl::matmul(pd)}).first->second;
+  if (s) dnnl_stream_destroy(s);
+  for (dnnl_memory_t m : {am, bm, cm})
+    if (m) dnnl_memory_destroy(m);
+  check(st, "matmul execution");
 }
 
 }  // namespace onednn
@@ -128,12 +171,7 @@ void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In*
   }
 #ifdef DOREMI_GEMM_ONEDNN
   if constexpr (!std::is_same_v<In, double>) {
-    const onednn::Matmul& p = onednn::primitive<In>(ta, tb, M, N, K, lda, ldb, ldc, accumulate);
-    const dnnl::engine& e = onednn::engine();
-    dnnl::memory am(p.a, e, const_cast<In*>(A)), bm(p.b, e, const_cast<In*>(B)), cm(p.c, e, C);
-    dnnl::stream s(e);
-    p.mm.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-    s.wait();
+    onednn::execute(onednn::primitive<In>(ta, tb, M, N, K, lda, ldb, ldc, accumulate), A, B, C);
     return;
   }
 #endif
