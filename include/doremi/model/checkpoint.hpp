@@ -13,6 +13,9 @@
 #include <set>
 #include <string>
 
+#include <span>
+#include <vector>
+
 #include "doremi/core/atomic_file.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/core/json.hpp"
@@ -25,7 +28,7 @@ namespace doremi {
 // Adds every parameter of `model` to `w` under its HuggingFace name.
 template <class M>
 void add_model_tensors(SafetensorsWriter& w, const M& model) {
-  const auto params = model.parameters();
+  const auto params = model.host_parameters();
   for (const TensorInfo& t : M::tensors())
     w.add(t.name, t.shape, params.subspan(t.offset, t.size));
 }
@@ -54,7 +57,14 @@ void load_model(M& model, const std::filesystem::path& dir) {
          "safe_serialization=True as one file)",
          weights_path.string());
   const SafetensorsFile file(weights_path);
-  auto params = model.parameters();
+  std::vector<typename M::scalar> staging;  // device backends: read on the host, upload once
+  std::span<typename M::scalar> params;
+  if constexpr (M::host_memory) {
+    params = model.parameters();
+  } else {
+    staging.resize(model.num_parameters());
+    params = staging;
+  }
   std::set<std::string> used;
   for (const TensorInfo& t : M::tensors()) {
     std::string name = t.name;
@@ -75,6 +85,7 @@ void load_model(M& model, const std::filesystem::path& dir) {
       fail("load_model: {} holds tensor '{}' that model preset '{}' does not have", weights_path.string(), name,
            Cfg::name);
   }
+  if constexpr (!M::host_memory) model.upload_parameters(staging);
 }
 
 }  // namespace doremi

@@ -50,14 +50,18 @@ class Model {
     // Rotary tables in double, rounded once: cos/sin(t · base^(−2i/rot)).
     constexpr int half = Cfg::rotary_dim / 2;
     if constexpr (!Cfg::learned_positions) {
-      rope_cos_.resize(std::size_t(Cfg::n_ctx) * half);
-      rope_sin_.resize(std::size_t(Cfg::n_ctx) * half);
+      const std::size_t n = std::size_t(Cfg::n_ctx) * half;
+      std::vector<scalar> cos_t(n), sin_t(n);
       for (int t = 0; t < Cfg::n_ctx; ++t)
         for (int i = 0; i < half; ++i) {
           const double inv_freq = std::pow(Cfg::rotary_base, -2.0 * i / Cfg::rotary_dim);
-          rope_cos_[std::size_t(t) * half + i] = scalar(std::cos(t * inv_freq));
-          rope_sin_[std::size_t(t) * half + i] = scalar(std::sin(t * inv_freq));
+          cos_t[std::size_t(t) * half + i] = scalar(std::cos(t * inv_freq));
+          sin_t[std::size_t(t) * half + i] = scalar(std::sin(t * inv_freq));
         }
+      rope_cos_.resize(n);
+      rope_sin_.resize(n);
+      backend::upload(be_, rope_cos_.data(), cos_t.data(), n);
+      backend::upload(be_, rope_sin_.data(), sin_t.data(), n);
     }
   }
 
@@ -68,19 +72,42 @@ class Model {
   static const std::vector<TensorInfo>& tensors() { return layout().tensors; }
   std::size_t num_parameters() const { return layout().total; }
 
+  // The flat buffers, in the backend's memory (device memory on CUDA: pass
+  // them to backend calls; read or write them on the host through
+  // host_parameters() / upload_parameters()).
+  static constexpr bool host_memory = Backend::host_memory;
   std::span<scalar> parameters() { return {params_.data(), params_.size()}; }
   std::span<const scalar> parameters() const { return {params_.data(), params_.size()}; }
   std::span<scalar> gradients() { return {grads_.data(), grads_.size()}; }
   std::span<const scalar> gradients() const { return {grads_.data(), grads_.size()}; }
   void zero_grad() { backend::fill(be_, grads_.data(), scalar(0), grads_.size()); }
 
+  // The parameters readable on the host: the buffer itself on the CPU, a
+  // fresh copy (valid until the next call) on a device.
+  std::span<const scalar> host_parameters() const {
+    if constexpr (host_memory) {
+      return parameters();
+    } else {
+      params_host_.resize(params_.size());
+      backend::download(be_, params_host_.data(), params_.data(), params_.size());
+      return {params_host_.data(), params_host_.size()};
+    }
+  }
+  // Replaces every parameter with host values.
+  void upload_parameters(std::span<const scalar> values) {
+    if (values.size() != params_.size())
+      fail("Model<{}>::upload_parameters: {} values for {} parameters", Cfg::name, values.size(), params_.size());
+    backend::upload(be_, params_.data(), values.data(), values.size());
+  }
+
   // Deterministic initialisation: element i of tensor k is std_k · N(0,1)
   // drawn from Philox(seed, stream k, index i), independent of thread count.
   void init(std::uint64_t seed) {
     const auto& ts = tensors();
+    std::vector<scalar> host(layout().total);
     for (std::size_t k = 0; k < ts.size(); ++k) {
       const TensorInfo& t = ts[k];
-      scalar* p = params_.data() + t.offset;
+      scalar* p = host.data() + t.offset;
       const std::ptrdiff_t n = std::ptrdiff_t(t.size);
 #pragma omp parallel for schedule(static)
       for (std::ptrdiff_t i = 0; i < n; ++i) {
@@ -91,6 +118,7 @@ class Model {
         }
       }
     }
+    upload_parameters(host);
     zero_grad();
   }
 
@@ -102,8 +130,10 @@ class Model {
     T_ = T;
     const int N = B * T;
     allocate(B, T);
-    tokens_.assign(inputs.begin(), inputs.end());
-    targets_.assign(targets.begin(), targets.end());
+    tokens_.resize(std::size_t(N));
+    targets_.resize(std::size_t(N));
+    backend::upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
+    backend::upload(be_, targets_.data(), targets.data(), std::size_t(N));
     const scalar* P = params_.data();
     const auto& lay = layout();
     embedding_forward(be_, res(0), tokens_.data(), P + lay.embed_in,
@@ -136,12 +166,22 @@ class Model {
                       Cfg::ln_eps);
     classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
                        targets_.data(), N, C, V);
+    const scalar* losses = losses_.data();
+    const std::uint8_t* mask = mask_.data();
+    if constexpr (!host_memory) {  // the trainers read both on the host
+      losses_host_.resize(std::size_t(N));
+      mask_host_.resize(std::size_t(N));
+      backend::download(be_, losses_host_.data(), losses, std::size_t(N));
+      backend::download(be_, mask_host_.data(), mask, std::size_t(N));
+      losses = losses_host_.data();
+      mask = mask_host_.data();
+    }
     ForwardResult<scalar> r;
-    r.losses = {losses_.data(), std::size_t(N)};
-    r.mask = {mask_.data(), std::size_t(N)};
+    r.losses = {losses, std::size_t(N)};
+    r.mask = {mask, std::size_t(N)};
     for (int n = 0; n < N; ++n) {
-      r.tokens += mask_[n];
-      r.loss_sum += double(losses_[n]);
+      r.tokens += mask[n];
+      r.loss_sum += double(losses[n]);
     }
     has_forward_ = true;
     return r;
@@ -158,7 +198,13 @@ class Model {
     scalar* G = grads_.data();
     const auto& lay = layout();
     scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
-    classifier_backward<Cfg::matmul>(be_, d_ln1(), G + lay.embed_out, probs(), inv_sum(), token_weights.data(), lnf(),
+    const scalar* tw = token_weights.data();
+    if constexpr (!host_memory) {
+      weights_.resize(std::size_t(N));
+      backend::upload(be_, weights_.data(), tw, std::size_t(N));
+      tw = weights_.data();
+    }
+    classifier_backward<Cfg::matmul>(be_, d_ln1(), G + lay.embed_out, probs(), inv_sum(), tw, lnf(),
                         P + lay.embed_out, targets_.data(), N, C, V);
     backend::fill(be_, dres, scalar(0), std::size_t(N) * C);
     layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_ln1(), res(L), P + lay.lnf_w, lnf_stats(),
@@ -175,7 +221,7 @@ class Model {
                            ln2_stats(l) + N, N, C);
       // Attention branch.
       matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), P + w.proj_w, N, C, C);
-      attention_backward(be_, d_qkv(), d_atty(), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
+      attention_backward(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
                          Cfg::rotary_dim);
       matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), P + w.qkv_w, N, C, 3 * C);
       if constexpr (Cfg::parallel_residual)
@@ -223,7 +269,7 @@ class Model {
     o_ln1s_ = take(2 * N);
     o_qkv_ = take(3 * N * Cs);
     o_qkvr_ = take(3 * N * Cs);
-    o_att_ = take(std::size_t(B) * H * T * T);
+    o_att_ = take(attention_state_size(be_, B, H, T));
     o_atty_ = take(N * Cs);
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
     o_ln2_ = take(N * Cs);
@@ -283,9 +329,13 @@ class Model {
 
   Backend be_;
   Buffer<scalar> params_, grads_, acts_;
-  Buffer<scalar> rope_cos_, rope_sin_, losses_;
+  Buffer<scalar> rope_cos_, rope_sin_, losses_, weights_;
   Buffer<std::uint8_t> mask_;
-  std::vector<std::int32_t> tokens_, targets_;
+  Buffer<std::int32_t> tokens_, targets_;
+  // Host mirrors for device backends (unused on the CPU).
+  mutable std::vector<scalar> params_host_;
+  std::vector<scalar> losses_host_;
+  std::vector<std::uint8_t> mask_host_;
   int B_ = 0, T_ = 0;
   bool has_forward_ = false;
   std::size_t per_layer_ = 0;

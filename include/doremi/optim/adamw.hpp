@@ -15,6 +15,7 @@
 #include <span>
 #include <vector>
 
+#include "doremi/backend/cpu/cpu.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/core/hostdevice.hpp"
 
@@ -128,12 +129,14 @@ inline void validate_param_groups(std::span<const ParamGroup> groups, std::size_
 }
 
 // AdamW over one flat buffer of n parameters of type T (float or double).
-// Holds the moments m, v (same layout as the parameters) and the step count t;
-// all three are exposed so a checkpoint saves and restores them bit-exactly.
-template <class T>
+// Holds the moments m, v (same layout as the parameters, in the backend's
+// memory) and the step count t; all three are exposed so a checkpoint saves
+// and restores them bit-exactly. On a device backend, pass the model's
+// backend (model.backend()) so the update runs on the model's stream.
+template <class T, class Backend = backend::Cpu>
 class AdamW {
  public:
-  AdamW(std::size_t n, AdamWConfig config) : config_(config), m_(n, T(0)), v_(n, T(0)) {
+  AdamW(std::size_t n, AdamWConfig config, Backend be = {}) : config_(config), be_(be), m_(n, T(0)), v_(n, T(0)) {
     config_.validate();
   }
 
@@ -167,6 +170,10 @@ class AdamW {
     const T* g = grads.data();
     T* m = m_.data();
     T* v = v_.data();
+    if constexpr (!Backend::host_memory) {
+      adamw_step(be_, p, g, m, v, n, groups, decayed, undecayed);  // backend/<device>/adamw.hpp
+      return;
+    }
 #pragma omp parallel
     for (const ParamGroup& group : groups) {
       const AdamWCoefficients<T> c = group.decay ? decayed : undecayed;
@@ -187,11 +194,14 @@ class AdamW {
   std::size_t size() const { return m_.size(); }
   const AdamWConfig& config() const { return config_; }
 
-  // First and second moments m, v (PyTorch's exp_avg, exp_avg_sq).
-  std::span<T> state_m() { return m_; }
-  std::span<const T> state_m() const { return m_; }
-  std::span<T> state_v() { return v_; }
-  std::span<const T> state_v() const { return v_; }
+  // First and second moments m, v (PyTorch's exp_avg, exp_avg_sq), in the
+  // backend's memory, and copied to the host.
+  std::span<T> state_m() { return {m_.data(), m_.size()}; }
+  std::span<const T> state_m() const { return {m_.data(), m_.size()}; }
+  std::span<T> state_v() { return {v_.data(), v_.size()}; }
+  std::span<const T> state_v() const { return {v_.data(), v_.size()}; }
+  std::vector<T> host_state_m() const { return to_host(m_); }
+  std::vector<T> host_state_v() const { return to_host(v_); }
 
   // Steps taken so far (PyTorch's state["step"]); the next step is steps() + 1.
   std::int64_t steps() const { return steps_; }
@@ -206,13 +216,21 @@ class AdamW {
       fail("AdamW::restore: moments of sizes {} and {} given, the optimiser holds {}", m.size(),
            v.size(), m_.size());
     set_steps(steps);
-    std::copy(m.begin(), m.end(), m_.begin());
-    std::copy(v.begin(), v.end(), v_.begin());
+    backend::upload(be_, m_.data(), m.data(), m.size());
+    backend::upload(be_, v_.data(), v.data(), v.size());
   }
 
  private:
+  template <class B>
+  std::vector<T> to_host(const B& buf) const {
+    std::vector<T> h(buf.size());
+    backend::download(be_, h.data(), buf.data(), buf.size());
+    return h;
+  }
+
   AdamWConfig config_;
-  std::vector<T> m_, v_;
+  Backend be_;
+  typename Backend::template Buffer<T> m_, v_;
   std::int64_t steps_ = 0;
 };
 

@@ -72,4 +72,20 @@ double clip_grad_norm(std::span<T> grads, double max_norm) {
   return norm;
 }
 
+// The same on a model's buffers, wherever the backend keeps them: the CPU
+// loops above, or the device's norm and scaling kernels.
+template <class Backend, class T>
+double clip_grad_norm(const Backend& be, std::span<T> grads, double max_norm) {
+  if constexpr (Backend::host_memory) {
+    return clip_grad_norm(grads, max_norm);
+  } else {
+    if (std::isnan(max_norm)) fail("clip_grad_norm: max_norm is NaN");
+    const double norm = global_grad_norm(be, grads.data(), grads.size());
+    if (max_norm <= 0 || !std::isfinite(norm)) return norm;
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) scale(be, grads.data(), T(coef), grads.size());
+    return norm;
+  }
+}
+
 }  // namespace doremi

@@ -110,17 +110,18 @@ template <class Derived, class M, class S>
 class TrainerBase {
  public:
   using scalar = typename M::scalar;
+  using backend_type = typename M::backend_type;
 
   TrainerBase(M& model, S& sampler, TrainConfig config)
       : model_(model), sampler_(sampler), config_(std::move(config)),
-        adam_(model.num_parameters(), config_.adam), groups_(param_groups<M>()) {
+        adam_(model.num_parameters(), config_.adam, model.backend()), groups_(param_groups<M>()) {
     if (config_.schedule.total_steps == 0) config_.schedule.total_steps = config_.steps;
     config_.validate();
   }
 
   long step() const { return step_; }
   const TrainConfig& config() const { return config_; }
-  AdamW<scalar>& optimizer() { return adam_; }
+  AdamW<scalar, backend_type>& optimizer() { return adam_; }
   M& model() { return model_; }
   S& sampler() { return sampler_; }
 
@@ -140,7 +141,7 @@ class TrainerBase {
     if (!std::isfinite(s.loss))
       fail("training step {}: the loss is not finite ({}); lower the learning rate or check the data", step_ + 1,
            s.loss);
-    s.grad_norm = clip_grad_norm(model_.gradients(), config_.max_grad_norm);
+    s.grad_norm = clip_grad_norm(model_.backend(), model_.gradients(), config_.max_grad_norm);
     if (!std::isfinite(s.grad_norm))
       fail("training step {}: the gradient norm is not finite ({})", step_ + 1, s.grad_norm);
     s.lr = config_.schedule.at(step_);
@@ -184,8 +185,9 @@ class TrainerBase {
     save_model(model_, dir.path());
     SafetensorsWriter opt;
     const std::vector<std::int64_t> shape{std::int64_t(adam_.size())};
-    opt.add("exp_avg", shape, std::span<const scalar>(adam_.state_m()));
-    opt.add("exp_avg_sq", shape, std::span<const scalar>(adam_.state_v()));
+    const std::vector<scalar> m = adam_.host_state_m(), v = adam_.host_state_v();
+    opt.add("exp_avg", shape, std::span<const scalar>(m));
+    opt.add("exp_avg_sq", shape, std::span<const scalar>(v));
     opt.set_metadata("steps", std::to_string(adam_.steps()));
     opt.write(dir.path() / "optimizer.safetensors");
     const nlohmann::json state{{"format", "doremi-trainer-1"},
@@ -255,7 +257,7 @@ class TrainerBase {
   M& model_;
   S& sampler_;
   TrainConfig config_;
-  AdamW<scalar> adam_;
+  AdamW<scalar, backend_type> adam_;
   std::vector<ParamGroup> groups_;
   long step_ = 0;
 };

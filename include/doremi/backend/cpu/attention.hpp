@@ -70,8 +70,9 @@ void attention_forward(Cpu, T* out, T* qkvr, T* att, const T* qkv, const T* rope
 }
 
 // Overwrites dqkv with the gradient with respect to the (unrotated) qkv.
+// `out` (the forward's output) is unused here: flash-style backends need it.
 template <class T>
-void attention_backward(Cpu, T* dqkv, const T* dout, const T* qkvr, const T* att, const T* rope_cos,
+void attention_backward(Cpu, T* dqkv, const T* dout, const T* /*out*/, const T* qkvr, const T* att, const T* rope_cos,
                         const T* rope_sin, int B, int Tn, int C, int H, int rot) {
   using namespace cpu;
   const int hd = C / H, half = rot / 2;

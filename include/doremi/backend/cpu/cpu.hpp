@@ -8,6 +8,7 @@
 //
 // Determinism: every reduction uses a static split over a fixed thread count,
 // so results are bit-identical run to run on the same machine and thread count.
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -29,7 +30,22 @@ struct Cpu {
 #endif
   template <class T>
   using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
+  static constexpr bool host_memory = true;  // Buffers are readable on the host
 };
+
+// The seam's memory moves: host <-> the backend's memory (plain copies here).
+template <class T>
+void upload(Cpu, T* dst, const T* src, std::size_t n) {
+  std::copy(src, src + n, dst);
+}
+template <class T>
+void download(Cpu, T* dst, const T* src, std::size_t n) {
+  std::copy(src, src + n, dst);
+}
+
+// Elements of attention state the forward keeps per layer for the backward:
+// the whole B·H·T×T probability matrix on the CPU.
+inline std::size_t attention_state_size(Cpu, int B, int H, int T) { return std::size_t(B) * H * T * T; }
 
 namespace cpu {
 

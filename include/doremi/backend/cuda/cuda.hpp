@@ -183,6 +183,7 @@ struct Cuda {
   static constexpr const char* gemm = "cuBLASLt";
   template <class T>
   using Buffer = cuda::DeviceBuffer<T>;
+  static constexpr bool host_memory = false;  // Buffers live on the device
 
   // Device 0; not explicit, so `Model(Backend be = {})` compiles for Cuda too.
   Cuda() : Cuda(0) {}
@@ -211,6 +212,23 @@ void copy_to_host(const Cuda& be, T* dst, const T* src, std::size_t n) {
   DOREMI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, be.stream()));
   DOREMI_CUDA_CHECK(cudaStreamSynchronize(be.stream()));
 }
+
+}  // namespace cuda
+
+// The seam's memory moves (backend/cpu/cpu.hpp has the CPU's): blocking copies.
+template <class T>
+void upload(const Cuda& be, T* dst, const T* src, std::size_t n) {
+  cuda::copy_to_device(be, dst, src, n);
+}
+template <class T>
+void download(const Cuda& be, T* dst, const T* src, std::size_t n) {
+  cuda::copy_to_host(be, dst, src, n);
+}
+
+// Flash-style attention keeps one logsumexp per (batch, head, query).
+inline std::size_t attention_state_size(const Cuda&, int B, int H, int T) { return std::size_t(B) * H * T; }
+
+namespace cuda {
 
 inline unsigned blocks_for(std::size_t n, unsigned threads) {
   const std::size_t b = (n + threads - 1) / threads;

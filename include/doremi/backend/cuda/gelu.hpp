@@ -64,6 +64,22 @@ void copy(const Cuda& be, T* dst, const T* src, std::size_t n) {
   DOREMI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice, be.stream()));
 }
 
+namespace cuda {
+template <class T>
+__global__ void scale_kernel(T* x, T factor, std::size_t n) {
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
+    x[i] = x[i] * factor;
+}
+}  // namespace cuda
+
+// x[i] *= factor (gradient clipping).
+template <class T>
+void scale(const Cuda& be, T* x, T factor, std::size_t n) {
+  if (!n) return;
+  cuda::scale_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(x, factor, n);
+  DOREMI_CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
 template <class T>
 void fill(const Cuda& be, T* dst, T value, std::size_t n) {
   if (!n) return;
