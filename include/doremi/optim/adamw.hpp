@@ -172,17 +172,17 @@ class AdamW {
     T* v = v_.data();
     if constexpr (!Backend::host_memory) {
       adamw_step(be_, p, g, m, v, n, groups, decayed, undecayed);  // backend/<device>/adamw.hpp
-      return;
-    }
+    } else {
 #pragma omp parallel
-    for (const ParamGroup& group : groups) {
-      const AdamWCoefficients<T> c = group.decay ? decayed : undecayed;
-      const auto begin = std::ptrdiff_t(group.offset);
-      const auto end = begin + std::ptrdiff_t(group.size);
-      // Groups are disjoint, so no barrier between them.
+      for (const ParamGroup& group : groups) {
+        const AdamWCoefficients<T> c = group.decay ? decayed : undecayed;
+        const auto begin = std::ptrdiff_t(group.offset);
+        const auto end = begin + std::ptrdiff_t(group.size);
+        // Groups are disjoint, so no barrier between them.
 #pragma omp for schedule(static) nowait
-      for (std::ptrdiff_t i = begin; i < end; ++i)
-        adamw_update(p[i], g[i], m[i], v[i], c);
+        for (std::ptrdiff_t i = begin; i < end; ++i)
+          adamw_update(p[i], g[i], m[i], v[i], c);
+      }
     }
   }
 

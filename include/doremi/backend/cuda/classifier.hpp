@@ -240,9 +240,20 @@ void classifier_scale_rows(const Cuda& be, To* out, const From* in, const float*
 // losses, mask, targets, inv_sum: [N]; probs: [N, V] (receives G = softmax −
 // onehot, unweighted); x: [N, C]; w: [V, C]. All device pointers; inv_sum may
 // be nullptr.
-template <class T>
+//
+// P = MatmulPrecision::bf16 with fp32 storage (Model<Cfg, Cuda> with
+// bf16_matmul): x and W are rounded to bf16 copies and the bf16 path runs,
+// with G kept in bf16 in the first half of `probs`.
+template <MatmulPrecision P = MatmulPrecision::native, class T>
 void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* probs, float* inv_sum, const T* x,
                         const T* w, const std::int32_t* targets, int N, int C, int V) {
+  if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {
+    cuda::check_classifier_shape("classifier_forward(Cuda)", N, C, V);
+    const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * C}, {w, std::size_t(V) * C}}});
+    classifier_forward(be, losses, mask, reinterpret_cast<__nv_bfloat16*>(probs), inv_sum,
+                       static_cast<const __nv_bfloat16*>(xb), static_cast<const __nv_bfloat16*>(wb), targets, N, C, V);
+    return;
+  }
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "classifier_forward(Cuda): float or __nv_bfloat16 storage");
   cuda::check_classifier_shape("classifier_forward(Cuda)", N, C, V);
@@ -257,9 +268,20 @@ void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* pr
 // Overwrites dx [N, C]; accumulates into dw [V, C] the gradient of Σ_n w_n·ℓ_n.
 // probs is the forward's G; inv_sum is not read (may be nullptr); weights [N]
 // are ignored where target < 0. Scratch: N·C·sizeof(T) (+ N·C fp32 for bf16).
-template <class T, class G>
+template <MatmulPrecision P = MatmulPrecision::native, class T, class G>
 void classifier_backward(const Cuda& be, T* dx, G* dw, const T* probs, const float* inv_sum, const float* weights,
                          const T* x, const T* w, const std::int32_t* targets, int N, int C, int V) {
+  if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {  // see classifier_forward
+    cuda::check_classifier_shape("classifier_backward(Cuda)", N, C, V);
+    const std::size_t nc = std::size_t(N) * C;
+    const auto [xb, wb, dxb] = cuda::to_bf16_operands<3>(
+        be, {{{x, nc}, {w, std::size_t(V) * C}, {static_cast<const float*>(nullptr), nc}}});
+    classifier_backward(be, dxb, dw, reinterpret_cast<const __nv_bfloat16*>(probs), inv_sum, weights,
+                        static_cast<const __nv_bfloat16*>(xb), static_cast<const __nv_bfloat16*>(wb), targets, N, C,
+                        V);
+    convert(be, dx, static_cast<const __nv_bfloat16*>(dxb), nc);
+    return;
+  }
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "classifier_backward(Cuda): float or __nv_bfloat16 storage");
   static_assert(std::is_same_v<G, float>, "classifier_backward(Cuda): dw is fp32 (the master gradient)");

@@ -136,6 +136,7 @@ struct Context {
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer<std::byte> workspace;  // cuBLASLt's
   DeviceBuffer<std::byte> scratch;    // column-reduction partials, CUB temp storage
+  DeviceBuffer<std::byte> operands;   // bf16 copies of fp32 GEMM operands (MatmulPrecision::bf16)
 
   static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
 
@@ -164,13 +165,18 @@ struct Context {
   }
 
   // At least `bytes` of scratch (grows, never shrinks; grows only while shapes grow).
-  void* scratch_bytes(std::size_t bytes) {
-    if (scratch.size() < bytes) {
+  void* scratch_bytes(std::size_t bytes) { return grow(scratch, bytes); }
+  // The same for operand copies; layers may use scratch while operands are held.
+  void* operand_bytes(std::size_t bytes) { return grow(operands, bytes); }
+
+ private:
+  void* grow(DeviceBuffer<std::byte>& b, std::size_t bytes) {
+    if (b.size() < bytes) {
       DOREMI_CUDA_CHECK(cudaStreamSynchronize(stream));  // kernels in flight may use the old one
-      scratch.resize(0);
-      scratch.resize(bytes);
+      b.resize(0);
+      b.resize(bytes);
     }
-    return scratch.data();
+    return b.data();
   }
 };
 

@@ -15,13 +15,17 @@
 // in fp32 and keep parameter gradients in fp32.
 // To do (issue 4): fused GELU epilogues, cached descriptors and heuristics per
 // shape (this slice queries the heuristic on every call).
+#include <array>
 #include <cstdint>
+#include <utility>
 #include <type_traits>
 
 #include <cuda_bf16.h>
 
 #include "doremi/backend/cuda/cuda.hpp"
+#include "doremi/backend/cuda/convert.hpp"
 #include "doremi/backend/cuda/reduce.hpp"
+#include "doremi/model/config.hpp"
 
 namespace doremi::backend {
 
@@ -146,8 +150,44 @@ __global__ void add_bias_kernel(T* y, const T* bias, int N, int width) {
 
 }  // namespace cuda
 
-template <class T>
+namespace cuda {
+
+// bf16 copies of fp32 operands in the context's operand area, 256-byte aligned:
+// to_bf16_operands(be, {{p0, n0}, {p1, n1}, ...}) returns the copies in order.
+template <std::size_t K>
+std::array<__nv_bfloat16*, K> to_bf16_operands(const Cuda& be, const std::array<std::pair<const float*, std::size_t>, K>& ops,
+                                               std::size_t extra_bf16 = 0) {
+  std::array<std::size_t, K + 1> at{};
+  for (std::size_t i = 0; i < K; ++i) at[i + 1] = at[i] + (ops[i].second * 2 + 255) / 256 * 256;
+  auto* base = static_cast<std::byte*>(be.ctx->operand_bytes(at[K] + extra_bf16 * 2));
+  std::array<__nv_bfloat16*, K> out{};
+  for (std::size_t i = 0; i < K; ++i) {
+    out[i] = reinterpret_cast<__nv_bfloat16*>(base + at[i]);
+    if (ops[i].first) convert(be, out[i], ops[i].first, ops[i].second);
+  }
+  return out;
+}
+
+}  // namespace cuda
+
+// P = MatmulPrecision::bf16 (fp32 model): the operands are rounded to bf16
+// copies, the GEMMs accumulate in fp32 and write fp32, as backend::Cpu does.
+template <MatmulPrecision P = MatmulPrecision::native, class T>
 void matmul_forward(const Cuda& be, T* out, const T* x, const T* w, const T* bias, int N, int in, int out_dim) {
+  if constexpr (P == MatmulPrecision::bf16) {
+    static_assert(std::is_same_v<T, float>, "bf16 matrix products need an fp32 model");
+    if (N <= 0) return;
+    const auto [xb, wb] = cuda::to_bf16_operands<2>(
+        be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
+    cuda::lt_matmul<__nv_bfloat16, float>(be, true, false, out_dim, N, in, wb, in, xb, in, out, out_dim, 1.0f, 0.0f,
+                                          static_cast<const float*>(nullptr), "matmul_forward (bf16 operands)");
+    if (bias) {
+      const std::size_t total = std::size_t(N) * out_dim;
+      cuda::add_bias_kernel<<<cuda::blocks_for(total, 256), 256, 0, be.stream()>>>(out, bias, N, out_dim);
+      DOREMI_CUDA_CHECK_LAUNCH("add_bias_kernel");
+    }
+    return;
+  }
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul_forward(Cuda): float or double");
   if (N <= 0) return;
   constexpr bool fused_bias = std::is_same_v<T, float>;
@@ -160,9 +200,23 @@ void matmul_forward(const Cuda& be, T* out, const T* x, const T* w, const T* bia
   }
 }
 
-template <class T>
+template <MatmulPrecision P = MatmulPrecision::native, class T>
 void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int N, int in,
                      int out_dim) {
+  if constexpr (P == MatmulPrecision::bf16) {
+    static_assert(std::is_same_v<T, float>, "bf16 matrix products need an fp32 model");
+    if (N <= 0) return;
+    const auto [dyb, xb, wb] = cuda::to_bf16_operands<3>(
+        be, {{{dout, std::size_t(N) * out_dim}, {x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
+    if (dx)
+      cuda::lt_matmul<__nv_bfloat16, float>(be, false, false, in, N, out_dim, wb, in, dyb, out_dim, dx, in, 1.0f,
+                                            0.0f, static_cast<const float*>(nullptr),
+                                            "matmul_backward dx (bf16 operands)");
+    cuda::lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f, 1.0f,
+                                          static_cast<const float*>(nullptr), "matmul_backward dW (bf16 operands)");
+    if (dbias) cuda::column_reduce_add<cuda::Acc<T>>(be, dbias, N, out_dim, cuda::RowOf<T>{dout, out_dim});
+    return;
+  }
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul_backward(Cuda): float or double");
   if (N <= 0) return;
   if (dx)
