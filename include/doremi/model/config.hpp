@@ -29,6 +29,12 @@ struct PresetName {
   constexpr PresetName(const char* s) {  // NOLINT: implicit from literals on purpose
     for (int i = 0; i < 31 && s[i]; ++i) text[i] = s[i];
   }
+  // nvcc's host pass spells a structural argument back as an array
+  // initialiser ({{'d','o',...}}), so construction from an array must work too.
+  template <std::size_t M>
+  constexpr PresetName(const char (&s)[M]) {  // NOLINT: implicit on purpose
+    for (std::size_t i = 0; i < M && i < 31 && s[i]; ++i) text[i] = s[i];
+  }
   constexpr std::string_view view() const {
     std::size_t n = 0;
     while (n < 31 && text[n]) ++n;

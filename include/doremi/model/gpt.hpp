@@ -60,8 +60,8 @@ class Model {
         }
       rope_cos_.resize(n);
       rope_sin_.resize(n);
-      backend::upload(be_, rope_cos_.data(), cos_t.data(), n);
-      backend::upload(be_, rope_sin_.data(), sin_t.data(), n);
+      upload(be_, rope_cos_.data(), cos_t.data(), n);
+      upload(be_, rope_sin_.data(), sin_t.data(), n);
     }
   }
 
@@ -80,7 +80,7 @@ class Model {
   std::span<const scalar> parameters() const { return {params_.data(), params_.size()}; }
   std::span<scalar> gradients() { return {grads_.data(), grads_.size()}; }
   std::span<const scalar> gradients() const { return {grads_.data(), grads_.size()}; }
-  void zero_grad() { backend::fill(be_, grads_.data(), scalar(0), grads_.size()); }
+  void zero_grad() { fill(be_, grads_.data(), scalar(0), grads_.size()); }
 
   // The parameters readable on the host: the buffer itself on the CPU, a
   // fresh copy (valid until the next call) on a device.
@@ -89,7 +89,7 @@ class Model {
       return parameters();
     } else {
       params_host_.resize(params_.size());
-      backend::download(be_, params_host_.data(), params_.data(), params_.size());
+      download(be_, params_host_.data(), params_.data(), params_.size());
       return {params_host_.data(), params_host_.size()};
     }
   }
@@ -97,7 +97,7 @@ class Model {
   void upload_parameters(std::span<const scalar> values) {
     if (values.size() != params_.size())
       fail("Model<{}>::upload_parameters: {} values for {} parameters", Cfg::name, values.size(), params_.size());
-    backend::upload(be_, params_.data(), values.data(), values.size());
+    upload(be_, params_.data(), values.data(), values.size());
   }
 
   // Deterministic initialisation: element i of tensor k is std_k · N(0,1)
@@ -132,8 +132,8 @@ class Model {
     allocate(B, T);
     tokens_.resize(std::size_t(N));
     targets_.resize(std::size_t(N));
-    backend::upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
-    backend::upload(be_, targets_.data(), targets.data(), std::size_t(N));
+    upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
+    upload(be_, targets_.data(), targets.data(), std::size_t(N));
     const scalar* P = params_.data();
     const auto& lay = layout();
     embedding_forward(be_, res(0), tokens_.data(), P + lay.embed_in,
@@ -148,7 +148,7 @@ class Model {
       matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), P + w.proj_w, P + w.proj_b, N, C, C);
       const scalar* ln2_in = x;
       if constexpr (!Cfg::parallel_residual) {
-        backend::add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
+        add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
         ln2_in = hres(l);
       }
       layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
@@ -157,9 +157,9 @@ class Model {
       gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
       matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), P + w.fc2_w, P + w.fc2_b, N, D, C);
       if constexpr (Cfg::parallel_residual)
-        backend::add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
+        add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
       else
-        backend::add_forward(be_, res(l + 1), hres(l), tmp_c2(), static_cast<const scalar*>(nullptr),
+        add_forward(be_, res(l + 1), hres(l), tmp_c2(), static_cast<const scalar*>(nullptr),
                              std::size_t(N) * C);
     }
     layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
@@ -171,8 +171,8 @@ class Model {
     if constexpr (!host_memory) {  // the trainers read both on the host
       losses_host_.resize(std::size_t(N));
       mask_host_.resize(std::size_t(N));
-      backend::download(be_, losses_host_.data(), losses, std::size_t(N));
-      backend::download(be_, mask_host_.data(), mask, std::size_t(N));
+      download(be_, losses_host_.data(), losses, std::size_t(N));
+      download(be_, mask_host_.data(), mask, std::size_t(N));
       losses = losses_host_.data();
       mask = mask_host_.data();
     }
@@ -201,12 +201,12 @@ class Model {
     const scalar* tw = token_weights.data();
     if constexpr (!host_memory) {
       weights_.resize(std::size_t(N));
-      backend::upload(be_, weights_.data(), tw, std::size_t(N));
+      upload(be_, weights_.data(), tw, std::size_t(N));
       tw = weights_.data();
     }
     classifier_backward<Cfg::matmul>(be_, d_ln1(), G + lay.embed_out, probs(), inv_sum(), tw, lnf(),
                         P + lay.embed_out, targets_.data(), N, C, V);
-    backend::fill(be_, dres, scalar(0), std::size_t(N) * C);
+    fill(be_, dres, scalar(0), std::size_t(N) * C);
     layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_ln1(), res(L), P + lay.lnf_w, lnf_stats(),
                        lnf_stats() + N, N, C);
     for (int l = L - 1; l >= 0; --l) {

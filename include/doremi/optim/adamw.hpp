@@ -216,15 +216,15 @@ class AdamW {
       fail("AdamW::restore: moments of sizes {} and {} given, the optimiser holds {}", m.size(),
            v.size(), m_.size());
     set_steps(steps);
-    backend::upload(be_, m_.data(), m.data(), m.size());
-    backend::upload(be_, v_.data(), v.data(), v.size());
+    upload(be_, m_.data(), m.data(), m.size());
+    upload(be_, v_.data(), v.data(), v.size());
   }
 
  private:
   template <class B>
   std::vector<T> to_host(const B& buf) const {
     std::vector<T> h(buf.size());
-    backend::download(be_, h.data(), buf.data(), buf.size());
+    download(be_, h.data(), buf.data(), buf.size());
     return h;
   }
 

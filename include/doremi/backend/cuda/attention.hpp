@@ -19,23 +19,24 @@
 // Kernels (hd = 16, 32, 64 or 128, a template parameter):
 //  * rotary: qkvr = qkv with q, k rotated. The attention kernels read the
 //    stored qkvr, so forward and backward see the same (rounded) values.
-//  * forward: one block per (64-query tile, b·h); the block's queries stay in
+//  * forward: one block per (R-query tile, b·h); the block's queries stay in
 //    registers while K and V stream through shared memory in tiles of Bc keys
 //    (up to the diagonal). Online softmax: per row a running max m and sum l;
 //    when a tile raises the max, the sum and the output accumulator are
 //    rescaled by exp(m_old − m_new). Writes O = acc / l and lse = m + log l.
-//  * backward: (1) D per row; (2) dK, dV: one block per (64-key tile, b·h),
+//  * backward: (1) D per row; (2) dK, dV: one block per (R-key tile, b·h),
 //    keys and the dK, dV accumulators in registers, looping over the query
 //    tiles at or after its keys (Q, dO, lse, D through shared memory);
-//    (3) dQ: one block per (64-query tile, b·h), looping over the key tiles up
+//    (3) dQ: one block per (R-query tile, b·h), looping over the key tiles up
 //    to the diagonal. dQ has its own kernel instead of atomics: S and dP are
 //    computed once more, but every sum runs in a fixed order, so the backward
 //    repeats bit for bit. dq and dk leave through rotate_back: dqkv is the
 //    gradient with respect to the unrotated qkv, as on the CPU.
 //
-// Thread layout, the same in the three attention kernels: a block owns 64
-// rows (queries or keys) of one (b, h). Each row is split over TPR = hd/16
-// consecutive lanes (so a block has 64·TPR = 4·hd threads) and every vector
+// Thread layout, the same in the three attention kernels: a block owns R = 64
+// rows (queries or keys) of one (b, h), R = 32 for hd = 128. Each row is split
+// over TPR = hd/16 consecutive lanes (a block has R·TPR threads: 64, 128, 256,
+// 256; at most 256 leaves each thread up to 255 registers) and every vector
 // of a row (q, o, k, v, ...) lives in registers, 16 values per thread: with
 // the row's hd values taken as hd/4 float4 chunks, slice s ∈ [0, TPR) holds
 // chunks s, s + TPR, s + 2·TPR, s + 3·TPR. A dot product with a row of the
@@ -65,9 +66,9 @@ namespace cuda {
 template <int HD>
 struct AttentionTiles {
   static_assert(HD == 16 || HD == 32 || HD == 64 || HD == 128, "attention: head dimension 16, 32, 64 or 128");
-  static constexpr int rows = 64;                   // rows (queries or keys) a block owns
+  static constexpr int rows = HD <= 64 ? 64 : 32;  // rows (queries or keys) a block owns
   static constexpr int tpr = HD / 16;               // threads per row, 16 values each
-  static constexpr int threads = rows * tpr;        // 64, 128, 256, 512
+  static constexpr int threads = rows * tpr;        // 64, 128, 256, 256 (≤ 256: up to 255 registers a thread)
   static constexpr int tile = HD <= 64 ? 64 : 32;   // rows of a tile streamed through shared memory
   static constexpr int smem_floats = 2 * tile * HD; // two tile arrays; also the output stage
   static_assert(smem_floats * sizeof(float) <= 32 * 1024, "attention: tiles exceed the static shared memory plan");
@@ -89,7 +90,7 @@ inline int attention_check(int B, int Tn, int C, int H, int rot) {
   if (rot < 0 || rot % 2 != 0 || rot > hd)
     fail("attention (cuda): rotary dims rot = {} must be even and in [0, hd = {}]", rot, hd);
   if (static_cast<long long>(B) * H > 0x7fffffffLL) fail("attention (cuda): B·H = {}·{} is too large", B, H);
-  if ((Tn + 63) / 64 > 65535) fail("attention (cuda): sequence length T = {} is too large (at most {})", Tn, 65535 * 64);
+  if ((Tn + 31) / 32 > 65535) fail("attention (cuda): sequence length T = {} is too large (at most {})", Tn, 65535 * 32);
   return hd;
 }
 
@@ -151,10 +152,10 @@ __device__ __forceinline__ void attention_load_tile(float* dst, const T* src, st
   }
 }
 
-// Writes the block's rows row0 .. row0 + 63 (those < Tn) of a register-held
+// Writes the block's rows row0 .. row0 + R − 1 (those < Tn) of a register-held
 // vector to dst (row 0 at dst, rows ld apart) as T, the first `rot` dims
 // rotated back by the angle of position t = row (rot = 0: a plain store).
-// Goes through `stage` (rows·HD floats of shared memory, the tile buffers) so
+// Goes through `stage` (R·HD floats of shared memory, the tile buffers) so
 // that each (d, d + rot/2) pair meets in one thread and the writes coalesce.
 // Every thread of the block must call it (it synchronises).
 template <int HD, class T>

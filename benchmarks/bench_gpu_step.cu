@@ -1,0 +1,377 @@
+// The doremi-120m preset on one GPU: a plain training step (forward, backward,
+// AdamW) and a DoReMi DRO step (reference forward, proxy forward, domain-weight
+// update, weighted backward, AdamW), beside a PyTorch twin of the same model on
+// the same GPU (benchmarks/torch_gpu_twin.py: SDPA attention, bf16 autocast,
+// torch.compile, fused AdamW). Prints tokens per second and model-FLOPs
+// utilisation of both, and their ratio.
+//
+//   bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] [--domains 8]
+//                  [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args "--no-compile"]
+//
+// Ours: bf16 GEMM operands with fp32 accumulation and fp32 master weights
+// (Config<bf16_matmul(doremi_120m), float>). Each step is timed on the host
+// between two synchronisations of the backend's stream; the table gives the
+// median of `steps` steps after `warmup` untimed ones. The twin runs after ours
+// (our GPU memory freed first) as a subprocess; if it fails, ours are printed
+// with the reason, and if ours fail, the twin still runs (exit status 1). The
+// last line is the whole result as JSON. Built when DOREMI_CUDA is ON;
+// benchmarks/gpu_check.sh builds it, runs the CUDA tests, then this.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "doremi/backend/cuda.hpp"
+#include "doremi/doremi.hpp"
+
+using namespace doremi;
+
+namespace {
+
+using Cfg = Config<bf16_matmul(presets::doremi_120m), float>;  // bf16 GEMM operands, fp32 master weights
+using GpuModel = Model<Cfg, backend::Cuda>;
+
+struct Options {
+  int batch = 16, seq = 1024, steps = 20, warmup = 3, device = 0, domains = 8;
+  double peak_tflops = 989;  // dense bf16, H100 SXM (and H200: the same compute die)
+  std::string python = "python3";
+  std::string twin_args;
+  bool twin = true;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Model FLOPs per token of a training step (forward + backward = 3 × forward),
+// as bench_train_step.cpp: the GEMMs (12·C² per layer and V·C for the LM head)
+// and the attention products over all T keys.
+double flops_per_token(int T) {
+  const double C = Cfg::n_embd, L = Cfg::n_layer, V = Cfg::padded_vocab;
+  return 6.0 * (L * 12.0 * C * C + V * C) + 12.0 * L * T * C;
+}
+
+std::string run_command(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  pclose(p);
+  return out;
+}
+
+std::string tail_lines(const std::string& s, int n) {
+  std::size_t pos = s.size();
+  for (int i = 0; i <= n && pos > 0; ++i) pos = s.rfind('\n', pos - 1);
+  return pos == std::string::npos || pos == 0 ? s : s.substr(pos + 1);
+}
+
+struct Timing {
+  std::vector<double> times;  // seconds per timed step
+  double loss_first = 0, loss_last = 0, ref_loss = 0;
+  std::vector<double> alpha;
+};
+
+struct Ours {
+  Timing train, dro;
+};
+
+// Both step kinds on one proxy model (plain steps first, then DRO steps).
+Ours time_ours(const Options& o) {
+  const int B = o.batch, T = o.seq, N = B * T, k = o.domains;
+  const auto Nz = static_cast<std::size_t>(N), Bz = static_cast<std::size_t>(B), kz = static_cast<std::size_t>(k);
+  backend::Cuda gpu(o.device);
+  GpuModel proxy(gpu), reference(gpu);
+  proxy.init(1);
+  reference.init(2);
+  AdamW<float, backend::Cuda> adam(proxy.num_parameters(), AdamWConfig{}, gpu);
+  const auto groups = param_groups<GpuModel>();
+  const double lr = 1e-4;
+
+  std::vector<std::int32_t> in(Nz), tg(Nz);
+  for (int i = 0; i < N; ++i) {
+    in[std::size_t(i)] = std::int32_t(Philox::below(Cfg::vocab, 1, 0, std::uint64_t(i)));
+    tg[std::size_t(i)] = std::int32_t(Philox::below(Cfg::vocab, 1, 1, std::uint64_t(i)));
+  }
+  std::vector<int> domain(Bz);
+  for (int b = 0; b < B; ++b) domain[std::size_t(b)] = b % k;  // round robin over the sequences
+  const std::span<const std::int32_t> inputs(in), targets(tg);
+  const std::vector<float> uniform(Nz, 1.0f / float(N));
+
+  auto clock = [&] {
+    gpu.synchronize();
+    return std::chrono::steady_clock::now();
+  };
+  auto seconds = [](auto t0, auto t1) { return std::chrono::duration<double>(t1 - t0).count(); };
+
+  Ours r;
+  // Plain step: mean loss over all tokens.
+  for (int s = 0; s < o.warmup + o.steps; ++s) {
+    const auto t0 = clock();
+    proxy.zero_grad();
+    const auto out = proxy.forward(inputs, targets, B, T);
+    proxy.backward(uniform);
+    adam.step(proxy.parameters(), proxy.gradients(), groups, lr);
+    const auto t1 = clock();
+    if (s == 0) r.train.loss_first = out.mean_loss();
+    r.train.loss_last = out.mean_loss();
+    if (s >= o.warmup) r.train.times.push_back(seconds(t0, t1));
+  }
+
+  // DRO step (DROTrainer::accumulate_gradients with one micro-batch).
+  std::vector<std::string> names;
+  for (int i = 0; i < k; ++i) names.push_back(fmt::format("domain{}", i));
+  DomainWeights dw(names, std::vector<double>(kz, 1.0), std::vector<double>(kz, 1.0),
+                   std::log(double(Cfg::padded_vocab)), DroConfig{});
+  std::vector<double> excess(kz), count(kz);
+  std::vector<float> token_w(Nz);
+  for (int s = 0; s < o.warmup + o.steps; ++s) {
+    const auto t0 = clock();
+    proxy.zero_grad();
+    const auto ref = reference.forward(inputs, targets, B, T);
+    const auto out = proxy.forward(inputs, targets, B, T);
+    std::fill(excess.begin(), excess.end(), 0.0);
+    std::fill(count.begin(), count.end(), 0.0);
+    for (int j = 0; j < N; ++j) {
+      if (!out.mask[std::size_t(j)]) continue;
+      const auto d = std::size_t(domain[std::size_t(j / T)]);
+      excess[d] += std::max(double(out.losses[std::size_t(j)]) - double(ref.losses[std::size_t(j)]), 0.0);
+      count[d] += 1;
+    }
+    dw.update(excess, count);
+    const std::vector<double> w = dw.loss_weights();
+    double denom = 0;
+    for (int j = 0; j < N; ++j)
+      if (out.mask[std::size_t(j)]) denom += w[std::size_t(domain[std::size_t(j / T)])];
+    for (int j = 0; j < N; ++j)
+      token_w[std::size_t(j)] =
+          out.mask[std::size_t(j)] ? float(w[std::size_t(domain[std::size_t(j / T)])] / denom) : 0.0f;
+    proxy.backward(token_w);
+    adam.step(proxy.parameters(), proxy.gradients(), groups, lr);
+    const auto t1 = clock();
+    if (s == 0) r.dro.loss_first = out.mean_loss();
+    r.dro.loss_last = out.mean_loss();
+    r.dro.ref_loss = ref.mean_loss();
+    if (s >= o.warmup) r.dro.times.push_back(seconds(t0, t1));
+  }
+  r.dro.alpha = dw.alpha();
+  return r;
+}  // GPU memory of both models and the optimiser freed here, before the twin runs
+
+// The twin's JSON line (null when it did not run; `why` says what happened).
+nlohmann::json run_twin(const Options& o, std::string& why) {
+  const std::string cmd =
+      fmt::format("{} {}/torch_gpu_twin.py --batch {} --seq {} --steps {} --warmup {} --domains {} {} 2>&1", o.python,
+                  DOREMI_BENCH_DIR, o.batch, o.seq, o.steps, o.warmup, o.domains, o.twin_args);
+  fmt::print("running the PyTorch twin: {}\n", cmd);
+  std::fflush(stdout);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string out = run_command(cmd);
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json peer;
+  for (std::size_t pos = 0; pos < out.size();) {  // the last JSON object the twin printed
+    const std::size_t end = out.find('\n', pos);
+    const std::string line = out.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && j.value("impl", "") == "pytorch") peer = j;
+    if (end == std::string::npos) break;
+    pos = end + 1;
+  }
+  if (peer.is_object() && peer.contains("error")) {
+    why = peer.at("error").get<std::string>();
+    return nullptr;
+  }
+  if (peer.is_null() || !peer.contains("train") || !peer.contains("dro")) {
+    why = fmt::format("no result line from `{}`; its output ends:\n{}", cmd, tail_lines(out, 25));
+    return nullptr;
+  }
+  fmt::print("PyTorch twin done in {:.0f} s (warm-up/compile {:.0f} s + {:.0f} s)\n", dt,
+             peer["train"].value("warmup_s", 0.0), peer["dro"].value("warmup_s", 0.0));
+  return peer;
+}
+
+std::string now_utc() {
+  const std::time_t t = std::time(nullptr);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M UTC", std::gmtime(&t));
+  return buf;
+}
+
+int run(const Options& o) {
+  if (!backend::cuda_available()) {
+    fmt::print(stderr, "bench_gpu_step: no usable CUDA device: {}\n", backend::cuda::unavailable_reason());
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  DOREMI_CUDA_CHECK(cudaGetDeviceProperties(&prop, o.device));
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  const int B = o.batch, T = o.seq;
+  const double tokens = double(B) * T;
+  const double fpt = flops_per_token(T), fpt_dro = fpt * 4.0 / 3.0;
+  const double peak = o.peak_tflops * 1e12;
+
+  fmt::print("GPU {}: {} ({} SMs, {:.0f} GiB, compute capability {}.{}), driver {}.{}, runtime {}.{}; {}\n", o.device,
+             prop.name, prop.multiProcessorCount, double(prop.totalGlobalMem) / double(1ull << 30), prop.major,
+             prop.minor, driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10, now_utc());
+  fmt::print("model {}: {} layers, width {}, {} heads, vocabulary {} (padded {}), rotary {:.0f} %, {} residual, "
+             "{} embeddings; {} parameters\n",
+             Cfg::name, Cfg::n_layer, Cfg::n_embd, Cfg::n_head, Cfg::vocab, Cfg::padded_vocab,
+             100.0 * Cfg::spec.rotary_pct, Cfg::parallel_residual ? "parallel" : "sequential",
+             Cfg::tied ? "tied" : "untied", GpuModel::layout().total);
+  fmt::print("batch {} x {} = {} tokens per step; median of {} steps after {} warm-up steps\n", B, T, B * T, o.steps,
+             o.warmup);
+  std::fflush(stdout);
+
+  // Ours; on failure the twin still runs (its numbers are the baseline) and the exit status is 1.
+  const auto t0 = std::chrono::steady_clock::now();
+  Ours ours;
+  std::string our_error;
+  try {
+    ours = time_ours(o);
+    fmt::print("doremi-cpp done in {:.0f} s; loss (fixed batch): training steps {:.3f} -> {:.3f}, DRO steps "
+               "{:.3f} -> {:.3f} (reference {:.3f}), domain weights after DRO [{:.3f}]\n",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ours.train.loss_first,
+               ours.train.loss_last, ours.dro.loss_first, ours.dro.loss_last, ours.dro.ref_loss,
+               fmt::join(ours.dro.alpha, ", "));
+  } catch (const std::exception& e) {
+    our_error = e.what();
+    fmt::print("doremi-cpp FAILED: {}\n", our_error);
+  }
+  std::fflush(stdout);
+
+  std::string why;
+  nlohmann::json peer;
+  if (o.twin) {
+    peer = run_twin(o, why);
+    if (!peer.is_null())
+      fmt::print("pytorch {}: {}, {}, {}, fused AdamW {}, loss (fixed batch): training {:.3f} -> {:.3f}, DRO "
+                 "{:.3f} -> {:.3f}, peak memory {} GiB\n",
+                 peer.value("torch", "?"), peer.value("attention", "?"), peer.value("precision", "?"),
+                 peer.value("compile_note", "?"), peer.value("fused_adamw", false) ? "yes" : "no",
+                 peer["train"].value("loss_first", 0.0), peer["train"].value("loss_last", 0.0),
+                 peer["dro"].value("loss_first", 0.0), peer["dro"].value("loss_last", 0.0),
+                 peer.value("max_memory_gib", 0.0));
+    if (!peer.is_null() && peer.value("params", std::size_t(0)) != GpuModel::layout().total)
+      fmt::print("WARNING: the twin has {} parameters, doremi-cpp {}: not the same model\n",
+                 peer.value("params", std::size_t(0)), GpuModel::layout().total);
+  } else {
+    why = "--no-twin";
+  }
+
+  const bool ran = our_error.empty();
+  const double ours_train = ran ? tokens / median(ours.train.times) : 0.0;
+  const double ours_dro = ran ? tokens / median(ours.dro.times) : 0.0;
+  const double mfu_train = ours_train * fpt / peak, mfu_dro = ours_dro * fpt_dro / peak;
+  double theirs_train = 0, theirs_dro = 0;
+  if (!peer.is_null()) {
+    theirs_train = tokens / peer["train"].at("step_s_median").get<double>();
+    theirs_dro = tokens / peer["dro"].at("step_s_median").get<double>();
+  }
+
+  fmt::print("\n=== doremi-120m on {}, B={} T={}, {} ===\n", prop.name, B, T, now_utc());
+  fmt::print("model FLOPs per token: training step 6*(12*L*C^2 + V*C) + 12*L*T*C = {:.1f} MFLOP "
+             "(L={}, C={}, V={}, T={}); DRO step adds the reference forward (1/3 of that): {:.1f} MFLOP\n",
+             fpt / 1e6, Cfg::n_layer, Cfg::n_embd, Cfg::padded_vocab, T, fpt_dro / 1e6);
+  fmt::print("MFU against a bf16 dense peak of {:.0f} TFLOP/s (nominal; --peak-tflops)\n", o.peak_tflops);
+  fmt::print("{:<15} {:>14} {:>7} {:>9}   {:>14} {:>7} {:>9}   {:>6}\n", "", "doremi-cpp t/s", "MFU", "ms/step",
+             "pytorch t/s", "MFU", "ms/step", "ratio");
+  // "-" where a side did not run.
+  auto cells = [&](double tps, double f) {
+    if (!(tps > 0)) return fmt::format("{:>14} {:>7} {:>9}", "-", "-", "-");
+    return fmt::format("{:>14.0f} {:>6.1f}% {:>9.2f}", tps, 100.0 * tps * f / peak, 1e3 * tokens / tps);
+  };
+  auto row = [&](const char* what, double a, double b, double f) {
+    fmt::print("{:<15} {}   {}   {:>6}\n", what, cells(a, f), cells(b, f),
+               a > 0 && b > 0 ? fmt::format("{:.2f}x", a / b) : std::string("-"));
+  };
+  row("training step", ours_train, theirs_train, fpt);
+  row("DRO step", ours_dro, theirs_dro, fpt_dro);
+  if (!ran) fmt::print("doremi-cpp: failed: {}\n", our_error);
+  if (peer.is_null()) fmt::print("pytorch: not run: {}\n", why);
+  fmt::print("goals (H100/H200): training-step MFU >= 45%: {}; training-step tokens/s >= 1.3x pytorch: {}\n",
+             ran ? fmt::format("{} ({:.1f}%)", mfu_train >= 0.45 ? "met" : "NOT met", 100.0 * mfu_train)
+                 : std::string("unknown (doremi-cpp failed)"),
+             ran && theirs_train > 0
+                 ? fmt::format("{} ({:.2f}x)", ours_train >= 1.3 * theirs_train ? "met" : "NOT met",
+                               ours_train / theirs_train)
+                 : std::string("unknown"));
+
+  // One machine-readable line for logs.
+  nlohmann::json j = {{"bench", "bench_gpu_step"},
+                      {"gpu", prop.name},
+                      {"date", now_utc()},
+                      {"batch", B},
+                      {"seq", T},
+                      {"steps", o.steps},
+                      {"peak_tflops", o.peak_tflops},
+                      {"flops_per_token_train", fpt},
+                      {"flops_per_token_dro", fpt_dro},
+                      {"doremi", {{"train_tokens_per_s", ours_train}, {"train_mfu", mfu_train},
+                                  {"dro_tokens_per_s", ours_dro}, {"dro_mfu", mfu_dro},
+                                  {"train_step_s", ours.train.times}, {"dro_step_s", ours.dro.times}}}};
+  if (!ran) j["doremi"] = {{"error", our_error}};
+  if (!peer.is_null())
+    j["pytorch"] = {{"train_tokens_per_s", theirs_train}, {"train_mfu", theirs_train * fpt / peak},
+                    {"dro_tokens_per_s", theirs_dro}, {"dro_mfu", theirs_dro * fpt_dro / peak}, {"twin", peer}};
+  else
+    j["pytorch"] = {{"error", why}};
+  fmt::print("{}\n", j.dump());
+  return ran ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        fmt::print(stderr, "bench_gpu_step: {} needs a value\n", a);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--batch") o.batch = std::atoi(next().c_str());
+    else if (a == "--seq") o.seq = std::atoi(next().c_str());
+    else if (a == "--steps") o.steps = std::max(1, std::atoi(next().c_str()));
+    else if (a == "--warmup") o.warmup = std::max(0, std::atoi(next().c_str()));
+    else if (a == "--device") o.device = std::atoi(next().c_str());
+    else if (a == "--domains") o.domains = std::max(1, std::atoi(next().c_str()));
+    else if (a == "--peak-tflops") o.peak_tflops = std::atof(next().c_str());
+    else if (a == "--python") o.python = next();
+    else if (a == "--twin-args") o.twin_args = next();
+    else if (a == "--no-twin") o.twin = false;
+    else {
+      fmt::print(stderr,
+                 "usage: bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] "
+                 "[--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args ARGS]\n");
+      return a == "--help" || a == "-h" ? 0 : 2;
+    }
+  }
+  if (o.batch <= 0 || o.seq <= 0 || o.seq > Cfg::n_ctx || !(o.peak_tflops > 0)) {
+    fmt::print(stderr, "bench_gpu_step: need --batch > 0, 0 < --seq <= {} and --peak-tflops > 0\n", Cfg::n_ctx);
+    return 2;
+  }
+  try {
+    return run(o);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "bench_gpu_step: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# GPU check in one run: builds the CUDA tests and the GPU benchmark, runs the
+# tests, then benchmarks the doremi-120m training and DRO steps against a
+# PyTorch twin on the same GPU (benchmarks/bench_gpu_step.cu, torch_gpu_twin.py).
+# Everything printed goes to the log too; the elapsed time comes last.
+#
+# usage: benchmarks/gpu_check.sh [options] [-- extra bench_gpu_step arguments]
+#   --build-dir DIR   build folder (default build-gpu)
+#   --log FILE        log file (default gpu_check.log)
+#   --arch ARCHS      CMAKE_CUDA_ARCHITECTURES (default: GPU 0's compute capability
+#                     from nvidia-smi, e.g. 90; else native; e.g. 90a, "80;90")
+#   --deps DIR        folder of Debian .deb files (the -dev packages below) to unpack
+#                     (dpkg -x) into BUILD_DIR/deps-prefix and use as CMAKE_PREFIX_PATH
+#                     and include path, for machines without them
+#   --python PY       Python with PyTorch for the twin (default python3)
+#   --batch N         sequences per step (default 16; context 1024)
+#   --steps N         timed steps of each kind (default 20; 3 warm-up steps first)
+#   --peak-tflops X   bf16 dense peak for MFU (default 989: H100 SXM / H200)
+#   --no-compile      run the twin without torch.compile
+#   --skip-tests      build and run the benchmark only
+#   --jobs N          build parallelism (default nproc)
+#
+# Needs nvidia-smi, nvcc (CUDA 12+), cmake >= 3.24, a C++20 host compiler and
+# the library's dependencies (Debian: libeigen3-dev libfmt-dev nlohmann-json3-dev
+# libzstd-dev libutf8proc-dev doctest-dev). Where those are missing, on a
+# machine that has them run
+#   mkdir -p debs && (cd debs && apt-get download libeigen3-dev libfmt-dev libfmt9 \
+#     nlohmann-json3-dev libzstd-dev libzstd1 libutf8proc-dev libutf8proc2 doctest-dev)
+# and pass --deps debs. Exit status: 0 when the build, the tests and the
+# benchmark succeeded (the goals are reported, not enforced). Relative paths
+# are taken from the current folder; the build runs in the repository root.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir=build-gpu
+log=gpu_check.log
+arch=
+deps=
+python=python3
+batch=16
+steps=20
+peak=989
+twin_args=
+skip_tests=0
+jobs=$(nproc 2>/dev/null || echo 4)
+bench_extra=()
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --build-dir) build_dir=$2; shift 2 ;;
+    --log) log=$2; shift 2 ;;
+    --arch) arch=$2; shift 2 ;;
+    --deps) deps=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --peak-tflops) peak=$2; shift 2 ;;
+    --no-compile) twin_args="--no-compile"; shift ;;
+    --skip-tests) skip_tests=1; shift ;;
+    --jobs) jobs=$2; shift 2 ;;
+    --) shift; bench_extra=("$@"); break ;;
+    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# Paths given relative to the current folder; the build runs from the repository root.
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+build_dir=$(absolute "$build_dir")
+log=$(absolute "$log")
+[[ -z $deps ]] || deps=$(absolute "$deps")
+tests_bin=$build_dir/tests/cuda/doremi_cuda_tests
+bench_bin=$build_dir/benchmarks/bench_gpu_step
+
+main() {
+  cd "$repo"
+  start=$(date +%s)
+  status=0
+  elapsed() { echo "elapsed: $(( $(date +%s) - start )) s"; }
+  die() { echo "gpu_check.sh: $*"; elapsed; exit 1; }  # (main runs in a subshell of the pipeline)
+  section() { echo; echo "=== $* ($(( $(date +%s) - start )) s) ==="; }
+
+  section "machine"
+  echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); repo: $repo ($(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  command -v nvidia-smi >/dev/null || die "nvidia-smi not found: this script needs an NVIDIA GPU and its driver"
+  nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
+    || die "nvidia-smi sees no GPU"
+  if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then export PATH=/usr/local/cuda/bin:$PATH; fi
+  command -v nvcc >/dev/null || die "nvcc not found (install the CUDA toolkit or put its bin/ on PATH)"
+  command -v cmake >/dev/null || die "cmake not found"
+  echo "nvcc: $(nvcc --version | tail -n 2 | head -n 1)"
+  echo "cmake: $(cmake --version | head -n 1); host compiler: $(${CXX:-c++} --version 2>/dev/null | head -n 1 || echo '?')"
+  echo "python: $python: $("$python" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -n 1)"
+
+  # Debian packages unpacked into a private prefix (no root, nothing installed).
+  if [[ -n $deps ]]; then
+    section "dependencies from $deps"
+    [[ -d $deps ]] || die "--deps $deps: no such folder"
+    prefix=$build_dir/deps-prefix
+    mkdir -p "$prefix"
+    shopt -s nullglob
+    debs=("$deps"/*.deb)
+    shopt -u nullglob
+    [[ ${#debs[@]} -gt 0 ]] || die "--deps $deps holds no .deb files"
+    for deb in "${debs[@]}"; do
+      echo "unpacking $(basename "$deb")"
+      if command -v dpkg >/dev/null; then
+        dpkg -x "$deb" "$prefix"
+      else  # ar (binutils) + tar: a .deb is an ar archive holding data.tar.*
+        tmp=$(mktemp -d)
+        member=$(cd "$tmp" && ar t "$deb" | grep '^data\.tar')
+        (cd "$tmp" && ar x "$deb" "$member" && tar -xf "$member" -C "$prefix")
+        rm -rf "$tmp"
+      fi
+    done
+    export CMAKE_PREFIX_PATH="$prefix/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+    # doctest's CMake package names /usr/include outright: also an include path for every compile.
+    export CPLUS_INCLUDE_PATH="$prefix/usr/include${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"
+    export LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}"
+    dep_libdir=$prefix/usr/lib/x86_64-linux-gnu
+  fi
+
+  # Which of the library's dependencies this machine lacks (cmake stops at the first).
+  missing=()
+  have_header() {
+    local d
+    for d in ${CPLUS_INCLUDE_PATH//:/ } /usr/include /usr/local/include; do
+      [[ -e $d/$1 ]] && return 0
+    done
+    return 1
+  }
+  have_header eigen3/Eigen/Core || missing+=("libeigen3-dev")
+  have_header fmt/format.h || missing+=("libfmt-dev libfmt9")
+  have_header nlohmann/json.hpp || missing+=("nlohmann-json3-dev")
+  have_header zstd.h || missing+=("libzstd-dev libzstd1")
+  have_header utf8proc.h || missing+=("libutf8proc-dev libutf8proc2")
+  have_header doctest/doctest.h || missing+=("doctest-dev")
+  missing_hint() {
+    echo "missing Debian packages: ${missing[*]}"
+    echo "prepare them on a machine with apt:  mkdir -p debs && (cd debs && apt-get download ${missing[*]})"
+    echo "then run:  benchmarks/gpu_check.sh --deps debs"
+  }
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    section "dependencies"
+    missing_hint
+    echo "(trying cmake anyway: it names the first one it cannot find)"
+  fi
+
+  if [[ -z $arch ]]; then  # e.g. "9.0" -> 90
+    arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .' || true)
+    [[ $arch =~ ^[0-9]+$ ]] || arch=native
+  fi
+  section "configure $build_dir (CUDA architectures: $arch)"
+  generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  if [[ -f $build_dir/CMakeCache.txt ]] && ! grep -q "^CMAKE_GENERATOR:INTERNAL=${generator[1]:-Unix Makefiles}\$" "$build_dir/CMakeCache.txt"; then
+    generator=()  # keep the generator the folder was made with
+  fi
+  if ! cmake -S "$repo" -B "$build_dir" "${generator[@]}" \
+      -DCMAKE_BUILD_TYPE=Release -DDOREMI_CUDA=ON -DDOREMI_BUILD_TESTS=ON -DDOREMI_BUILD_BENCHMARKS=ON \
+      -DDOREMI_BUILD_EXAMPLES=OFF "-DCMAKE_CUDA_ARCHITECTURES=$arch" \
+      -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DCMAKE_POLICY_VERSION_MINIMUM=3.5 -Wno-dev; then
+    [[ ${#missing[@]} -gt 0 ]] && missing_hint
+    die "cmake configuration failed (see above)"
+  fi
+
+  section "build doremi_cuda_tests and bench_gpu_step (-j$jobs)"
+  targets=(bench_gpu_step)
+  [[ $skip_tests == 1 ]] || targets=(doremi_cuda_tests bench_gpu_step)
+  cmake --build "$build_dir" --target "${targets[@]}" -j "$jobs" || die "build failed (see above)"
+
+  # The binaries find the unpacked libraries through their RPATH; if not, through LD_LIBRARY_PATH.
+  run_env=()
+  if [[ -n ${dep_libdir:-} ]]; then
+    for bin in "$tests_bin" "$bench_bin"; do
+      if [[ -x $bin ]] && ldd "$bin" 2>/dev/null | grep -q "not found"; then
+        run_env=(env "LD_LIBRARY_PATH=$dep_libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+      fi
+    done
+  fi
+
+  if [[ $skip_tests == 0 ]]; then
+    section "CUDA tests"
+    tests_out=$(mktemp)
+    set +e
+    "${run_env[@]}" timeout 300 "$tests_bin" 2>&1 | tee "$tests_out"  # a hung kernel ends here
+    tests_rc=${PIPESTATUS[0]}
+    [[ $tests_rc != 124 ]] || echo "CUDA tests: stopped after 300 s"
+    set -e
+    skipped=$(grep -c "skipped: no CUDA device" "$tests_out" || true)
+    echo
+    echo "CUDA tests: exit status $tests_rc; $(grep -E '^\[doctest\] (test cases|assertions):' "$tests_out" | tr '\n' ' ')"
+    if [[ $skipped -gt 0 ]]; then
+      echo "CUDA tests: $skipped cases SKIPPED for want of a device although nvidia-smi sees one: a failure here"
+      tests_rc=1
+    fi
+    rm -f "$tests_out"
+    [[ $tests_rc == 0 ]] || status=1
+  fi
+
+  section "benchmark: doremi-120m, batch $batch x 1024, training step and DRO step"
+  set +e
+  "${run_env[@]}" timeout 600 "$bench_bin" --batch "$batch" --steps "$steps" --peak-tflops "$peak" --python "$python" \
+    ${twin_args:+--twin-args "$twin_args"} "${bench_extra[@]}"
+  bench_rc=$?
+  set -e
+  [[ $bench_rc == 0 ]] || { echo "bench_gpu_step failed (exit status $bench_rc)"; status=1; }
+
+  section "done"
+  [[ $skip_tests == 1 ]] || echo "CUDA tests: $([[ ${tests_rc:-1} == 0 ]] && echo passed || echo FAILED)"
+  echo "benchmark: $([[ $bench_rc == 0 ]] && echo ran || echo FAILED); log: $log"
+  total=$(( $(date +%s) - start ))
+  elapsed
+  [[ $total -le 480 ]] || echo "note: over the 8-minute budget of the issue"
+  return $status
+}
+
+# Everything to the terminal and the log; the exit status is main's (pipefail).
+main 2>&1 | tee "$log"

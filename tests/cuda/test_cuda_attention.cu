@@ -1,0 +1,250 @@
+// backend::Cuda's flash-style attention against backend::Cpu's on the same
+// random inputs: qkvr (the rotated qkv), out, lse (against log Σ exp of the
+// scaled scores computed here in double) and dqkv (the gradient w.r.t. the
+// unrotated qkv). Sequence lengths below, at and past the kernels' tiles (1,
+// 37, 64, 65, 100, 130, 256), every supported head dimension (16, 32, 64,
+// 128), rot = 0, hd/4 and hd, B = 2, fp32 and bf16 storage; dqkv poisoned
+// with NaN first (it must be overwritten everywhere); the backward repeated
+// for bit-for-bit determinism. The argument checks run without a GPU; every
+// other case skips with a MESSAGE when there is none.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cuda_test_util.hpp"
+
+using namespace doremi;
+using namespace cuda_test;
+using backend::Cpu;
+using backend::Cuda;
+using backend::cuda::DeviceBuffer;
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+struct AttnShape {
+  int B, T, H, hd, rot;
+};
+
+// Rotary tables as Model builds them (model/gpt.hpp): cos/sin(t · 10000^(−2i/rot)) in double, rounded once.
+struct Rope {
+  std::vector<float> cos, sin;
+};
+Rope rope_tables(int n_ctx, int rot) {
+  const int half = rot / 2;
+  Rope r{std::vector<float>(std::size_t(n_ctx) * half), std::vector<float>(std::size_t(n_ctx) * half)};
+  for (int t = 0; t < n_ctx; ++t)
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(10000.0, -2.0 * i / rot);
+      r.cos[std::size_t(t) * half + i] = float(std::cos(t * inv_freq));
+      r.sin[std::size_t(t) * half + i] = float(std::sin(t * inv_freq));
+    }
+  return r;
+}
+
+std::vector<float> round_bf16(std::vector<float> v) {
+  for (float& f : v) f = float(bf16(f));
+  return v;
+}
+
+// Device copies in T (bf16: v must already be rounded, so the copy is exact) and back as float.
+template <class T>
+DeviceBuffer<T> upload_as(const std::vector<float>& v) {
+  return to_device(std::vector<T>(v.begin(), v.end()));
+}
+template <class T>
+std::vector<float> download_float(const DeviceBuffer<T>& d) {
+  const auto h = to_host(d);
+  std::vector<float> f(h.size());
+  for (std::size_t i = 0; i < h.size(); ++i) f[i] = float(h[i]);
+  return f;
+}
+
+// lse[(b·H + h)·T + i] = log Σ_{j ≤ i} exp(q_i·k_j / √hd) from (rotated) qkvr, in double.
+std::vector<float> host_lse(const std::vector<float>& qkvr, int B, int T, int C, int H) {
+  const int hd = C / H;
+  const double scale = 1.0 / std::sqrt(double(hd));
+  std::vector<float> lse(std::size_t(B) * H * T);
+  std::vector<double> s(T);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < T; ++i) {
+        const float* q = qkvr.data() + (std::size_t(b) * T + i) * 3 * C + std::size_t(h) * 3 * hd;
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int j = 0; j <= i; ++j) {
+          const float* k = qkvr.data() + (std::size_t(b) * T + j) * 3 * C + std::size_t(h) * 3 * hd + hd;
+          double d = 0;
+          for (int c = 0; c < hd; ++c) d += double(q[c]) * double(k[c]);
+          s[j] = d * scale;
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j <= i; ++j) sum += std::exp(s[j] - mx);
+        lse[(std::size_t(b) * H + h) * T + i] = float(mx + std::log(sum));
+      }
+  return lse;
+}
+
+// What the CUDA run produced, as floats.
+struct GpuAttention {
+  std::vector<float> out, qkvr, lse, dqkv;
+  bool backward_repeats = false;  // a second backward gave the same bits
+};
+
+template <class T>
+GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const std::vector<float>& dout,
+                     const Rope& rope) {
+  const int C = s.H * s.hd;
+  const std::size_t N = std::size_t(s.B) * s.T;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto d_qkv = upload_as<T>(qkv), d_dout = upload_as<T>(dout);
+  auto d_cos = to_device(rope.cos), d_sin = to_device(rope.sin);
+  DeviceBuffer<T> d_out(N * C), d_qkvr(N * 3 * C);
+  auto d_dqkv = to_device(std::vector<T>(N * 3 * C, T(nan))), d_dqkv2 = to_device(std::vector<T>(N * 3 * C, T(nan)));
+  auto d_lse = to_device(std::vector<float>(std::size_t(s.B) * s.H * s.T, nan));
+  backend::attention_forward(gpu(), d_out.data(), d_qkvr.data(), d_lse.data(), d_qkv.data(), d_cos.data(),
+                             d_sin.data(), s.B, s.T, C, s.H, s.rot);
+  backend::attention_backward(gpu(), d_dqkv.data(), d_dout.data(), d_out.data(), d_qkvr.data(), d_lse.data(),
+                              d_cos.data(), d_sin.data(), s.B, s.T, C, s.H, s.rot);
+  backend::attention_backward(gpu(), d_dqkv2.data(), d_dout.data(), d_out.data(), d_qkvr.data(), d_lse.data(),
+                              d_cos.data(), d_sin.data(), s.B, s.T, C, s.H, s.rot);
+  GpuAttention g{download_float(d_out), download_float(d_qkvr), to_host(d_lse), download_float(d_dqkv)};
+  const auto again = download_float(d_dqkv2);
+  g.backward_repeats = std::memcmp(again.data(), g.dqkv.data(), again.size() * sizeof(float)) == 0;
+  return g;
+}
+
+void fp32_case(const AttnShape& s) {
+  CAPTURE(s.B);
+  CAPTURE(s.T);
+  CAPTURE(s.H);
+  CAPTURE(s.hd);
+  CAPTURE(s.rot);
+  const int C = s.H * s.hd;
+  const std::size_t N = std::size_t(s.B) * s.T;
+  const Rope rope = rope_tables(s.T, s.rot);
+  const auto qkv = randn(N * 3 * C, 300 + std::uint64_t(s.hd)), dout = randn(N * C, 400 + std::uint64_t(s.T));
+  std::vector<float> out(N * C), qkvr(N * 3 * C), att(std::size_t(s.B) * s.H * s.T * s.T), dqkv(N * 3 * C);
+  backend::attention_forward(Cpu{}, out.data(), qkvr.data(), att.data(), qkv.data(), rope.cos.data(),
+                             rope.sin.data(), s.B, s.T, C, s.H, s.rot);
+  backend::attention_backward(Cpu{}, dqkv.data(), dout.data(), out.data(), qkvr.data(), att.data(), rope.cos.data(),
+                              rope.sin.data(), s.B, s.T, C, s.H, s.rot);
+  const auto g = run_gpu<float>(s, qkv, dout, rope);
+  check_close(g.qkvr, qkvr, 1e-6, 1e-6, "qkvr");
+  check_close(g.out, out, 1e-4, 1e-4, "out");
+  check_close(g.lse, host_lse(qkvr, s.B, s.T, C, s.H), 1e-5, 1e-5, "lse");
+  check_close(g.dqkv, dqkv, 1e-4, 1e-4, "dqkv");
+  CHECK(g.backward_repeats);
+}
+
+// bf16 storage: the inputs are bf16 values; the GPU stores qkvr, out and dqkv
+// in bf16. qkvr is checked against the CPU's rounded to bf16 (one bf16 step at
+// most: rounding near a tie), then the CPU reference for out and dqkv runs in
+// fp32 on the GPU's own qkvr (rot = 0 in its forward: the values are already
+// rotated), so what remains is fp32 summation order, the rounding of out and
+// dqkv, and D computed from the rounded out.
+void bf16_case(const AttnShape& s) {
+  CAPTURE(s.B);
+  CAPTURE(s.T);
+  CAPTURE(s.H);
+  CAPTURE(s.hd);
+  CAPTURE(s.rot);
+  const int C = s.H * s.hd;
+  const std::size_t N = std::size_t(s.B) * s.T;
+  const Rope rope = rope_tables(s.T, s.rot);
+  const auto qkv = round_bf16(randn(N * 3 * C, 500 + std::uint64_t(s.hd)));
+  const auto dout = round_bf16(randn(N * C, 600 + std::uint64_t(s.T)));
+  std::vector<float> out(N * C), qkvr(N * 3 * C), att(std::size_t(s.B) * s.H * s.T * s.T), dqkv(N * 3 * C);
+  backend::attention_forward(Cpu{}, out.data(), qkvr.data(), att.data(), qkv.data(), rope.cos.data(),
+                             rope.sin.data(), s.B, s.T, C, s.H, s.rot);
+  const auto g = run_gpu<bf16>(s, qkv, dout, rope);
+  check_close(g.qkvr, round_bf16(qkvr), 1e-6, 1.0 / 128, "qkvr (bf16)");
+
+  std::vector<float> qkvr_again(N * 3 * C);
+  backend::attention_forward(Cpu{}, out.data(), qkvr_again.data(), att.data(), g.qkvr.data(), rope.cos.data(),
+                             rope.sin.data(), s.B, s.T, C, s.H, 0);
+  backend::attention_backward(Cpu{}, dqkv.data(), dout.data(), out.data(), g.qkvr.data(), att.data(),
+                              rope.cos.data(), rope.sin.data(), s.B, s.T, C, s.H, s.rot);
+  check_close(g.out, out, 1e-2, 1.0 / 128, "out (bf16)");
+  check_close(g.lse, host_lse(g.qkvr, s.B, s.T, C, s.H), 1e-5, 1e-5, "lse (bf16 storage)");
+  check_close(g.dqkv, dqkv, 2e-2, 2e-2, "dqkv (bf16)");
+  CHECK(g.backward_repeats);
+}
+
+// The message of the doremi::Error that f throws ("" when none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("cuda: attention argument checks name the bad value (before any CUDA call: runs without a GPU)") {
+  using backend::cuda::attention_check;
+  CHECK(attention_check(2, 37, 128, 2, 16) == 64);
+  CHECK(attention_check(1, 1, 16, 1, 0) == 16);
+  CHECK(attention_check(1, 5, 512, 4, 128) == 128);
+  const struct {
+    int B, T, C, H, rot;
+    const char* says;
+  } bad[] = {
+      {0, 8, 64, 2, 0, "B = 0"},
+      {2, -1, 64, 2, 0, "T = -1"},
+      {2, 8, 64, 0, 0, "H = 0"},
+      {2, 8, 100, 3, 0, "C = 100"},
+      {2, 8, 96, 2, 0, "hd = C / H = 48"},     // unsupported head dimension
+      {2, 8, 512, 2, 0, "16, 32, 64, 128"},    // hd = 256: the message lists the supported set
+      {2, 8, 128, 2, 3, "rot = 3"},            // odd
+      {2, 8, 128, 2, 66, "rot = 66"},          // > hd
+      {2, 8, 128, 2, -2, "rot = -2"},
+  };
+  for (const auto& b : bad) {
+    INFO("expected in the message: " << b.says);
+    const std::string msg = error_of([&] { attention_check(b.B, b.T, b.C, b.H, b.rot); });
+    INFO(msg);
+    CHECK(msg.find(b.says) != std::string::npos);
+    CHECK(msg.find("attention") != std::string::npos);
+  }
+  if (!backend::cuda_available()) {
+    MESSAGE("no CUDA device: attention_forward/backward's own rejection of bad shapes is not exercised");
+    return;
+  }
+  // The layer functions check first: null pointers are never touched.
+  float* null = nullptr;
+  const std::string fwd = error_of([&] {
+    backend::attention_forward(gpu(), null, null, null, null, null, null, 2, 8, 96, 2, 0);
+  });
+  CHECK(fwd.find("48") != std::string::npos);
+  const std::string bwd = error_of([&] {
+    backend::attention_backward(gpu(), null, null, null, null, null, null, null, 2, 8, 128, 2, 3);
+  });
+  CHECK(bwd.find("rot = 3") != std::string::npos);
+}
+
+TEST_CASE("cuda: attention forward and backward (flash-style) match the CPU, fp32") {
+  REQUIRE_GPU();
+  for (const AttnShape& s : {AttnShape{1, 1, 2, 16, 16}, AttnShape{2, 37, 3, 16, 4}, AttnShape{1, 130, 2, 64, 16},
+                             AttnShape{2, 256, 2, 64, 0}, AttnShape{1, 64, 2, 64, 64}, AttnShape{1, 37, 2, 32, 32},
+                             AttnShape{2, 100, 1, 32, 8}, AttnShape{1, 130, 1, 128, 32},
+                             AttnShape{2, 65, 1, 128, 128}, AttnShape{1, 256, 1, 16, 0}})
+    fp32_case(s);
+}
+
+TEST_CASE("cuda: attention forward and backward (flash-style) match the CPU, bf16 storage") {
+  REQUIRE_GPU();
+  for (const AttnShape& s : {AttnShape{2, 130, 2, 64, 16}, AttnShape{1, 37, 1, 128, 128}, AttnShape{1, 70, 2, 16, 0},
+                             AttnShape{1, 256, 1, 32, 8}})
+    bf16_case(s);
+}

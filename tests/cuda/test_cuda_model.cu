@@ -1,0 +1,173 @@
+// Whole models on backend::Cuda against backend::Cpu: the same weights and
+// batches give the same per-token losses and gradients (fp32: different
+// summation orders; bf16 products: bf16 tolerances), a short training run and
+// DRO run follow the CPU's trajectory, and checkpoints move between the two.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+#include "cuda_test_util.hpp"
+#include "doremi/doremi.hpp"
+#include "doremi/train/dro_trainer.hpp"
+
+using namespace cuda_test;
+
+namespace {
+
+// Rotary, parallel residual, untied (GPT-NeoX) and learned positions,
+// sequential, tied (GPT-2): head dimension 16 and 32.
+constexpr Spec neox_small{.name = "gpu-neox", .n_layer = 2, .n_embd = 64, .n_head = 4, .n_ctx = 64, .vocab = 300,
+                          .vocab_multiple = 16, .rotary_pct = 0.25, .tied_embeddings = false,
+                          .residual = Residual::parallel, .gelu = Gelu::exact};
+constexpr Spec gpt2_small{.name = "gpu-gpt2", .n_layer = 2, .n_embd = 64, .n_head = 2, .n_ctx = 64, .vocab = 300,
+                          .vocab_multiple = 16, .rotary_pct = 0.0, .tied_embeddings = true,
+                          .residual = Residual::sequential, .gelu = Gelu::tanh};
+
+// Batches with three domains: uniform random tokens, a repeated phrase, a
+// fixed Markov-ish sequence; some padding targets.
+std::vector<Batch> make_batches(int count, int B, int T, int vocab) {
+  std::vector<Batch> out;
+  for (int n = 0; n < count; ++n) {
+    Batch b;
+    b.B = B;
+    b.T = T;
+    for (int r = 0; r < B; ++r) {
+      const int d = (n + r) % 3;
+      b.domain.push_back(d);
+      for (int t = 0; t <= T; ++t) {
+        std::int32_t tok = 0;
+        if (d == 0) tok = std::int32_t(Philox::below(vocab, 11, std::uint64_t(n * 100 + r), std::uint64_t(t)));
+        if (d == 1) tok = std::int32_t(t % 9 + 20);
+        if (d == 2) tok = std::int32_t((t * t + 7 * r) % 50 + 100);
+        if (t < T) b.inputs.push_back(tok);
+        if (t > 0) b.targets.push_back(r == 1 && t > T - 3 ? -1 : tok);
+      }
+    }
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+struct ListSampler {
+  std::vector<Batch> batches;
+  std::size_t next_index = 0;
+  Batch next() { return batches.at(next_index++ % batches.size()); }
+};
+
+std::vector<float> to_vector(std::span<const float> s) { return {s.begin(), s.end()}; }
+
+template <Spec S>
+void compare_step(double atol, double rtol) {
+  using Cfg = Config<S, float>;
+  Model<Cfg, Cpu> cpu;
+  Model<Cfg, Cuda> gpu_model(gpu());
+  cpu.init(5);
+  gpu_model.init(5);
+  check_close(to_vector(gpu_model.host_parameters()), to_vector(cpu.host_parameters()), 0, 0, "init");
+  const Batch b = make_batches(1, 3, 48, Cfg::vocab)[0];
+  std::vector<float> w(b.inputs.size());
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(0.5 + Philox::uniform(3, 0, i)) / float(w.size());
+  const auto rc = cpu.forward(b.inputs, b.targets, b.B, b.T);
+  const auto rg = gpu_model.forward(b.inputs, b.targets, b.B, b.T);
+  CHECK(rc.tokens == rg.tokens);
+  check_close(to_vector(rg.losses), to_vector(rc.losses), atol, rtol, "per-token losses");
+  cpu.zero_grad();
+  gpu_model.zero_grad();
+  cpu.backward(w);
+  gpu_model.backward(w);
+  std::vector<float> gg(gpu_model.num_parameters());
+  backend::download(gpu(), gg.data(), gpu_model.gradients().data(), gg.size());
+  const auto gc = to_vector(cpu.gradients());
+  double scale = 0;  // gradients are compared relative to the largest one
+  for (float g : gc) scale = std::max(scale, double(std::abs(g)));
+  check_close(gg, gc, atol * scale, rtol, "gradients");
+}
+
+}  // namespace
+
+TEST_CASE("cuda model: without a device, Model<Cfg, Cuda> raises doremi::Error naming the CPU alternative") {
+  if (backend::cuda_available()) {
+    MESSAGE("a CUDA device is present: the no-device path is not exercised");
+    return;
+  }
+  CHECK_THROWS_AS((Model<Config<neox_small, float>, Cuda>()), Error);
+}
+
+TEST_CASE("cuda model: forward losses and gradients match the CPU (fp32)") {
+  REQUIRE_GPU();
+  compare_step<neox_small>(1e-5, 1e-3);
+  compare_step<gpt2_small>(1e-5, 1e-3);
+}
+
+TEST_CASE("cuda model: bf16 matrix products match the CPU's bf16 products") {
+  REQUIRE_GPU();
+  compare_step<bf16_matmul(neox_small)>(2e-3, 3e-2);
+}
+
+TEST_CASE("cuda model: a short training run and a DRO run follow the CPU's") {
+  REQUIRE_GPU();
+  using Cfg = Config<neox_small, float>;
+  TrainConfig c;
+  c.steps = 12;
+  c.adam.lr = 3e-3;
+  c.schedule.kind = LrSchedule::Kind::constant;
+  c.schedule.peak_lr = 3e-3;
+  c.progress = false;
+  const auto batches = make_batches(4, 3, 48, Cfg::vocab);
+  Model<Cfg, Cpu> cpu;
+  Model<Cfg, Cuda> gpu_model(gpu());
+  cpu.init(9);
+  gpu_model.init(9);
+  ListSampler sc{batches}, sg{batches};
+  Trainer tc(cpu, sc, c);
+  Trainer tg(gpu_model, sg, c);
+  double first = 0, last = 0;
+  for (long s = 0; s < c.steps; ++s) {
+    const StepStats a = tc.train_step(), b = tg.train_step();
+    INFO("step ", s);
+    CHECK(b.loss == doctest::Approx(a.loss).epsilon(2e-3));
+    CHECK(b.grad_norm == doctest::Approx(a.grad_norm).epsilon(1e-2));
+    if (s == 0) first = b.loss;
+    last = b.loss;
+  }
+  CHECK(last < first - 0.5);  // it learns
+
+  // DRO: the proxies above keep training against fresh references.
+  Model<Cfg, Cpu> ref_c;
+  Model<Cfg, Cuda> ref_g(gpu());
+  ref_c.init(3);
+  ref_g.init(3);
+  auto weights = [] {
+    return DomainWeights({"random", "repeat", "pattern"}, {1, 1, 1}, {1, 1, 1},
+                         std::log(double(Cfg::padded_vocab)), DroConfig{1.0, 1e-3});
+  };
+  c.steps = 6;
+  DROTrainer dc(cpu, ref_c, sc, c, weights());
+  DROTrainer dg(gpu_model, ref_g, sg, c, weights());
+  for (long s = 0; s < c.steps; ++s) {
+    const StepStats a = dc.train_step(), b = dg.train_step();
+    INFO("dro step ", s);
+    CHECK(b.loss == doctest::Approx(a.loss).epsilon(5e-3));
+  }
+  for (std::size_t d = 0; d < 3; ++d) {
+    CHECK(dg.domain_weights().alpha()[d] == doctest::Approx(dc.domain_weights().alpha()[d]).epsilon(1e-3));
+    CHECK(dg.domain_weights().average()[d] == doctest::Approx(dc.domain_weights().average()[d]).epsilon(1e-3));
+  }
+}
+
+TEST_CASE("cuda model: checkpoints written from the GPU load on the CPU and back") {
+  REQUIRE_GPU();
+  using Cfg = Config<neox_small, float>;
+  const auto dir = std::filesystem::temp_directory_path() / "doremi_cuda_checkpoint_test";
+  std::filesystem::remove_all(dir);
+  Model<Cfg, Cuda> a(gpu());
+  a.init(21);
+  save_model(a, dir);
+  Model<Cfg, Cpu> b;
+  load_model(b, dir);
+  CHECK(to_vector(a.host_parameters()) == to_vector(b.host_parameters()));
+  Model<Cfg, Cuda> c(gpu());
+  load_model(c, dir);
+  CHECK(to_vector(c.host_parameters()) == to_vector(b.host_parameters()));
+  std::filesystem::remove_all(dir);
+}
