@@ -1,15 +1,18 @@
 // doremi: the example command-line program.
 //
-//   doremi quickstart [--output DIR]                 the whole method on the embedded corpus
+//   doremi quickstart [--output DIR] [--device D]    the whole method on the embedded corpus
 //   doremi tokenize --tokenizer PATH|bytes --input FILE
 //   doremi preprocess --input PATH... --domain-key KEY --tokenizer PATH --seq-len N --output DIR
 //   doremi baseline-weights --data DIR --output FILE [--mode pack|nopack] [--epochs pile|FILE]
 //   doremi train (--text FILE | --data DIR [--weights FILE|uniform]) [--preset NAME] [--output DIR]
 //   doremi dro --data DIR --reference DIR [--weights FILE|uniform] --output DIR
 //   doremi eval --model DIR --data DIR
-//   doremi pipeline --config FILE
+//   doremi pipeline --config FILE [--device D]
 //
-// Every subcommand has --help. Errors print "error: ..." and exit 1.
+// --device is cpu (default), cuda or cuda:N on train --data, dro, eval,
+// pipeline and quickstart; the GPU stages are compiled in when the build has
+// the CUDA backend (cuda_stages.cu). Every subcommand has --help. Errors print
+// "error: ..." and exit 1.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -22,6 +25,7 @@
 #include <fmt/format.h>
 
 #include "doremi/doremi.hpp"                  // Model, presets, Error
+#include "doremi/backend/device.hpp"          // Device
 #include "doremi/data/byte_tokenizer.hpp"     // ByteTokenizer
 #include "doremi/data/dataset_folder.hpp"     // open_dataset_folder, AnySource
 #include "doremi/data/domain_config.hpp"      // read/write domain configs, weights by size
@@ -31,6 +35,12 @@
 #include "doremi/model/dispatch.hpp"          // dispatch_preset, preset_for_checkpoint
 #include "doremi/pipeline/pipeline.hpp"       // run_pipeline, StagesFor
 #include "doremi/train/trainer.hpp"           // Trainer, TrainConfig
+
+#ifdef DOREMI_CLI_CUDA
+namespace doremi_cli {  // cuda_stages.cu
+std::unique_ptr<doremi::ModelStages> make_cuda_stages(const std::string& preset, int device);
+}
+#endif
 
 namespace {
 
@@ -117,11 +127,18 @@ int run_text_train(const TextTrainArgs& a, StageConfig stage) {
 
 // ---- data-folder stages (train, dro, eval) ------------------------------------
 
-std::unique_ptr<ModelStages> make_stages(const std::string& preset) {
-  return dispatch_preset<float>(preset, [&]<class Cfg>() -> std::unique_ptr<ModelStages> {
-    return std::make_unique<StagesFor<Cfg>>();
-  });
+std::unique_ptr<ModelStages> stages_on(const std::string& preset, const Device& device) {
+  if (!device.is_cuda()) return make_stages(preset);
+#ifdef DOREMI_CLI_CUDA
+  return doremi_cli::make_cuda_stages(preset, device.index);
+#else
+  fail("--device {}: this doremi was built without the CUDA backend (configure with -DDOREMI_CUDA=ON on a machine "
+       "with nvcc)",
+       device.str());
+#endif
 }
+
+Device parse_device(const std::string& s) { return Device::parse(s, "--device"); }
 
 // Weights for `data`'s domains: a domain config file, or "uniform".
 std::vector<double> weights_for(const std::string& spec, const PipelineData& data) {
@@ -169,13 +186,15 @@ void write_random_domain(const fs::path& file, int documents, int length, std::u
   write_file_atomic(file, out);
 }
 
-int run_quickstart(const fs::path& output, int threads) {
+int run_quickstart(const fs::path& output, int threads, const Device& device) {
   const fs::path corpus = fs::path(DOREMI_EXAMPLE_DATA) / "quickstart";
   std::vector<fs::path> inputs;
   for (const auto& e : fs::directory_iterator(corpus))
     if (e.path().extension() == ".jsonl") inputs.push_back(e.path());
   std::sort(inputs.begin(), inputs.end());
   if (inputs.empty()) fail("no quickstart corpus in {}", corpus.string());
+  const std::string preset = "tiny";
+  auto stages = stages_on(preset, device);  // no GPU: the error comes before any work
   fs::create_directories(output);
   write_random_domain(output / "random.jsonl", 200, 2000, 7);
   inputs.push_back(output / "random.jsonl");
@@ -193,7 +212,8 @@ int run_quickstart(const fs::path& output, int threads) {
   RunConfig rc;
   rc.data = pc.output;
   rc.output = output / "run";
-  rc.preset = rc.main_preset = "tiny";
+  rc.preset = rc.main_preset = preset;
+  rc.device = device;
   rc.seq_len = 128;
   rc.reference_weights = "pack";  // by size, as the paper's default
   StageConfig base;
@@ -205,7 +225,6 @@ int run_quickstart(const fs::path& output, int threads) {
   rc.reference = rc.main = rc.proxy = base;
   rc.proxy.dro = DroConfig{1.0, 1e-3};
   rc.eval_max_tokens = 40000;
-  auto stages = make_stages(rc.preset);
   const PipelineResult r = run_pipeline(rc, *stages, *stages);
   print_perplexity_table(r.domains, r.reference_weights, r.doremi_weights, &*r.baseline_perplexity,
                          &*r.doremi_perplexity);
@@ -226,6 +245,9 @@ int main(int argc, char** argv) {
   auto* quick = app.add_subcommand("quickstart", "Run the whole pipeline on the embedded multi-domain corpus");
   quick->add_option("--output", qs_output, "Output folder")->capture_default_str();
   quick->add_option("--threads", threads, "Preprocessing threads (0: all)");
+  const char* device_help = "cpu, cuda or cuda:N";
+  std::string qs_device = "cpu";
+  quick->add_option("--device", qs_device, device_help)->capture_default_str();
 
   // tokenize
   std::string tok_spec, tok_input;
@@ -279,6 +301,8 @@ int main(int argc, char** argv) {
   train->add_option("--holdout", ta.holdout, "Share of the text held out (with --text)")->capture_default_str();
   train->add_option("--log-every", ta.log_every, "Steps between printed lines")->capture_default_str();
   add_stage_options(train, train_stage);
+  std::string train_device = "cpu";
+  train->add_option("--device", train_device, "cpu, cuda or cuda:N (with --data)")->capture_default_str();
 
   // dro
   StageConfig dro_stage;
@@ -297,6 +321,8 @@ int main(int argc, char** argv) {
   dro->add_option("--eta", dro_stage.dro.eta, "Step size η")->capture_default_str();
   dro->add_option("--smoothing", dro_stage.dro.smoothing, "Smoothing c")->capture_default_str();
   add_stage_options(dro, dro_stage);
+  std::string dro_device = "cpu";
+  dro->add_option("--device", dro_device, device_help)->capture_default_str();
 
   // eval
   std::string ev_model, ev_data, ev_preset;
@@ -308,15 +334,19 @@ int main(int argc, char** argv) {
   ev->add_option("--preset", ev_preset, "Model preset (default: matched from config.json)");
   ev->add_option("--seq-len", ev_seq, "Window length (default: the data's seq_len or the context)");
   ev->add_option("--max-tokens", ev_max, "Target tokens per domain (0: all)");
+  std::string ev_device = "cpu";
+  ev->add_option("--device", ev_device, device_help)->capture_default_str();
 
   // pipeline
   std::string pl_config;
   auto* pl = app.add_subcommand("pipeline", "Run the whole DoReMi pipeline from a run config");
   pl->add_option("--config", pl_config, "Run config JSON (see include/doremi/pipeline/run_config.hpp)")->required();
+  std::string pl_device;
+  pl->add_option("--device", pl_device, "cpu, cuda or cuda:N (default: the config's \"device\", else cpu)");
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (quick->parsed()) return run_quickstart(qs_output, threads);
+    if (quick->parsed()) return run_quickstart(qs_output, threads, parse_device(qs_device));
     if (tokenize->parsed()) {
       const Tokenizer tok = load_tokenizer(tok_spec);
       fmt::print("{}\n", nlohmann::json(tok.encode(read_text(tok_input))).dump());
@@ -348,9 +378,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (train->parsed()) {
-      if (train_data.empty()) return run_text_train(ta, train_stage);
+      const Device device = parse_device(train_device);
+      if (train_data.empty()) {
+        if (device.is_cuda()) fail("train --text runs on the CPU; --device {} needs --data", device.str());
+        return run_text_train(ta, train_stage);
+      }
       if (ta.output.empty()) fail("train --data needs --output");
-      auto stages = make_stages(ta.preset);
+      auto stages = stages_on(ta.preset, device);
       const PipelineData data = open_data(train_data, domains_of(train_weights), ta.seq_len, ta.seed);
       stages->train(data, train_stage, weights_for(train_weights, data), ta.output);
       fmt::print("model written to {}\n", (fs::path(ta.output) / "final").string());
@@ -358,7 +392,7 @@ int main(int argc, char** argv) {
     }
     if (dro->parsed()) {
       if (dro_preset.empty()) dro_preset = preset_for_checkpoint(fs::path(dro_ref) / "final");
-      auto stages = make_stages(dro_preset);
+      auto stages = stages_on(dro_preset, parse_device(dro_device));
       const PipelineData data = open_data(dro_data, domains_of(dro_weights), dro_seq, dro_seed);
       const auto w = weights_for(dro_weights, data);
       const auto avg = stages->dro(data, dro_stage, w, w, w, dro_ref, dro_output);
@@ -374,19 +408,15 @@ int main(int argc, char** argv) {
       PipelineData data{{}, open_dataset_folder(ev_data, "validation"), ev_seq, 1, ev_max};
       if (data.seq_len == 0)
         data.seq_len = data.validation.manifest.is_null() ? 0 : data.validation.manifest.value("seq_len", 0);
-      return dispatch_preset<float>(ev_preset, [&]<class Cfg>() {
-        Model<Cfg> model;
-        load_model(model, model_dir);
-        const int T = data.seq_len > 0 ? std::min(data.seq_len, Cfg::n_ctx) : Cfg::n_ctx;
-        const auto r = evaluate_perplexity(model, data.validation.domains, data.validation.sources, T, 8, ev_max);
-        fmt::print("{}\n", r.to_json().dump(2));
-        return 0;
-      });
+      const auto r = stages_on(ev_preset, parse_device(ev_device))->evaluate_checkpoint(data, model_dir);
+      fmt::print("{}\n", r.to_json().dump(2));
+      return 0;
     }
     if (pl->parsed()) {
-      const RunConfig rc = RunConfig::from_json(read_json_file(pl_config), pl_config);
-      auto small = make_stages(rc.preset);
-      auto main_stages = rc.main_preset == rc.preset ? nullptr : make_stages(rc.main_preset);
+      RunConfig rc = RunConfig::from_json(read_json_file(pl_config), pl_config);
+      if (!pl_device.empty()) rc.device = parse_device(pl_device);
+      auto small = stages_on(rc.preset, rc.device);
+      auto main_stages = rc.main_preset == rc.preset ? nullptr : stages_on(rc.main_preset, rc.device);
       const PipelineResult r = run_pipeline(rc, *small, main_stages ? *main_stages : *small);
       print_perplexity_table(r.domains, r.reference_weights, r.doremi_weights,
                              r.baseline_perplexity ? &*r.baseline_perplexity : nullptr,

@@ -8,35 +8,13 @@
 #include "doremi/data/preprocess.hpp"
 #include "doremi/data/tokenizer.hpp"
 #include "doremi/pipeline/pipeline.hpp"
+#include "test_corpus.hpp"
 #include "test_util.hpp"
 
 using namespace doremi;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path make_corpus(const fs::path& dir) {
-  std::ofstream out(dir / "corpus.jsonl");
-  for (int i = 0; i < 120; ++i) {
-    std::string text;
-    const char* domain = i % 3 == 0 ? "counting" : i % 3 == 1 ? "random" : "repeat";
-    for (int t = 0; t < 200; ++t) {
-      if (i % 3 == 0) text += char('a' + (t % 26));
-      if (i % 3 == 1) text += char(33 + Philox::below(90, 5, std::uint64_t(i), std::uint64_t(t)));
-      if (i % 3 == 2) text += "do re mi "[t % 9];
-    }
-    out << nlohmann::json{{"text", text}, {"meta", {{"domain", domain}}}}.dump() << "\n";
-  }
-  PreprocessConfig pc;
-  pc.inputs = {dir / "corpus.jsonl"};
-  pc.output = dir / "data";
-  pc.domain_key = "meta.domain";
-  pc.seq_len = 32;
-  pc.validation_share = 0.2;
-  pc.progress = false;
-  preprocess(pc, Tokenizer{});
-  return pc.output;
-}
 
 nlohmann::json run_config_json(const fs::path& data, const fs::path& out) {
   const nlohmann::json stage{{"steps", 12}, {"batch_size", 4}, {"lr", 3e-3}, {"schedule", "constant"}, {"warmup", 0.0}};
@@ -49,7 +27,7 @@ nlohmann::json run_config_json(const fs::path& data, const fs::path& out) {
 
 TEST_CASE("pipeline: two rounds, main and baseline models, outputs, and a rerun that skips finished stages") {
   test::TempDir dir("pipeline");
-  const fs::path data = make_corpus(dir.path);
+  const fs::path data = test::make_corpus(dir.path);
   const RunConfig cfg = RunConfig::from_json(run_config_json(data, dir.path / "run"), "test config");
   StagesFor<presets::Tiny<float>> tiny;
   const PipelineResult r = run_pipeline(cfg, tiny, tiny);
@@ -99,4 +77,21 @@ TEST_CASE("pipeline: run configs are checked field by field") {
   bad = good;
   bad["proxy"]["eta"] = 0;
   CHECK_THROWS_AS(RunConfig::from_json(bad, "cfg"), Error);
+  // The device: cpu by default, cuda or cuda:N; anything else names the field.
+  CHECK(!RunConfig::from_json(good, "cfg").device.is_cuda());
+  auto on_gpu = good;
+  on_gpu["device"] = "cuda:1";
+  const Device d = RunConfig::from_json(on_gpu, "cfg").device;
+  CHECK((d.is_cuda() && d.index == 1 && d.str() == "cuda:1"));
+  for (const char* wrong : {"gpu", "cuda:", "cuda:-1", "cuda:1x", "CPU"}) {
+    bad = good;
+    bad["device"] = wrong;
+    CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("field 'device'"), Error);
+  }
+  CHECK(Device::parse("cuda", "x").index == 0);
+}
+
+TEST_CASE("pipeline: make_stages builds a compiled preset by name and lists them for an unknown one") {
+  CHECK(make_stages("pythia-70m")->preset() == "pythia-70m");
+  CHECK_THROWS_WITH_AS(make_stages("pythia-7b"), doctest::Contains("doremi-120m"), Error);
 }

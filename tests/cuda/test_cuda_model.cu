@@ -6,8 +6,11 @@
 
 #include <filesystem>
 
+#include "../test_corpus.hpp"
+#include "../test_util.hpp"
 #include "cuda_test_util.hpp"
 #include "doremi/doremi.hpp"
+#include "doremi/pipeline/pipeline.hpp"
 #include "doremi/train/dro_trainer.hpp"
 
 using namespace cuda_test;
@@ -91,6 +94,7 @@ TEST_CASE("cuda model: without a device, Model<Cfg, Cuda> raises doremi::Error n
     return;
   }
   CHECK_THROWS_AS((Model<Config<neox_small, float>, Cuda>()), Error);
+  CHECK_THROWS_WITH_AS(make_stages("tiny", Cuda()), doctest::Contains("--device cpu"), Error);
 }
 
 TEST_CASE("cuda model: forward losses and gradients match the CPU (fp32)") {
@@ -170,4 +174,31 @@ TEST_CASE("cuda model: checkpoints written from the GPU load on the CPU and back
   load_model(c, dir);
   CHECK(to_vector(c.host_parameters()) == to_vector(b.host_parameters()));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("cuda pipeline: make_stages on the GPU gives the CPU's domain weights and perplexities") {
+  REQUIRE_GPU();
+  test::TempDir dir("cuda-pipeline");
+  const auto data = test::make_corpus(dir.path);
+  const nlohmann::json stage{{"steps", 16}, {"batch_size", 4}, {"lr", 3e-3}, {"schedule", "constant"}, {"warmup", 0.0}};
+  auto config = [&](const char* device) {
+    return RunConfig::from_json({{"data", data.string()}, {"output", (dir.path / device).string()},
+                                 {"preset", "tiny"}, {"seq_len", 32}, {"reference_weights", "pack"},
+                                 {"reference", stage}, {"proxy", stage}, {"main", stage}, {"device", device},
+                                 {"eval_max_tokens", 2000}},
+                                device);
+  };
+  const auto cpu_stages = make_stages("tiny");
+  const auto gpu_stages = make_stages("tiny", Cuda());  // bf16 matrix products
+  const PipelineResult c = run_pipeline(config("cpu"), *cpu_stages, *cpu_stages);
+  const PipelineResult g = run_pipeline(config("cuda"), *gpu_stages, *gpu_stages);
+  REQUIRE(g.domains == c.domains);
+  for (std::size_t d = 0; d < c.domains.size(); ++d) {
+    INFO("domain ", c.domains[d]);
+    CHECK(g.doremi_weights[d] == doctest::Approx(c.doremi_weights[d]).epsilon(0.05));
+    CHECK(g.doremi_perplexity->log_perplexity[d] == doctest::Approx(c.doremi_perplexity->log_perplexity[d]).epsilon(0.02));
+    CHECK(g.baseline_perplexity->log_perplexity[d] ==
+          doctest::Approx(c.baseline_perplexity->log_perplexity[d]).epsilon(0.02));
+  }
+  CHECK(read_json_file(dir.path / "cuda/run_config.json").at("device") == "cuda:0");
 }

@@ -35,6 +35,7 @@
 #include "doremi/eval/perplexity.hpp"
 #include "doremi/eval/report.hpp"
 #include "doremi/model/checkpoint.hpp"
+#include "doremi/model/dispatch.hpp"
 #include "doremi/model/gpt.hpp"
 #include "doremi/pipeline/run_config.hpp"
 #include "doremi/train/dro_trainer.hpp"
@@ -86,15 +87,25 @@ struct ModelStages {
   virtual std::vector<double> dro(const PipelineData& data, const StageConfig& stage, const std::vector<double>& alpha0,
                                   const std::vector<double>& sampling, const std::vector<double>& eval_weights,
                                   const std::filesystem::path& reference_dir, const std::filesystem::path& dir) = 0;
-  // Per-domain held-out log-perplexity of the model in model_dir/final.
-  virtual PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) = 0;
+  // Per-domain held-out log-perplexity of the checkpoint in `checkpoint`
+  // (safetensors + config.json), windows of min(data.seq_len, context) tokens
+  // (the context when data.seq_len is 0).
+  virtual PerplexityReport evaluate_checkpoint(const PipelineData& data, const std::filesystem::path& checkpoint) = 0;
+  // The same for model_dir/final, also written to model_dir/perplexity.json.
+  PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) {
+    auto r = evaluate_checkpoint(data, model_dir / "final");
+    write_file_atomic(model_dir / "perplexity.json", r.to_json().dump(2) + "\n");
+    return r;
+  }
 };
 
-template <class Cfg>
+template <class Cfg, class Backend = backend::Cpu>
 class StagesFor final : public ModelStages {
  public:
-  using M = Model<Cfg>;
+  using M = Model<Cfg, Backend>;
   using Sampler = WeightedDomainSampler<AnySource>;
+
+  explicit StagesFor(Backend be = {}) : be_(std::move(be)) {}
 
   std::string preset() const override { return std::string(Cfg::name); }
 
@@ -102,7 +113,7 @@ class StagesFor final : public ModelStages {
              const std::filesystem::path& dir) override {
     if (stage_done(dir)) return;
     check_data(data);
-    M model;
+    M model(be_);
     model.init(data.seed);
     Sampler sampler = make_sampler(data, weights, stage.batch_size, data.seed + 11);
     Trainer trainer(model, sampler, train_config_for(stage, dir));
@@ -117,7 +128,7 @@ class StagesFor final : public ModelStages {
                           const std::filesystem::path& reference_dir, const std::filesystem::path& dir) override {
     if (stage_done(dir)) return read_json_file(dir / "done.json").at("avg_domain_weights").get<std::vector<double>>();
     check_data(data);
-    M reference, proxy;
+    M reference(be_), proxy(be_);
     load_model(reference, reference_dir / "final");
     proxy.init(data.seed + 1);
     Sampler sampler = make_sampler(data, sampling, stage.batch_size, data.seed + 12);
@@ -132,16 +143,16 @@ class StagesFor final : public ModelStages {
     return avg;
   }
 
-  PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) override {
-    M model;
-    load_model(model, model_dir / "final");
-    auto r = evaluate_perplexity(model, data.validation.domains, data.validation.sources, data.seq_len, 8,
-                                 data.eval_max_tokens);
-    write_file_atomic(model_dir / "perplexity.json", r.to_json().dump(2) + "\n");
-    return r;
+  PerplexityReport evaluate_checkpoint(const PipelineData& data, const std::filesystem::path& checkpoint) override {
+    M model(be_);
+    load_model(model, checkpoint);
+    const int T = data.seq_len > 0 ? std::min(data.seq_len, Cfg::n_ctx) : Cfg::n_ctx;
+    return evaluate_perplexity(model, data.validation.domains, data.validation.sources, T, 8, data.eval_max_tokens);
   }
 
  private:
+  Backend be_;
+
   static void check_data(const PipelineData& data) {
     if (data.seq_len > Cfg::n_ctx)
       fail("seq_len {} exceeds preset '{}''s context of {} tokens", data.seq_len, Cfg::name, Cfg::n_ctx);
@@ -153,6 +164,23 @@ class StagesFor final : public ModelStages {
     return Sampler(data.train.domains, data.train.sources, weights, batch_size, data.seq_len, seed, options);
   }
 };
+
+// The stages of a compiled preset, by name, on a backend (error listing the
+// presets for an unknown name). On a GPU the matrix products take bf16
+// operands with fp32 accumulation, fp32 master weights and optimizer state;
+// on the CPU the preset's own scalar type throughout. Backends other than
+// the CPU need their header first and a translation unit compiled for them
+// (backend::Cuda: doremi/backend/cuda.hpp, nvcc).
+//
+//   auto cpu = doremi::make_stages("tiny");
+//   auto gpu = doremi::make_stages("doremi-120m", doremi::backend::Cuda(0));
+template <class Backend = backend::Cpu>
+std::unique_ptr<ModelStages> make_stages(std::string_view preset, Backend be = {}) {
+  return dispatch_preset<float>(preset, [&]<class Cfg>() -> std::unique_ptr<ModelStages> {
+    if constexpr (Backend::host_memory) return std::make_unique<StagesFor<Cfg, Backend>>(be);
+    else return std::make_unique<StagesFor<Config<bf16_matmul(Cfg::spec), float>, Backend>>(be);
+  });
+}
 
 struct PipelineResult {
   std::vector<std::string> domains;
@@ -201,6 +229,7 @@ inline void write_pipeline_report(const RunConfig& cfg, const PipelineResult& r,
   d.settings = {{"data", cfg.data.string()},
                 {"reference/proxy preset", small_preset},
                 {"main preset", main_preset},
+                {"device", cfg.device.str()},
                 {"sequence length", std::to_string(cfg.seq_len)},
                 {"reference weights", cfg.reference_weights},
                 {"rounds run", std::to_string(r.round_weights.size())},
@@ -226,6 +255,7 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
   fs::create_directories(cfg.output);
   write_file_atomic(cfg.output / "run_config.json", nlohmann::json{{"preset", small.preset()},
                                                                    {"main_preset", main.preset()},
+                                                                   {"device", cfg.device.str()},
                                                                    {"data", cfg.data.string()}}
                                                            .dump(2) + "\n");
   std::vector<std::string> domains = cfg.domains;

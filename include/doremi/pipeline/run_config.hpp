@@ -6,6 +6,7 @@
 //   "output": "runs/pile-120m",
 //   "preset": "doremi-120m",         // reference and proxy models
 //   "main_preset": "doremi-120m",    // main models (default: preset)
+//   "device": "cpu" | "cuda" | "cuda:N",   // where the models train (default cpu)
 //   "seq_len": 1024,
 //   "reference_weights": "config.json" | "uniform" | "pack" | "nopack",
 //   "domains": ["ArXiv", ...],       // optional subset (default: the reference config's or all)
@@ -27,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "doremi/backend/device.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/core/json.hpp"
 #include "doremi/optim/schedule.hpp"
@@ -52,6 +54,7 @@ struct StageConfig {
 struct RunConfig {
   std::filesystem::path data, output;
   std::string preset = "tiny", main_preset;
+  Device device;
   int seq_len = 128;
   std::string reference_weights = "uniform";  // a domain-config path, "uniform", "pack" or "nopack"
   std::vector<std::string> domains;
@@ -67,7 +70,7 @@ struct RunConfig {
   static RunConfig from_json(const nlohmann::json& j, const std::string& where) {
     if (!j.is_object()) fail("{}: the run config must be a JSON object", where);
     RunConfig c;
-    const std::set<std::string> known{"data",    "output",          "preset", "main_preset",    "seq_len",
+    const std::set<std::string> known{"data",    "output",          "preset", "main_preset",    "seq_len", "device",
                                       "reference_weights", "domains", "epochs", "reference",    "proxy",
                                       "main",    "proxy_sampling",  "rounds", "tolerance",      "baseline",
                                       "eval_max_tokens",   "seed",    "comment"};
@@ -80,6 +83,9 @@ struct RunConfig {
     c.output = output;
     get("preset", c.preset);
     get("main_preset", c.main_preset);
+    std::string device = "cpu";
+    get("device", device);
+    c.device = Device::parse(device, fmt::format("{}: field 'device'", where));
     get("seq_len", c.seq_len);
     get("reference_weights", c.reference_weights);
     get("domains", c.domains);
