@@ -18,6 +18,8 @@
 #   --peak-tflops X   bf16 dense peak for MFU (default 989: H100 SXM / H200)
 #   --no-compile      run the twin without torch.compile
 #   --skip-tests      build and run the benchmark only
+#   --quickstart      also build the `doremi` program and run `doremi quickstart
+#                     --device cuda` (the whole pipeline on the GPU; needs libcli11-dev)
 #   --jobs N          build parallelism (default nproc)
 #
 # Needs nvidia-smi, nvcc (CUDA 12+), cmake >= 3.24, a C++20 host compiler and
@@ -25,7 +27,7 @@
 # libzstd-dev libutf8proc-dev doctest-dev). Where those are missing, on a
 # machine that has them run
 #   mkdir -p debs && (cd debs && apt-get download libeigen3-dev libfmt-dev libfmt9 \
-#     nlohmann-json3-dev libzstd-dev libzstd1 libutf8proc-dev libutf8proc2 doctest-dev)
+#     nlohmann-json3-dev libzstd-dev libzstd1 libutf8proc-dev libutf8proc2 doctest-dev libcli11-dev)
 # and pass --deps debs. Exit status: 0 when the build, the tests and the
 # benchmark succeeded (the goals are reported, not enforced). Relative paths
 # are taken from the current folder; the build runs in the repository root.
@@ -42,6 +44,7 @@ steps=20
 peak=989
 twin_args=
 skip_tests=0
+quickstart=0
 jobs=$(nproc 2>/dev/null || echo 4)
 bench_extra=()
 
@@ -57,6 +60,7 @@ while [[ $# -gt 0 ]]; do
     --peak-tflops) peak=$2; shift 2 ;;
     --no-compile) twin_args="--no-compile"; shift ;;
     --skip-tests) skip_tests=1; shift ;;
+    --quickstart) quickstart=1; shift ;;
     --jobs) jobs=$2; shift 2 ;;
     --) shift; bench_extra=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -135,6 +139,7 @@ main() {
   have_header zstd.h || missing+=("libzstd-dev libzstd1")
   have_header utf8proc.h || missing+=("libutf8proc-dev libutf8proc2")
   have_header doctest/doctest.h || missing+=("doctest-dev")
+  [[ $quickstart == 0 ]] || have_header CLI/CLI.hpp || missing+=("libcli11-dev")
   missing_hint() {
     echo "missing Debian packages: ${missing[*]}"
     echo "prepare them on a machine with apt:  mkdir -p debs && (cd debs && apt-get download ${missing[*]})"
@@ -158,21 +163,22 @@ main() {
   fi
   if ! cmake -S "$repo" -B "$build_dir" "${generator[@]}" \
       -DCMAKE_BUILD_TYPE=Release -DDOREMI_CUDA=ON -DDOREMI_BUILD_TESTS=ON -DDOREMI_BUILD_BENCHMARKS=ON \
-      -DDOREMI_BUILD_EXAMPLES=OFF "-DCMAKE_CUDA_ARCHITECTURES=$arch" \
+      -DDOREMI_BUILD_EXAMPLES=$([[ $quickstart == 1 ]] && echo ON || echo OFF) "-DCMAKE_CUDA_ARCHITECTURES=$arch" \
       -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DCMAKE_POLICY_VERSION_MINIMUM=3.5 -Wno-dev; then
     [[ ${#missing[@]} -gt 0 ]] && missing_hint
     die "cmake configuration failed (see above)"
   fi
 
-  section "build doremi_cuda_tests and bench_gpu_step (-j$jobs)"
   targets=(bench_gpu_step)
   [[ $skip_tests == 1 ]] || targets=(doremi_cuda_tests bench_gpu_step)
+  [[ $quickstart == 0 ]] || targets+=(doremi_cli)
+  section "build ${targets[*]} (-j$jobs)"
   cmake --build "$build_dir" --target "${targets[@]}" -j "$jobs" || die "build failed (see above)"
 
   # The binaries find the unpacked libraries through their RPATH; if not, through LD_LIBRARY_PATH.
   run_env=()
   if [[ -n ${dep_libdir:-} ]]; then
-    for bin in "$tests_bin" "$bench_bin"; do
+    for bin in "$tests_bin" "$bench_bin" "$build_dir/examples/doremi"; do
       if [[ -x $bin ]] && ldd "$bin" 2>/dev/null | grep -q "not found"; then
         run_env=(env "LD_LIBRARY_PATH=$dep_libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
       fi
@@ -206,9 +212,20 @@ main() {
   set -e
   [[ $bench_rc == 0 ]] || { echo "bench_gpu_step failed (exit status $bench_rc)"; status=1; }
 
+  if [[ $quickstart == 1 ]]; then
+    section "doremi quickstart --device cuda"
+    rm -rf "$build_dir/quickstart"
+    set +e
+    "${run_env[@]}" timeout 300 "$build_dir/examples/doremi" quickstart --device cuda --output "$build_dir/quickstart"
+    qs_rc=$?
+    set -e
+    [[ $qs_rc == 0 ]] || { echo "quickstart failed (exit status $qs_rc)"; status=1; }
+  fi
+
   section "done"
   [[ $skip_tests == 1 ]] || echo "CUDA tests: $([[ ${tests_rc:-1} == 0 ]] && echo passed || echo FAILED)"
   echo "benchmark: $([[ $bench_rc == 0 ]] && echo ran || echo FAILED); log: $log"
+  [[ $quickstart == 0 ]] || echo "quickstart on the GPU: $([[ $qs_rc == 0 ]] && echo ran || echo FAILED)"
   total=$(( $(date +%s) - start ))
   elapsed
   [[ $total -le 480 ]] || echo "note: over the 8-minute budget of the issue"
