@@ -1,0 +1,103 @@
+// A DRO step (reference forward, proxy forward, domain-weight update, weighted
+// backward, AdamW: DROTrainer) against a plain training step of the same model
+// (Trainer), in one run, alternating rounds. The ideal ratio is about 4/3: the
+// DRO step adds one forward of the reference model to forward + backward
+// (≈ 3 forwards) of the proxy. Goal: at most 1.4x.
+//
+//   bench_dro_step [--steps 10] [--rounds 3] [--batch 4] [--seq 256]
+//
+// Model: cpu-bench (fp32), 4 domains, random tokens, OpenMP threads as set
+// by OMP_NUM_THREADS. Prints the median milliseconds per step of each and
+// their ratio.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "doremi/doremi.hpp"
+#include "doremi/train/dro_trainer.hpp"
+#include "doremi/train/trainer.hpp"
+
+using namespace doremi;
+
+namespace {
+
+using Cfg = presets::CpuBench<float>;
+using M = Model<Cfg>;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Random batches, sequence b of batch n from domain (n + b) mod 4.
+struct RandomBatches {
+  int B, T;
+  std::uint64_t n = 0;
+  Batch next() {
+    Batch b;
+    b.B = B;
+    b.T = T;
+    for (int r = 0; r < B; ++r) {
+      b.domain.push_back(std::int32_t((n + std::uint64_t(r)) % 4));
+      for (int t = 0; t <= T; ++t) {
+        const auto tok = std::int32_t(Philox::below(Cfg::vocab, 3, n * std::uint64_t(B) + std::uint64_t(r), std::uint64_t(t)));
+        if (t < T) b.inputs.push_back(tok);
+        if (t > 0) b.targets.push_back(tok);
+      }
+    }
+    ++n;
+    return b;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int steps = 10, rounds = 3, B = 4, T = 256;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    const int v = std::atoi(argv[i + 1]);
+    if (a == "--steps") steps = v;
+    else if (a == "--rounds") rounds = v;
+    else if (a == "--batch") B = v;
+    else if (a == "--seq") T = v;
+    else {
+      fmt::print(stderr, "usage: bench_dro_step [--steps 10] [--rounds 3] [--batch 4] [--seq 256]\n");
+      return 2;
+    }
+  }
+  if (steps < 1 || rounds < 1 || B < 1 || T < 2 || T > Cfg::n_ctx) {
+    fmt::print(stderr, "bench_dro_step: need --steps, --rounds, --batch >= 1 and 2 <= --seq <= {}\n", Cfg::n_ctx);
+    return 2;
+  }
+  TrainConfig c;
+  c.steps = long(steps) * rounds + 1;
+  c.progress = false;
+  M plain_model, proxy, reference;
+  plain_model.init(1);
+  proxy.init(1);
+  reference.init(2);
+  RandomBatches plain_data{B, T}, dro_data{B, T};
+  Trainer plain(plain_model, plain_data, c);
+  DROTrainer dro(proxy, reference, dro_data, c,
+                 DomainWeights({"a", "b", "c", "d"}, {1, 1, 1, 1}, {1, 1, 1, 1},
+                               DROTrainer<M, RandomBatches>::initial_score(), DroConfig{1.0, 1e-3}));
+  plain.train_step();  // warm-up: first-touch of buffers, GEMM primitives
+  dro.train_step();
+  std::vector<double> t_plain, t_dro;
+  for (int r = 0; r < rounds; ++r) {
+    for (int s = 0; s < steps; ++s) t_plain.push_back(plain.train_step().seconds);
+    for (int s = 0; s < steps; ++s) t_dro.push_back(dro.train_step().seconds);
+  }
+  const double p = median(t_plain), d = median(t_dro);
+  fmt::print("{} (fp32), batch {} x {}, {} rounds of {} steps each, medians:\n", Cfg::name, B, T, rounds, steps);
+  fmt::print("  plain training step  {:8.1f} ms  ({:.0f} tokens/s)\n", 1e3 * p, B * T / p);
+  fmt::print("  DRO step             {:8.1f} ms  ({:.0f} tokens/s)\n", 1e3 * d, B * T / d);
+  fmt::print("  ratio DRO / plain    {:8.3f}   (ideal about 4/3 = 1.333; goal <= 1.4: {})\n", d / p,
+             d / p <= 1.4 ? "met" : "NOT met");
+  return 0;
+}
