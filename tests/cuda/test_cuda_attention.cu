@@ -3,7 +3,9 @@
 // scaled scores computed here in double) and dqkv (the gradient w.r.t. the
 // unrotated qkv). Sequence lengths below, at and past the kernels' tiles (1,
 // 37, 64, 65, 100, 130, 256), every supported head dimension (16, 32, 64,
-// 128), rot = 0, hd/4 and hd, B = 2, fp32 and bf16 storage; dqkv poisoned
+// 128), rot = 0, hd/4 and hd, B = 2, fp32 and bf16 storage, and the
+// tensor-core kernels (MatmulPrecision::bf16, fp32 storage: bf16 tolerances,
+// hd 16 to 128, T 1 to 256 with tail tiles); dqkv poisoned
 // with NaN first (it must be overwritten everywhere); the backward repeated
 // for bit-for-bit determinism. The argument checks run without a GPU; every
 // other case skips with a MESSAGE when there is none.
@@ -98,7 +100,7 @@ struct GpuAttention {
   bool backward_repeats = false;  // a second backward gave the same bits
 };
 
-template <class T>
+template <class T, MatmulPrecision P = MatmulPrecision::native>
 GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const std::vector<float>& dout,
                      const Rope& rope) {
   const int C = s.H * s.hd;
@@ -109,11 +111,11 @@ GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const st
   DeviceBuffer<T> d_out(N * C), d_qkvr(N * 3 * C);
   auto d_dqkv = to_device(std::vector<T>(N * 3 * C, T(nan))), d_dqkv2 = to_device(std::vector<T>(N * 3 * C, T(nan)));
   auto d_lse = to_device(std::vector<float>(std::size_t(s.B) * s.H * s.T, nan));
-  backend::attention_forward(gpu(), d_out.data(), d_qkvr.data(), d_lse.data(), d_qkv.data(), d_cos.data(),
-                             d_sin.data(), s.B, s.T, C, s.H, s.rot);
-  backend::attention_backward(gpu(), d_dqkv.data(), d_dout.data(), d_out.data(), d_qkvr.data(), d_lse.data(),
-                              d_cos.data(), d_sin.data(), s.B, s.T, C, s.H, s.rot);
-  backend::attention_backward(gpu(), d_dqkv2.data(), d_dout.data(), d_out.data(), d_qkvr.data(), d_lse.data(),
+  backend::attention_forward<P>(gpu(), d_out.data(), d_qkvr.data(), d_lse.data(), d_qkv.data(), d_cos.data(),
+                                d_sin.data(), s.B, s.T, C, s.H, s.rot);
+  backend::attention_backward<P>(gpu(), d_dqkv.data(), d_dout.data(), d_out.data(), d_qkvr.data(), d_lse.data(),
+                                 d_cos.data(), d_sin.data(), s.B, s.T, C, s.H, s.rot);
+  backend::attention_backward<P>(gpu(), d_dqkv2.data(), d_dout.data(), d_out.data(), d_qkvr.data(), d_lse.data(),
                               d_cos.data(), d_sin.data(), s.B, s.T, C, s.H, s.rot);
   GpuAttention g{download_float(d_out), download_float(d_qkvr), to_host(d_lse), download_float(d_dqkv)};
   const auto again = download_float(d_dqkv2);
@@ -175,6 +177,63 @@ void bf16_case(const AttnShape& s) {
   check_close(g.out, out, 1e-2, 1.0 / 128, "out (bf16)");
   check_close(g.lse, host_lse(g.qkvr, s.B, s.T, C, s.H), 1e-5, 1e-5, "lse (bf16 storage)");
   check_close(g.dqkv, dqkv, 2e-2, 2e-2, "dqkv (bf16)");
+  CHECK(g.backward_repeats);
+}
+
+// max |got − want| ≤ tol · max |want| + floor over the elements that `pick`
+// selects (by index); reports the worst element.
+template <class Pick>
+void check_rel_max(const std::vector<float>& got, const std::vector<float>& want, double tol, double floor,
+                   const char* what, Pick pick) {
+  REQUIRE(got.size() == want.size());
+  double err = 0, mx = 0;
+  std::size_t at = 0;
+  bool finite = true;
+  for (std::size_t e = 0; e < got.size(); ++e) {
+    if (!pick(e)) continue;
+    if (!std::isfinite(got[e])) finite = false;
+    mx = std::max(mx, std::abs(double(want[e])));
+    const double d = std::abs(double(got[e]) - double(want[e]));
+    if (d > err) {
+      err = d;
+      at = e;
+    }
+  }
+  INFO(what << ": max |error| " << err << " (element " << at << ": gpu " << got[at] << " cpu " << want[at]
+            << "), max |cpu| " << mx << ", relative to the max " << (mx > 0 ? err / mx : 0.0));
+  CHECK(finite);
+  CHECK(err <= tol * mx + floor);
+}
+
+// Tensor cores (MatmulPrecision::bf16, fp32 storage): Q, K, V, dO, P and dS
+// enter the products as bf16 (fp32 accumulation), so out, dq, dk and dv are
+// held to 2e-2 of their largest magnitude (each part of dqkv separately) and
+// lse to 2e-2 absolute, against the CPU's fp32 attention on the same inputs.
+// qkvr comes from the same fp32 rotary kernel as the native path.
+void tc_case(const AttnShape& s) {
+  CAPTURE(s.B);
+  CAPTURE(s.T);
+  CAPTURE(s.H);
+  CAPTURE(s.hd);
+  CAPTURE(s.rot);
+  const int C = s.H * s.hd;
+  const std::size_t N = std::size_t(s.B) * s.T;
+  const Rope rope = rope_tables(s.T, s.rot);
+  const auto qkv = randn(N * 3 * C, 700 + std::uint64_t(s.hd)), dout = randn(N * C, 800 + std::uint64_t(s.T));
+  std::vector<float> out(N * C), qkvr(N * 3 * C), att(std::size_t(s.B) * s.H * s.T * s.T), dqkv(N * 3 * C);
+  backend::attention_forward(Cpu{}, out.data(), qkvr.data(), att.data(), qkv.data(), rope.cos.data(),
+                             rope.sin.data(), s.B, s.T, C, s.H, s.rot);
+  backend::attention_backward(Cpu{}, dqkv.data(), dout.data(), out.data(), qkvr.data(), att.data(), rope.cos.data(),
+                              rope.sin.data(), s.B, s.T, C, s.H, s.rot);
+  const auto g = run_gpu<float, MatmulPrecision::bf16>(s, qkv, dout, rope);
+  check_close(g.qkvr, qkvr, 1e-6, 1e-6, "qkvr (tensor cores)");
+  const auto all = [](std::size_t) { return true; };
+  check_rel_max(g.out, out, 2e-2, 1e-4, "out (tensor cores)", all);
+  check_close(g.lse, host_lse(qkvr, s.B, s.T, C, s.H), 2e-2, 0.0, "lse (tensor cores)");
+  const char* part_name[3] = {"dq (tensor cores)", "dk (tensor cores)", "dv (tensor cores)"};
+  for (int part = 0; part < 3; ++part)
+    check_rel_max(g.dqkv, dqkv, 2e-2, 1e-4, part_name[part],
+                  [&](std::size_t e) { return int(e % std::size_t(3 * C)) % (3 * s.hd) / s.hd == part; });
   CHECK(g.backward_repeats);
 }
 
@@ -247,4 +306,27 @@ TEST_CASE("cuda: attention forward and backward (flash-style) match the CPU, bf1
   for (const AttnShape& s : {AttnShape{2, 130, 2, 64, 16}, AttnShape{1, 37, 1, 128, 128}, AttnShape{1, 70, 2, 16, 0},
                              AttnShape{1, 256, 1, 32, 8}})
     bf16_case(s);
+}
+
+TEST_CASE("cuda: attention on tensor cores (MatmulPrecision::bf16, fp32 storage) matches the CPU within bf16 error") {
+  REQUIRE_GPU();
+  for (const AttnShape& s : {AttnShape{1, 64, 2, 64, 16}, AttnShape{2, 100, 2, 64, 64}, AttnShape{1, 256, 3, 64, 32},
+                             AttnShape{2, 64, 1, 128, 32}, AttnShape{1, 100, 2, 128, 128},
+                             AttnShape{2, 256, 1, 128, 64}, AttnShape{1, 100, 2, 32, 8}, AttnShape{2, 37, 1, 16, 16},
+                             AttnShape{1, 1, 1, 64, 16}, AttnShape{1, 65, 2, 64, 0}})
+    tc_case(s);
+}
+
+TEST_CASE("cuda: attention MatmulPrecision::bf16 with bf16 storage keeps the fp32 kernels") {
+  REQUIRE_GPU();
+  // bf16 storage takes the native kernels whatever P: the results equal the native call's bit for bit.
+  const AttnShape s{1, 70, 2, 64, 16};
+  const int C = s.H * s.hd;
+  const std::size_t N = std::size_t(s.B) * s.T;
+  const Rope rope = rope_tables(s.T, s.rot);
+  const auto qkv = round_bf16(randn(N * 3 * C, 900)), dout = round_bf16(randn(N * C, 901));
+  const auto a = run_gpu<bf16, MatmulPrecision::native>(s, qkv, dout, rope);
+  const auto b = run_gpu<bf16, MatmulPrecision::bf16>(s, qkv, dout, rope);
+  CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * sizeof(float)) == 0);
 }

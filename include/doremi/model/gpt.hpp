@@ -143,7 +143,7 @@ class Model {
       scalar* x = res(l);
       layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
       matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), P + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
-      attention_forward(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
+      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
                         Cfg::rotary_dim);
       matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), P + w.proj_w, P + w.proj_b, N, C, C);
       const scalar* ln2_in = x;
@@ -221,7 +221,7 @@ class Model {
                            ln2_stats(l) + N, N, C);
       // Attention branch.
       matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), P + w.proj_w, N, C, C);
-      attention_backward(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
+      attention_backward<Cfg::matmul>(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
                          Cfg::rotary_dim);
       matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), P + w.qkv_w, N, C, 3 * C);
       if constexpr (Cfg::parallel_residual)

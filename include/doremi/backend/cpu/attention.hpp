@@ -15,11 +15,14 @@
 #include "doremi/backend/cpu/cpu.hpp"
 #include "doremi/backend/cpu/gelu.hpp"
 #include "doremi/backend/elementwise.hpp"
+#include "doremi/model/config.hpp"  // MatmulPrecision
 
 namespace doremi::backend {
 
-// cos/sin tables: [n_ctx, rot/2] each.
-template <class T>
+// cos/sin tables: [n_ctx, rot/2] each. Precision (the model's MatmulPrecision) is
+// accepted for the backends' common signature; on the CPU attention's
+// products always run in T (its FLOPs are small beside the GEMMs here).
+template <MatmulPrecision Precision = MatmulPrecision::native, class T>
 void attention_forward(Cpu, T* out, T* qkvr, T* att, const T* qkv, const T* rope_cos, const T* rope_sin, int B,
                        int Tn, int C, int H, int rot) {
   using namespace cpu;
@@ -71,7 +74,7 @@ void attention_forward(Cpu, T* out, T* qkvr, T* att, const T* qkv, const T* rope
 
 // Overwrites dqkv with the gradient with respect to the (unrotated) qkv.
 // `out` (the forward's output) is unused here: flash-style backends need it.
-template <class T>
+template <MatmulPrecision Precision = MatmulPrecision::native, class T>
 void attention_backward(Cpu, T* dqkv, const T* dout, const T* /*out*/, const T* qkvr, const T* att, const T* rope_cos,
                         const T* rope_sin, int B, int Tn, int C, int H, int rot) {
   using namespace cpu;

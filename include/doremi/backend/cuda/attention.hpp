@@ -48,15 +48,22 @@
 // stage (the tile buffers reused) so that rotate_back sees both values of a
 // pair and the global writes are coalesced.
 //
-// Not yet: tensor cores (WMMA/mma for the bf16 path), vectorised global loads.
+// Tensor cores: attention_forward / attention_backward<MatmulPrecision::bf16>
+// with fp32 storage run the WMMA kernels of attention_tc.hpp instead (bf16
+// operands, fp32 accumulation and softmax; same layouts and outputs), for every
+// supported hd on sm_80+ devices whose shared memory holds their tiles (else
+// these fp32 kernels). MatmulPrecision::native keeps the fp32 kernels.
+// Not yet: vectorised global loads in the fp32 kernels.
 #include <cmath>
 #include <cstddef>
 #include <type_traits>
 
 #include <cuda_bf16.h>
 
+#include "doremi/backend/cuda/attention_tc.hpp"
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/elementwise.hpp"
+#include "doremi/model/config.hpp"
 
 namespace doremi::backend {
 
@@ -277,8 +284,10 @@ __global__ void __launch_bounds__(AttentionTiles<HD>::threads)
 }
 
 // D[(b·H + h)·T + t] = Σ_d dO·O over the head's hd columns of row n = b·T + t:
-// one warp per (row, head), grid-stride.
-template <class T>
+// one warp per (row, head), grid-stride. BF16_DOUT (the tensor-core path):
+// dO rounded to bf16 first, as its products see it, so that D stays the row
+// sum of P ⊙ dP (Σ_j dS_ij ≈ 0) up to the rounding of P and V alone.
+template <class T, bool BF16_DOUT = false>
 __global__ void attention_row_dot_kernel(float* Dv, const T* dout, const T* out, int B, int Tn, int C, int H) {
   const int hd = C / H, lane = threadIdx.x % 32;
   const std::size_t rows = std::size_t(B) * Tn * H;
@@ -288,7 +297,11 @@ __global__ void attention_row_dot_kernel(float* Dv, const T* dout, const T* out,
     const int h = int(w % H);
     const std::size_t off = n * C + std::size_t(h) * hd;
     float acc = 0.0f;
-    for (int d = lane; d < hd; d += 32) acc += float(dout[off + d]) * float(out[off + d]);
+    for (int d = lane; d < hd; d += 32) {
+      float g = float(dout[off + d]);
+      if constexpr (BF16_DOUT) g = __bfloat162float(__float2bfloat16(g));
+      acc += g * float(out[off + d]);
+    }
     acc = attention_row_sum<32>(acc);
     if (lane == 0) Dv[((n / Tn) * H + h) * Tn + n % Tn] = acc;
   }
@@ -420,13 +433,32 @@ void attention_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* 
   DOREMI_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
 }
 
+// Whether attention_forward / attention_backward<P> with storage T take the
+// tensor-core kernels for head dimension hd on the current device.
+template <MatmulPrecision P, class T>
+bool attention_use_tc(int hd) {
+  if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {
+    switch (hd) {
+      case 16: return attention_tc_supported<16>();
+      case 32: return attention_tc_supported<32>();
+      case 64: return attention_tc_supported<64>();
+      case 128: return attention_tc_supported<128>();
+      default: return false;
+    }
+  } else {
+    return false;
+  }
+}
+
 }  // namespace cuda
 
 // qkvr receives qkv with q and k rotated (it must not alias qkv); lse the
 // logsumexp of each query's scaled scores, [B·H·T] (index (b·H + h)·T + t),
 // kept for the backward. rope_cos / rope_sin: [n_ctx, rot/2] device tables
-// (unused when rot = 0). T = float or __nv_bfloat16.
-template <class T>
+// (unused when rot = 0). T = float or __nv_bfloat16. P = MatmulPrecision::bf16
+// with T = float: the tensor-core kernels (bf16 operands, fp32 accumulation;
+// see attention_tc.hpp); otherwise (and on devices they do not fit) fp32.
+template <MatmulPrecision P = MatmulPrecision::native, class T>
 void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv, const float* rope_cos,
                        const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
@@ -436,6 +468,15 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
   cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr, qkv, rope_cos, rope_sin,
                                                                                    n, Tn, C, hd, rot);
   DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
+  if (cuda::attention_use_tc<P, T>(hd)) {
+    switch (hd) {
+      case 16: cuda::attention_tc_forward_launch<16>(be, out, lse, qkvr, B, Tn, C, H); return;
+      case 32: cuda::attention_tc_forward_launch<32>(be, out, lse, qkvr, B, Tn, C, H); return;
+      case 64: cuda::attention_tc_forward_launch<64>(be, out, lse, qkvr, B, Tn, C, H); return;
+      case 128: cuda::attention_tc_forward_launch<128>(be, out, lse, qkvr, B, Tn, C, H); return;
+      default: cuda::attention_unsupported_head_dim(hd);
+    }
+  }
   switch (hd) {
     case 16: cuda::attention_forward_launch<16>(be, out, lse, qkvr, B, Tn, C, H); break;
     case 32: cuda::attention_forward_launch<32>(be, out, lse, qkvr, B, Tn, C, H); break;
@@ -447,8 +488,8 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
 
 // Overwrites dqkv [B·T, 3C] with the gradient with respect to the unrotated
 // qkv, from dout, the forward's out, qkvr and lse. Needs B·H·T floats of the
-// backend's scratch (D).
-template <class T>
+// backend's scratch (D). P as in attention_forward (use the same P for both).
+template <MatmulPrecision P = MatmulPrecision::native, class T>
 void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, const T* qkvr, const float* lse,
                         const float* rope_cos, const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
@@ -456,9 +497,23 @@ void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, co
   const int hd = cuda::attention_check(B, Tn, C, H, rot);
   const std::size_t rows = std::size_t(B) * H * Tn;
   float* Dv = static_cast<float*>(be.ctx->scratch_bytes(rows * sizeof(float)));
-  cuda::attention_row_dot_kernel<<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out, B, Tn, C,
-                                                                                            H);
+  const bool tc = cuda::attention_use_tc<P, T>(hd);
+  if (tc)
+    cuda::attention_row_dot_kernel<T, true><<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out, B,
+                                                                                                       Tn, C, H);
+  else
+    cuda::attention_row_dot_kernel<T, false><<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out,
+                                                                                                        B, Tn, C, H);
   DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
+  if (tc) {
+    switch (hd) {
+      case 16: cuda::attention_tc_backward_launch<16>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
+      case 32: cuda::attention_tc_backward_launch<32>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
+      case 64: cuda::attention_tc_backward_launch<64>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
+      case 128: cuda::attention_tc_backward_launch<128>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
+      default: cuda::attention_unsupported_head_dim(hd);
+    }
+  }
   switch (hd) {
     case 16: cuda::attention_backward_launch<16>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
     case 32: cuda::attention_backward_launch<32>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
