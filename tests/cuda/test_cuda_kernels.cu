@@ -5,6 +5,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <cstring>
+
 #include "cuda_test_util.hpp"
 
 using namespace doremi;
@@ -154,6 +156,30 @@ TEST_CASE("cuda: residual adds and copies match the CPU") {
   check_close(to_host(d_two), two, 0, 0, "a + b");
   check_close(to_host(d_three), three, 0, 0, "a + b + c");
   check_close(to_host(d_copy), a, 0, 0, "copy");
+}
+
+TEST_CASE("cuda: fp32 -> bf16 conversion rounds as the CPU does, aligned or not, with any tail") {
+  REQUIRE_GPU();
+  std::vector<float> x = randn(1031, 17);
+  x[0] = 1.00390625f;  // exactly between two bf16 values: ties to even
+  x[1] = 1.01171875f;
+  x[2] = -3.0e38f;
+  for (std::size_t offset : {0, 1, 2, 3})
+    for (std::size_t n : {1, 3, 4, 7, 1024, 1028}) {
+      INFO("offset ", offset, ", n ", n);
+      DeviceBuffer<float> d(x.size());
+      backend::upload(gpu(), d.data(), x.data(), x.size());
+      DeviceBuffer<__nv_bfloat16> b(n + offset);
+      backend::convert(gpu(), b.data() + offset, d.data() + offset, n);
+      std::vector<__nv_bfloat16> got(n + offset);
+      backend::download(gpu(), got.data(), b.data(), got.size());
+      std::vector<std::uint16_t> bits(got.size());
+      std::memcpy(bits.data(), got.data(), bits.size() * 2);
+      bool same = true;
+      for (std::size_t i = 0; i < n; ++i)
+        same = same && bits[offset + i] == std::uint16_t(backend::cpu::to_bf16(x[offset + i]));
+      CHECK(same);
+    }
 }
 
 TEST_CASE("cuda: matmul (cuBLASLt) forward and backward match the CPU") {

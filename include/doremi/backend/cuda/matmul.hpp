@@ -139,13 +139,22 @@ struct RowOf {
   __device__ Acc<T> operator()(int n, int j) const { return Acc<T>(m[std::size_t(n) * width + j]); }
 };
 
-// y[n, j] += bias[j] (fp64 path: cuBLASLt's bias epilogue is for fp32/fp16/bf16).
+// y[n, j] += bias[j] (fp64, and bf16 operands with fp32 output: outside
+// cuBLASLt's bias epilogue). A thread per column keeps its bias in a register
+// and walks the rows (no index division); a warp's stores are contiguous.
 template <class T>
 __global__ void add_bias_kernel(T* y, const T* bias, int N, int width) {
-  const std::size_t total = std::size_t(N) * width;
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < total;
-       i += std::size_t(gridDim.x) * blockDim.x)
-    y[i] += bias[i % width];
+  const int col = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (col >= width) return;
+  const T b = bias[col];
+  for (int row = int(blockIdx.y); row < N; row += int(gridDim.y)) y[std::size_t(row) * width + col] += b;
+}
+
+template <class T>
+void add_bias(const Cuda& be, T* y, const T* bias, int N, int width) {
+  const dim3 grid(unsigned((width + 255) / 256), unsigned(N < 2048 ? N : 2048));
+  add_bias_kernel<<<grid, 256, 0, be.stream()>>>(y, bias, N, width);
+  DOREMI_CUDA_CHECK_LAUNCH("add_bias_kernel");
 }
 
 }  // namespace cuda
@@ -181,11 +190,7 @@ void matmul_forward(const Cuda& be, T* out, const T* x, const T* w, const T* bia
         be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
     cuda::lt_matmul<__nv_bfloat16, float>(be, true, false, out_dim, N, in, wb, in, xb, in, out, out_dim, 1.0f, 0.0f,
                                           static_cast<const float*>(nullptr), "matmul_forward (bf16 operands)");
-    if (bias) {
-      const std::size_t total = std::size_t(N) * out_dim;
-      cuda::add_bias_kernel<<<cuda::blocks_for(total, 256), 256, 0, be.stream()>>>(out, bias, N, out_dim);
-      DOREMI_CUDA_CHECK_LAUNCH("add_bias_kernel");
-    }
+    if (bias) cuda::add_bias(be, out, bias, N, out_dim);
     return;
   }
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul_forward(Cuda): float or double");
@@ -193,11 +198,7 @@ void matmul_forward(const Cuda& be, T* out, const T* x, const T* w, const T* bia
   constexpr bool fused_bias = std::is_same_v<T, float>;
   cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0),
                      fused_bias ? bias : nullptr, "matmul_forward");
-  if (!fused_bias && bias) {
-    const std::size_t total = std::size_t(N) * out_dim;
-    cuda::add_bias_kernel<<<cuda::blocks_for(total, 256), 256, 0, be.stream()>>>(out, bias, N, out_dim);
-    DOREMI_CUDA_CHECK_LAUNCH("add_bias_kernel");
-  }
+  if (!fused_bias && bias) cuda::add_bias(be, out, bias, N, out_dim);
 }
 
 template <MatmulPrecision P = MatmulPrecision::native, class T>
