@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "bench_util.hpp"
 #include "doremi/doremi.hpp"
 #include "doremi/train/dro_trainer.hpp"
 #include "doremi/train/trainer.hpp"
@@ -25,13 +26,10 @@ using namespace doremi;
 
 namespace {
 
+using bench::median;
+
 using Cfg = presets::CpuBench<float>;
 using M = Model<Cfg>;
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 // Random batches, sequence b of batch n from domain (n + b) mod 4.
 struct RandomBatches {

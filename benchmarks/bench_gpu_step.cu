@@ -32,12 +32,16 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "bench_util.hpp"
 #include "doremi/backend/cuda.hpp"
 #include "doremi/doremi.hpp"
 
 using namespace doremi;
 
 namespace {
+
+using bench::median;
+using bench::run_command;
 
 using Cfg = Config<bf16_matmul(presets::doremi_120m), float>;  // bf16 GEMM operands, fp32 master weights
 using GpuModel = Model<Cfg, backend::Cuda>;
@@ -49,29 +53,6 @@ struct Options {
   std::string twin_args;
   bool twin = true;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-// Model FLOPs per token of a training step (forward + backward = 3 × forward),
-// as bench_train_step.cpp: the GEMMs (12·C² per layer and V·C for the LM head)
-// and the attention products over all T keys.
-double flops_per_token(int T) {
-  const double C = Cfg::n_embd, L = Cfg::n_layer, V = Cfg::padded_vocab;
-  return 6.0 * (L * 12.0 * C * C + V * C) + 12.0 * L * T * C;
-}
-
-std::string run_command(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  pclose(p);
-  return out;
-}
 
 std::string tail_lines(const std::string& s, int n) {
   std::size_t pos = s.size();
@@ -222,7 +203,7 @@ int run(const Options& o) {
   cudaRuntimeGetVersion(&runtime);
   const int B = o.batch, T = o.seq;
   const double tokens = double(B) * T;
-  const double fpt = flops_per_token(T), fpt_dro = fpt * 4.0 / 3.0;
+  const double fpt = bench::flops_per_token<Cfg>(T), fpt_dro = fpt * 4.0 / 3.0;
   const double peak = o.peak_tflops * 1e12;
 
   fmt::print("GPU {}: {} ({} SMs, {:.0f} GiB, compute capability {}.{}), driver {}.{}, runtime {}.{}; {}\n", o.device,

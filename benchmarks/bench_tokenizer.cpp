@@ -31,6 +31,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bench_util.hpp"
 #include "doremi/data/bpe_tokenizer.hpp"
 
 using namespace doremi;
@@ -38,10 +39,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
+using bench::median;
+using bench::run_command;
 
 std::uint32_t crc32_update(std::uint32_t crc, const unsigned char* p, std::size_t n) {
   static const auto table = [] {
@@ -133,16 +132,6 @@ void cut_documents(const std::string& text, Rng& r, std::vector<std::string>& do
     docs.push_back(text.substr(pos, end - pos));
     pos = end;
   }
-}
-
-std::string run_command(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  pclose(p);
-  return out;
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include "bench_util.hpp"
 #include "doremi/doremi.hpp"
 #include "doremi/optim/adamw.hpp"
 #include "doremi/train/trainer.hpp"
@@ -26,19 +27,8 @@ using namespace doremi;
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-// Model FLOPs per token of a training step (forward + backward = 3 × forward):
-// the GEMMs (12·C² per layer and V·C for the head) and the attention products
-// over all T keys (what both implementations compute).
-template <class Cfg>
-double flops_per_token(int T) {
-  const double C = Cfg::n_embd, L = Cfg::n_layer, V = Cfg::padded_vocab;
-  return 6.0 * (L * 12.0 * C * C + V * C) + 12.0 * L * T * C;
-}
+using bench::median;
+using bench::run_command;
 
 // The fp32 FMA peak of this machine with all OpenMP threads, measured: twelve
 // independent FMA chains per thread keep both FMA pipes busy.
@@ -73,16 +63,6 @@ double measure_fp32_peak_gflops() {
   }
   if (sink == 42.0) std::puts("");  // keeps the loop from being optimised away
   return best * omp_get_max_threads();
-}
-
-std::string run_command(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  pclose(p);
-  return out;
 }
 
 // Step times (`steps` after two warm-up steps) of Model<Cfg> at B×T.
@@ -147,7 +127,7 @@ int main(int argc, char** argv) {
   using Cfg = presets::CpuBench<float>;
   using CfgBf16 = Config<bf16_matmul(presets::cpu_bench), float>;
   constexpr int B = 4, T = 256;
-  const double fpt = flops_per_token<Cfg>(T);
+  const double fpt = bench::flops_per_token<Cfg>(T);
   // Rounds alternate the four runs, so a busy spell on the shared machine
   // slows all of them rather than one: tokens/s from the median step over all
   // rounds (ours) and the median of the twin's per-run medians (PyTorch).
