@@ -22,6 +22,10 @@
 #                     --device cuda` (the whole pipeline on the GPU; needs libcli11-dev)
 #   --jobs N          build parallelism (default nproc)
 #
+# The benchmark runs twice: with the default tensor-core attention kernels
+# (and the PyTorch twin), then with DOREMI_CUDA_ATTENTION=mma (ours only);
+# set DOREMI_CUDA_ATTENTION yourself to run one family only.
+#
 # Needs nvidia-smi, nvcc (CUDA 12+), cmake >= 3.24, a C++20 host compiler and
 # the library's dependencies (Debian: libeigen3-dev libfmt-dev nlohmann-json3-dev
 # libzstd-dev libutf8proc-dev doctest-dev). Where those are missing, on a
@@ -211,6 +215,17 @@ main() {
   bench_rc=$?
   set -e
   [[ $bench_rc == 0 ]] || { echo "bench_gpu_step failed (exit status $bench_rc)"; status=1; }
+
+  # The other tensor-core attention family (attention_mma.hpp), ours only, beside the default's figures above.
+  if [[ -z ${DOREMI_CUDA_ATTENTION:-} ]]; then
+    section "benchmark: the same steps with DOREMI_CUDA_ATTENTION=mma (register-resident attention kernels)"
+    set +e
+    "${run_env[@]}" env DOREMI_CUDA_ATTENTION=mma timeout 300 "$bench_bin" --batch "$batch" --steps "$steps" \
+      --peak-tflops "$peak" --no-twin "${bench_extra[@]}"
+    mma_rc=$?
+    set -e
+    [[ $mma_rc == 0 ]] || { echo "bench_gpu_step with DOREMI_CUDA_ATTENTION=mma failed (exit status $mma_rc)"; status=1; }
+  fi
 
   if [[ $quickstart == 1 ]]; then
     section "doremi quickstart --device cuda"

@@ -12,9 +12,9 @@
 
 #include "doremi/backend/cpu.hpp"           // the reference: backend::Cpu layers
 #include "doremi/backend/cuda.hpp"          // the layers under test
-#include "doremi/core/rng.hpp"              // Philox: inputs as pure functions of (seed, stream, index)
 #include "doremi/optim/adamw.hpp"           // AdamW (CPU optimiser), ParamGroup, adamw_coefficients
 #include "doremi/optim/clip.hpp"            // global_grad_norm (CPU)
+#include "../reference_util.hpp"            // randn, check_close (host side)
 
 using namespace doremi;
 using backend::Cpu;
@@ -34,12 +34,6 @@ namespace cuda_test {
 inline Cuda& gpu() {
   static Cuda be;  // one context (stream, cuBLASLt handle) for the whole binary
   return be;
-}
-
-inline std::vector<float> randn(std::size_t n, std::uint64_t seed, float scale = 1.0f, float shift = 0.0f) {
-  std::vector<float> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = shift + scale * float(Philox::normal(seed, 7, i));
-  return v;
 }
 
 template <class T>
@@ -68,26 +62,6 @@ std::vector<T> to_host_at(const DeviceBuffer<T>& d, std::size_t offset) {
   std::vector<T> h(d.size() - offset);
   backend::cuda::copy_to_host(gpu(), h.data(), d.data() + offset, h.size());
   return h;
-}
-
-// |gpu − cpu| ≤ atol + rtol·|cpu| everywhere; reports the worst element.
-inline void check_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
-                 const char* what) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0;
-  std::size_t at = 0;
-  bool finite = true;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) finite = false;
-    const double excess = std::abs(double(got[i]) - double(want[i])) - (atol + rtol * std::abs(double(want[i])));
-    if (excess > worst) {
-      worst = excess;
-      at = i;
-    }
-  }
-  INFO(what << ": worst element " << at << " gpu " << got[at] << " cpu " << want[at]);
-  CHECK(finite);
-  CHECK(worst <= 0.0);
 }
 
 }  // namespace cuda_test

@@ -35,27 +35,6 @@ struct AttnShape {
   int B, T, H, hd, rot;
 };
 
-// Rotary tables as Model builds them (model/gpt.hpp): cos/sin(t · 10000^(−2i/rot)) in double, rounded once.
-struct Rope {
-  std::vector<float> cos, sin;
-};
-Rope rope_tables(int n_ctx, int rot) {
-  const int half = rot / 2;
-  Rope r{std::vector<float>(std::size_t(n_ctx) * half), std::vector<float>(std::size_t(n_ctx) * half)};
-  for (int t = 0; t < n_ctx; ++t)
-    for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(10000.0, -2.0 * i / rot);
-      r.cos[std::size_t(t) * half + i] = float(std::cos(t * inv_freq));
-      r.sin[std::size_t(t) * half + i] = float(std::sin(t * inv_freq));
-    }
-  return r;
-}
-
-std::vector<float> round_bf16(std::vector<float> v) {
-  for (float& f : v) f = float(bf16(f));
-  return v;
-}
-
 // Device copies in T (bf16: v must already be rounded, so the copy is exact) and back as float.
 template <class T>
 DeviceBuffer<T> upload_as(const std::vector<float>& v) {
@@ -67,31 +46,6 @@ std::vector<float> download_float(const DeviceBuffer<T>& d) {
   std::vector<float> f(h.size());
   for (std::size_t i = 0; i < h.size(); ++i) f[i] = float(h[i]);
   return f;
-}
-
-// lse[(b·H + h)·T + i] = log Σ_{j ≤ i} exp(q_i·k_j / √hd) from (rotated) qkvr, in double.
-std::vector<float> host_lse(const std::vector<float>& qkvr, int B, int T, int C, int H) {
-  const int hd = C / H;
-  const double scale = 1.0 / std::sqrt(double(hd));
-  std::vector<float> lse(std::size_t(B) * H * T);
-  std::vector<double> s(T);
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h)
-      for (int i = 0; i < T; ++i) {
-        const float* q = qkvr.data() + (std::size_t(b) * T + i) * 3 * C + std::size_t(h) * 3 * hd;
-        double mx = -std::numeric_limits<double>::infinity();
-        for (int j = 0; j <= i; ++j) {
-          const float* k = qkvr.data() + (std::size_t(b) * T + j) * 3 * C + std::size_t(h) * 3 * hd + hd;
-          double d = 0;
-          for (int c = 0; c < hd; ++c) d += double(q[c]) * double(k[c]);
-          s[j] = d * scale;
-          mx = std::max(mx, s[j]);
-        }
-        double sum = 0;
-        for (int j = 0; j <= i; ++j) sum += std::exp(s[j] - mx);
-        lse[(std::size_t(b) * H + h) * T + i] = float(mx + std::log(sum));
-      }
-  return lse;
 }
 
 // What the CUDA run produced, as floats.
@@ -178,31 +132,6 @@ void bf16_case(const AttnShape& s) {
   check_close(g.lse, host_lse(g.qkvr, s.B, s.T, C, s.H), 1e-5, 1e-5, "lse (bf16 storage)");
   check_close(g.dqkv, dqkv, 2e-2, 2e-2, "dqkv (bf16)");
   CHECK(g.backward_repeats);
-}
-
-// max |got − want| ≤ tol · max |want| + floor over the elements that `pick`
-// selects (by index); reports the worst element.
-template <class Pick>
-void check_rel_max(const std::vector<float>& got, const std::vector<float>& want, double tol, double floor,
-                   const char* what, Pick pick) {
-  REQUIRE(got.size() == want.size());
-  double err = 0, mx = 0;
-  std::size_t at = 0;
-  bool finite = true;
-  for (std::size_t e = 0; e < got.size(); ++e) {
-    if (!pick(e)) continue;
-    if (!std::isfinite(got[e])) finite = false;
-    mx = std::max(mx, std::abs(double(want[e])));
-    const double d = std::abs(double(got[e]) - double(want[e]));
-    if (d > err) {
-      err = d;
-      at = e;
-    }
-  }
-  INFO(what << ": max |error| " << err << " (element " << at << ": gpu " << got[at] << " cpu " << want[at]
-            << "), max |cpu| " << mx << ", relative to the max " << (mx > 0 ? err / mx : 0.0));
-  CHECK(finite);
-  CHECK(err <= tol * mx + floor);
 }
 
 // Tensor cores (MatmulPrecision::bf16, fp32 storage): Q, K, V, dO, P and dS
@@ -310,11 +239,20 @@ TEST_CASE("cuda: attention forward and backward (flash-style) match the CPU, bf1
 
 TEST_CASE("cuda: attention on tensor cores (MatmulPrecision::bf16, fp32 storage) matches the CPU within bf16 error") {
   REQUIRE_GPU();
-  for (const AttnShape& s : {AttnShape{1, 64, 2, 64, 16}, AttnShape{2, 100, 2, 64, 64}, AttnShape{1, 256, 3, 64, 32},
-                             AttnShape{2, 64, 1, 128, 32}, AttnShape{1, 100, 2, 128, 128},
-                             AttnShape{2, 256, 1, 128, 64}, AttnShape{1, 100, 2, 32, 8}, AttnShape{2, 37, 1, 16, 16},
-                             AttnShape{1, 1, 1, 64, 16}, AttnShape{1, 65, 2, 64, 0}})
-    tc_case(s);
+  // Both kernel families: WMMA (attention_tc.hpp) and register-resident mma.sync (attention_mma.hpp).
+  using backend::cuda::AttentionTcKernels;
+  AttentionTcKernels& family = backend::cuda::attention_tc_kernels();
+  const AttentionTcKernels saved = family;
+  for (const AttentionTcKernels f : {AttentionTcKernels::wmma, AttentionTcKernels::mma}) {
+    family = f;
+    CAPTURE(f == AttentionTcKernels::mma ? "mma" : "wmma");
+    for (const AttnShape& s : {AttnShape{1, 64, 2, 64, 16}, AttnShape{2, 100, 2, 64, 64}, AttnShape{1, 256, 3, 64, 32},
+                               AttnShape{2, 64, 1, 128, 32}, AttnShape{1, 100, 2, 128, 128},
+                               AttnShape{2, 256, 1, 128, 64}, AttnShape{1, 100, 2, 32, 8}, AttnShape{2, 37, 1, 16, 16},
+                               AttnShape{1, 1, 1, 64, 16}, AttnShape{1, 65, 2, 64, 0}})
+      tc_case(s);
+  }
+  family = saved;
 }
 
 TEST_CASE("cuda: attention MatmulPrecision::bf16 with bf16 storage keeps the fp32 kernels") {

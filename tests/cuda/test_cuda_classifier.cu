@@ -34,11 +34,6 @@ struct ClassifierShape {
   float logit_scale = 1.0f;  // standard deviation of the logits
 };
 
-std::vector<float> round_bf16(std::vector<float> v) {
-  for (float& f : v) f = float(bf16(f));
-  return v;
-}
-
 // A device copy of v in T (bf16 values are exact: v is already rounded), `offset` elements in.
 template <class T>
 DeviceBuffer<T> upload(const std::vector<float>& v, std::size_t offset = 0) {

@@ -233,12 +233,8 @@ TEST_CASE("cuda: matmul (cuBLASLt) forward and backward match the CPU") {
 TEST_CASE("cuda: bf16 matmul (fp32 accumulation, fp32 parameter gradients) matches the CPU on bf16-rounded inputs") {
   REQUIRE_GPU();
   const int N = 96, in = 136, out = 72;
-  const auto round = [](std::vector<float> v) {
-    for (float& f : v) f = float(__nv_bfloat16(f));
-    return v;
-  };
-  const auto x = round(randn(std::size_t(N) * in, 81)), w = round(randn(std::size_t(out) * in, 82, 0.2f));
-  const auto bias = round(randn(out, 83)), dout = round(randn(std::size_t(N) * out, 84));
+  const auto x = round_bf16(randn(std::size_t(N) * in, 81)), w = round_bf16(randn(std::size_t(out) * in, 82, 0.2f));
+  const auto bias = round_bf16(randn(out, 83)), dout = round_bf16(randn(std::size_t(N) * out, 84));
   const auto dw0 = randn(w.size(), 85), db0 = randn(out, 86);
   std::vector<float> y(dout.size()), dx(x.size()), dw = dw0, db = db0;
   backend::matmul_forward(Cpu{}, y.data(), x.data(), w.data(), bias.data(), N, in, out);
@@ -267,6 +263,48 @@ TEST_CASE("cuda: bf16 matmul (fp32 accumulation, fp32 parameter gradients) match
   check_close(to_float(d_dx), dx, 1e-2, 1.0 / 128, "dx (bf16)");
   check_close(to_host(d_dw), dw, 1e-3, 1e-4, "dW (fp32)");
   check_close(to_host(d_db), db, 1e-3, 1e-4, "db (fp32)");
+}
+
+// MatmulPrecision::bf16 with fp32 storage (the GPU models' linear layers):
+// operands rounded to bf16 copies, fp32 accumulation and fp32 outputs, the
+// bias added in cuBLASLt's epilogue (or a separate pass where that has no
+// algorithm). The CPU reference gets the bf16-rounded operands in fp32, so
+// only the summation order differs; views misaligned as in the flat buffer.
+TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on bf16-rounded operands") {
+  REQUIRE_GPU();
+  for (std::size_t off : {std::size_t(0), std::size_t(1)}) {
+    for (bool with_bias : {true, false}) {
+      CAPTURE(off);
+      CAPTURE(with_bias);
+      const int N = 130, in = 96, out = 72;
+      const auto x = randn(std::size_t(N) * in, 91), w = randn(std::size_t(out) * in, 92, 0.2f);
+      const auto bias = randn(out, 93), dout = randn(std::size_t(N) * out, 94);
+      const auto dw0 = randn(w.size(), 95), db0 = randn(out, 96);
+      const auto xr = round_bf16(x), wr = round_bf16(w), doutr = round_bf16(dout);
+      std::vector<float> y(dout.size()), dx(x.size()), dw = dw0, db = db0;
+      backend::matmul_forward(Cpu{}, y.data(), xr.data(), wr.data(), with_bias ? bias.data() : nullptr, N, in, out);
+      backend::matmul_backward(Cpu{}, dx.data(), dw.data(), with_bias ? db.data() : nullptr, doutr.data(), xr.data(),
+                               wr.data(), N, in, out);
+      auto d_x = to_device_at(x, off), d_w = to_device_at(w, off), d_bias = to_device_at(bias, off);
+      auto d_dout = to_device_at(dout, off), d_dw = to_device_at(dw0, off), d_db = to_device_at(db0, off);
+      DeviceBuffer<float> d_y(y.size() + off), d_dx(dx.size() + off);
+      backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_y.data() + off, d_x.data() + off, d_w.data() + off,
+                                                     with_bias ? d_bias.data() + off : nullptr, N, in, out);
+      backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx.data() + off, d_dw.data() + off,
+                                                      with_bias ? d_db.data() + off : nullptr, d_dout.data() + off,
+                                                      d_x.data() + off, d_w.data() + off, N, in, out);
+      check_close(to_host_at(d_y, off), y, 1e-4, 1e-4, "y = x·Wᵀ + b (bf16 operands)");
+      check_close(to_host_at(d_dx, off), dx, 1e-4, 1e-4, "dx (bf16 operands)");
+      check_close(to_host_at(d_dw, off), dw, 1e-3, 1e-4, "dW (bf16 operands)");
+      // db sums the fp32 dout (not its bf16 copy), as the CPU's bf16 path does.
+      if (with_bias) {
+        std::vector<float> db_ref = db0;
+        for (int n = 0; n < N; ++n)
+          for (int j = 0; j < out; ++j) db_ref[std::size_t(j)] += dout[std::size_t(n) * out + j];
+        check_close(to_host_at(d_db, off), db_ref, 1e-3, 1e-4, "db (bf16 operands)");
+      }
+    }
+  }
 }
 
 TEST_CASE("cuda: AdamW over the flat buffer matches the CPU optimiser step for step") {

@@ -11,10 +11,9 @@
 #include "doremi/backend/cuda/adamw.hpp"      // AdamW over the flat buffer (shared adamw_update)
 #include "doremi/backend/cuda/grad_norm.hpp"  // global gradient norm (CUB)
 #include "doremi/backend/cuda/classifier.hpp" // LM head: logits GEMM + fused softmax/loss/gradient
-#include "doremi/backend/cuda/attention.hpp"  // causal attention, flash-style (rotary; lse kept, no T×T)
+#include "doremi/backend/cuda/attention.hpp"  // causal attention, flash-style (rotary; lse kept, no T×T; tensor cores)
 
 // Model<Cfg, Cuda>, AdamW<T, Cuda> and the trainers resolve their backend
 // calls (upload/download/fill, the layers, adamw_step, global_grad_norm) to
 // these overloads by argument-dependent lookup; include order does not matter.
-// Not yet here (issue 4): bf16 storage of the non-GEMM layers' activations,
-// tensor-core attention, and `--device cuda` in the CLI and the pipeline config.
+// Not yet here (issue 4): bf16 storage of the non-GEMM layers' activations.

@@ -49,17 +49,26 @@
 // pair and the global writes are coalesced.
 //
 // Tensor cores: attention_forward / attention_backward<MatmulPrecision::bf16>
-// with fp32 storage run the WMMA kernels of attention_tc.hpp instead (bf16
-// operands, fp32 accumulation and softmax; same layouts and outputs), for every
-// supported hd on sm_80+ devices whose shared memory holds their tiles (else
-// these fp32 kernels). MatmulPrecision::native keeps the fp32 kernels.
+// with fp32 storage run tensor-core kernels instead (bf16 operands, fp32
+// accumulation and softmax; same layouts and outputs), for every supported hd
+// on sm_80+ devices whose shared memory holds their tiles (else these fp32
+// kernels). Two families, chosen by attention_tc_kernels() (environment
+// variable DOREMI_CUDA_ATTENTION = wmma or mma): the WMMA kernels of
+// attention_tc.hpp (the default: verified on an H200) and the register-
+// resident mma.sync kernels of attention_mma.hpp (FlashAttention-2 style;
+// verified under the CPU emulator of the tests, to become the default once
+// the GPU suite has run them). MatmulPrecision::native keeps the fp32 kernels.
 // Not yet: vectorised global loads in the fp32 kernels.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include <cuda_bf16.h>
 
+#include "doremi/backend/cuda/attention_mma.hpp"
 #include "doremi/backend/cuda/attention_tc.hpp"
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/elementwise.hpp"
@@ -433,21 +442,83 @@ void attention_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* 
   DOREMI_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
 }
 
-// Whether attention_forward / attention_backward<P> with storage T take the
-// tensor-core kernels for head dimension hd on the current device.
-template <MatmulPrecision P, class T>
-bool attention_use_tc(int hd) {
-  if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {
-    switch (hd) {
-      case 16: return attention_tc_supported<16>();
-      case 32: return attention_tc_supported<32>();
-      case 64: return attention_tc_supported<64>();
-      case 128: return attention_tc_supported<128>();
-      default: return false;
-    }
-  } else {
-    return false;
+// f(std::integral_constant<int, hd>{}) for the supported head dimensions.
+template <class F>
+void dispatch_head_dim(int hd, F&& f) {
+  switch (hd) {
+    case 16: f(std::integral_constant<int, 16>{}); return;
+    case 32: f(std::integral_constant<int, 32>{}); return;
+    case 64: f(std::integral_constant<int, 64>{}); return;
+    case 128: f(std::integral_constant<int, 128>{}); return;
+    default: attention_unsupported_head_dim(hd);
   }
+}
+
+// The tensor-core kernel family: read once from DOREMI_CUDA_ATTENTION ("wmma",
+// the default, or "mma"); tests and benchmarks may set it. Forward and
+// backward must run the same family (they do unless it changes in between).
+enum class AttentionTcKernels { wmma, mma };
+inline AttentionTcKernels& attention_tc_kernels() {
+  static AttentionTcKernels k = [] {
+    const char* env = std::getenv("DOREMI_CUDA_ATTENTION");
+    const std::string_view v = env ? env : "";
+    if (v.empty() || v == "wmma") return AttentionTcKernels::wmma;
+    if (v == "mma") return AttentionTcKernels::mma;
+    fail("DOREMI_CUDA_ATTENTION = '{}' is not a tensor-core attention kernel family (wmma or mma)", v);
+  }();
+  return k;
+}
+
+enum class AttentionPath { fp32, wmma, mma };
+
+// The kernels attention_forward / attention_backward<P> with storage T run for
+// head dimension hd on the current device.
+template <MatmulPrecision P, class T>
+AttentionPath attention_path(int hd) {
+  if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {
+    const AttentionTcKernels family = attention_tc_kernels();
+    std::size_t need = 0;
+    dispatch_head_dim(hd, [&](auto hdc) {
+      constexpr int HD = decltype(hdc)::value;
+      using W = AttentionTcTiles<HD>;
+      using M = AttentionMmaTiles<HD>;
+      need = family == AttentionTcKernels::mma ? std::max(M::fwd_bytes, M::bwd_bytes)
+                                               : std::max({W::fwd_bytes, W::dkv_bytes, W::dq_bytes});
+    });
+    if (!tensor_cores_fit(need)) return AttentionPath::fp32;
+    return family == AttentionTcKernels::mma ? AttentionPath::mma : AttentionPath::wmma;
+  } else {
+    return AttentionPath::fp32;
+  }
+}
+
+template <int HD, class T>
+void attention_mma_forward_launch(const Cuda& be, T* out, float* lse, const T* qkvr, int B, int Tn, int C, int H) {
+  using L = AttentionMmaTiles<HD>;
+  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
+  const float scale_log2 = 1.4426950408889634f / std::sqrt(float(HD));
+  attention_tc_allow_smem(attention_mma_forward_kernel<HD, T>, L::fwd_bytes);
+  attention_mma_forward_kernel<HD, T><<<grid, L::threads, L::fwd_bytes, be.stream()>>>(out, lse, qkvr, Tn, C, H,
+                                                                                        scale_log2);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_mma_forward_kernel");
+}
+
+template <int HD, class T>
+void attention_mma_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* qkvr, const float* lse,
+                                   const float* Dv, const float* rope_cos, const float* rope_sin, int B, int Tn, int C,
+                                   int H, int rot) {
+  using L = AttentionMmaTiles<HD>;
+  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
+  const float scale = 1.0f / std::sqrt(float(HD));
+  const float scale_log2 = 1.4426950408889634f * scale;
+  attention_tc_allow_smem(attention_mma_backward_dkv_kernel<HD, T>, L::bwd_bytes);
+  attention_mma_backward_dkv_kernel<HD, T><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
+      dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dkv_kernel");
+  attention_tc_allow_smem(attention_mma_backward_dq_kernel<HD, T>, L::bwd_bytes);
+  attention_mma_backward_dq_kernel<HD, T><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
+      dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dq_kernel");
 }
 
 }  // namespace cuda
@@ -468,22 +539,15 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
   cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr, qkv, rope_cos, rope_sin,
                                                                                    n, Tn, C, hd, rot);
   DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
-  if (cuda::attention_use_tc<P, T>(hd)) {
-    switch (hd) {
-      case 16: cuda::attention_tc_forward_launch<16>(be, out, lse, qkvr, B, Tn, C, H); return;
-      case 32: cuda::attention_tc_forward_launch<32>(be, out, lse, qkvr, B, Tn, C, H); return;
-      case 64: cuda::attention_tc_forward_launch<64>(be, out, lse, qkvr, B, Tn, C, H); return;
-      case 128: cuda::attention_tc_forward_launch<128>(be, out, lse, qkvr, B, Tn, C, H); return;
-      default: cuda::attention_unsupported_head_dim(hd);
+  const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
+  cuda::dispatch_head_dim(hd, [&](auto hdc) {
+    constexpr int HD = decltype(hdc)::value;
+    switch (path) {
+      case cuda::AttentionPath::mma: cuda::attention_mma_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H); break;
+      case cuda::AttentionPath::wmma: cuda::attention_tc_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H); break;
+      case cuda::AttentionPath::fp32: cuda::attention_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H); break;
     }
-  }
-  switch (hd) {
-    case 16: cuda::attention_forward_launch<16>(be, out, lse, qkvr, B, Tn, C, H); break;
-    case 32: cuda::attention_forward_launch<32>(be, out, lse, qkvr, B, Tn, C, H); break;
-    case 64: cuda::attention_forward_launch<64>(be, out, lse, qkvr, B, Tn, C, H); break;
-    case 128: cuda::attention_forward_launch<128>(be, out, lse, qkvr, B, Tn, C, H); break;
-    default: cuda::attention_unsupported_head_dim(hd);
-  }
+  });
 }
 
 // Overwrites dqkv [B·T, 3C] with the gradient with respect to the unrotated
@@ -497,30 +561,28 @@ void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, co
   const int hd = cuda::attention_check(B, Tn, C, H, rot);
   const std::size_t rows = std::size_t(B) * H * Tn;
   float* Dv = static_cast<float*>(be.ctx->scratch_bytes(rows * sizeof(float)));
-  const bool tc = cuda::attention_use_tc<P, T>(hd);
-  if (tc)
+  const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
+  if (path != cuda::AttentionPath::fp32)
     cuda::attention_row_dot_kernel<T, true><<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out, B,
                                                                                                        Tn, C, H);
   else
     cuda::attention_row_dot_kernel<T, false><<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out,
                                                                                                         B, Tn, C, H);
   DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
-  if (tc) {
-    switch (hd) {
-      case 16: cuda::attention_tc_backward_launch<16>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
-      case 32: cuda::attention_tc_backward_launch<32>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
-      case 64: cuda::attention_tc_backward_launch<64>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
-      case 128: cuda::attention_tc_backward_launch<128>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); return;
-      default: cuda::attention_unsupported_head_dim(hd);
+  cuda::dispatch_head_dim(hd, [&](auto hdc) {
+    constexpr int HD = decltype(hdc)::value;
+    switch (path) {
+      case cuda::AttentionPath::mma:
+        cuda::attention_mma_backward_launch<HD>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
+        break;
+      case cuda::AttentionPath::wmma:
+        cuda::attention_tc_backward_launch<HD>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
+        break;
+      case cuda::AttentionPath::fp32:
+        cuda::attention_backward_launch<HD>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
+        break;
     }
-  }
-  switch (hd) {
-    case 16: cuda::attention_backward_launch<16>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
-    case 32: cuda::attention_backward_launch<32>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
-    case 64: cuda::attention_backward_launch<64>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
-    case 128: cuda::attention_backward_launch<128>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot); break;
-    default: cuda::attention_unsupported_head_dim(hd);
-  }
+  });
 }
 
 }  // namespace doremi::backend

@@ -45,6 +45,7 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include "doremi/backend/cuda/attention_mma.hpp"  // the tile load and store helpers
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/elementwise.hpp"
 
@@ -82,61 +83,6 @@ struct AttentionTcTiles {
   static_assert(obytes <= dkv_bytes && obytes <= dq_bytes, "attention (tensor cores): the output stage must fit");
 };
 
-// dst[r·(hd + 8) + d] = bf16(row (row0 + r), column d of src) for r < 64, zero
-// rows at and past Tn. src points at row 0, rows ld apart (ld a multiple of 4).
-// Float4 loads when src is 16-byte aligned. Block-wide (128 threads).
-template <int HD, class T>
-__device__ __forceinline__ void attention_tc_load_tile(__nv_bfloat16* dst, const T* src, std::size_t ld, int row0,
-                                                       int Tn) {
-  constexpr int LDH = HD + 8, NT = 128, Q4 = HD / 4;
-  bool vec = false;
-  if constexpr (std::is_same_v<T, float>) vec = (reinterpret_cast<std::uintptr_t>(src) & 15u) == 0 && ld % 4 == 0;
-  for (int idx = int(threadIdx.x); idx < 64 * Q4; idx += NT) {
-    const int r = idx / Q4, d = 4 * (idx % Q4);
-    float x0 = 0.0f, x1 = 0.0f, x2 = 0.0f, x3 = 0.0f;
-    if (row0 + r < Tn) {
-      const T* p = src + std::size_t(row0 + r) * ld + d;
-      if constexpr (std::is_same_v<T, float>) {
-        if (vec) {
-          const float4 v = *reinterpret_cast<const float4*>(p);
-          x0 = v.x, x1 = v.y, x2 = v.z, x3 = v.w;
-        } else {
-          x0 = p[0], x1 = p[1], x2 = p[2], x3 = p[3];
-        }
-      } else {
-        x0 = float(p[0]), x1 = float(p[1]), x2 = float(p[2]), x3 = float(p[3]);
-      }
-    }
-    __nv_bfloat162* q = reinterpret_cast<__nv_bfloat162*>(dst + r * LDH + d);
-    q[0] = __floats2bfloat162_rn(x0, x1);
-    q[1] = __floats2bfloat162_rn(x2, x3);
-  }
-}
-
-// Writes rows row0 .. row0 + 63 (those < Tn) of the float stage [64][hd + 4]
-// to dst (row 0 at dst, rows ld apart) as T, the first `rot` dims rotated
-// back by the angle of position t = row (rot = 0: a plain store). Block-wide;
-// the caller synchronises before (stage complete) and after (stage reuse).
-template <int HD, class T>
-__device__ __forceinline__ void attention_tc_store_rows(T* dst, std::size_t ld, const float* stage, int row0, int Tn,
-                                                        int rot, const float* rope_cos, const float* rope_sin) {
-  constexpr int LDO = HD + 4;
-  const int half = rot / 2;
-  for (int idx = int(threadIdx.x); idx < 64 * HD; idx += 128) {
-    const int rr = idx / HD, d = idx % HD, t = row0 + rr;
-    if (t >= Tn) continue;
-    float v = stage[rr * LDO + d];
-    if (d < rot) {
-      const int p = d < half ? d : d - half;
-      float x1 = stage[rr * LDO + p], x2 = stage[rr * LDO + p + half];
-      const std::size_t a = std::size_t(t) * half + p;
-      rotate_back(x1, x2, rope_cos[a], rope_sin[a]);
-      v = d < half ? x1 : x2;
-    }
-    dst[std::size_t(t) * ld + d] = T(v);
-  }
-}
-
 // Forward. Grid (B·H, query tiles); the longest (last) query tiles start
 // first. scale_log2 = log2(e)/√hd.
 template <int HD, class T>
@@ -162,7 +108,7 @@ __global__ void __launch_bounds__(128)
   const std::size_t ld = std::size_t(3) * C;
   const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
 
-  attention_tc_load_tile<HD>(Qs, base, ld, q0, Tn);
+  attention_mma::load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   for (int e = lane; e < 16 * HD; e += 32) Os[(wr + e / HD) * LDO + e % HD] = 0.0f;  // the warp's own rows
   __syncthreads();
   wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf[KS];
@@ -173,8 +119,8 @@ __global__ void __launch_bounds__(128)
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
   for (int k0 = 0; k0 < kend; k0 += 64) {
     __syncthreads();  // every warp is done with the previous K, V tiles
-    attention_tc_load_tile<HD>(Ks, base + HD, ld, k0, Tn);
-    attention_tc_load_tile<HD>(Vs, base + 2 * HD, ld, k0, Tn);
+    attention_mma::load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
+    attention_mma::load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
     __syncthreads();
     // 16-key column blocks with a visible key for some row of this warp (on the diagonal tile: n ≤ warp).
     const int nblk = k0 == q0 ? warp + 1 : 4;
@@ -252,7 +198,7 @@ __global__ void __launch_bounds__(128)
   for (int d = odd; d < HD; d += 2) Os[sr * LDO + d] *= inv;
   if (lane % 2 == 0 && i < Tn) lse[std::size_t(bh) * Tn + i] = (m + log2f(l)) * 0.69314718055994531f;
   __syncthreads();
-  attention_tc_store_rows<HD>(out + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), Os, q0, Tn, 0,
+  attention_mma::store_rows<HD>(out + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), Os, q0, Tn, 0,
                               nullptr, nullptr);
 }
 
@@ -292,8 +238,8 @@ __global__ void __launch_bounds__(128)
   const float* lse_bh = lse + std::size_t(bh) * Tn;
   const float* D_bh = Dv + std::size_t(bh) * Tn;
 
-  attention_tc_load_tile<HD>(Ks, base + HD, ld, k0, Tn);
-  attention_tc_load_tile<HD>(Vs, base + 2 * HD, ld, k0, Tn);
+  attention_mma::load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
+  attention_mma::load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> dk[KS], dv[KS];
 #pragma unroll
   for (int dn = 0; dn < KS; ++dn) {
@@ -303,8 +249,8 @@ __global__ void __launch_bounds__(128)
 
   for (int i0 = k0; i0 < Tn; i0 += 64) {  // queries before k0 see none of the block's keys
     __syncthreads();  // every warp is done with the previous Q, dO tiles
-    attention_tc_load_tile<HD>(Qs, base, ld, i0, Tn);
-    attention_tc_load_tile<HD>(dOs, dO_base, std::size_t(C), i0, Tn);
+    attention_mma::load_tile<HD, 64>(Qs, base, ld, i0, Tn);
+    attention_mma::load_tile<HD, 64>(dOs, dO_base, std::size_t(C), i0, Tn);
     if (threadIdx.x < 64) {
       const int ii = int(threadIdx.x);
       lse_s[ii] = i0 + ii < Tn ? lse_bh[i0 + ii] * log2e : 0.0f;
@@ -380,12 +326,12 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
   for (int dn = 0; dn < KS; ++dn) wmma::store_matrix_sync(stage + wr * LDO + 16 * dn, dk[dn], LDO, wmma::mem_row_major);
   __syncthreads();
-  attention_tc_store_rows<HD>(dbase + HD, ld, stage, k0, Tn, rot, rope_cos, rope_sin);
+  attention_mma::store_rows<HD>(dbase + HD, ld, stage, k0, Tn, rot, rope_cos, rope_sin);
   __syncthreads();
 #pragma unroll
   for (int dn = 0; dn < KS; ++dn) wmma::store_matrix_sync(stage + wr * LDO + 16 * dn, dv[dn], LDO, wmma::mem_row_major);
   __syncthreads();
-  attention_tc_store_rows<HD>(dbase + 2 * HD, ld, stage, k0, Tn, 0, nullptr, nullptr);
+  attention_mma::store_rows<HD>(dbase + 2 * HD, ld, stage, k0, Tn, 0, nullptr, nullptr);
 }
 
 // dQ. Grid (B·H, query tiles); the longest (last) query tiles start first.
@@ -419,8 +365,8 @@ __global__ void __launch_bounds__(128)
   const std::size_t ld = std::size_t(3) * C;
   const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
 
-  attention_tc_load_tile<HD>(Qs, base, ld, q0, Tn);
-  attention_tc_load_tile<HD>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
+  attention_mma::load_tile<HD, 64>(Qs, base, ld, q0, Tn);
+  attention_mma::load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
   if (threadIdx.x < 64) {
     const int ii = int(threadIdx.x);
     lse_s[ii] = q0 + ii < Tn ? lse[std::size_t(bh) * Tn + q0 + ii] * log2e : 0.0f;
@@ -440,8 +386,8 @@ __global__ void __launch_bounds__(128)
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
   for (int k0 = 0; k0 < kend; k0 += 64) {
     __syncthreads();  // every warp is done with the previous K, V tiles
-    attention_tc_load_tile<HD>(Ks, base + HD, ld, k0, Tn);
-    attention_tc_load_tile<HD>(Vs, base + 2 * HD, ld, k0, Tn);
+    attention_mma::load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
+    attention_mma::load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
     __syncthreads();
     const int nblk = k0 == q0 ? warp + 1 : 4;
 
@@ -501,27 +447,22 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
   for (int dn = 0; dn < KS; ++dn) wmma::store_matrix_sync(stage + wr * LDO + 16 * dn, dq[dn], LDO, wmma::mem_row_major);
   __syncthreads();
-  attention_tc_store_rows<HD>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot,
+  attention_mma::store_rows<HD>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot,
                               rope_cos, rope_sin);
 }
 
 // ---- launches (tensor cores) ----
 
-// True when the current device runs the tensor-core kernels for hd: compute
-// capability 8.0 or later and an opt-in shared-memory limit that holds the
-// largest of the three kernels' tiles. Otherwise the callers keep the fp32
-// kernels (forward and backward decide alike on the same device).
-template <int HD>
-bool attention_tc_supported() {
-  using L = AttentionTcTiles<HD>;
+// True when the current device runs tensor-core kernels whose largest launch
+// needs `bytes` of dynamic shared memory: compute capability 8.0 or later and
+// an opt-in shared-memory limit that holds them. Otherwise the callers keep
+// the fp32 kernels (forward and backward decide alike on the same device).
+inline bool tensor_cores_fit(std::size_t bytes) {
   int dev = 0, major = 0, optin = 0;
   DOREMI_CUDA_CHECK(cudaGetDevice(&dev));
   DOREMI_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   DOREMI_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  std::size_t need = L::fwd_bytes;
-  if (L::dkv_bytes > need) need = L::dkv_bytes;
-  if (L::dq_bytes > need) need = L::dq_bytes;
-  return major >= 8 && need <= std::size_t(optin);
+  return major >= 8 && bytes <= std::size_t(optin);
 }
 
 template <class K>

@@ -6,13 +6,13 @@
 // forward and backward side by side and are found by tag dispatch
 // (`layernorm_forward(Cuda, ...)`), exactly like backend::Cpu's.
 //
-// Status (first slice): fp32 (and fp64) kernels for embedding, LayerNorm,
-// GELU, residual adds, cuBLASLt linear layers, AdamW and the global gradient
-// norm. bf16 compute with fp32 master weights, attention and the fused
-// classifier are still to come (issue 4). Pointers passed to the layer
-// functions are device pointers.
+// Every layer of Model and the trainers' optimiser runs here (see
+// backend/cuda.hpp for the list); pointers passed to the layer functions are
+// device pointers. Models with MatmulPrecision::bf16 keep fp32 storage and
+// master weights and run their matrix products and attention on tensor cores.
 //
-// Needs nvcc (kernels); the program must be compiled as CUDA.
+// Needs nvcc (kernels); the program must be compiled as CUDA (CMake: link
+// doremi::cuda).
 #include <cstddef>
 #include <cstdint>
 #include <memory>

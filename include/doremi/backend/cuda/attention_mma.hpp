@@ -1,0 +1,453 @@
+#pragma once
+// Register-resident tensor-core causal attention (FlashAttention-2 style):
+// the kernels of the MatmulPrecision::bf16 path built on mma.sync m16n8k16
+// (mma.hpp), with the same inputs, outputs, layouts and semantics as the
+// kernels of attention.hpp and attention_tc.hpp (read attention.hpp's comment
+// first). Unlike the WMMA kernels, whose fragment layout is opaque, these keep
+// scores, probabilities and every accumulator in registers: a score tile is a
+// set of m16n8 accumulators whose element-to-lane map is fixed by the PTX ISA,
+// so the online softmax works on them in place (a row lives in the 4 lanes of
+// a quad: two __shfl_xor_sync complete a row's max or sum), and the
+// accumulator of P (or dS) becomes the A operand of the next product without
+// leaving registers (an m16n8 accumulator pair is an m16k16 A fragment).
+//
+// A block has 4 warps (128 threads) and owns 64 rows (queries; keys for
+// dK/dV) of one (b, h); warp w owns rows 16w .. 16w + 15. Streamed tiles of
+// BN rows (keys; queries for dK/dV), BN = 64 (32 for hd = 128), go through
+// shared memory as bf16 (rounded from T when loaded), pitch hd + 8 (rows
+// 16-byte aligned for ldmatrix, no bank conflicts). Operands come from
+// shared memory through ldmatrix (.trans where the product needs the tile's
+// transpose). Causal skipping at the granularity of 16 columns, warp-uniform.
+// Scores are scaled by scale·log2(e) and exponentiated with exp2f.
+//
+//   forward  O = softmax(S)·V, lse             per warp: S, P, O in registers
+//   dK, dV   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, Pᵀ, dSᵀ; dV += Pᵀ·dO, dK += dSᵀ·Q
+//   dQ       S = Q·Kᵀ, dP = dO·Vᵀ, dS;         dQ += dS·K
+// dK and dQ leave through a float stage in shared memory (over the tiles) so
+// that rotate_back sees both values of a pair and the stores coalesce.
+// Deterministic: fixed summation orders, no atomics (dQ has its own kernel).
+//
+// No launches here (attention.hpp launches them): this header builds with
+// nvcc and, with DOREMI_CUDA_EMULATE, with the host compiler under the tests'
+// CPU emulator (tests/cuda_emu), which is how they are tested without a GPU.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+
+#include "doremi/backend/cuda/mma.hpp"
+#include "doremi/backend/elementwise.hpp"
+
+namespace doremi::backend::cuda {
+
+template <int HD>
+struct AttentionMmaTiles {
+  static_assert(HD == 16 || HD == 32 || HD == 64 || HD == 128, "attention (mma): hd 16, 32, 64 or 128");
+  static constexpr int rows = 64;               // rows a block owns, 16 per warp
+  static constexpr int bn = HD <= 64 ? 64 : 32; // rows of a streamed tile
+  static constexpr int threads = 128;
+  static constexpr int ldh = HD + 8;            // bf16 pitch of every tile
+  static constexpr int ldo = HD + 4;            // float pitch of the output stage
+  static constexpr std::size_t own_bytes = std::size_t(rows) * ldh * 2;  // one [64][hd] tile
+  static constexpr std::size_t bn_bytes = std::size_t(bn) * ldh * 2;     // one [BN][hd] tile
+  static constexpr std::size_t stage_bytes = std::size_t(rows) * ldo * 4;
+  static constexpr std::size_t fwd_bytes = own_bytes + 2 * bn_bytes;                     // Q | K V
+  static constexpr std::size_t bwd_bytes = 2 * own_bytes + 2 * bn_bytes + 2 * 4 * bn;    // two own | two streamed | lse D
+  static_assert(stage_bytes <= 2 * own_bytes + 2 * bn_bytes, "attention (mma): the output stage must fit");
+  static_assert(own_bytes % 16 == 0 && bn_bytes % 16 == 0);
+};
+
+namespace attention_mma {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ int lane_id() { return int(threadIdx.x) % 32; }
+
+// dst[r·(HD + 8) + d] = bf16(src row (row0 + r), column d) for r < ROWS, zero
+// rows at and past Tn. src points at row 0, rows ld apart. Block-wide.
+template <int HD, int ROWS, class T>
+__device__ __forceinline__ void load_tile(bf16* dst, const T* src, std::size_t ld, int row0, int Tn) {
+  constexpr int LDH = HD + 8, Q4 = HD / 4;
+  bool vec = false;  // float4 loads where every row start is 16-byte aligned
+  if constexpr (std::is_same_v<T, float>) vec = (reinterpret_cast<std::uintptr_t>(src) & 15u) == 0 && ld % 4 == 0;
+  for (int idx = int(threadIdx.x); idx < ROWS * Q4; idx += int(blockDim.x)) {
+    const int r = idx / Q4, d = 4 * (idx % Q4);
+    float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (row0 + r < Tn) {
+      const T* p = src + std::size_t(row0 + r) * ld + d;
+      if constexpr (std::is_same_v<T, float>) {
+        if (vec) {
+          const float4 v = *reinterpret_cast<const float4*>(p);
+          x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+        } else {
+          for (int c = 0; c < 4; ++c) x[c] = p[c];
+        }
+      } else {
+        for (int c = 0; c < 4; ++c) x[c] = float(p[c]);
+      }
+    }
+    auto* q = reinterpret_cast<std::uint32_t*>(dst + r * LDH + d);
+    q[0] = mma::pack_bf16(x[0], x[1]);
+    q[1] = mma::pack_bf16(x[2], x[3]);
+  }
+}
+
+// Writes rows row0 .. row0 + 63 (those < Tn) of the float stage [64][HD + 4]
+// to dst (row 0 at dst, rows ld apart) as T, the first `rot` dims rotated
+// back by the angle of position t = row (rot = 0: a plain store). Block-wide.
+template <int HD, class T>
+__device__ __forceinline__ void store_rows(T* dst, std::size_t ld, const float* stage, int row0, int Tn, int rot,
+                                           const float* rope_cos, const float* rope_sin) {
+  constexpr int LDO = HD + 4;
+  const int half = rot / 2;
+  for (int idx = int(threadIdx.x); idx < 64 * HD; idx += int(blockDim.x)) {
+    const int rr = idx / HD, d = idx % HD, t = row0 + rr;
+    if (t >= Tn) continue;
+    float v = stage[rr * LDO + d];
+    if (d < rot) {
+      const int p = d < half ? d : d - half;
+      float x1 = stage[rr * LDO + p], x2 = stage[rr * LDO + p + half];
+      const std::size_t a = std::size_t(t) * half + p;
+      rotate_back(x1, x2, rope_cos[a], rope_sin[a]);
+      v = d < half ? x1 : x2;
+    }
+    dst[std::size_t(t) * ld + d] = T(v);
+  }
+}
+
+// A fragment (16×16) at (row0, col0) of a row-major bf16 tile.
+__device__ __forceinline__ void load_a(std::uint32_t (&a)[4], const bf16* tile, int ld, int row0, int col0) {
+  const int l = lane_id();
+  mma::ldmatrix_x4(a, tile + (row0 + l % 16) * ld + col0 + 8 * (l / 16));
+}
+
+// B fragments of two n8 tiles for B[k][n] = M[n0 + n][k0 + k], M a row-major
+// bf16 tile (rows n): b[0], b[1] for columns n0 .. n0 + 7, b[2], b[3] for n0 + 8 .. n0 + 15.
+__device__ __forceinline__ void load_b_rows(std::uint32_t (&b)[4], const bf16* tile, int ld, int n0, int k0) {
+  const int l = lane_id();
+  mma::ldmatrix_x4(b, tile + (n0 + l % 8 + 8 * (l / 16)) * ld + k0 + 8 * ((l / 8) % 2));
+}
+
+// The same for B[k][n] = M[k0 + k][n0 + n] (M's rows are k: ldmatrix .trans).
+__device__ __forceinline__ void load_b_cols(std::uint32_t (&b)[4], const bf16* tile, int ld, int k0, int n0) {
+  const int l = lane_id();
+  mma::ldmatrix_x4_trans(b, tile + (k0 + l % 8 + 8 * ((l / 8) % 2)) * ld + n0 + 8 * (l / 16));
+}
+
+// acc[n] = (A·Bᵀ)[16 rows, 8n .. 8n + 7] for the n8 tiles of the first
+// 16·np_end columns (the rest are left 0): A = rows a_row0 .. + 15 of tile A
+// (k = its HD columns), B's rows from tile Bm (rows = columns of the result).
+template <int HD, int NT>
+__device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int a_row0, const bf16* Bm, int np_end) {
+  constexpr int LDH = HD + 8;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    std::uint32_t a[4];
+    load_a(a, A, LDH, a_row0, 16 * kk);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      if (np < np_end) {
+        std::uint32_t b[4];
+        load_b_rows(b, Bm, LDH, 16 * np, 16 * kk);
+        mma::mma_bf16_16816(acc[2 * np], a, b[0], b[1]);
+        mma::mma_bf16_16816(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
+
+// out[n] += (P·M)[16 rows, 8n .. 8n + 7] over all HD columns of M, with P
+// given as accumulators p[NT][4] (16 rows × 8·NT columns = the k of the
+// product; k blocks from kb_begin to kb_end − 1, 16 wide, the rest skipped)
+// and M a row-major bf16 tile with rows k.
+template <int HD, int NT>
+__device__ __forceinline__ void warp_pm(float (&out)[HD / 8][4], const float (&p)[NT][4], const bf16* M, int kb_begin,
+                                        int kb_end) {
+  constexpr int LDH = HD + 8;
+#pragma unroll
+  for (int kb = 0; kb < NT / 2; ++kb) {
+    if (kb >= kb_begin && kb < kb_end) {
+      const std::uint32_t a[4] = {mma::pack_bf16(p[2 * kb][0], p[2 * kb][1]), mma::pack_bf16(p[2 * kb][2], p[2 * kb][3]),
+                                  mma::pack_bf16(p[2 * kb + 1][0], p[2 * kb + 1][1]),
+                                  mma::pack_bf16(p[2 * kb + 1][2], p[2 * kb + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < HD / 16; ++dp) {
+        std::uint32_t b[4];
+        load_b_cols(b, M, LDH, 16 * kb, 16 * dp);
+        mma::mma_bf16_16816(out[2 * dp], a, b[0], b[1]);
+        mma::mma_bf16_16816(out[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
+
+// Max or sum over the 4 lanes of a quad (the lanes holding one row).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The warp's accumulators acc[HD/8][4] (rows wr .. wr + 15) into the float stage [64][HD + 4].
+template <int HD>
+__device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[HD / 8][4], int wr) {
+  constexpr int LDO = HD + 4;
+  const int g = lane_id() / 4, t = lane_id() % 4;
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) stage[(wr + g + 8 * (e / 2)) * LDO + 8 * n + 2 * t + e % 2] = acc[n][e];
+}
+
+}  // namespace attention_mma
+
+// Forward. Grid (B·H, query tiles); the longest (last) query tiles start
+// first. scale_log2 = log2(e)/√hd.
+template <int HD, class T>
+__global__ void __launch_bounds__(128)
+    attention_mma_forward_kernel(T* out, float* lse, const T* qkvr, int Tn, int C, int H, float scale_log2) {
+  using namespace attention_mma;
+  using L = AttentionMmaTiles<HD>;
+  constexpr int BN = L::bn, NT = BN / 8;
+  unsigned char* const sm = mma::dynamic_smem();
+  bf16* const Qs = reinterpret_cast<bf16*>(sm);
+  bf16* const Ks = reinterpret_cast<bf16*>(sm + L::own_bytes);
+  bf16* const Vs = reinterpret_cast<bf16*>(sm + L::own_bytes + L::bn_bytes);
+
+  const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
+  const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
+  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4, t = lane_id() % 4;
+  const int last = q0 + wr + 15;                 // the warp's last query
+  const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};  // this lane's two query rows
+  const std::size_t ld = std::size_t(3) * C;
+  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
+
+  load_tile<HD, 64>(Qs, base, ld, q0, Tn);
+  float o[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per row: running max (log2 units) and sum
+
+  const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
+  for (int k0 = 0; k0 < kend; k0 += BN) {
+    __syncthreads();  // every warp is done with the previous K, V tiles
+    load_tile<HD, BN>(Ks, base + HD, ld, k0, Tn);
+    load_tile<HD, BN>(Vs, base + 2 * HD, ld, k0, Tn);
+    __syncthreads();
+    if (k0 > last) continue;  // every key of the tile is masked for the warp's rows (warp-uniform)
+    // 16-key blocks with a key visible to some row of the warp.
+    const int kb_end = (last - k0) / 16 + 1;
+
+    float s[NT][4];
+    warp_abt<HD>(s, Qs, wr, Ks, kb_end);
+
+    float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = k0 + 8 * n + 2 * t + e % 2, r = e / 2;
+        s[n][e] = j <= rows[r] && j < Tn ? s[n][e] * scale_log2 : -INFINITY;
+        mt[r] = fmaxf(mt[r], s[n][e]);
+      }
+    float alpha[2], ref[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float mn = fmaxf(m[r], quad_max(mt[r]));
+      // mn = −∞ only while a row has seen no visible key (never: key 0 is in
+      // the first tile); subtracting 0 then keeps exp2(−∞) = 0, no NaN.
+      ref[r] = mn == -INFINITY ? 0.0f : mn;
+      alpha[r] = exp2f(m[r] - ref[r]);  // 0 on the first tile (m = −∞)
+      m[r] = mn;
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(s[n][e] - ref[e / 2]);
+        sum[e / 2] += s[n][e];
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + quad_sum(sum[r]);
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e / 2];
+    warp_pm<HD>(o, s, Vs, 0, kb_end);
+  }
+
+  // O / l and lse = (m + log2 l)·ln 2, straight from registers (a quad writes 8 consecutive values of a row).
+  T* const obase = out + std::size_t(b) * Tn * C + std::size_t(h) * HD;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = rows[r];
+    if (i >= Tn) continue;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) obase[std::size_t(i) * C + 8 * n + 2 * t + e] = T(o[n][2 * r + e] * inv);
+    if (t == 0) lse[std::size_t(bh) * Tn + i] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
+  }
+}
+
+// dK, dV. Grid (B·H, key tiles); the first key tiles (which see the most
+// queries) start first. Overwrites the k and v parts of dqkv. Dv: the row
+// dots D of attention.hpp. scale = 1/√hd, scale_log2 = scale·log2(e).
+template <int HD, class T>
+__global__ void __launch_bounds__(128)
+    attention_mma_backward_dkv_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+                                      const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
+                                      float scale, float scale_log2) {
+  using namespace attention_mma;
+  using L = AttentionMmaTiles<HD>;
+  constexpr int BN = L::bn, NT = BN / 8;
+  constexpr float log2e = 1.4426950408889634f;
+  unsigned char* const sm = mma::dynamic_smem();
+  bf16* const Ks = reinterpret_cast<bf16*>(sm);
+  bf16* const Vs = reinterpret_cast<bf16*>(sm + L::own_bytes);
+  bf16* const Qs = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes);
+  bf16* const dOs = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + L::bn_bytes);
+  float* const lse_s = reinterpret_cast<float*>(sm + 2 * L::own_bytes + 2 * L::bn_bytes);  // ·log2(e)
+  float* const D_s = lse_s + BN;
+
+  const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
+  const int k0 = int(blockIdx.y) * 64;
+  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4, t = lane_id() % 4;
+  const int first = k0 + wr;                            // the warp's first key
+  const int keys[2] = {first + g, first + g + 8};      // this lane's two key rows
+  const std::size_t ld = std::size_t(3) * C;
+  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  const T* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
+
+  load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
+  load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
+  float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
+
+  for (int i0 = k0; i0 < Tn; i0 += BN) {  // queries before k0 see none of the block's keys
+    __syncthreads();  // every warp is done with the previous Q, dO tiles
+    load_tile<HD, BN>(Qs, base, ld, i0, Tn);
+    load_tile<HD, BN>(dOs, dO_base, std::size_t(C), i0, Tn);
+    for (int ii = int(threadIdx.x); ii < BN; ii += 128) {
+      lse_s[ii] = i0 + ii < Tn ? lse[std::size_t(bh) * Tn + i0 + ii] * log2e : 0.0f;
+      D_s[ii] = i0 + ii < Tn ? Dv[std::size_t(bh) * Tn + i0 + ii] : 0.0f;
+    }
+    __syncthreads();
+    if (i0 + BN <= first) continue;  // every query of the tile precedes the warp's keys (warp-uniform)
+    // 16-query blocks before qb_begin see none of the warp's keys.
+    const int qb_begin = first > i0 ? (first - i0) / 16 : 0;
+
+    float st[NT][4], dpt[NT][4];
+    warp_abt<HD>(st, Ks, wr, Qs, NT / 2);   // Sᵀ = K·Qᵀ (blocks before qb_begin: computed, then masked)
+    warp_abt<HD>(dpt, Vs, wr, dOs, NT / 2); // dPᵀ = V·dOᵀ
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = 8 * n + 2 * t + e % 2, i = i0 + c;
+        float p = 0.0f;
+        if (keys[e / 2] <= i && i < Tn) p = exp2f(st[n][e] * scale_log2 - lse_s[c]);
+        st[n][e] = p;                                 // Pᵀ
+        dpt[n][e] = p * (dpt[n][e] - D_s[c]) * scale;  // dSᵀ
+      }
+    warp_pm<HD>(dv, st, dOs, qb_begin, NT / 2);  // dV += Pᵀ·dO
+    warp_pm<HD>(dk, dpt, Qs, qb_begin, NT / 2);  // dK += dSᵀ·Q
+  }
+
+  T* const dbase = dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  float* const stage = reinterpret_cast<float*>(sm);  // [64][hd + 4], over the tiles
+  __syncthreads();
+  stage_rows<HD>(stage, dk, wr);
+  __syncthreads();
+  store_rows<HD>(dbase + HD, ld, stage, k0, Tn, rot, rope_cos, rope_sin);
+  __syncthreads();
+  stage_rows<HD>(stage, dv, wr);
+  __syncthreads();
+  store_rows<HD>(dbase + 2 * HD, ld, stage, k0, Tn, 0, rope_cos, rope_sin);
+}
+
+// dQ. Grid (B·H, query tiles); the longest (last) query tiles start first.
+// Overwrites the q part of dqkv.
+template <int HD, class T>
+__global__ void __launch_bounds__(128)
+    attention_mma_backward_dq_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+                                     const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
+                                     float scale, float scale_log2) {
+  using namespace attention_mma;
+  using L = AttentionMmaTiles<HD>;
+  constexpr int BN = L::bn, NT = BN / 8;
+  constexpr float log2e = 1.4426950408889634f;
+  unsigned char* const sm = mma::dynamic_smem();
+  bf16* const Qs = reinterpret_cast<bf16*>(sm);
+  bf16* const dOs = reinterpret_cast<bf16*>(sm + L::own_bytes);
+  bf16* const Ks = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes);
+  bf16* const Vs = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + L::bn_bytes);
+
+  const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
+  const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
+  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4, t = lane_id() % 4;
+  const int last = q0 + wr + 15;
+  const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
+  const std::size_t ld = std::size_t(3) * C;
+  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+
+  load_tile<HD, 64>(Qs, base, ld, q0, Tn);
+  load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
+  float lse_r[2], D_r[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const bool in = rows[r] < Tn;
+    lse_r[r] = in ? lse[std::size_t(bh) * Tn + rows[r]] * log2e : 0.0f;
+    D_r[r] = in ? Dv[std::size_t(bh) * Tn + rows[r]] : 0.0f;
+  }
+  float dq[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+
+  const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
+  for (int k0 = 0; k0 < kend; k0 += BN) {
+    __syncthreads();  // every warp is done with the previous K, V tiles
+    load_tile<HD, BN>(Ks, base + HD, ld, k0, Tn);
+    load_tile<HD, BN>(Vs, base + 2 * HD, ld, k0, Tn);
+    __syncthreads();
+    if (k0 > last) continue;
+    const int kb_end = (last - k0) / 16 + 1;
+
+    float s[NT][4], dp[NT][4];
+    warp_abt<HD>(s, Qs, wr, Ks, kb_end);   // S = Q·Kᵀ
+    warp_abt<HD>(dp, dOs, wr, Vs, kb_end); // dP = dO·Vᵀ
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = k0 + 8 * n + 2 * t + e % 2, r = e / 2;
+        float ds = 0.0f;
+        if (j <= rows[r] && j < Tn && rows[r] < Tn) {
+          const float p = exp2f(s[n][e] * scale_log2 - lse_r[r]);
+          ds = p * (dp[n][e] - D_r[r]) * scale;
+        }
+        s[n][e] = ds;
+      }
+    warp_pm<HD>(dq, s, Ks, 0, kb_end);  // dQ += dS·K
+  }
+
+  float* const stage = reinterpret_cast<float*>(sm);
+  __syncthreads();
+  stage_rows<HD>(stage, dq, wr);
+  __syncthreads();
+  store_rows<HD>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot, rope_cos,
+                 rope_sin);
+}
+
+}  // namespace doremi::backend::cuda

@@ -1,0 +1,263 @@
+#pragma once
+// A CPU emulator for the project's warp-level CUDA kernels, for tests on
+// machines without a GPU (CI has the CUDA toolkit but no device). Compiled by
+// the host compiler (not nvcc): include this header first, then the kernel
+// header, and call a kernel through emu::launch:
+//
+//   emu::launch({grid_x, grid_y}, {128}, smem_bytes, [&] { kernel<64, float>(args...); });
+//
+// Blocks run one after another; a block's threads run as fibers (ucontext) on
+// the calling thread, switching only at the synchronising calls below, so a
+// run is deterministic. Emulated: threadIdx, blockIdx, blockDim, gridDim,
+// __syncthreads, __syncwarp, __shfl_xor_sync (float), the dynamic shared
+// memory (filled with NaN bytes at each block's start, so reads of unwritten
+// memory show up), and the primitives of doremi/backend/cuda/mma.hpp:
+// mma.sync m16n8k16 (bf16 operands, fp32 sums in k order) and ldmatrix .x4
+// (plain and .trans; addresses checked for 16-byte alignment), written from
+// the PTX ISA's register tables independently of the kernels that use them.
+// A barrier that can never complete (a deadlock) aborts with a message.
+#define DOREMI_CUDA_EMULATE 1
+
+#include <ucontext.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include <cuda_bf16.h>
+
+#define __launch_bounds__(...)
+
+namespace emu {
+
+struct Dim {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+[[noreturn]] inline void die(const char* what) {
+  std::fprintf(stderr, "cuda_emu: %s\n", what);
+  std::abort();
+}
+
+struct Block {
+  Dim grid, dim, idx;
+  int threads = 0, current = 0;
+  std::vector<unsigned char> smem;
+  std::vector<ucontext_t> ctx;
+  std::vector<std::vector<char>> stacks;
+  std::vector<Dim> tid;
+  std::vector<char> done;
+  ucontext_t scheduler{};
+  const std::function<void()>* body = nullptr;
+  int block_arrived = 0;
+  std::uint64_t block_gen = 0;
+  std::vector<int> warp_arrived;
+  std::vector<std::uint64_t> warp_gen;
+  std::vector<std::array<std::uint64_t, 4>> slot;  // a thread's values for warp exchanges
+  std::uint64_t events = 0;                        // completed barriers (progress, for deadlock detection)
+};
+
+inline Block*& block() {
+  static Block* b = nullptr;
+  return b;
+}
+
+inline void yield() {
+  Block& b = *block();
+  swapcontext(&b.ctx[std::size_t(b.current)], &b.scheduler);
+}
+
+// Waits until every thread of the block (warp = -1) or of warp `warp` arrived.
+inline void barrier(int warp) {
+  Block& b = *block();
+  int& arrived = warp < 0 ? b.block_arrived : b.warp_arrived[std::size_t(warp)];
+  std::uint64_t& gen = warp < 0 ? b.block_gen : b.warp_gen[std::size_t(warp)];
+  const int need = warp < 0 ? b.threads : 32;
+  const std::uint64_t g = gen;
+  if (++arrived == need) {
+    arrived = 0;
+    ++gen;
+    ++b.events;
+    return;
+  }
+  while (gen == g) yield();
+}
+
+inline int lane() { return block()->current % 32; }
+inline int warp() { return block()->current / 32; }
+inline std::array<std::uint64_t, 4>& my_slot() { return block()->slot[std::size_t(block()->current)]; }
+inline std::array<std::uint64_t, 4>& lane_slot(int l) {
+  return block()->slot[std::size_t(warp() * 32 + l)];
+}
+
+inline void fiber_entry() {
+  Block& b = *block();
+  (*b.body)();
+  b.done[std::size_t(b.current)] = 1;
+}  // returns to the scheduler through uc_link
+
+// Runs body once per thread of every block of the grid.
+inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::function<void()>& body) {
+  const int threads = int(dim.x * dim.y * dim.z);
+  if (threads <= 0 || threads % 32 != 0) die("blocks must have a positive multiple of 32 threads");
+  constexpr std::size_t stack_bytes = 256 * 1024;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block b;
+        b.grid = grid;
+        b.dim = dim;
+        b.idx = {bx, by, bz};
+        b.threads = threads;
+        b.smem.assign(smem_bytes, 0xff);  // 0xffff… is a NaN in float and bf16
+        b.ctx.resize(std::size_t(threads));
+        b.stacks.assign(std::size_t(threads), std::vector<char>(stack_bytes));
+        b.done.assign(std::size_t(threads), 0);
+        b.warp_arrived.assign(std::size_t(threads / 32), 0);
+        b.warp_gen.assign(std::size_t(threads / 32), 0);
+        b.slot.resize(std::size_t(threads));
+        b.body = &body;
+        for (int t = 0; t < threads; ++t) {
+          const unsigned ut = unsigned(t);
+          b.tid.push_back({ut % dim.x, (ut / dim.x) % dim.y, ut / (dim.x * dim.y)});
+        }
+        block() = &b;
+        for (int t = 0; t < threads; ++t) {
+          ucontext_t& c = b.ctx[std::size_t(t)];
+          getcontext(&c);
+          c.uc_stack.ss_sp = b.stacks[std::size_t(t)].data();
+          c.uc_stack.ss_size = stack_bytes;
+          c.uc_link = &b.scheduler;
+          makecontext(&c, fiber_entry, 0);
+        }
+        int idle_rounds = 0;
+        for (;;) {
+          bool all_done = true;
+          const std::uint64_t events = b.events;
+          int finished = 0;
+          for (int t = 0; t < threads; ++t) {
+            if (b.done[std::size_t(t)]) continue;
+            b.current = t;
+            swapcontext(&b.scheduler, &b.ctx[std::size_t(t)]);
+            if (b.done[std::size_t(t)]) ++finished;
+            else all_done = false;
+          }
+          if (all_done) break;
+          idle_rounds = (b.events == events && finished == 0) ? idle_rounds + 1 : 0;
+          if (idle_rounds > 4) die("deadlock: threads wait at a barrier that the others never reach");
+        }
+        block() = nullptr;
+      }
+}
+
+}  // namespace emu
+
+// ---- CUDA names the kernels use ----
+
+#define threadIdx (::emu::block()->tid[std::size_t(::emu::block()->current)])
+#define blockIdx (::emu::block()->idx)
+#define blockDim (::emu::block()->dim)
+#define gridDim (::emu::block()->grid)
+
+inline void __syncthreads() { emu::barrier(-1); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::barrier(emu::warp()); }
+
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+  std::uint32_t u;
+  std::memcpy(&u, &v, 4);
+  emu::my_slot()[0] = u;
+  emu::barrier(emu::warp());
+  const auto o = std::uint32_t(emu::lane_slot(emu::lane() ^ lane_mask)[0]);
+  emu::barrier(emu::warp());
+  float r;
+  std::memcpy(&r, &o, 4);
+  return r;
+}
+
+// ---- doremi/backend/cuda/mma.hpp ----
+#include "doremi/backend/cuda/mma.hpp"  // pack_bf16 (the device primitives are skipped under DOREMI_CUDA_EMULATE)
+
+namespace doremi::backend::cuda::mma {
+
+inline unsigned char* dynamic_smem() { return emu::block()->smem.data(); }
+
+namespace detail {
+inline float bf16_half(std::uint32_t reg, int half) {
+  const std::uint16_t bits = std::uint16_t(half ? reg >> 16 : reg & 0xffffu);
+  const std::uint32_t f = std::uint32_t(bits) << 16;
+  float r;
+  std::memcpy(&r, &f, 4);
+  return r;
+}
+inline std::uint16_t bf16_bits(const void* p) {
+  std::uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+}  // namespace detail
+
+// c += A·B, from the register tables of the PTX ISA (see mma.hpp).
+inline void mma_bf16_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  auto& s = emu::my_slot();
+  s[0] = a[0] | (std::uint64_t(a[1]) << 32);
+  s[1] = a[2] | (std::uint64_t(a[3]) << 32);
+  s[2] = b0 | (std::uint64_t(b1) << 32);
+  emu::barrier(emu::warp());
+  auto A = [](int row, int k) {  // lane (row % 8)·4 + (k % 8)/2, register (row ≥ 8) + 2·(k ≥ 8)
+    const auto& sl = emu::lane_slot((row % 8) * 4 + (k % 8) / 2);
+    const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+    const auto r = std::uint32_t(sl[std::size_t(reg / 2)] >> (32 * (reg % 2)));
+    return detail::bf16_half(r, k % 2);
+  };
+  auto B = [](int k, int col) {  // lane col·4 + (k % 8)/2, register b0 (k < 8) or b1
+    const auto& sl = emu::lane_slot(col * 4 + (k % 8) / 2);
+    const auto r = std::uint32_t(sl[2] >> (k >= 8 ? 32 : 0));
+    return detail::bf16_half(r, k % 2);
+  };
+  const int g = emu::lane() / 4, t = emu::lane() % 4;
+  float d[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+    float acc = c[i];
+    for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+    d[i] = acc;
+  }
+  emu::barrier(emu::warp());
+  for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+namespace detail {
+template <bool Trans>
+void ldmatrix(std::uint32_t (&r)[4], const void* row) {
+  if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0) emu::die("ldmatrix: a row address is not 16-byte aligned");
+  const unsigned char* base = emu::block()->smem.data();
+  const auto* p = static_cast<const unsigned char*>(row);
+  if (p < base || p + 16 > base + emu::block()->smem.size()) emu::die("ldmatrix: a row is outside shared memory");
+  emu::my_slot()[0] = reinterpret_cast<std::uintptr_t>(row);
+  emu::barrier(emu::warp());
+  const int l = emu::lane();
+  for (int j = 0; j < 4; ++j) {
+    auto rowp = [&](int rr) { return reinterpret_cast<const unsigned char*>(emu::lane_slot(8 * j + rr)[0]); };
+    std::uint16_t lo, hi;
+    if (!Trans) {
+      lo = bf16_bits(rowp(l / 4) + 2 * (2 * (l % 4)));
+      hi = bf16_bits(rowp(l / 4) + 2 * (2 * (l % 4) + 1));
+    } else {
+      lo = bf16_bits(rowp(2 * (l % 4)) + 2 * (l / 4));
+      hi = bf16_bits(rowp(2 * (l % 4) + 1) + 2 * (l / 4));
+    }
+    r[j] = std::uint32_t(lo) | (std::uint32_t(hi) << 16);
+  }
+  emu::barrier(emu::warp());
+}
+}  // namespace detail
+
+inline void ldmatrix_x4(std::uint32_t (&r)[4], const void* row) { detail::ldmatrix<false>(r, row); }
+inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* row) { detail::ldmatrix<true>(r, row); }
+
+}  // namespace doremi::backend::cuda::mma

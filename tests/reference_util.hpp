@@ -1,0 +1,116 @@
+#pragma once
+// Host-side references and checks shared by the GPU tests (tests/cuda) and
+// the CPU-emulated kernel tests (tests/cuda_emu): random inputs, tolerance
+// checks that report the worst element, and attention's rotary tables and
+// logsumexp computed here in double.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <doctest/doctest.h>
+
+#include "doremi/core/rng.hpp"  // Philox: inputs as pure functions of (seed, stream, index)
+
+namespace cuda_test {
+
+inline std::vector<float> randn(std::size_t n, std::uint64_t seed, float scale = 1.0f, float shift = 0.0f) {
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = shift + scale * float(doremi::Philox::normal(seed, 7, i));
+  return v;
+}
+
+// |got − want| ≤ atol + rtol·|want| everywhere; reports the worst element.
+inline void check_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
+                 const char* what) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  std::size_t at = 0;
+  bool finite = true;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) finite = false;
+    const double excess = std::abs(double(got[i]) - double(want[i])) - (atol + rtol * std::abs(double(want[i])));
+    if (excess > worst) {
+      worst = excess;
+      at = i;
+    }
+  }
+  INFO(what << ": worst element " << at << " got " << got[at] << " want " << want[at]);
+  CHECK(finite);
+  CHECK(worst <= 0.0);
+}
+
+// Rotary tables as Model builds them (model/gpt.hpp): cos/sin(t · 10000^(−2i/rot)) in double, rounded once.
+struct Rope {
+  std::vector<float> cos, sin;
+};
+inline Rope rope_tables(int n_ctx, int rot) {
+  const int half = rot / 2;
+  Rope r{std::vector<float>(std::size_t(n_ctx) * half), std::vector<float>(std::size_t(n_ctx) * half)};
+  for (int t = 0; t < n_ctx; ++t)
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(10000.0, -2.0 * i / rot);
+      r.cos[std::size_t(t) * half + i] = float(std::cos(t * inv_freq));
+      r.sin[std::size_t(t) * half + i] = float(std::sin(t * inv_freq));
+    }
+  return r;
+}
+
+inline std::vector<float> round_bf16(std::vector<float> v) {
+  for (float& f : v) f = float(__nv_bfloat16(f));
+  return v;
+}
+
+// lse[(b·H + h)·T + i] = log Σ_{j ≤ i} exp(q_i·k_j / √hd) from (rotated) qkvr, in double.
+inline std::vector<float> host_lse(const std::vector<float>& qkvr, int B, int T, int C, int H) {
+  const int hd = C / H;
+  const double scale = 1.0 / std::sqrt(double(hd));
+  std::vector<float> lse(std::size_t(B) * H * T);
+  std::vector<double> s(T);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < T; ++i) {
+        const float* q = qkvr.data() + (std::size_t(b) * T + i) * 3 * C + std::size_t(h) * 3 * hd;
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int j = 0; j <= i; ++j) {
+          const float* k = qkvr.data() + (std::size_t(b) * T + j) * 3 * C + std::size_t(h) * 3 * hd + hd;
+          double d = 0;
+          for (int c = 0; c < hd; ++c) d += double(q[c]) * double(k[c]);
+          s[j] = d * scale;
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j <= i; ++j) sum += std::exp(s[j] - mx);
+        lse[(std::size_t(b) * H + h) * T + i] = float(mx + std::log(sum));
+      }
+  return lse;
+}
+
+// max |got − want| ≤ tol · max |want| + floor over the elements that `pick`
+// selects (by index); reports the worst element.
+template <class Pick>
+inline void check_rel_max(const std::vector<float>& got, const std::vector<float>& want, double tol, double floor,
+                   const char* what, Pick pick) {
+  REQUIRE(got.size() == want.size());
+  double err = 0, mx = 0;
+  std::size_t at = 0;
+  bool finite = true;
+  for (std::size_t e = 0; e < got.size(); ++e) {
+    if (!pick(e)) continue;
+    if (!std::isfinite(got[e])) finite = false;
+    mx = std::max(mx, std::abs(double(want[e])));
+    const double d = std::abs(double(got[e]) - double(want[e]));
+    if (d > err) {
+      err = d;
+      at = e;
+    }
+  }
+  INFO(what << ": max |error| " << err << " (element " << at << ": got " << got[at] << " want " << want[at]
+            << "), max |want| " << mx << ", relative to the max " << (mx > 0 ? err / mx : 0.0));
+  CHECK(finite);
+  CHECK(err <= tol * mx + floor);
+}
+
+}  // namespace cuda_test
