@@ -269,6 +269,8 @@ int run(const Options& o) {
              "(L={}, C={}, V={}, T={}); DRO step adds the reference forward (1/3 of that): {:.1f} MFLOP\n",
              fpt / 1e6, Cfg::n_layer, Cfg::n_embd, Cfg::padded_vocab, T, fpt_dro / 1e6);
   fmt::print("MFU against a bf16 dense peak of {:.0f} TFLOP/s (nominal; --peak-tflops)\n", o.peak_tflops);
+  fmt::print("doremi-cpp attention: {} tensor-core kernels (DOREMI_CUDA_ATTENTION)\n",
+             backend::cuda::attention_tc_kernels() == backend::cuda::AttentionTcKernels::mma ? "mma" : "wmma");
   fmt::print("{:<15} {:>14} {:>7} {:>9}   {:>14} {:>7} {:>9}   {:>6}\n", "", "doremi-cpp t/s", "MFU", "ms/step",
              "pytorch t/s", "MFU", "ms/step", "ratio");
   // "-" where a side did not run.
