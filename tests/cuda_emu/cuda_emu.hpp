@@ -7,8 +7,8 @@
 //   emu::launch({grid_x, grid_y}, {128}, smem_bytes, [&] { kernel<64, float>(args...); });
 //
 // Blocks run one after another; a block's threads run as fibers (ucontext) on
-// the calling thread, switching only at the synchronising calls below, so a
-// run is deterministic. Emulated: threadIdx, blockIdx, blockDim, gridDim,
+// the calling thread, switching only at the synchronising calls below, warp
+// by warp (see launch), so a run is deterministic. Emulated: threadIdx, blockIdx, blockDim, gridDim,
 // __syncthreads, __syncwarp, __shfl_xor_sync (float), the dynamic shared
 // memory (filled with NaN bytes at each block's start, so reads of unwritten
 // memory show up), and the primitives of doremi/backend/cuda/mma.hpp:
@@ -16,6 +16,9 @@
 // (plain and .trans; addresses checked for 16-byte alignment), written from
 // the PTX ISA's register tables independently of the kernels that use them.
 // A barrier that can never complete (a deadlock) aborts with a message.
+// emu::reverse_order() = true runs a block's warps (and a warp's threads) in
+// descending order: a kernel whose results change with it, or that reads the
+// NaN fill, reads memory another warp writes without a barrier in between.
 #define DOREMI_CUDA_EMULATE 1
 
 #include <ucontext.h>
@@ -56,11 +59,17 @@ struct Block {
   const std::function<void()>* body = nullptr;
   int block_arrived = 0;
   std::uint64_t block_gen = 0;
+  std::vector<std::uint64_t> block_wait;  // the __syncthreads generation a thread waits for to change (or ~0)
   std::vector<int> warp_arrived;
   std::vector<std::uint64_t> warp_gen;
   std::vector<std::array<std::uint64_t, 4>> slot;  // a thread's values for warp exchanges
   std::uint64_t events = 0;                        // completed barriers (progress, for deadlock detection)
 };
+
+inline bool& reverse_order() {
+  static bool r = false;
+  return r;
+}
 
 inline Block*& block() {
   static Block* b = nullptr;
@@ -85,7 +94,9 @@ inline void barrier(int warp) {
     ++b.events;
     return;
   }
+  if (warp < 0) b.block_wait[std::size_t(b.current)] = g;  // parked: the scheduler moves on to other warps
   while (gen == g) yield();
+  if (warp < 0) b.block_wait[std::size_t(b.current)] = ~std::uint64_t(0);
 }
 
 inline int lane() { return block()->current % 32; }
@@ -118,6 +129,7 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
         b.ctx.resize(std::size_t(threads));
         b.stacks.assign(std::size_t(threads), std::vector<char>(stack_bytes));
         b.done.assign(std::size_t(threads), 0);
+        b.block_wait.assign(std::size_t(threads), ~std::uint64_t(0));
         b.warp_arrived.assign(std::size_t(threads / 32), 0);
         b.warp_gen.assign(std::size_t(threads / 32), 0);
         b.slot.resize(std::size_t(threads));
@@ -135,21 +147,40 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
           c.uc_link = &b.scheduler;
           makecontext(&c, fiber_entry, 0);
         }
-        int idle_rounds = 0;
+        // Warp by warp (ascending, or descending with reverse_order()): a warp
+        // runs until each of its threads has finished or waits at
+        // __syncthreads, then the next warp runs. So a warp reads shared
+        // memory that other warps fill only if a block barrier separates the
+        // two, as on a GPU where warps run in any order.
+        const int warps = threads / 32;
         for (;;) {
-          bool all_done = true;
           const std::uint64_t events = b.events;
-          int finished = 0;
-          for (int t = 0; t < threads; ++t) {
-            if (b.done[std::size_t(t)]) continue;
-            b.current = t;
-            swapcontext(&b.scheduler, &b.ctx[std::size_t(t)]);
-            if (b.done[std::size_t(t)]) ++finished;
-            else all_done = false;
+          bool all_done = true, finished = false;
+          for (int wi = 0; wi < warps; ++wi) {
+            const int w = reverse_order() ? warps - 1 - wi : wi;
+            std::uint64_t seen = b.events;
+            int spins = 0;
+            for (bool ran = true; ran;) {
+              ran = false;
+              if (b.events != seen) {
+                seen = b.events;
+                spins = 0;
+              } else if (++spins > 1000) {  // lanes spin on a warp barrier that the others never reach
+                die("deadlock: a warp's threads wait at different barriers");
+              }
+              for (int l = 0; l < 32; ++l) {
+                const auto t = std::size_t(w * 32 + l);
+                if (b.done[t] || (b.block_wait[t] == b.block_gen)) continue;  // finished, or parked at __syncthreads
+                b.current = int(t);
+                swapcontext(&b.scheduler, &b.ctx[t]);
+                ran = true;
+                finished = finished || b.done[t];
+              }
+            }
+            for (int l = 0; l < 32; ++l) all_done = all_done && b.done[std::size_t(w * 32 + l)];
           }
           if (all_done) break;
-          idle_rounds = (b.events == events && finished == 0) ? idle_rounds + 1 : 0;
-          if (idle_rounds > 4) die("deadlock: threads wait at a barrier that the others never reach");
+          if (b.events == events && !finished) die("deadlock: threads wait at a barrier that the others never reach");
         }
         block() = nullptr;
       }

@@ -5,15 +5,22 @@
 // holds the WMMA kernels), for every supported head dimension, sequence
 // lengths below, at and past the tiles (1, 37, 64, 65, 100, 130), rot = 0,
 // partial and full, B and H > 1; dqkv poisoned with NaN first (every element
-// must be written). This checks the kernels' index logic, masking, online
-// softmax and register layouts on machines without a GPU; the GPU suite
-// (tests/cuda) runs the same kernels on a device.
+// must be written). Every kernel runs twice, its warps scheduled in
+// ascending and in descending order (each warp runs until it waits at
+// __syncthreads), and must give the same bits both times: a warp that read
+// shared memory other warps had not yet written (a missing barrier) would
+// see NaN or other data in one of the two orders. This
+// checks the kernels' index logic, masking, online softmax, register layouts
+// and synchronisation on machines without a GPU; the GPU suite (tests/cuda)
+// runs the same kernels on a device.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include "cuda_emu.hpp"  // first: the emulated CUDA names
 
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -29,6 +36,30 @@ namespace {
 struct Shape {
   int B, T, H, hd, rot;
 };
+
+// Runs `kernel` with the warps in ascending and in descending order, each
+// time from the same contents of `outs`; checks that both runs leave the same
+// bits and keeps them.
+template <class Kernel>
+void launch_both_orders(emu::Dim grid, std::size_t smem, std::initializer_list<std::vector<float>*> outs,
+                        const Kernel& kernel, const char* what) {
+  std::vector<std::vector<float>> before, reversed;
+  for (auto* o : outs) before.push_back(*o);
+  emu::reverse_order() = true;
+  emu::launch(grid, {128}, smem, kernel);
+  std::size_t k = 0;
+  for (auto* o : outs) {
+    reversed.push_back(*o);
+    *o = before[k++];
+  }
+  emu::reverse_order() = false;
+  emu::launch(grid, {128}, smem, kernel);
+  k = 0;
+  for (auto* o : outs) {
+    INFO(what);
+    CHECK(std::memcmp(o->data(), reversed[k++].data(), o->size() * sizeof(float)) == 0);
+  }
+}
 
 template <int HD>
 void run_case(const Shape& s) {
@@ -50,12 +81,12 @@ void run_case(const Shape& s) {
 
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float scale = 1.0f / std::sqrt(float(HD)), scale_log2 = 1.4426950408889634f * scale;
-  const emu::Dim grid{unsigned(s.B * s.H), unsigned((s.T + 63) / 64)}, block{128};
+  const emu::Dim grid{unsigned(s.B * s.H), unsigned((s.T + 63) / 64)};
   std::vector<float> g_out(N * C, nan), g_lse(std::size_t(s.B) * s.H * s.T, nan), g_dqkv(N * 3 * C, nan);
-  emu::launch(grid, block, L::fwd_bytes, [&] {
+  launch_both_orders(grid, L::fwd_bytes, {&g_out, &g_lse}, [&] {
     backend::cuda::attention_mma_forward_kernel<HD, float>(g_out.data(), g_lse.data(), qkvr.data(), s.T, C, s.H,
                                                            scale_log2);
-  });
+  }, "forward: the same out and lse in both thread orders");
   const auto all = [](std::size_t) { return true; };
   check_rel_max(g_out, out, 2e-2, 1e-4, "out (mma)", all);
   check_close(g_lse, host_lse(qkvr, s.B, s.T, C, s.H), 2e-2, 0.0, "lse (mma)");
@@ -70,16 +101,16 @@ void run_case(const Shape& s) {
         for (int d = 0; d < HD; ++d) acc += float(__nv_bfloat16(dout[off + d])) * g_out[off + d];
         Dv[(std::size_t(b) * s.H + h) * s.T + t] = acc;
       }
-  emu::launch(grid, block, L::bwd_bytes, [&] {
+  launch_both_orders(grid, L::bwd_bytes, {&g_dqkv}, [&] {
     backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(),
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
-  });
-  emu::launch(grid, block, L::bwd_bytes, [&] {
+  }, "dK, dV: the same bits in both thread orders");
+  launch_both_orders(grid, L::bwd_bytes, {&g_dqkv}, [&] {
     backend::cuda::attention_mma_backward_dq_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(), g_lse.data(),
                                                                Dv.data(), rope.cos.data(), rope.sin.data(), s.T, C,
                                                                s.H, s.rot, scale, scale_log2);
-  });
+  }, "dQ: the same bits in both thread orders");
   const char* part_name[3] = {"dq (mma)", "dk (mma)", "dv (mma)"};
   for (int part = 0; part < 3; ++part)
     check_rel_max(g_dqkv, dqkv, 2e-2, 1e-4, part_name[part],
