@@ -185,20 +185,7 @@ __device__ void attention_store_rows(T* dst, std::size_t ld, float* stage, const
 #pragma unroll
   for (int m = 0; m < 4; ++m) st4[s + TPR * m] = make_float4(x[4 * m], x[4 * m + 1], x[4 * m + 2], x[4 * m + 3]);
   __syncthreads();
-  const int half = rot / 2;
-  for (int idx = threadIdx.x; idx < L::rows * HD; idx += L::threads) {
-    const int rr = idx / HD, d = idx % HD, t = row0 + rr;
-    if (t >= Tn) continue;
-    float v = stage[idx];
-    if (d < rot) {
-      const int p = d < half ? d : d - half;
-      float x1 = stage[rr * HD + p], x2 = stage[rr * HD + p + half];
-      const std::size_t a = std::size_t(t) * half + p;
-      rotate_back(x1, x2, rope_cos[a], rope_sin[a]);
-      v = d < half ? x1 : x2;
-    }
-    dst[std::size_t(t) * ld + d] = T(v);
-  }
+  attention_mma::store_rows<HD, L::rows, HD>(dst, ld, stage, row0, Tn, rot, rope_cos, rope_sin);
 }
 
 // ---- kernels ----

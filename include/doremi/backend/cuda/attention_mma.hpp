@@ -94,15 +94,15 @@ __device__ __forceinline__ void load_tile(bf16* dst, const T* src, std::size_t l
   }
 }
 
-// Writes rows row0 .. row0 + 63 (those < Tn) of the float stage [64][HD + 4]
-// to dst (row 0 at dst, rows ld apart) as T, the first `rot` dims rotated
-// back by the angle of position t = row (rot = 0: a plain store). Block-wide.
-template <int HD, class T>
+// Writes rows row0 .. row0 + ROWS − 1 (those < Tn) of the float stage
+// [ROWS][LDO] to dst (row 0 at dst, rows ld apart) as T, the first `rot` dims
+// rotated back by the angle of position t = row (rot = 0: a plain store).
+// Block-wide (also the fp32 kernels' store, attention.hpp).
+template <int HD, int ROWS = 64, int LDO = HD + 4, class T>
 __device__ __forceinline__ void store_rows(T* dst, std::size_t ld, const float* stage, int row0, int Tn, int rot,
                                            const float* rope_cos, const float* rope_sin) {
-  constexpr int LDO = HD + 4;
   const int half = rot / 2;
-  for (int idx = int(threadIdx.x); idx < 64 * HD; idx += int(blockDim.x)) {
+  for (int idx = int(threadIdx.x); idx < ROWS * HD; idx += int(blockDim.x)) {
     const int rr = idx / HD, d = idx % HD, t = row0 + rr;
     if (t >= Tn) continue;
     float v = stage[rr * LDO + d];
