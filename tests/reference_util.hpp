@@ -1,8 +1,9 @@
 #pragma once
 // Host-side references and checks shared by the GPU tests (tests/cuda) and
 // the CPU-emulated kernel tests (tests/cuda_emu): random inputs, tolerance
-// checks that report the worst element, and attention's rotary tables and
-// logsumexp computed here in double.
+// checks that report the worst element, attention's rotary tables and
+// logsumexp computed here in double, and the CPU backend's attention as the
+// reference for the GPU kernels.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,7 +13,8 @@
 #include <cuda_bf16.h>
 #include <doctest/doctest.h>
 
-#include "doremi/core/rng.hpp"  // Philox: inputs as pure functions of (seed, stream, index)
+#include "doremi/backend/cpu.hpp"  // backend::Cpu's attention: the reference
+#include "doremi/core/rng.hpp"        // Philox: inputs as pure functions of (seed, stream, index)
 
 namespace cuda_test {
 
@@ -111,6 +113,36 @@ inline void check_rel_max(const std::vector<float>& got, const std::vector<float
             << "), max |want| " << mx << ", relative to the max " << (mx > 0 ? err / mx : 0.0));
   CHECK(finite);
   CHECK(err <= tol * mx + floor);
+}
+
+// backend::Cpu's attention forward and backward on qkv [B·T, 3C] and dout
+// [B·T, C] (C = H·hd): out, the rotated qkvr, and dqkv.
+struct CpuAttention {
+  std::vector<float> out, qkvr, dqkv;
+};
+inline CpuAttention cpu_attention(const std::vector<float>& qkv, const std::vector<float>& dout, const Rope& rope,
+                                  int B, int T, int H, int hd, int rot) {
+  const int C = H * hd;
+  const std::size_t N = std::size_t(B) * T;
+  CpuAttention r{std::vector<float>(N * C), std::vector<float>(N * 3 * C), std::vector<float>(N * 3 * C)};
+  std::vector<float> att(std::size_t(B) * H * T * T);
+  doremi::backend::attention_forward(doremi::backend::Cpu{}, r.out.data(), r.qkvr.data(), att.data(), qkv.data(),
+                                     rope.cos.data(), rope.sin.data(), B, T, C, H, rot);
+  doremi::backend::attention_backward(doremi::backend::Cpu{}, r.dqkv.data(), dout.data(), r.out.data(),
+                                      r.qkvr.data(), att.data(), rope.cos.data(), rope.sin.data(), B, T, C, H, rot);
+  return r;
+}
+
+// check_rel_max on the dq, dk and dv parts of dqkv [B·T, 3C] separately
+// (each head's row holds [q | k | v], hd values each); `what` names the kernels.
+inline void check_dqkv_parts(const std::vector<float>& got, const std::vector<float>& want, int C, int hd, double tol,
+                             double floor, const char* what) {
+  const char* part_name[3] = {"dq", "dk", "dv"};
+  for (int part = 0; part < 3; ++part) {
+    INFO(part_name[part] << " (" << what << ")");
+    check_rel_max(got, want, tol, floor, part_name[part],
+                  [&](std::size_t e) { return int(e % std::size_t(3 * C)) % (3 * hd) / hd == part; });
+  }
 }
 
 }  // namespace cuda_test

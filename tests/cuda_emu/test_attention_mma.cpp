@@ -24,7 +24,6 @@
 #include <limits>
 #include <vector>
 
-#include "doremi/backend/cpu.hpp"
 #include "doremi/backend/cuda/attention_mma.hpp"
 #include "../reference_util.hpp"
 
@@ -73,11 +72,8 @@ void run_case(const Shape& s) {
   const std::size_t N = std::size_t(s.B) * s.T;
   const Rope rope = rope_tables(s.T, s.rot);
   const auto qkv = randn(N * 3 * C, 700 + std::uint64_t(HD)), dout = randn(N * C, 800 + std::uint64_t(s.T));
-  std::vector<float> out(N * C), qkvr(N * 3 * C), att(std::size_t(s.B) * s.H * s.T * s.T), dqkv(N * 3 * C);
-  backend::attention_forward(backend::Cpu{}, out.data(), qkvr.data(), att.data(), qkv.data(), rope.cos.data(),
-                             rope.sin.data(), s.B, s.T, C, s.H, s.rot);
-  backend::attention_backward(backend::Cpu{}, dqkv.data(), dout.data(), out.data(), qkvr.data(), att.data(),
-                              rope.cos.data(), rope.sin.data(), s.B, s.T, C, s.H, s.rot);
+  const CpuAttention cpu = cpu_attention(qkv, dout, rope, s.B, s.T, s.H, HD, s.rot);
+  const std::vector<float>& qkvr = cpu.qkvr;
 
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float scale = 1.0f / std::sqrt(float(HD)), scale_log2 = 1.4426950408889634f * scale;
@@ -88,7 +84,7 @@ void run_case(const Shape& s) {
                                                            scale_log2);
   }, "forward: the same out and lse in both thread orders");
   const auto all = [](std::size_t) { return true; };
-  check_rel_max(g_out, out, 2e-2, 1e-4, "out (mma)", all);
+  check_rel_max(g_out, cpu.out, 2e-2, 1e-4, "out (mma)", all);
   check_close(g_lse, host_lse(qkvr, s.B, s.T, C, s.H), 2e-2, 0.0, "lse (mma)");
 
   // D as attention.hpp's row-dot kernel makes it for the tensor-core path: Σ bf16(dO)·O.
@@ -111,10 +107,7 @@ void run_case(const Shape& s) {
                                                                Dv.data(), rope.cos.data(), rope.sin.data(), s.T, C,
                                                                s.H, s.rot, scale, scale_log2);
   }, "dQ: the same bits in both thread orders");
-  const char* part_name[3] = {"dq (mma)", "dk (mma)", "dv (mma)"};
-  for (int part = 0; part < 3; ++part)
-    check_rel_max(g_dqkv, dqkv, 2e-2, 1e-4, part_name[part],
-                  [&](std::size_t e) { return int(e % std::size_t(3 * C)) % (3 * HD) / HD == part; });
+  check_dqkv_parts(g_dqkv, cpu.dqkv, C, HD, 2e-2, 1e-4, "mma");
 }
 
 }  // namespace
