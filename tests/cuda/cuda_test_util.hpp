@@ -64,4 +64,19 @@ std::vector<T> to_host_at(const DeviceBuffer<T>& d, std::size_t offset) {
   return h;
 }
 
+// Runs f() once with each tensor-core attention family (WMMA, then the
+// register-resident mma.sync kernels), then restores the setting.
+template <class F>
+void for_each_attention_family(F&& f) {
+  using backend::cuda::AttentionTcKernels;
+  AttentionTcKernels& family = backend::cuda::attention_tc_kernels();
+  const AttentionTcKernels saved = family;
+  for (const AttentionTcKernels k : {AttentionTcKernels::wmma, AttentionTcKernels::mma}) {
+    family = k;
+    CAPTURE(k == AttentionTcKernels::mma ? "mma" : "wmma");
+    f();
+  }
+  family = saved;
+}
+
 }  // namespace cuda_test

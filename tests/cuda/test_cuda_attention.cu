@@ -229,19 +229,13 @@ TEST_CASE("cuda: attention forward and backward (flash-style) match the CPU, bf1
 TEST_CASE("cuda: attention on tensor cores (MatmulPrecision::bf16, fp32 storage) matches the CPU within bf16 error") {
   REQUIRE_GPU();
   // Both kernel families: WMMA (attention_tc.hpp) and register-resident mma.sync (attention_mma.hpp).
-  using backend::cuda::AttentionTcKernels;
-  AttentionTcKernels& family = backend::cuda::attention_tc_kernels();
-  const AttentionTcKernels saved = family;
-  for (const AttentionTcKernels f : {AttentionTcKernels::wmma, AttentionTcKernels::mma}) {
-    family = f;
-    CAPTURE(f == AttentionTcKernels::mma ? "mma" : "wmma");
+  for_each_attention_family([] {
     for (const AttnShape& s : {AttnShape{1, 64, 2, 64, 16}, AttnShape{2, 100, 2, 64, 64}, AttnShape{1, 256, 3, 64, 32},
                                AttnShape{2, 64, 1, 128, 32}, AttnShape{1, 100, 2, 128, 128},
                                AttnShape{2, 256, 1, 128, 64}, AttnShape{1, 100, 2, 32, 8}, AttnShape{2, 37, 1, 16, 16},
                                AttnShape{1, 1, 1, 64, 16}, AttnShape{1, 65, 2, 64, 0}})
       tc_case(s);
-  }
-  family = saved;
+  });
 }
 
 TEST_CASE("cuda: attention MatmulPrecision::bf16 with bf16 storage keeps the fp32 kernels") {
