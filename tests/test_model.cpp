@@ -185,8 +185,8 @@ TEST_CASE("cpu gemm: every transpose, strides and accumulation against a double 
       for (std::size_t i = 0; i < B.size(); ++i) B[i] = float(Philox::normal(2, variant, i));
       for (std::size_t i = 0; i < C0.size(); ++i) C0[i] = float(Philox::normal(3, variant, i));
       std::vector<bf16> Ab(A.size()), Bb(B.size());
-      backend::cpu::to_bf16(Ab.data(), A.data(), A.size());
-      backend::cpu::to_bf16(Bb.data(), B.data(), B.size());
+      backend::convert(backend::Cpu{}, Ab.data(), A.data(), A.size());
+      backend::convert(backend::Cpu{}, Bb.data(), B.data(), B.size());
       for (const bool use_bf16 : {false, true}) {
         auto a = [&](int i, int k) {
           const std::size_t at = ta ? std::size_t(k) * lda + i : std::size_t(i) * lda + k;

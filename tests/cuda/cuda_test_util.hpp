@@ -64,6 +64,19 @@ std::vector<T> to_host_at(const DeviceBuffer<T>& d, std::size_t offset) {
   return h;
 }
 
+// bf16 device copies of host floats (rounded to nearest even) and back (exact).
+inline DeviceBuffer<__nv_bfloat16> to_device_bf16(const std::vector<float>& v) {
+  const auto f = to_device(v);
+  DeviceBuffer<__nv_bfloat16> b(v.size());
+  backend::convert(gpu(), b.data(), f.data(), v.size());
+  return b;
+}
+inline std::vector<float> to_float(const DeviceBuffer<__nv_bfloat16>& b) {
+  DeviceBuffer<float> f(b.size());
+  backend::convert(gpu(), f.data(), b.data(), b.size());
+  return to_host(f);
+}
+
 // Runs f() once with each tensor-core attention family (WMMA, then the
 // register-resident mma.sync kernels), then restores the setting.
 template <class F>

@@ -112,6 +112,11 @@ TEST_CASE("cuda: layernorm forward and backward match the CPU") {
     backend::layernorm_backward(gpu(), d_dx.data(), d_dw.data(), d_db.data(), d_dout.data(), d_x.data(), d_w.data(),
                                 d_mean.data(), d_rstd.data(), N, C);
     check_close(to_host(d_out), out, 1e-5, 1e-5, "layernorm out");
+    // bf16 output (Cuda::operand, what the bf16 models store): the fp32 result rounded once.
+    DeviceBuffer<__nv_bfloat16> d_outb(x.size());
+    backend::layernorm_forward(gpu(), d_outb.data(), d_mean.data(), d_rstd.data(), d_x.data(), d_w.data(), d_b.data(),
+                               N, C, 1e-5);
+    CHECK(to_float(d_outb) == round_bf16(to_host(d_out)));
     check_close(to_host(d_mean), mean, 1e-5, 1e-5, "mean");
     check_close(to_host(d_rstd), rstd, 1e-6, 1e-5, "rstd");
     check_close(to_host(d_dx), dx, 1e-4, 1e-4, "layernorm dx");
@@ -132,6 +137,9 @@ void gelu_case() {
   backend::gelu_forward<G>(gpu(), d_y.data(), d_x.data(), n);
   backend::gelu_backward<G>(gpu(), d_dout.data(), d_x.data(), d_dout.data(), n);  // in place, as Model calls it
   check_close(to_host(d_y), y, 1e-6, 1e-5, "gelu forward");
+  DeviceBuffer<__nv_bfloat16> d_yb(n);  // bf16 output: the fp32 result rounded once
+  backend::gelu_forward<G>(gpu(), d_yb.data(), d_x.data(), n);
+  CHECK(to_float(d_yb) == round_bf16(to_host(d_y)));
   check_close(to_host(d_dout), dx, 1e-6, 1e-5, "gelu backward");
 }
 
@@ -241,18 +249,8 @@ TEST_CASE("cuda: bf16 matmul (fp32 accumulation, fp32 parameter gradients) match
   backend::matmul_backward(Cpu{}, dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), N, in, out);
 
   using bf16 = __nv_bfloat16;
-  const auto to_bf16 = [](const std::vector<float>& v) {
-    auto f = to_device(v);
-    DeviceBuffer<bf16> b(v.size());
-    backend::convert(gpu(), b.data(), f.data(), v.size());
-    return b;
-  };
-  const auto to_float = [](const DeviceBuffer<bf16>& b) {
-    DeviceBuffer<float> f(b.size());
-    backend::convert(gpu(), f.data(), b.data(), b.size());
-    return to_host(f);
-  };
-  auto d_x = to_bf16(x), d_w = to_bf16(w), d_bias = to_bf16(bias), d_dout = to_bf16(dout);
+  auto d_x = to_device_bf16(x), d_w = to_device_bf16(w), d_bias = to_device_bf16(bias),
+       d_dout = to_device_bf16(dout);
   CHECK(to_float(d_x) == x);  // the conversions are exact on bf16 values
   auto d_dw = to_device(dw0), d_db = to_device(db0);
   DeviceBuffer<bf16> d_y(y.size()), d_dx(dx.size());
@@ -293,6 +291,19 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
       backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx.data() + off, d_dw.data() + off,
                                                       with_bias ? d_db.data() + off : nullptr, d_dout.data() + off,
                                                       d_x.data() + off, d_w.data() + off, N, in, out);
+      // x and W already bf16 (the models' Cuda::operand buffers): the same results.
+      const auto d_xb = to_device_bf16(x), d_wb = to_device_bf16(w);
+      auto d_dw2 = to_device_at(dw0, off), d_db2 = to_device_at(db0, off);
+      DeviceBuffer<float> d_y2(y.size() + off), d_dx2(dx.size() + off);
+      backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_y2.data() + off, d_xb.data(), d_wb.data(),
+                                                     with_bias ? d_bias.data() + off : nullptr, N, in, out);
+      backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx2.data() + off, d_dw2.data() + off,
+                                                      with_bias ? d_db2.data() + off : nullptr, d_dout.data() + off,
+                                                      d_xb.data(), d_wb.data(), N, in, out);
+      check_close(to_host_at(d_y2, off), to_host_at(d_y, off), 1e-6, 1e-6, "y, bf16 x and W given");
+      check_close(to_host_at(d_dx2, off), to_host_at(d_dx, off), 1e-6, 1e-6, "dx, bf16 x and W given");
+      check_close(to_host_at(d_dw2, off), to_host_at(d_dw, off), 1e-6, 1e-6, "dW, bf16 x and W given");
+      check_close(to_host_at(d_db2, off), to_host_at(d_db, off), 1e-6, 1e-6, "db, bf16 x and W given");
       check_close(to_host_at(d_y, off), y, 1e-4, 1e-4, "y = x·Wᵀ + b (bf16 operands)");
       check_close(to_host_at(d_dx, off), dx, 1e-4, 1e-4, "dx (bf16 operands)");
       check_close(to_host_at(d_dw, off), dw, 1e-3, 1e-4, "dW (bf16 operands)");

@@ -16,4 +16,5 @@
 // Model<Cfg, Cuda>, AdamW<T, Cuda> and the trainers resolve their backend
 // calls (upload/download/fill, the layers, adamw_step, global_grad_norm) to
 // these overloads by argument-dependent lookup; include order does not matter.
-// Not yet here (issue 4): bf16 storage of the non-GEMM layers' activations.
+// MatmulPrecision::bf16 models keep what only feeds products in bf16
+// (Cuda::operand); the other activations stay fp32 (issue 4: bf16 there too).

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "doremi/backend/cpu.hpp"
@@ -42,6 +43,12 @@ class Model {
   using backend_type = Backend;
   template <class U>
   using Buffer = typename Backend::template Buffer<U>;
+  // Element type of what only feeds matrix products: the LayerNorm and GELU
+  // outputs and the weights' copy the products read. The scalar itself, or
+  // bf16 where the products take bf16 operands (Cfg::matmul): rounded once
+  // where it is made instead of at every product that reads it, which gives
+  // the same numbers with less memory traffic.
+  using operand_type = typename Backend::template operand<Cfg::matmul, scalar>;
 
   static constexpr int C = Cfg::n_embd, H = Cfg::n_head, L = Cfg::n_layer, V = Cfg::padded_vocab;
   static constexpr int D = Cfg::d_mlp;
@@ -135,6 +142,7 @@ class Model {
     upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
     upload(be_, targets_.data(), targets.data(), std::size_t(N));
     const scalar* P = params_.data();
+    const operand_type* W = product_weights(/*refresh=*/true);
     const auto& lay = layout();
     embedding_forward(be_, res(0), tokens_.data(), P + lay.embed_in,
                       Cfg::learned_positions ? P + lay.embed_pos : nullptr, B, T, C);
@@ -142,10 +150,10 @@ class Model {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       scalar* x = res(l);
       layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), P + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
+      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), W + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
       attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
                         Cfg::rotary_dim);
-      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), P + w.proj_w, P + w.proj_b, N, C, C);
+      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), W + w.proj_w, P + w.proj_b, N, C, C);
       const scalar* ln2_in = x;
       if constexpr (!Cfg::parallel_residual) {
         add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
@@ -153,9 +161,9 @@ class Model {
       }
       layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
                         Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), P + w.fc_w, P + w.fc_b, N, C, D);
+      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), W + w.fc_w, P + w.fc_b, N, C, D);
       gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
-      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), P + w.fc2_w, P + w.fc2_b, N, D, C);
+      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), W + w.fc2_w, P + w.fc2_b, N, D, C);
       if constexpr (Cfg::parallel_residual)
         add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
       else
@@ -194,7 +202,8 @@ class Model {
     const int B = B_, T = T_, N = B * T;
     if (token_weights.size() != std::size_t(N))
       fail("Model::backward: {} token weights for a batch of {} tokens", token_weights.size(), N);
-        const scalar* P = params_.data();
+    const scalar* P = params_.data();
+    const operand_type* W = product_weights(/*refresh=*/false);  // the forward's
     scalar* G = grads_.data();
     const auto& lay = layout();
     scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
@@ -212,18 +221,18 @@ class Model {
     for (int l = L - 1; l >= 0; --l) {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       // MLP branch (its output's gradient is dres in both residual styles).
-      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), P + w.fc2_w, N, D, C);
+      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), W + w.fc2_w, N, D, C);
       gelu_backward<Cfg::gelu>(be_, d_fc(), fc(l), d_fc(), std::size_t(N) * D);
-      matmul_backward<Cfg::matmul>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), ln2(l), P + w.fc_w, N, C, D);
+      matmul_backward<Cfg::matmul>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), ln2(l), W + w.fc_w, N, C, D);
       const scalar* ln2_in = Cfg::parallel_residual ? res(l) : hres(l);
       if constexpr (!Cfg::parallel_residual)  // dres becomes d/dh = d/dx' + LN2's share
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
       // Attention branch.
-      matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), P + w.proj_w, N, C, C);
+      matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), W + w.proj_w, N, C, C);
       attention_backward<Cfg::matmul>(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
                          Cfg::rotary_dim);
-      matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), P + w.qkv_w, N, C, 3 * C);
+      matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), W + w.qkv_w, N, C, 3 * C);
       if constexpr (Cfg::parallel_residual)
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
@@ -255,31 +264,52 @@ class Model {
     }
   }
 
-  // Activation buffers: one allocation, laid out for the largest batch seen.
+  // The weights as the products read them: the parameters themselves, or
+  // their operand_type copy, which the forward makes (refresh) and the
+  // backward reuses.
+  const operand_type* product_weights(bool refresh) {
+    if constexpr (std::is_same_v<operand_type, scalar>) {
+      return params_.data();
+    } else {
+      if (refresh) {
+        params_op_.resize(params_.size());
+        convert(be_, params_op_.data(), params_.data(), params_.size());
+      }
+      return params_op_.data();
+    }
+  }
+
+  // Activation buffers: one allocation per element type, laid out for the
+  // largest batch seen.
   void allocate(int B, int T) {
     const std::size_t N = std::size_t(B) * T, Cs = C;
     per_layer_ = 0;
     auto take = [&](std::size_t n) {
       const std::size_t o = per_layer_;
-      per_layer_ += (n + 15) / 16 * 16;  // keep every view 64-byte aligned
+      per_layer_ += (n + 31) / 32 * 32;  // keep every view 64-byte aligned (also in 2-byte types)
       return o;
     };
     o_res_ = take(N * Cs);
-    o_ln1_ = take(N * Cs);
     o_ln1s_ = take(2 * N);
     o_qkv_ = take(3 * N * Cs);
     o_qkvr_ = take(3 * N * Cs);
     o_att_ = take(attention_state_size(be_, B, H, T));
     o_atty_ = take(N * Cs);
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
-    o_ln2_ = take(N * Cs);
     o_ln2s_ = take(2 * N);
     o_fc_ = take(N * D);
+    const std::size_t per_layer_acts = per_layer_;
+    per_layer_ = 0;  // the operand_type buffer's layers
+    o_ln1_ = take(N * Cs);
+    o_ln2_ = take(N * Cs);
     o_gel_ = take(N * D);
+    per_layer_ops_ = per_layer_;
+    if (op_acts_.size() < per_layer_ops_ * L) op_acts_.resize(per_layer_ops_ * L);
+    per_layer_ = per_layer_acts;
     std::size_t tail = per_layer_ * L;
     auto take_tail = [&](std::size_t n) {
       const std::size_t o = tail;
-      tail += (n + 15) / 16 * 16;
+      tail += (n + 31) / 32 * 32;
       return o;
     };
     o_final_res_ = take_tail(N * Cs);
@@ -302,18 +332,19 @@ class Model {
 
   scalar* act(std::size_t o) { return acts_.data() + o; }
   scalar* layer(int l, std::size_t o) { return acts_.data() + std::size_t(l) * per_layer_ + o; }
+  operand_type* op_layer(int l, std::size_t o) { return op_acts_.data() + std::size_t(l) * per_layer_ops_ + o; }
   scalar* res(int l) { return l == L ? act(o_final_res_) : layer(l, o_res_); }
-  scalar* ln1(int l) { return layer(l, o_ln1_); }
+  operand_type* ln1(int l) { return op_layer(l, o_ln1_); }
   scalar* ln1_stats(int l) { return layer(l, o_ln1s_); }
   scalar* qkv(int l) { return layer(l, o_qkv_); }
   scalar* qkvr(int l) { return layer(l, o_qkvr_); }
   scalar* att(int l) { return layer(l, o_att_); }
   scalar* atty(int l) { return layer(l, o_atty_); }
   scalar* hres(int l) { return layer(l, o_h_); }
-  scalar* ln2(int l) { return layer(l, o_ln2_); }
+  operand_type* ln2(int l) { return op_layer(l, o_ln2_); }
   scalar* ln2_stats(int l) { return layer(l, o_ln2s_); }
   scalar* fc(int l) { return layer(l, o_fc_); }
-  scalar* gel(int l) { return layer(l, o_gel_); }
+  operand_type* gel(int l) { return op_layer(l, o_gel_); }
   scalar* lnf() { return act(o_lnf_); }
   scalar* lnf_stats() { return act(o_lnfs_); }
   scalar* probs() { return act(o_probs_); }
@@ -329,6 +360,7 @@ class Model {
 
   Backend be_;
   Buffer<scalar> params_, grads_, acts_;
+  Buffer<operand_type> params_op_, op_acts_;  // see operand_type (params_op_ unused when it is scalar)
   Buffer<scalar> rope_cos_, rope_sin_, losses_, weights_;
   Buffer<std::uint8_t> mask_;
   Buffer<std::int32_t> tokens_, targets_;
@@ -338,7 +370,7 @@ class Model {
   std::vector<std::uint8_t> mask_host_;
   int B_ = 0, T_ = 0;
   bool has_forward_ = false;
-  std::size_t per_layer_ = 0;
+  std::size_t per_layer_ = 0, per_layer_ops_ = 0;
   std::size_t o_res_ = 0, o_ln1_ = 0, o_ln1s_ = 0, o_qkv_ = 0, o_qkvr_ = 0, o_att_ = 0, o_atty_ = 0, o_h_ = 0,
               o_ln2_ = 0, o_ln2s_ = 0, o_fc_ = 0, o_gel_ = 0;
   std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_probs_ = 0, o_inv_sum_ = 0, o_tmp_ = 0, o_tmp2_ = 0,

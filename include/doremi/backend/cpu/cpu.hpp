@@ -10,12 +10,46 @@
 // so results are bit-identical run to run on the same machine and thread count.
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
 #include <omp.h>
 
+#include "doremi/model/config.hpp"
+
 namespace doremi::backend {
+
+namespace cpu {
+
+// A bfloat16 value (the upper half of an fp32), as raw bits.
+enum class bf16 : std::uint16_t {};
+
+// Branch-free, so loops over arrays vectorise.
+inline bf16 to_bf16(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
+  const std::uint32_t quiet_nan = (u >> 16) | 0x40u;                     // NaN stays NaN
+  return bf16(std::uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded));
+}
+inline float from_bf16(bf16 b) {
+  const std::uint32_t u = std::uint32_t(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// v as element type O (bf16: rounded to nearest even).
+template <class O, class T>
+O cast_to(T v) {
+  if constexpr (std::is_same_v<O, bf16>) return to_bf16(float(v));
+  else return O(v);
+}
+
+}  // namespace cpu
 
 struct Cpu {
   static constexpr const char* name = "cpu";
@@ -31,6 +65,11 @@ struct Cpu {
   template <class T>
   using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
   static constexpr bool host_memory = true;  // Buffers are readable on the host
+  // The element type of activations that only feed matrix products (and of
+  // the weights' copy the products read): bf16 when the products take bf16
+  // operands, so they are rounded once where they are made.
+  template <MatmulPrecision P, class T>
+  using operand = std::conditional_t<P == MatmulPrecision::bf16 && std::is_same_v<T, float>, cpu::bf16, T>;
 };
 
 // The seam's memory moves: host <-> the backend's memory (plain copies here).
@@ -41,6 +80,13 @@ void upload(Cpu, T* dst, const T* src, std::size_t n) {
 template <class T>
 void download(Cpu, T* dst, const T* src, std::size_t n) {
   std::copy(src, src + n, dst);
+}
+
+// dst[i] = To(src[i]) (fp32 -> bf16: rounded to nearest even).
+template <class To, class From>
+void convert(Cpu, To* dst, const From* src, std::size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) dst[i] = cpu::cast_to<To>(src[i]);
 }
 
 // Elements of attention state the forward keeps per layer for the backward:

@@ -13,19 +13,29 @@ namespace doremi::backend {
 // The CPU versions evaluate the shared formulas (backend/elementwise.hpp) on
 // Eigen arrays, whose tanh/erf/exp are vectorised: a scalar std::tanh per
 // element cost several percent of a whole training step.
-template <Gelu G, class T>
-void gelu_forward(Cpu, T* out, const T* x, std::size_t n) {
+// out may be bf16 (Cpu::operand: it only feeds a matrix product): each
+// thread evaluates its part in T, then rounds it once.
+template <Gelu G, class T, class O>
+void gelu_forward(Cpu, O* out, const T* x, std::size_t n) {
   using A = Eigen::Array<T, Eigen::Dynamic, 1>;
+  const auto eval = [](const auto& X, auto&& Y) {
+    if constexpr (G == Gelu::tanh)
+      Y = T(0.5) * X * (T(1) + (T(0.79788456080286535588) * (X + T(0.044715) * X.cube())).tanh());
+    else
+      Y = T(0.5) * X * (T(1) + (X * T(0.70710678118654752440)).erf());
+  };
 #pragma omp parallel
   {
     const std::size_t nt = std::size_t(omp_get_num_threads()), t = std::size_t(omp_get_thread_num());
     const std::size_t lo = n * t / nt, hi = n * (t + 1) / nt;
     Eigen::Map<const A> X(x + lo, Eigen::Index(hi - lo));
-    Eigen::Map<A> Y(out + lo, Eigen::Index(hi - lo));
-    if constexpr (G == Gelu::tanh)
-      Y = T(0.5) * X * (T(1) + (T(0.79788456080286535588) * (X + T(0.044715) * X.cube())).tanh());
-    else
-      Y = T(0.5) * X * (T(1) + (X * T(0.70710678118654752440)).erf());
+    if constexpr (std::is_same_v<O, T>) {
+      eval(X, Eigen::Map<A>(out + lo, Eigen::Index(hi - lo)));
+    } else {
+      A y(hi - lo);
+      eval(X, y);
+      for (std::size_t i = lo; i < hi; ++i) out[i] = cpu::cast_to<O>(y[Eigen::Index(i - lo)]);
+    }
   }
 }
 

@@ -36,30 +36,6 @@
 
 namespace doremi::backend::cpu {
 
-// A bfloat16 value (the upper half of an fp32), as raw bits.
-enum class bf16 : std::uint16_t {};
-
-// Branch-free, so loops over arrays vectorise.
-inline bf16 to_bf16(float x) {
-  std::uint32_t u;
-  std::memcpy(&u, &x, 4);
-  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
-  const std::uint32_t quiet_nan = (u >> 16) | 0x40u;                     // NaN stays NaN
-  return bf16(std::uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded));
-}
-inline float from_bf16(bf16 b) {
-  const std::uint32_t u = std::uint32_t(b) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-
-// dst[i] = bf16(src[i]), multi-threaded (memory-bound).
-inline void to_bf16(bf16* dst, const float* src, std::size_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) dst[i] = to_bf16(src[i]);
-}
-
 // A growable per-thread scratch array (bf16 copies of operands).
 template <class T, int Slot>
 T* scratch(std::size_t n) {

@@ -9,8 +9,9 @@
 
 namespace doremi::backend {
 
-template <class T>
-void layernorm_forward(Cpu, T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
+// out may be bf16 (Cpu::operand: it only feeds a matrix product), rounded once here.
+template <class T, class O>
+void layernorm_forward(Cpu, O* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
                        double eps) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
@@ -21,9 +22,9 @@ void layernorm_forward(Cpu, T* out, T* mean, T* rstd, const T* x, const T* w, co
     double v = 0;
     for (int c = 0; c < C; ++c) v += (xn[c] - m) * (xn[c] - m);
     const double r = 1.0 / std::sqrt(v / C + eps);
-    T* on = out + std::size_t(n) * C;
+    O* on = out + std::size_t(n) * C;
     const T mt = T(m), rt = T(r);
-    for (int c = 0; c < C; ++c) on[c] = (xn[c] - mt) * rt * w[c] + b[c];
+    for (int c = 0; c < C; ++c) on[c] = cpu::cast_to<O>(T((xn[c] - mt) * rt * w[c] + b[c]));
     mean[n] = mt;
     rstd[n] = rt;
   }

@@ -15,31 +15,35 @@ namespace doremi::backend {
 
 namespace cpu {
 
-// The operand as the product wants it: itself, or a bf16 copy in scratch slot `Slot`.
+// The operand as the product wants it: itself, or (P = bf16, fp32 input) a
+// bf16 copy in scratch slot `Slot`. Inputs already bf16 (Cpu::operand
+// activations and weight copies) pass as they are.
 template <MatmulPrecision P, int Slot, class T>
 const auto* operand(const T* p, std::size_t n) {
-  if constexpr (P == MatmulPrecision::bf16) {
-    static_assert(std::is_same_v<T, float>, "bf16 matrix products need fp32 operands");
+  if constexpr (P == MatmulPrecision::bf16 && !std::is_same_v<T, bf16>) {
+    static_assert(std::is_same_v<T, float>, "bf16 matrix products need fp32 or bf16 operands");
     bf16* b = scratch<bf16, Slot>(n);
-    to_bf16(b, p, n);
+    convert(Cpu{}, b, p, n);
     return static_cast<const bf16*>(b);
   } else {
+    static_assert(P == MatmulPrecision::bf16 || !std::is_same_v<T, bf16>, "bf16 operands need MatmulPrecision::bf16");
     return p;
   }
 }
 
 }  // namespace cpu
 
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void matmul_forward(Cpu, T* out, const T* x, const T* w, const T* bias, int N, int in, int out_dim) {
+// x and w: the model's type T, or bf16 when P is bf16 (each independently).
+template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
+void matmul_forward(Cpu, T* out, const X* x, const W* w, const T* bias, int N, int in, int out_dim) {
   using namespace cpu;
   gemm(false, true, N, out_dim, in, operand<P, 0>(x, std::size_t(N) * in), in,
        operand<P, 1>(w, std::size_t(out_dim) * in), in, out, out_dim, false);
   if (bias) MatMap<T>(out, N, out_dim).rowwise() += Eigen::Map<const RowVec<T>>(bias, out_dim);
 }
 
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void matmul_backward(Cpu, T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int N, int in,
+template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
+void matmul_backward(Cpu, T* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
                      int out_dim) {
   using namespace cpu;
   const auto* dy = operand<P, 0>(dout, std::size_t(N) * out_dim);

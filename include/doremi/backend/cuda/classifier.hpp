@@ -274,8 +274,9 @@ void classifier_backward(const Cuda& be, T* dx, G* dw, const T* probs, const flo
   if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {  // see classifier_forward
     cuda::check_classifier_shape("classifier_backward(Cuda)", N, C, V);
     const std::size_t nc = std::size_t(N) * C;
-    const auto [xb, wb, dxb] = cuda::to_bf16_operands<3>(
+    const auto [xb, wb, dx_space] = cuda::to_bf16_operands<3>(
         be, {{{x, nc}, {w, std::size_t(V) * C}, {static_cast<const float*>(nullptr), nc}}});
+    auto* dxb = const_cast<__nv_bfloat16*>(dx_space);  // space in the operand area, ours to write
     classifier_backward(be, dxb, dw, reinterpret_cast<const __nv_bfloat16*>(probs), inv_sum, weights,
                         static_cast<const __nv_bfloat16*>(xb), static_cast<const __nv_bfloat16*>(wb), targets, N, C,
                         V);

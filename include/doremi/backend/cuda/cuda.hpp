@@ -17,12 +17,15 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "doremi/core/error.hpp"
+#include "doremi/model/config.hpp"
 
 namespace doremi::backend {
 
@@ -182,6 +185,18 @@ struct Context {
 
 }  // namespace cuda
 
+namespace cuda {
+
+// O spelled as a plain type: nvcc's host stubs spell a kernel's template
+// arguments by the alias they were deduced through, and an alias member of
+// Model<Config<Spec{...}>> does not survive that spelling.
+template <class O>
+using plain_t = std::conditional_t<
+    std::is_same_v<O, float>, float,
+    std::conditional_t<std::is_same_v<O, double>, double, std::conditional_t<std::is_same_v<O, __nv_bfloat16>, __nv_bfloat16, O>>>;
+
+}  // namespace cuda
+
 // The tag. Copies share one Context; constructing it without a usable device
 // raises doremi::Error saying so.
 struct Cuda {
@@ -190,6 +205,9 @@ struct Cuda {
   template <class T>
   using Buffer = cuda::DeviceBuffer<T>;
   static constexpr bool host_memory = false;  // Buffers live on the device
+  // See Cpu::operand: bf16 activations and weight copies for bf16 products.
+  template <MatmulPrecision P, class T>
+  using operand = std::conditional_t<P == MatmulPrecision::bf16 && std::is_same_v<T, float>, __nv_bfloat16, T>;
 
   // Device 0; not explicit, so `Model(Backend be = {})` compiles for Cuda too.
   Cuda() : Cuda(0) {}

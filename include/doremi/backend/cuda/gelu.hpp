@@ -16,9 +16,9 @@ namespace cuda {
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); \
        i += std::size_t(gridDim.x) * blockDim.x)
 
-template <Gelu G, class T>
-__global__ void gelu_forward_kernel(T* out, const T* x, std::size_t n) {
-  DOREMI_GRID_STRIDE(i, n) out[i] = backend::gelu<G>(x[i]);
+template <Gelu G, class T, class O>
+__global__ void gelu_forward_kernel(O* out, const T* x, std::size_t n) {
+  DOREMI_GRID_STRIDE(i, n) out[i] = O(backend::gelu<G>(x[i]));
 }
 
 template <Gelu G, class T>
@@ -35,10 +35,11 @@ __global__ void add_kernel(T* out, const T* a, const T* b, const T* c, std::size
 
 }  // namespace cuda
 
-template <Gelu G, class T>
-void gelu_forward(const Cuda& be, T* out, const T* x, std::size_t n) {
+// out may be bf16 (Cuda::operand), rounded once here.
+template <Gelu G, class T, class O>
+void gelu_forward(const Cuda& be, O* out, const T* x, std::size_t n) {
   if (!n) return;
-  cuda::gelu_forward_kernel<G><<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(out, x, n);
+  cuda::gelu_forward_kernel<G, T, cuda::plain_t<O>><<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(out, x, n);
   DOREMI_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
 }
 

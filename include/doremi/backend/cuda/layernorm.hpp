@@ -18,8 +18,8 @@ __device__ inline A warp_sum(A v) {
   return v;
 }
 
-template <class T>
-__global__ void layernorm_forward_kernel(T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
+template <class T, class O>
+__global__ void layernorm_forward_kernel(O* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
                                          double eps) {
   using A = Acc<T>;
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -36,8 +36,8 @@ __global__ void layernorm_forward_kernel(T* out, T* mean, T* rstd, const T* x, c
   }
   const A r = A(1) / sqrt(warp_sum(v) / A(C) + A(eps));
   const T mt = T(m), rt = T(r);
-  T* on = out + std::size_t(row) * C;
-  for (int c = lane; c < C; c += 32) on[c] = (xn[c] - mt) * rt * w[c] + b[c];
+  O* on = out + std::size_t(row) * C;
+  for (int c = lane; c < C; c += 32) on[c] = O(T((xn[c] - mt) * rt * w[c] + b[c]));
   if (lane == 0) {
     mean[row] = mt;
     rstd[row] = rt;
@@ -83,12 +83,13 @@ struct LayerNormParamGrad {
 
 }  // namespace cuda
 
-template <class T>
-void layernorm_forward(const Cuda& be, T* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
+// out may be bf16 (Cuda::operand: it only feeds a matrix product), rounded once here.
+template <class T, class O>
+void layernorm_forward(const Cuda& be, O* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
                        double eps) {
   if (N <= 0) return;
   constexpr int rows_per_block = 8;
-  cuda::layernorm_forward_kernel<<<(N + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0, be.stream()>>>(
+  cuda::layernorm_forward_kernel<T, cuda::plain_t<O>><<<(N + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0, be.stream()>>>(
       out, mean, rstd, x, w, b, N, C, eps);
   DOREMI_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
 }

@@ -11,12 +11,17 @@
 // fp64 uses CUBLAS_COMPUTE_64F. Backward overwrites dx and accumulates into
 // dW, db (parameter gradients add up across micro-batches), like the CPU's.
 //
-// bf16: the overloads at the end take bf16 activations and weights, accumulate
-// in fp32 and keep parameter gradients in fp32.
+// MatmulPrecision::bf16 (fp32 model): bf16 operands, fp32 accumulation and
+// fp32 outputs. x and W may come as fp32 (rounded into bf16 copies in the
+// context's operand area) or already as bf16 (Cuda::operand: the model keeps
+// the LayerNorm and GELU outputs and a copy of its weights in bf16). The fp32
+// bias goes into the GEMM's epilogue; the backward's bias-gradient pass also
+// writes dout's bf16 copy. (Both not yet run on a GPU: the GPU suite's kernel
+// and whole-step tests cover them.)
+// bf16 storage: the overloads at the end take bf16 activations and weights,
+// accumulate in fp32 and keep parameter gradients in fp32.
 // To do (issue 4): fused GELU epilogues, cached descriptors and heuristics per
 // shape (this slice queries the heuristic on every call).
-// bf16 operands with fp32 output take the bias in the epilogue too (verified on
-// a GPU: not yet; the GPU suite's whole-step tests cover it).
 #include <array>
 #include <cstdint>
 #include <utility>
@@ -152,6 +157,20 @@ struct RowOf {
   __device__ Acc<T> operator()(int n, int j) const { return Acc<T>(m[std::size_t(n) * width + j]); }
 };
 
+// RowOf an fp32 matrix that also leaves the bf16 rounding of each value it
+// reads in `copy` (the bias gradient's pass makes dout's GEMM operand).
+struct RowOfToBf16 {
+  const float* m;
+  int width;
+  __nv_bfloat16* copy;
+  __device__ float operator()(int n, int j) const {
+    const std::size_t o = std::size_t(n) * width + j;
+    const float v = m[o];
+    copy[o] = __float2bfloat16_rn(v);
+    return v;
+  }
+};
+
 // y[n, j] += bias[j] (fp64, outside cuBLASLt's bias epilogue; and the
 // fallback where a bias epilogue finds no algorithm). A thread per column keeps its bias in a register
 // and walks the rows (no index division); a warp's stores are contiguous.
@@ -174,33 +193,61 @@ void add_bias(const Cuda& be, T* y, const T* bias, int N, int width) {
 
 namespace cuda {
 
-// bf16 copies of fp32 operands in the context's operand area, 256-byte aligned:
-// to_bf16_operands(be, {{p0, n0}, {p1, n1}, ...}) returns the copies in order.
+// A GEMM operand of n elements: fp32 (rounded into a bf16 copy), already bf16
+// (read as it is), or a null fp32 pointer (n elements of space, written by
+// the caller).
+struct Bf16Operand {
+  const float* f32 = nullptr;
+  const __nv_bfloat16* b16 = nullptr;
+  std::size_t n = 0;
+  Bf16Operand(const float* p, std::size_t count) : f32(p), n(count) {}
+  Bf16Operand(const __nv_bfloat16* p, std::size_t count) : b16(p), n(count) {}
+};
+
+// The operands as bf16, in order: bf16 ones as they are, the others in the
+// context's operand area (one block, each copy 256-byte aligned).
 template <std::size_t K>
-std::array<__nv_bfloat16*, K> to_bf16_operands(const Cuda& be, const std::array<std::pair<const float*, std::size_t>, K>& ops,
-                                               std::size_t extra_bf16 = 0) {
+std::array<const __nv_bfloat16*, K> to_bf16_operands(const Cuda& be, const std::array<Bf16Operand, K>& ops) {
   std::array<std::size_t, K + 1> at{};
-  for (std::size_t i = 0; i < K; ++i) at[i + 1] = at[i] + (ops[i].second * 2 + 255) / 256 * 256;
-  auto* base = static_cast<std::byte*>(be.ctx->operand_bytes(at[K] + extra_bf16 * 2));
-  std::array<__nv_bfloat16*, K> out{};
+  for (std::size_t i = 0; i < K; ++i) at[i + 1] = at[i] + (ops[i].b16 ? 0 : (ops[i].n * 2 + 255) / 256 * 256);
+  auto* base = at[K] ? static_cast<std::byte*>(be.ctx->operand_bytes(at[K])) : nullptr;
+  std::array<const __nv_bfloat16*, K> out{};
   for (std::size_t i = 0; i < K; ++i) {
-    out[i] = reinterpret_cast<__nv_bfloat16*>(base + at[i]);
-    if (ops[i].first) convert(be, out[i], ops[i].first, ops[i].second);
+    if (ops[i].b16) {
+      out[i] = ops[i].b16;
+      continue;
+    }
+    auto* copy = reinterpret_cast<__nv_bfloat16*>(base + at[i]);
+    if (ops[i].f32) convert(be, copy, ops[i].f32, ops[i].n);
+    out[i] = copy;
   }
   return out;
+}
+
+template <MatmulPrecision P, class T, class X, class W>
+constexpr void check_matmul_types() {
+  if constexpr (P == MatmulPrecision::bf16) {
+    static_assert(std::is_same_v<T, float>, "bf16 matrix products need an fp32 model");
+    static_assert((std::is_same_v<X, float> || std::is_same_v<X, __nv_bfloat16>) &&
+                      (std::is_same_v<W, float> || std::is_same_v<W, __nv_bfloat16>),
+                  "bf16 matrix products take fp32 or bf16 operands");
+  } else {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul (Cuda): float or double");
+    static_assert(std::is_same_v<X, T> && std::is_same_v<W, T>, "matmul (Cuda): operands of the model's type");
+  }
 }
 
 }  // namespace cuda
 
 // P = MatmulPrecision::bf16 (fp32 model): the operands are rounded to bf16
-// copies, the GEMMs accumulate in fp32 and write fp32, as backend::Cpu does.
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void matmul_forward(const Cuda& be, T* out, const T* x, const T* w, const T* bias, int N, int in, int out_dim) {
+// (fp32 ones into copies; x and w may already be bf16: Cuda::operand), the
+// GEMMs accumulate in fp32 and write fp32, as backend::Cpu does.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
+void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bias, int N, int in, int out_dim) {
+  cuda::check_matmul_types<P, T, X, W>();
+  if (N <= 0) return;
   if constexpr (P == MatmulPrecision::bf16) {
-    static_assert(std::is_same_v<T, float>, "bf16 matrix products need an fp32 model");
-    if (N <= 0) return;
-    const auto [xb, wb] = cuda::to_bf16_operands<2>(
-        be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
+    const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
     // The fp32 bias in the GEMM's epilogue (cuBLASLt: the bias has D's type); a separate pass where that finds no algorithm.
     if (bias && cuda::lt_matmul_try<__nv_bfloat16, float>(be, true, false, out_dim, N, in, wb, in, xb, in, out,
                                                           out_dim, 1.0f, 0.0f, bias))
@@ -208,41 +255,42 @@ void matmul_forward(const Cuda& be, T* out, const T* x, const T* w, const T* bia
     cuda::lt_matmul<__nv_bfloat16, float>(be, true, false, out_dim, N, in, wb, in, xb, in, out, out_dim, 1.0f, 0.0f,
                                           static_cast<const float*>(nullptr), "matmul_forward (bf16 operands)");
     if (bias) cuda::add_bias(be, out, bias, N, out_dim);
-    return;
+  } else {
+    constexpr bool fused_bias = std::is_same_v<T, float>;
+    cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0),
+                       fused_bias ? bias : nullptr, "matmul_forward");
+    if (!fused_bias && bias) cuda::add_bias(be, out, bias, N, out_dim);
   }
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul_forward(Cuda): float or double");
-  if (N <= 0) return;
-  constexpr bool fused_bias = std::is_same_v<T, float>;
-  cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0),
-                     fused_bias ? bias : nullptr, "matmul_forward");
-  if (!fused_bias && bias) cuda::add_bias(be, out, bias, N, out_dim);
 }
 
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, const T* x, const T* w, int N, int in,
+template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
+void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
                      int out_dim) {
+  cuda::check_matmul_types<P, T, X, W>();
+  if (N <= 0) return;
   if constexpr (P == MatmulPrecision::bf16) {
-    static_assert(std::is_same_v<T, float>, "bf16 matrix products need an fp32 model");
-    if (N <= 0) return;
+    // With a bias, its gradient's pass over dout also writes dout's bf16 copy
+    // (one read of dout for both).
     const auto [dyb, xb, wb] = cuda::to_bf16_operands<3>(
-        be, {{{dout, std::size_t(N) * out_dim}, {x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
+        be, {{{dbias ? nullptr : dout, std::size_t(N) * out_dim}, {x, std::size_t(N) * in},
+              {w, std::size_t(out_dim) * in}}});
+    if (dbias)
+      cuda::column_reduce_add<float>(be, dbias, N, out_dim,
+                                     cuda::RowOfToBf16{dout, out_dim, const_cast<__nv_bfloat16*>(dyb)});
     if (dx)
       cuda::lt_matmul<__nv_bfloat16, float>(be, false, false, in, N, out_dim, wb, in, dyb, out_dim, dx, in, 1.0f,
                                             0.0f, static_cast<const float*>(nullptr),
                                             "matmul_backward dx (bf16 operands)");
     cuda::lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f, 1.0f,
                                           static_cast<const float*>(nullptr), "matmul_backward dW (bf16 operands)");
+  } else {
+    if (dx)
+      cuda::lt_matmul<T>(be, false, false, in, N, out_dim, w, in, dout, out_dim, dx, in, T(1), T(0), nullptr,
+                         "matmul_backward dx");
+    cuda::lt_matmul<T>(be, false, true, in, out_dim, N, x, in, dout, out_dim, dw, in, T(1), T(1), nullptr,
+                       "matmul_backward dW");
     if (dbias) cuda::column_reduce_add<cuda::Acc<T>>(be, dbias, N, out_dim, cuda::RowOf<T>{dout, out_dim});
-    return;
   }
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "matmul_backward(Cuda): float or double");
-  if (N <= 0) return;
-  if (dx)
-    cuda::lt_matmul<T>(be, false, false, in, N, out_dim, w, in, dout, out_dim, dx, in, T(1), T(0), nullptr,
-                       "matmul_backward dx");
-  cuda::lt_matmul<T>(be, false, true, in, out_dim, N, x, in, dout, out_dim, dw, in, T(1), T(1), nullptr,
-                     "matmul_backward dW");
-  if (dbias) cuda::column_reduce_add<cuda::Acc<T>>(be, dbias, N, out_dim, cuda::RowOf<T>{dout, out_dim});
 }
 
 // bf16 compute (issue 4's numbers): bf16 activations and weights (the bf16
