@@ -9,7 +9,9 @@
 // ascending and in descending order (each warp runs until it waits at
 // __syncthreads), and must give the same bits both times: a warp that read
 // shared memory other warps had not yet written (a missing barrier) would
-// see NaN or other data in one of the two orders. This
+// see NaN or other data in one of the two orders. With inputs already in
+// bf16 (as attention.hpp passes them) every kernel must give the same bits
+// as with fp32 inputs. This
 // checks the kernels' index logic, masking, online softmax, register layouts
 // and synchronisation on machines without a GPU; the GPU suite (tests/cuda)
 // runs the same kernels on a device.
@@ -108,6 +110,31 @@ void run_case(const Shape& s) {
                                                                s.H, s.rot, scale, scale_log2);
   }, "dQ: the same bits in both thread orders");
   check_dqkv_parts(g_dqkv, cpu.dqkv, C, HD, 2e-2, 1e-4, "mma");
+
+  // bf16 inputs (what attention.hpp passes: qkvr and dO rounded once, read
+  // with 16-byte copies) give the same bits as fp32 inputs rounded on load.
+  const auto to_bf16 = [](const std::vector<float>& v) {
+    return std::vector<__nv_bfloat16>(v.begin(), v.end());
+  };
+  const std::vector<__nv_bfloat16> qkvr_b = to_bf16(qkvr), dout_b = to_bf16(dout);
+  std::vector<float> b_out(N * C, nan), b_lse(g_lse.size(), nan), b_dqkv(N * 3 * C, nan);
+  emu::launch(grid, {128}, L::fwd_bytes, [&] {
+    backend::cuda::attention_mma_forward_kernel<HD, float>(b_out.data(), b_lse.data(), qkvr_b.data(), s.T, C, s.H,
+                                                           scale_log2);
+  });
+  emu::launch(grid, {128}, L::bwd_bytes, [&] {
+    backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
+                                                                g_lse.data(), Dv.data(), rope.cos.data(),
+                                                                rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
+  });
+  emu::launch(grid, {128}, L::bwd_bytes, [&] {
+    backend::cuda::attention_mma_backward_dq_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
+                                                               g_lse.data(), Dv.data(), rope.cos.data(),
+                                                               rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
+  });
+  CHECK(std::memcmp(b_out.data(), g_out.data(), g_out.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(b_lse.data(), g_lse.data(), g_lse.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(b_dqkv.data(), g_dqkv.data(), g_dqkv.size() * sizeof(float)) == 0);
 }
 
 }  // namespace

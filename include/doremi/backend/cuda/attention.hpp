@@ -192,9 +192,9 @@ __device__ void attention_store_rows(T* dst, std::size_t ld, float* stage, const
 
 // qkvr = qkv with the first rot dims of every q and k rotated by the angle of
 // the row's position (grid-stride, one output element per thread and step).
-// qkvr must not alias qkv.
-template <class T>
-__global__ void attention_rotary_kernel(T* qkvr, const T* qkv, const float* rope_cos, const float* rope_sin,
+// qkvr must not alias qkv; its type O may be bf16 (the tensor-core path).
+template <class O, class T>
+__global__ void attention_rotary_kernel(O* qkvr, const T* qkv, const float* rope_cos, const float* rope_sin,
                                         std::size_t n, int Tn, int C, int hd, int rot) {
   const int half = rot / 2;
   const std::size_t ld = std::size_t(3) * C;
@@ -212,7 +212,7 @@ __global__ void attention_rotary_kernel(T* qkvr, const T* qkv, const float* rope
       rotate(x1, x2, rope_cos[a], rope_sin[a]);
       v = d < half ? x1 : x2;
     }
-    qkvr[e] = T(v);
+    qkvr[e] = O(v);
   }
 }
 
@@ -282,9 +282,11 @@ __global__ void __launch_bounds__(AttentionTiles<HD>::threads)
 // D[(b·H + h)·T + t] = Σ_d dO·O over the head's hd columns of row n = b·T + t:
 // one warp per (row, head), grid-stride. BF16_DOUT (the tensor-core path):
 // dO rounded to bf16 first, as its products see it, so that D stays the row
-// sum of P ⊙ dP (Σ_j dS_ij ≈ 0) up to the rounding of P and V alone.
+// sum of P ⊙ dP (Σ_j dS_ij ≈ 0) up to the rounding of P and V alone; the
+// rounded dO is also written to dout_bf16 ([B·T, C], the kernels' operand).
 template <class T, bool BF16_DOUT = false>
-__global__ void attention_row_dot_kernel(float* Dv, const T* dout, const T* out, int B, int Tn, int C, int H) {
+__global__ void attention_row_dot_kernel(float* Dv, __nv_bfloat16* dout_bf16, const T* dout, const T* out, int B,
+                                         int Tn, int C, int H) {
   const int hd = C / H, lane = threadIdx.x % 32;
   const std::size_t rows = std::size_t(B) * Tn * H;
   const std::size_t warps = std::size_t(gridDim.x) * blockDim.x / 32;
@@ -295,7 +297,11 @@ __global__ void attention_row_dot_kernel(float* Dv, const T* dout, const T* out,
     float acc = 0.0f;
     for (int d = lane; d < hd; d += 32) {
       float g = float(dout[off + d]);
-      if constexpr (BF16_DOUT) g = __bfloat162float(__float2bfloat16(g));
+      if constexpr (BF16_DOUT) {
+        const __nv_bfloat16 gb = __float2bfloat16(g);
+        dout_bf16[off + d] = gb;
+        g = __bfloat162float(gb);
+      }
       acc += g * float(out[off + d]);
     }
     acc = attention_row_sum<32>(acc);
@@ -479,31 +485,31 @@ AttentionPath attention_path(int hd) {
   }
 }
 
-template <int HD, class T>
-void attention_mma_forward_launch(const Cuda& be, T* out, float* lse, const T* qkvr, int B, int Tn, int C, int H) {
+template <int HD, class T, class In>
+void attention_mma_forward_launch(const Cuda& be, T* out, float* lse, const In* qkvr, int B, int Tn, int C, int H) {
   using L = AttentionMmaTiles<HD>;
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
   const float scale_log2 = 1.4426950408889634f / std::sqrt(float(HD));
-  attention_tc_allow_smem(attention_mma_forward_kernel<HD, T>, L::fwd_bytes);
-  attention_mma_forward_kernel<HD, T><<<grid, L::threads, L::fwd_bytes, be.stream()>>>(out, lse, qkvr, Tn, C, H,
+  attention_tc_allow_smem(attention_mma_forward_kernel<HD, T, In>, L::fwd_bytes);
+  attention_mma_forward_kernel<HD, T, In><<<grid, L::threads, L::fwd_bytes, be.stream()>>>(out, lse, qkvr, Tn, C, H,
                                                                                         scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_forward_kernel");
 }
 
-template <int HD, class T>
-void attention_mma_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* qkvr, const float* lse,
+template <int HD, class T, class In>
+void attention_mma_backward_launch(const Cuda& be, T* dqkv, const In* dout, const In* qkvr, const float* lse,
                                    const float* Dv, const float* rope_cos, const float* rope_sin, int B, int Tn, int C,
                                    int H, int rot) {
   using L = AttentionMmaTiles<HD>;
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
   const float scale = 1.0f / std::sqrt(float(HD));
   const float scale_log2 = 1.4426950408889634f * scale;
-  attention_tc_allow_smem(attention_mma_backward_dkv_kernel<HD, T>, L::bwd_bytes);
-  attention_mma_backward_dkv_kernel<HD, T><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
+  attention_tc_allow_smem(attention_mma_backward_dkv_kernel<HD, T, In>, L::bwd_bytes);
+  attention_mma_backward_dkv_kernel<HD, T, In><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
       dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dkv_kernel");
-  attention_tc_allow_smem(attention_mma_backward_dq_kernel<HD, T>, L::bwd_bytes);
-  attention_mma_backward_dq_kernel<HD, T><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
+  attention_tc_allow_smem(attention_mma_backward_dq_kernel<HD, T, In>, L::bwd_bytes);
+  attention_mma_backward_dq_kernel<HD, T, In><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
       dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dq_kernel");
 }
@@ -516,6 +522,8 @@ void attention_mma_backward_launch(const Cuda& be, T* dqkv, const T* dout, const
 // (unused when rot = 0). T = float or __nv_bfloat16. P = MatmulPrecision::bf16
 // with T = float: the tensor-core kernels (bf16 operands, fp32 accumulation;
 // see attention_tc.hpp); otherwise (and on devices they do not fit) fp32.
+// The tensor-core kernels read bf16: qkvr then holds the rotated qkv rounded
+// to bf16, in its first half (the same values they would round it to).
 template <MatmulPrecision P = MatmulPrecision::native, class T>
 void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv, const float* rope_cos,
                        const float* rope_sin, int B, int Tn, int C, int H, int rot) {
@@ -523,15 +531,21 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
                 "attention (cuda): storage float or __nv_bfloat16");
   const int hd = cuda::attention_check(B, Tn, C, H, rot);
   const std::size_t n = std::size_t(B) * Tn * 3 * C;
-  cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr, qkv, rope_cos, rope_sin,
-                                                                                   n, Tn, C, hd, rot);
-  DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
+  auto* const qkvr_bf16 = reinterpret_cast<__nv_bfloat16*>(qkvr);
+  if (path == cuda::AttentionPath::fp32)
+    cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr, qkv, rope_cos, rope_sin,
+                                                                                     n, Tn, C, hd, rot);
+  else
+    cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr_bf16, qkv, rope_cos,
+                                                                                     rope_sin, n, Tn, C, hd, rot);
+  DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
+  const __nv_bfloat16* q = qkvr_bf16;
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     switch (path) {
-      case cuda::AttentionPath::mma: cuda::attention_mma_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H); break;
-      case cuda::AttentionPath::wmma: cuda::attention_tc_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H); break;
+      case cuda::AttentionPath::mma: cuda::attention_mma_forward_launch<HD>(be, out, lse, q, B, Tn, C, H); break;
+      case cuda::AttentionPath::wmma: cuda::attention_tc_forward_launch<HD>(be, out, lse, q, B, Tn, C, H); break;
       case cuda::AttentionPath::fp32: cuda::attention_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H); break;
     }
   });
@@ -539,7 +553,9 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
 
 // Overwrites dqkv [B·T, 3C] with the gradient with respect to the unrotated
 // qkv, from dout, the forward's out, qkvr and lse. Needs B·H·T floats of the
-// backend's scratch (D). P as in attention_forward (use the same P for both).
+// backend's scratch (D) and, for the tensor-core kernels, B·T·C bf16 of its
+// operand area (dout rounded, made by the D pass). P as in attention_forward
+// (use the same P for both).
 template <MatmulPrecision P = MatmulPrecision::native, class T>
 void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, const T* qkvr, const float* lse,
                         const float* rope_cos, const float* rope_sin, int B, int Tn, int C, int H, int rot) {
@@ -549,26 +565,27 @@ void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, co
   const std::size_t rows = std::size_t(B) * H * Tn;
   float* Dv = static_cast<float*>(be.ctx->scratch_bytes(rows * sizeof(float)));
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
-  if (path != cuda::AttentionPath::fp32)
-    cuda::attention_row_dot_kernel<T, true><<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out, B,
-                                                                                                       Tn, C, H);
-  else
-    cuda::attention_row_dot_kernel<T, false><<<cuda::blocks_for(rows * 32, 256), 256, 0, be.stream()>>>(Dv, dout, out,
-                                                                                                        B, Tn, C, H);
+  const unsigned grid = cuda::blocks_for(rows * 32, 256);
+  if (path == cuda::AttentionPath::fp32) {
+    cuda::attention_row_dot_kernel<T, false><<<grid, 256, 0, be.stream()>>>(Dv, nullptr, dout, out, B, Tn, C, H);
+    DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
+    cuda::dispatch_head_dim(hd, [&](auto hdc) {
+      cuda::attention_backward_launch<decltype(hdc)::value>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn,
+                                                            C, H, rot);
+    });
+    return;
+  }
+  auto* const dout_bf16 =
+      static_cast<__nv_bfloat16*>(be.ctx->operand_bytes(std::size_t(B) * Tn * C * sizeof(__nv_bfloat16)));
+  cuda::attention_row_dot_kernel<T, true><<<grid, 256, 0, be.stream()>>>(Dv, dout_bf16, dout, out, B, Tn, C, H);
   DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
+  const __nv_bfloat16 *dO = dout_bf16, *q = reinterpret_cast<const __nv_bfloat16*>(qkvr);
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
-    switch (path) {
-      case cuda::AttentionPath::mma:
-        cuda::attention_mma_backward_launch<HD>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
-        break;
-      case cuda::AttentionPath::wmma:
-        cuda::attention_tc_backward_launch<HD>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
-        break;
-      case cuda::AttentionPath::fp32:
-        cuda::attention_backward_launch<HD>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
-        break;
-    }
+    if (path == cuda::AttentionPath::mma)
+      cuda::attention_mma_backward_launch<HD>(be, dqkv, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
+    else
+      cuda::attention_tc_backward_launch<HD>(be, dqkv, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
   });
 }
 

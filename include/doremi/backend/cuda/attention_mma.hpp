@@ -70,6 +70,18 @@ __device__ __forceinline__ int lane_id() { return int(threadIdx.x) % 32; }
 template <int HD, int ROWS, class T>
 __device__ __forceinline__ void load_tile(bf16* dst, const T* src, std::size_t ld, int row0, int Tn) {
   constexpr int LDH = HD + 8, Q4 = HD / 4;
+  if constexpr (std::is_same_v<T, bf16>) {  // 16-byte copies (8 values) where every row start is 16-byte aligned
+    if ((reinterpret_cast<std::uintptr_t>(src) & 15u) == 0 && ld % 8 == 0) {
+      constexpr int Q8 = HD / 8;
+      for (int idx = int(threadIdx.x); idx < ROWS * Q8; idx += int(blockDim.x)) {
+        const int r = idx / Q8, d = 8 * (idx % Q8);
+        uint4 v{0u, 0u, 0u, 0u};
+        if (row0 + r < Tn) v = *reinterpret_cast<const uint4*>(src + std::size_t(row0 + r) * ld + d);
+        *reinterpret_cast<uint4*>(dst + r * LDH + d) = v;
+      }
+      return;
+    }
+  }
   bool vec = false;  // float4 loads where every row start is 16-byte aligned
   if constexpr (std::is_same_v<T, float>) vec = (reinterpret_cast<std::uintptr_t>(src) & 15u) == 0 && ld % 4 == 0;
   for (int idx = int(threadIdx.x); idx < ROWS * Q4; idx += int(blockDim.x)) {
@@ -210,9 +222,9 @@ __device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[HD /
 
 // Forward. Grid (B·H, query tiles); the longest (last) query tiles start
 // first. scale_log2 = log2(e)/√hd.
-template <int HD, class T>
+template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
-    attention_mma_forward_kernel(T* out, float* lse, const T* qkvr, int Tn, int C, int H, float scale_log2) {
+    attention_mma_forward_kernel(T* out, float* lse, const In* qkvr, int Tn, int C, int H, float scale_log2) {
   using namespace attention_mma;
   using L = AttentionMmaTiles<HD>;
   constexpr int BN = L::bn, NT = BN / 8;
@@ -227,7 +239,7 @@ __global__ void __launch_bounds__(128)
   const int last = q0 + wr + 15;                 // the warp's last query
   const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};  // this lane's two query rows
   const std::size_t ld = std::size_t(3) * C;
-  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
+  const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
 
   load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   float o[HD / 8][4];
@@ -301,9 +313,9 @@ __global__ void __launch_bounds__(128)
 // dK, dV. Grid (B·H, key tiles); the first key tiles (which see the most
 // queries) start first. Overwrites the k and v parts of dqkv. Dv: the row
 // dots D of attention.hpp. scale = 1/√hd, scale_log2 = scale·log2(e).
-template <int HD, class T>
+template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
-    attention_mma_backward_dkv_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+    attention_mma_backward_dkv_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                       const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                       float scale, float scale_log2) {
   using namespace attention_mma;
@@ -324,8 +336,8 @@ __global__ void __launch_bounds__(128)
   const int first = k0 + wr;                            // the warp's first key
   const int keys[2] = {first + g, first + g + 8};      // this lane's two key rows
   const std::size_t ld = std::size_t(3) * C;
-  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
-  const T* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
+  const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  const In* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
 
   load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
   load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
@@ -379,9 +391,9 @@ __global__ void __launch_bounds__(128)
 
 // dQ. Grid (B·H, query tiles); the longest (last) query tiles start first.
 // Overwrites the q part of dqkv.
-template <int HD, class T>
+template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
-    attention_mma_backward_dq_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+    attention_mma_backward_dq_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                      const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                      float scale, float scale_log2) {
   using namespace attention_mma;
@@ -400,7 +412,7 @@ __global__ void __launch_bounds__(128)
   const int last = q0 + wr + 15;
   const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
   const std::size_t ld = std::size_t(3) * C;
-  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
 
   load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);

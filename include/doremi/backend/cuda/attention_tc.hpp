@@ -85,9 +85,9 @@ struct AttentionTcTiles {
 
 // Forward. Grid (B·H, query tiles); the longest (last) query tiles start
 // first. scale_log2 = log2(e)/√hd.
-template <int HD, class T>
+template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
-    attention_tc_forward_kernel(T* out, float* lse, const T* qkvr, int Tn, int C, int H, float scale_log2) {
+    attention_tc_forward_kernel(T* out, float* lse, const In* qkvr, int Tn, int C, int H, float scale_log2) {
   namespace wmma = nvcuda::wmma;
   using bf16 = __nv_bfloat16;
   using L = AttentionTcTiles<HD>;
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(128)
   const int sr = wr + lane / 2, odd = lane % 2;  // softmax: this lane's row; its columns 2·cc + odd
   const int i = q0 + sr;                                // ... the row's query
   const std::size_t ld = std::size_t(3) * C;
-  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
+  const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
 
   attention_mma::load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   for (int e = lane; e < 16 * HD; e += 32) Os[(wr + e / HD) * LDO + e % HD] = 0.0f;  // the warp's own rows
@@ -205,9 +205,9 @@ __global__ void __launch_bounds__(128)
 // dK, dV. Grid (B·H, key tiles); the first key tiles (which see the most
 // queries) start first. Overwrites the k and v parts of dqkv. Dv: the row
 // dots D of attention.hpp. scale = 1/√hd, scale_log2 = scale·log2(e).
-template <int HD, class T>
+template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
-    attention_tc_backward_dkv_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+    attention_tc_backward_dkv_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                      const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                      float scale, float scale_log2) {
   namespace wmma = nvcuda::wmma;
@@ -233,8 +233,8 @@ __global__ void __launch_bounds__(128)
   const int sr = wr + lane / 2, odd = lane % 2;  // elementwise: this lane's key row; its columns 2·cc + odd
   const int j = k0 + sr;                                // ... the row's key
   const std::size_t ld = std::size_t(3) * C;
-  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
-  const T* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
+  const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  const In* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
   const float* lse_bh = lse + std::size_t(bh) * Tn;
   const float* D_bh = Dv + std::size_t(bh) * Tn;
 
@@ -336,9 +336,9 @@ __global__ void __launch_bounds__(128)
 
 // dQ. Grid (B·H, query tiles); the longest (last) query tiles start first.
 // Overwrites the q part of dqkv.
-template <int HD, class T>
+template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
-    attention_tc_backward_dq_kernel(T* dqkv, const T* dout, const T* qkvr, const float* lse, const float* Dv,
+    attention_tc_backward_dq_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                     const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                     float scale, float scale_log2) {
   namespace wmma = nvcuda::wmma;
@@ -363,7 +363,7 @@ __global__ void __launch_bounds__(128)
   const int sr = wr + lane / 2, odd = lane % 2;  // elementwise: this lane's query row; its columns 2·cc + odd
   const int i = q0 + sr;
   const std::size_t ld = std::size_t(3) * C;
-  const T* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
 
   attention_mma::load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   attention_mma::load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
@@ -471,31 +471,31 @@ void attention_tc_allow_smem(K* kernel, std::size_t bytes) {
     DOREMI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-template <int HD, class T>
-void attention_tc_forward_launch(const Cuda& be, T* out, float* lse, const T* qkvr, int B, int Tn, int C, int H) {
+template <int HD, class T, class In>
+void attention_tc_forward_launch(const Cuda& be, T* out, float* lse, const In* qkvr, int B, int Tn, int C, int H) {
   using L = AttentionTcTiles<HD>;
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
   const float scale_log2 = 1.4426950408889634f / std::sqrt(float(HD));
-  attention_tc_allow_smem(attention_tc_forward_kernel<HD, T>, L::fwd_bytes);
-  attention_tc_forward_kernel<HD, T><<<grid, L::threads, L::fwd_bytes, be.stream()>>>(out, lse, qkvr, Tn, C, H,
+  attention_tc_allow_smem(attention_tc_forward_kernel<HD, T, In>, L::fwd_bytes);
+  attention_tc_forward_kernel<HD, T, In><<<grid, L::threads, L::fwd_bytes, be.stream()>>>(out, lse, qkvr, Tn, C, H,
                                                                                       scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_tc_forward_kernel");
 }
 
-template <int HD, class T>
-void attention_tc_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* qkvr, const float* lse,
+template <int HD, class T, class In>
+void attention_tc_backward_launch(const Cuda& be, T* dqkv, const In* dout, const In* qkvr, const float* lse,
                                   const float* Dv, const float* rope_cos, const float* rope_sin, int B, int Tn, int C,
                                   int H, int rot) {
   using L = AttentionTcTiles<HD>;
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
   const float scale = 1.0f / std::sqrt(float(HD));
   const float scale_log2 = 1.4426950408889634f * scale;
-  attention_tc_allow_smem(attention_tc_backward_dkv_kernel<HD, T>, L::dkv_bytes);
-  attention_tc_backward_dkv_kernel<HD, T><<<grid, L::threads, L::dkv_bytes, be.stream()>>>(
+  attention_tc_allow_smem(attention_tc_backward_dkv_kernel<HD, T, In>, L::dkv_bytes);
+  attention_tc_backward_dkv_kernel<HD, T, In><<<grid, L::threads, L::dkv_bytes, be.stream()>>>(
       dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_tc_backward_dkv_kernel");
-  attention_tc_allow_smem(attention_tc_backward_dq_kernel<HD, T>, L::dq_bytes);
-  attention_tc_backward_dq_kernel<HD, T><<<grid, L::threads, L::dq_bytes, be.stream()>>>(
+  attention_tc_allow_smem(attention_tc_backward_dq_kernel<HD, T, In>, L::dq_bytes);
+  attention_tc_backward_dq_kernel<HD, T, In><<<grid, L::threads, L::dq_bytes, be.stream()>>>(
       dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_tc_backward_dq_kernel");
 }
