@@ -73,6 +73,7 @@ __device__ __forceinline__ void load_tile(bf16* dst, const T* src, std::size_t l
   if constexpr (std::is_same_v<T, bf16>) {  // 16-byte copies (8 values) where every row start is 16-byte aligned
     if ((reinterpret_cast<std::uintptr_t>(src) & 15u) == 0 && ld % 8 == 0) {
       constexpr int Q8 = HD / 8;
+#pragma unroll 1
       for (int idx = int(threadIdx.x); idx < ROWS * Q8; idx += int(blockDim.x)) {
         const int r = idx / Q8, d = 8 * (idx % Q8);
         uint4 v{0u, 0u, 0u, 0u};
