@@ -124,6 +124,38 @@ TEST_CASE("model forward: padding targets give zero loss and no gradient, mask c
   for (std::size_t i = 0; i < g1.size(); ++i) REQUIRE(m.gradients()[i] == g1[i]);
 }
 
+// forward_losses (the DRO reference model, evaluation): every layer shares one
+// set of activation buffers and no gradient buffers are laid out.
+template <class Cfg>
+void forward_losses_case() {
+  const TokenBatch b = make_batch<Cfg>(5);
+  const std::vector<typename Cfg::scalar> w(b.weights.begin(), b.weights.end());
+  Model<Cfg> trains, evaluates;
+  trains.init(3);
+  evaluates.init(3);
+  const auto a = trains.forward(b.inputs, b.targets, b.B, b.T);
+  const auto e = evaluates.forward_losses(b.inputs, b.targets, b.B, b.T);
+  REQUIRE(e.tokens == a.tokens);
+  for (std::size_t i = 0; i < a.losses.size(); ++i) REQUIRE(e.losses[i] == a.losses[i]);  // the same bits
+  CHECK(e.loss_sum == a.loss_sum);
+  MESSAGE(Cfg::name, ": activation elements ", evaluates.activation_elements(), " (forward_losses) vs ",
+          trains.activation_elements(), " (forward)");
+  CHECK(evaluates.activation_elements() < trains.activation_elements());
+  CHECK_THROWS_WITH_AS(evaluates.backward(w), doctest::Contains("forward_losses"), Error);
+  // The training model evaluates too (its buffers are reused), and then needs a forward again to differentiate.
+  const auto again = trains.forward_losses(b.inputs, b.targets, b.B, b.T);
+  for (std::size_t i = 0; i < a.losses.size(); ++i) REQUIRE(again.losses[i] == e.losses[i]);
+  CHECK_THROWS_AS(trains.backward(w), Error);
+  trains.forward(b.inputs, b.targets, b.B, b.T);
+  CHECK_NOTHROW(trains.backward(w));
+}
+
+TEST_CASE("model forward_losses: forward's losses bit for bit with one layer of activations, no backward") {
+  forward_losses_case<Config<rotary_untied_parallel_exact, double>>();
+  forward_losses_case<Config<learned_tied_sequential_tanh, double>>();
+  forward_losses_case<Config<bf16_matmul(presets::tiny), float>>();
+}
+
 TEST_CASE("model init is deterministic and seed dependent") {
   using Cfg = presets::Tiny<float>;
   Model<Cfg> a, b, c;

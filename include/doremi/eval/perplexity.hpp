@@ -64,7 +64,7 @@ PerplexityReport evaluate_perplexity(M& model, const std::vector<std::string>& n
       if (rows == 0) return;
       std::fill(inputs.begin() + std::ptrdiff_t(rows) * T, inputs.end(), 0);
       std::fill(targets.begin() + std::ptrdiff_t(rows) * T, targets.end(), -1);
-      const auto out = model.forward(inputs, targets, B, T);
+      const auto out = model.forward_losses(inputs, targets, B, T);
       sum += out.loss_sum;
       count += out.tokens;
       rows = 0;

@@ -130,75 +130,31 @@ class Model {
   }
 
   // inputs, targets: [B·T] token ids; a target < 0 marks padding (ignored).
+  // Keeps every layer's activations for backward().
   ForwardResult<scalar> forward(std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, int B,
                                 int T) {
-    check_batch(inputs, targets, B, T);
-    B_ = B;
-    T_ = T;
-    const int N = B * T;
-    allocate(B, T);
-    tokens_.resize(std::size_t(N));
-    targets_.resize(std::size_t(N));
-    upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
-    upload(be_, targets_.data(), targets.data(), std::size_t(N));
-    const scalar* P = params_.data();
-    const operand_type* W = product_weights(/*refresh=*/true);
-    const auto& lay = layout();
-    embedding_forward(be_, res(0), tokens_.data(), P + lay.embed_in,
-                      Cfg::learned_positions ? P + lay.embed_pos : nullptr, B, T, C);
-    for (int l = 0; l < L; ++l) {
-      const BlockOffsets& w = lay.blocks[std::size_t(l)];
-      scalar* x = res(l);
-      layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), W + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
-      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
-                        Cfg::rotary_dim);
-      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), W + w.proj_w, P + w.proj_b, N, C, C);
-      const scalar* ln2_in = x;
-      if constexpr (!Cfg::parallel_residual) {
-        add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
-        ln2_in = hres(l);
-      }
-      layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
-                        Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), W + w.fc_w, P + w.fc_b, N, C, D);
-      gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
-      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), W + w.fc2_w, P + w.fc2_b, N, D, C);
-      if constexpr (Cfg::parallel_residual)
-        add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
-      else
-        add_forward(be_, res(l + 1), hres(l), tmp_c2(), static_cast<const scalar*>(nullptr),
-                             std::size_t(N) * C);
-    }
-    layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
-                      Cfg::ln_eps);
-    classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
-                       targets_.data(), N, C, V);
-    const scalar* losses = losses_.data();
-    const std::uint8_t* mask = mask_.data();
-    if constexpr (!host_memory) {  // the trainers read both on the host
-      losses_host_.resize(std::size_t(N));
-      mask_host_.resize(std::size_t(N));
-      download(be_, losses_host_.data(), losses, std::size_t(N));
-      download(be_, mask_host_.data(), mask, std::size_t(N));
-      losses = losses_host_.data();
-      mask = mask_host_.data();
-    }
-    ForwardResult<scalar> r;
-    r.losses = {losses, std::size_t(N)};
-    r.mask = {mask, std::size_t(N)};
-    for (int n = 0; n < N; ++n) {
-      r.tokens += mask[n];
-      r.loss_sum += double(losses[n]);
-    }
-    has_forward_ = true;
-    return r;
+    return run_forward(inputs, targets, B, T, /*for_backward=*/true);
   }
+
+  // The same losses without keeping activations for a backward (backward()
+  // then raises): one layer's activation buffers serve every layer, so a model
+  // that is only evaluated (the DRO reference model, perplexity) needs about
+  // 1/L of the activation memory of one that trains.
+  ForwardResult<scalar> forward_losses(std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
+                                       int B, int T) {
+    return run_forward(inputs, targets, B, T, /*for_backward=*/false);
+  }
+
+  // Elements of activation memory the last forward laid out (scalar and
+  // operand_type buffers; grows with the largest batch seen, never shrinks).
+  std::size_t activation_elements() const { return acts_.size() + op_acts_.size(); }
 
   // Accumulates d(Σ_j w_j·ℓ_j)/dθ into gradients(); w has one weight per
   // token of the last forward (ignored where the target is padding).
   void backward(std::span<const scalar> token_weights) {
-    if (!has_forward_) fail("Model::backward: no forward pass to differentiate (call forward first)");
+    if (!has_forward_)
+      fail("Model::backward: no forward pass to differentiate (call forward first; forward_losses keeps no "
+           "activations for a backward)");
     const int B = B_, T = T_, N = B * T;
     if (token_weights.size() != std::size_t(N))
       fail("Model::backward: {} token weights for a batch of {} tokens", token_weights.size(), N);
@@ -279,16 +235,92 @@ class Model {
     }
   }
 
+  ForwardResult<scalar> run_forward(std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
+                                    int B, int T, bool for_backward) {
+    check_batch(inputs, targets, B, T);
+    has_forward_ = false;
+    B_ = B;
+    T_ = T;
+    const int N = B * T;
+    allocate(B, T, for_backward);
+    tokens_.resize(std::size_t(N));
+    targets_.resize(std::size_t(N));
+    upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
+    upload(be_, targets_.data(), targets.data(), std::size_t(N));
+    const scalar* P = params_.data();
+    const operand_type* W = product_weights(/*refresh=*/true);
+    const auto& lay = layout();
+    embedding_forward(be_, res(0), tokens_.data(), P + lay.embed_in,
+                      Cfg::learned_positions ? P + lay.embed_pos : nullptr, B, T, C);
+    for (int l = 0; l < L; ++l) {
+      const BlockOffsets& w = lay.blocks[std::size_t(l)];
+      scalar* x = res(l);
+      layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
+      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), W + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
+      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
+                        Cfg::rotary_dim);
+      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), W + w.proj_w, P + w.proj_b, N, C, C);
+      const scalar* ln2_in = x;
+      if constexpr (!Cfg::parallel_residual) {
+        add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
+        ln2_in = hres(l);
+      }
+      layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
+                        Cfg::ln_eps);
+      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), W + w.fc_w, P + w.fc_b, N, C, D);
+      gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
+      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), W + w.fc2_w, P + w.fc2_b, N, D, C);
+      if constexpr (Cfg::parallel_residual)
+        add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
+      else
+        add_forward(be_, res(l + 1), hres(l), tmp_c2(), static_cast<const scalar*>(nullptr),
+                             std::size_t(N) * C);
+    }
+    layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
+                      Cfg::ln_eps);
+    classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
+                       targets_.data(), N, C, V);
+    const scalar* losses = losses_.data();
+    const std::uint8_t* mask = mask_.data();
+    if constexpr (!host_memory) {  // the trainers read both on the host
+      losses_host_.resize(std::size_t(N));
+      mask_host_.resize(std::size_t(N));
+      download(be_, losses_host_.data(), losses, std::size_t(N));
+      download(be_, mask_host_.data(), mask, std::size_t(N));
+      losses = losses_host_.data();
+      mask = mask_host_.data();
+    }
+    ForwardResult<scalar> r;
+    r.losses = {losses, std::size_t(N)};
+    r.mask = {mask, std::size_t(N)};
+    for (int n = 0; n < N; ++n) {
+      r.tokens += mask[n];
+      r.loss_sum += double(losses[n]);
+    }
+    has_forward_ = for_backward;
+    return r;
+  }
+
   // Activation buffers: one allocation per element type, laid out for the
-  // largest batch seen.
-  void allocate(int B, int T) {
+  // largest batch seen. Without a backward to follow, every layer shares one
+  // set of per-layer buffers (stride 0) and the gradient buffers are left out.
+  void allocate(int B, int T, bool for_backward) {
+    const std::size_t layers = for_backward ? std::size_t(L) : 1;
     const std::size_t N = std::size_t(B) * T, Cs = C;
-    per_layer_ = 0;
+    std::size_t at = 0;  // the next free element of the buffer being laid out
     auto take = [&](std::size_t n) {
-      const std::size_t o = per_layer_;
-      per_layer_ += (n + 31) / 32 * 32;  // keep every view 64-byte aligned (also in 2-byte types)
+      const std::size_t o = at;
+      at += (n + 31) / 32 * 32;  // keep every view 64-byte aligned (also in 2-byte types)
       return o;
     };
+    // One layer of operand_type buffers.
+    o_ln1_ = take(N * Cs);
+    o_ln2_ = take(N * Cs);
+    o_gel_ = take(N * D);
+    op_layer_stride_ = for_backward ? at : 0;
+    if (op_acts_.size() < at * layers) op_acts_.resize(at * layers);
+    // One layer of scalar buffers, then the ones used once per pass.
+    at = 0;
     o_res_ = take(N * Cs);
     o_ln1s_ = take(2 * N);
     o_qkv_ = take(3 * N * Cs);
@@ -298,41 +330,33 @@ class Model {
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
     o_ln2s_ = take(2 * N);
     o_fc_ = take(N * D);
-    const std::size_t per_layer_acts = per_layer_;
-    per_layer_ = 0;  // the operand_type buffer's layers
-    o_ln1_ = take(N * Cs);
-    o_ln2_ = take(N * Cs);
-    o_gel_ = take(N * D);
-    per_layer_ops_ = per_layer_;
-    if (op_acts_.size() < per_layer_ops_ * L) op_acts_.resize(per_layer_ops_ * L);
-    per_layer_ = per_layer_acts;
-    std::size_t tail = per_layer_ * L;
-    auto take_tail = [&](std::size_t n) {
-      const std::size_t o = tail;
-      tail += (n + 31) / 32 * 32;
-      return o;
-    };
-    o_final_res_ = take_tail(N * Cs);
-    o_lnf_ = take_tail(N * Cs);
-    o_lnfs_ = take_tail(2 * N);
-    o_probs_ = take_tail(N * V);
-    o_inv_sum_ = take_tail(N);
-    o_tmp_ = take_tail(N * Cs);
-    o_tmp2_ = take_tail(N * Cs);
-    o_dres_ = take_tail(N * Cs);
-    o_dln1_ = take_tail(N * Cs);
-    o_dln2_ = take_tail(N * Cs);
-    o_datty_ = take_tail(N * Cs);
-    o_dqkv_ = take_tail(3 * N * Cs);
-    o_dfc_ = take_tail(N * D);
-    if (acts_.size() < tail) acts_.resize(tail);
+    layer_stride_ = for_backward ? at : 0;
+    at *= layers;
+    o_final_res_ = take(N * Cs);
+    o_lnf_ = take(N * Cs);
+    o_lnfs_ = take(2 * N);
+    // The classifiers of bf16 models keep the [N, V] matrix in bf16 (in the
+    // first half of an fp32 one): half the elements.
+    o_probs_ = take((N * V * sizeof(operand_type) + sizeof(scalar) - 1) / sizeof(scalar));
+    o_inv_sum_ = take(N);
+    o_tmp_ = take(N * Cs);
+    o_tmp2_ = take(N * Cs);
+    if (for_backward) {
+      o_dres_ = take(N * Cs);
+      o_dln1_ = take(N * Cs);
+      o_dln2_ = take(N * Cs);
+      o_datty_ = take(N * Cs);
+      o_dqkv_ = take(3 * N * Cs);
+      o_dfc_ = take(N * D);
+    }
+    if (acts_.size() < at) acts_.resize(at);
     losses_.resize(N);
     mask_.resize(N);
   }
 
   scalar* act(std::size_t o) { return acts_.data() + o; }
-  scalar* layer(int l, std::size_t o) { return acts_.data() + std::size_t(l) * per_layer_ + o; }
-  operand_type* op_layer(int l, std::size_t o) { return op_acts_.data() + std::size_t(l) * per_layer_ops_ + o; }
+  scalar* layer(int l, std::size_t o) { return acts_.data() + std::size_t(l) * layer_stride_ + o; }
+  operand_type* op_layer(int l, std::size_t o) { return op_acts_.data() + std::size_t(l) * op_layer_stride_ + o; }
   scalar* res(int l) { return l == L ? act(o_final_res_) : layer(l, o_res_); }
   operand_type* ln1(int l) { return op_layer(l, o_ln1_); }
   scalar* ln1_stats(int l) { return layer(l, o_ln1s_); }
@@ -370,7 +394,7 @@ class Model {
   std::vector<std::uint8_t> mask_host_;
   int B_ = 0, T_ = 0;
   bool has_forward_ = false;
-  std::size_t per_layer_ = 0, per_layer_ops_ = 0;
+  std::size_t layer_stride_ = 0, op_layer_stride_ = 0;  // elements between layers' buffers (0: shared)
   std::size_t o_res_ = 0, o_ln1_ = 0, o_ln1s_ = 0, o_qkv_ = 0, o_qkvr_ = 0, o_att_ = 0, o_atty_ = 0, o_h_ = 0,
               o_ln2_ = 0, o_ln2s_ = 0, o_fc_ = 0, o_gel_ = 0;
   std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_probs_ = 0, o_inv_sum_ = 0, o_tmp_ = 0, o_tmp2_ = 0,

@@ -59,7 +59,7 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     for (std::size_t m = 0; m < micro.size(); ++m) {
       const Batch& b = micro[m];
       check_domains(b, k);
-      const auto ref = ref_.forward(b.inputs, b.targets, b.B, b.T);
+      const auto ref = ref_.forward_losses(b.inputs, b.targets, b.B, b.T);  // no backward: one layer of activations
       const auto out = this->model_.forward(b.inputs, b.targets, b.B, b.T);
       proxy_losses[m].assign(out.losses.begin(), out.losses.end());
       masks[m].assign(out.mask.begin(), out.mask.end());
