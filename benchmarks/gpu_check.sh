@@ -21,6 +21,10 @@
 #   --quickstart      also build the `doremi` program and run `doremi quickstart
 #                     --device cuda` (the whole pipeline on the GPU; needs libcli11-dev)
 #   --jobs N          build parallelism (default nproc)
+#   --profile         also profile one training step and one DRO step of ours
+#                     with Nsight Compute (ncu: GPU time of every kernel) and
+#                     print the time per kernel and per part of the step
+#                     (benchmarks/ncu_summary.py); the CSV stays in BUILD_DIR
 #
 # The benchmark runs twice: with the default tensor-core attention kernels
 # (and the PyTorch twin), then with DOREMI_CUDA_ATTENTION=mma (ours only);
@@ -49,6 +53,7 @@ peak=989
 twin_args=
 skip_tests=0
 quickstart=0
+profile=0
 jobs=$(nproc 2>/dev/null || echo 4)
 bench_extra=()
 
@@ -65,6 +70,7 @@ while [[ $# -gt 0 ]]; do
     --no-compile) twin_args="--no-compile"; shift ;;
     --skip-tests) skip_tests=1; shift ;;
     --quickstart) quickstart=1; shift ;;
+    --profile) profile=1; shift ;;
     --jobs) jobs=$2; shift 2 ;;
     --) shift; bench_extra=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -225,6 +231,27 @@ main() {
     mma_rc=$?
     set -e
     [[ $mma_rc == 0 ]] || { echo "bench_gpu_step with DOREMI_CUDA_ATTENTION=mma failed (exit status $mma_rc)"; status=1; }
+  fi
+
+  if [[ $profile == 1 ]]; then
+    section "profile: GPU time per kernel, one training step and one DRO step (ncu)"
+    ncu_bin=$(command -v ncu || true)
+    [[ -n $ncu_bin || ! -x /usr/local/cuda/bin/ncu ]] || ncu_bin=/usr/local/cuda/bin/ncu
+    if [[ -z $ncu_bin ]]; then
+      echo "ncu (Nsight Compute) not found: no profile"; status=1
+    else
+      set +e
+      "${run_env[@]}" timeout 300 "$ncu_bin" --csv --print-units base --clock-control none \
+        --metrics gpu__time_duration.sum "$bench_bin" --batch "$batch" --steps 1 --warmup 0 --no-twin \
+        > "$build_dir/ncu_profile.csv" 2> "$build_dir/ncu_profile.err"
+      prof_rc=$?
+      set -e
+      if [[ $prof_rc == 0 ]] && "$python" "$repo/benchmarks/ncu_summary.py" "$build_dir/ncu_profile.csv"; then
+        echo "(every kernel of the run: model set-up, one training step, one DRO step; CSV: $build_dir/ncu_profile.csv)"
+      else
+        echo "profile failed (ncu exit status $prof_rc):"; tail -n 20 "$build_dir/ncu_profile.err"; status=1
+      fi
+    fi
   fi
 
   if [[ $quickstart == 1 ]]; then

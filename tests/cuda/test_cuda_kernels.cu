@@ -318,6 +318,49 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
   }
 }
 
+// The fused GELU + linear backward of the bf16 models (the bias-gradient pass
+// computes dgelu ⊙ gelu'(pre), sums it and writes its bf16 copy) against
+// gelu_backward then matmul_backward on the GPU, and the CPU's composition;
+// without a bias it composes.
+template <Gelu G>
+void gelu_matmul_case(bool with_bias) {
+  CAPTURE(with_bias);
+  const int N = 130, in = 96, out = 72;
+  const std::size_t n = std::size_t(N) * out;
+  const auto x = randn(std::size_t(N) * in, 101), w = randn(std::size_t(out) * in, 102, 0.2f);
+  const auto pre = randn(n, 103, 2.0f), dgelu = randn(n, 104), dw0 = randn(w.size(), 105), db0 = randn(out, 106);
+  auto d_x = to_device(x), d_w = to_device(w), d_pre = to_device(pre);
+  auto d_g1 = to_device(dgelu), d_g2 = to_device(dgelu);
+  auto d_dw1 = to_device(dw0), d_dw2 = to_device(dw0), d_db1 = to_device(db0), d_db2 = to_device(db0);
+  DeviceBuffer<float> d_dx1(x.size()), d_dx2(x.size());
+  backend::gelu_matmul_backward<MatmulPrecision::bf16, G>(gpu(), d_dx1.data(), d_dw1.data(),
+                                                          with_bias ? d_db1.data() : nullptr, d_g1.data(),
+                                                          d_pre.data(), d_x.data(), d_w.data(), N, in, out);
+  backend::gelu_backward<G>(gpu(), d_g2.data(), d_pre.data(), d_g2.data(), n);
+  backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx2.data(), d_dw2.data(),
+                                                  with_bias ? d_db2.data() : nullptr, d_g2.data(), d_x.data(),
+                                                  d_w.data(), N, in, out);
+  check_close(to_host(d_dx1), to_host(d_dx2), 1e-6, 1e-6, "dx: fused vs composed");
+  check_close(to_host(d_dw1), to_host(d_dw2), 1e-6, 1e-6, "dW: fused vs composed");
+  check_close(to_host(d_db1), to_host(d_db2), 1e-6, 1e-6, "db: fused vs composed");
+  // The CPU's composition on the same inputs (bf16 products there too).
+  std::vector<float> g = dgelu, dx(x.size()), dw = dw0, db = db0;
+  backend::gelu_matmul_backward<MatmulPrecision::bf16, G>(Cpu{}, dx.data(), dw.data(), with_bias ? db.data() : nullptr,
+                                                          g.data(), pre.data(), x.data(), w.data(), N, in, out);
+  // (A dy next to a bf16 rounding boundary may round the other way: a 2^-8 step in one operand.)
+  check_close(to_host(d_dx1), dx, 2e-3, 1e-2, "dx vs CPU");
+  check_close(to_host(d_dw1), dw, 1e-2, 1e-2, "dW vs CPU");
+  check_close(to_host(d_db1), db, 1e-3, 1e-4, "db vs CPU");
+}
+
+TEST_CASE("cuda: GELU + linear backward with bf16 operands (fused with the bias gradient) matches the composition") {
+  REQUIRE_GPU();
+  for (bool with_bias : {true, false}) {
+    gelu_matmul_case<Gelu::tanh>(with_bias);
+    gelu_matmul_case<Gelu::exact>(with_bias);
+  }
+}
+
 TEST_CASE("cuda: AdamW over the flat buffer matches the CPU optimiser step for step") {
   REQUIRE_GPU();
   const std::size_t n = 10007;

@@ -178,8 +178,8 @@ class Model {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       // MLP branch (its output's gradient is dres in both residual styles).
       matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), W + w.fc2_w, N, D, C);
-      gelu_backward<Cfg::gelu>(be_, d_fc(), fc(l), d_fc(), std::size_t(N) * D);
-      matmul_backward<Cfg::matmul>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), ln2(l), W + w.fc_w, N, C, D);
+      gelu_matmul_backward<Cfg::matmul, Cfg::gelu>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), fc(l), ln2(l),
+                                                   W + w.fc_w, N, C, D);
       const scalar* ln2_in = Cfg::parallel_residual ? res(l) : hres(l);
       if constexpr (!Cfg::parallel_residual)  // dres becomes d/dh = d/dx' + LN2's share
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),

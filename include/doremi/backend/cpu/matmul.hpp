@@ -8,6 +8,7 @@
 // per-thread scratch) and accumulates in fp32; weights, activations and
 // gradients stay fp32 everywhere else.
 #include "doremi/backend/cpu/cpu.hpp"
+#include "doremi/backend/cpu/gelu.hpp"
 #include "doremi/backend/cpu/gemm.hpp"
 #include "doremi/model/config.hpp"
 
@@ -50,6 +51,16 @@ void matmul_backward(Cpu, T* dx, T* dw, T* dbias, const T* dout, const X* x, con
   if (dx) gemm(false, false, N, in, out_dim, dy, out_dim, operand<P, 1>(w, std::size_t(out_dim) * in), in, dx, in, false);
   gemm(true, false, out_dim, in, N, dy, out_dim, operand<P, 2>(x, std::size_t(N) * in), in, dw, in, true);
   if (dbias) Eigen::Map<RowVec<T>>(dbias, out_dim) += CMatMap<T>(dout, N, out_dim).colwise().sum();
+}
+
+// The backward of y = x·Wᵀ + b followed by a GELU (pre = the GELU's input):
+// dgelu becomes dy = dgelu ⊙ gelu'(pre), then matmul_backward with dout = dy.
+// dgelu is scratch afterwards (the CUDA backend fuses the two).
+template <MatmulPrecision P, Gelu G, class T, class X, class W>
+void gelu_matmul_backward(Cpu, T* dx, T* dw, T* dbias, T* dgelu, const T* pre, const X* x, const W* w, int N, int in,
+                          int out_dim) {
+  gelu_backward<G>(Cpu{}, dgelu, pre, dgelu, std::size_t(N) * out_dim);
+  matmul_backward<P>(Cpu{}, dx, dw, dbias, static_cast<const T*>(dgelu), x, w, N, in, out_dim);
 }
 
 }  // namespace doremi::backend

@@ -31,7 +31,9 @@
 
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/cuda/convert.hpp"
+#include "doremi/backend/cuda/gelu.hpp"
 #include "doremi/backend/cuda/reduce.hpp"
+#include "doremi/backend/elementwise.hpp"
 #include "doremi/model/config.hpp"
 
 namespace doremi::backend {
@@ -157,18 +159,30 @@ struct RowOf {
   __device__ Acc<T> operator()(int n, int j) const { return Acc<T>(m[std::size_t(n) * width + j]); }
 };
 
-// RowOf an fp32 matrix that also leaves the bf16 rounding of each value it
-// reads in `copy` (the bias gradient's pass makes dout's GEMM operand).
-struct RowOfToBf16 {
-  const float* m;
+// dout[n, j] of a bf16-operand backward for the bias-gradient pass, which
+// also leaves its bf16 rounding in `copy` (the GEMMs' operand): one read of
+// dout for both. Dout maps the flat index to the fp32 value.
+template <class Dout>
+struct DoutToBf16 {
+  Dout dout;
   int width;
   __nv_bfloat16* copy;
   __device__ float operator()(int n, int j) const {
     const std::size_t o = std::size_t(n) * width + j;
-    const float v = m[o];
+    const float v = dout(o);
     copy[o] = __float2bfloat16_rn(v);
     return v;
   }
+};
+struct StoredDout {  // dout as stored
+  const float* p;
+  __device__ float operator()(std::size_t o) const { return p[o]; }
+};
+template <Gelu G>
+struct GeluDout {  // dout = dy ⊙ gelu'(pre): the GELU's backward in the same pass (gelu_backward's arithmetic)
+  const float* dy;
+  const float* pre;
+  __device__ float operator()(std::size_t o) const { return dy[o] * backend::gelu_grad<G>(pre[o]); }
 };
 
 // y[n, j] += bias[j] (fp64, outside cuBLASLt's bias epilogue; and the
@@ -263,26 +277,36 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
   }
 }
 
+namespace cuda {
+
+// The bf16-operand backward: dout's bf16 copy made by the bias-gradient pass
+// (from `rows`, a DoutToBf16 source) when there is a bias, else converted from
+// dout_f32; then dx = dout·W and dW += doutᵀ·x.
+template <class Dout, class X, class W>
+void matmul_backward_bf16(const Cuda& be, float* dx, float* dw, float* dbias, const float* dout_f32, Dout rows,
+                          const X* x, const W* w, int N, int in, int out_dim) {
+  const auto [dyb, xb, wb] = to_bf16_operands<3>(
+      be, {{{dbias ? nullptr : dout_f32, std::size_t(N) * out_dim}, {x, std::size_t(N) * in},
+            {w, std::size_t(out_dim) * in}}});
+  if (dbias)
+    column_reduce_add<float>(be, dbias, N, out_dim,
+                             DoutToBf16<Dout>{rows, out_dim, const_cast<__nv_bfloat16*>(dyb)});  // our copy's space
+  if (dx)
+    lt_matmul<__nv_bfloat16, float>(be, false, false, in, N, out_dim, wb, in, dyb, out_dim, dx, in, 1.0f, 0.0f,
+                                    static_cast<const float*>(nullptr), "matmul_backward dx (bf16 operands)");
+  lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f, 1.0f,
+                                  static_cast<const float*>(nullptr), "matmul_backward dW (bf16 operands)");
+}
+
+}  // namespace cuda
+
 template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
 void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
                      int out_dim) {
   cuda::check_matmul_types<P, T, X, W>();
   if (N <= 0) return;
   if constexpr (P == MatmulPrecision::bf16) {
-    // With a bias, its gradient's pass over dout also writes dout's bf16 copy
-    // (one read of dout for both).
-    const auto [dyb, xb, wb] = cuda::to_bf16_operands<3>(
-        be, {{{dbias ? nullptr : dout, std::size_t(N) * out_dim}, {x, std::size_t(N) * in},
-              {w, std::size_t(out_dim) * in}}});
-    if (dbias)
-      cuda::column_reduce_add<float>(be, dbias, N, out_dim,
-                                     cuda::RowOfToBf16{dout, out_dim, const_cast<__nv_bfloat16*>(dyb)});
-    if (dx)
-      cuda::lt_matmul<__nv_bfloat16, float>(be, false, false, in, N, out_dim, wb, in, dyb, out_dim, dx, in, 1.0f,
-                                            0.0f, static_cast<const float*>(nullptr),
-                                            "matmul_backward dx (bf16 operands)");
-    cuda::lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f, 1.0f,
-                                          static_cast<const float*>(nullptr), "matmul_backward dW (bf16 operands)");
+    cuda::matmul_backward_bf16(be, dx, dw, dbias, dout, cuda::StoredDout{dout}, x, w, N, in, out_dim);
   } else {
     if (dx)
       cuda::lt_matmul<T>(be, false, false, in, N, out_dim, w, in, dout, out_dim, dx, in, T(1), T(0), nullptr,
@@ -291,6 +315,26 @@ void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, cons
                        "matmul_backward dW");
     if (dbias) cuda::column_reduce_add<cuda::Acc<T>>(be, dbias, N, out_dim, cuda::RowOf<T>{dout, out_dim});
   }
+}
+
+// The backward of y = x·Wᵀ + b followed by a GELU: dy = dgelu ⊙ gelu'(pre)
+// (pre = the GELU's input), then matmul_backward with dout = dy; dgelu is
+// scratch afterwards (as on the CPU). With bf16 operands and a bias, dy is
+// never stored: the bias-gradient pass computes it, sums it and leaves its
+// bf16 copy for the GEMMs (one pass instead of three over [N, out]).
+template <MatmulPrecision P, Gelu G, class T, class X, class W>
+void gelu_matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, T* dgelu, const T* pre, const X* x, const W* w,
+                          int N, int in, int out_dim) {
+  if constexpr (P == MatmulPrecision::bf16) {
+    cuda::check_matmul_types<P, T, X, W>();
+    if (N > 0 && dbias) {
+      cuda::matmul_backward_bf16(be, dx, dw, dbias, static_cast<const float*>(nullptr), cuda::GeluDout<G>{dgelu, pre},
+                                 x, w, N, in, out_dim);
+      return;
+    }
+  }
+  gelu_backward<G>(be, dgelu, pre, dgelu, std::size_t(N) * out_dim);
+  matmul_backward<P>(be, dx, dw, dbias, static_cast<const T*>(dgelu), x, w, N, in, out_dim);
 }
 
 // bf16 compute (issue 4's numbers): bf16 activations and weights (the bf16
