@@ -159,7 +159,6 @@ class Model {
     if (token_weights.size() != std::size_t(N))
       fail("Model::backward: {} token weights for a batch of {} tokens", token_weights.size(), N);
     const scalar* P = params_.data();
-    const operand_type* W = product_weights(/*refresh=*/false);  // the forward's
     scalar* G = grads_.data();
     const auto& lay = layout();
     scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
@@ -177,18 +176,20 @@ class Model {
     for (int l = L - 1; l >= 0; --l) {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       // MLP branch (its output's gradient is dres in both residual styles).
-      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), W + w.fc2_w, N, D, C);
+      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), weight(w.fc2_w), N, D, C);
       gelu_matmul_backward<Cfg::matmul, Cfg::gelu>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), fc(l), ln2(l),
-                                                   W + w.fc_w, N, C, D);
+                                                   weight(w.fc_w), N, C, D);
       const scalar* ln2_in = Cfg::parallel_residual ? res(l) : hres(l);
       if constexpr (!Cfg::parallel_residual)  // dres becomes d/dh = d/dx' + LN2's share
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
       // Attention branch.
-      matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), W + w.proj_w, N, C, C);
-      attention_backward<Cfg::matmul>(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
-                         Cfg::rotary_dim);
-      matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), W + w.qkv_w, N, C, 3 * C);
+      matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), weight(w.proj_w), N, C,
+                                   C);
+      attention_backward<Cfg::matmul>(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(),
+                                      rope_sin_.data(), B, T, C, H, Cfg::rotary_dim);
+      matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), weight(w.qkv_w), N, C,
+                                   3 * C);
       if constexpr (Cfg::parallel_residual)
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
@@ -220,18 +221,19 @@ class Model {
     }
   }
 
-  // The weights as the products read them: the parameters themselves, or
-  // their operand_type copy, which the forward makes (refresh) and the
-  // backward reuses.
-  const operand_type* product_weights(bool refresh) {
-    if constexpr (std::is_same_v<operand_type, scalar>) {
-      return params_.data();
-    } else {
-      if (refresh) {
-        params_op_.resize(params_.size());
-        convert(be_, params_op_.data(), params_.data(), params_.size());
-      }
-      return params_op_.data();
+  // The blocks' weights as the products read them: the parameters
+  // themselves, or (operand_type not scalar) their copy, which the forward
+  // makes and the backward reuses. The blocks' tensors are contiguous, from
+  // the first block's to the final LayerNorm's; embeddings are not copied.
+  const operand_type* weight(std::size_t offset) const {
+    if constexpr (std::is_same_v<operand_type, scalar>) return params_.data() + offset;
+    else return params_op_.data() + (offset - layout().blocks.front().ln1_w);
+  }
+  void refresh_product_weights() {
+    if constexpr (!std::is_same_v<operand_type, scalar>) {
+      const std::size_t first = layout().blocks.front().ln1_w, n = layout().lnf_w - first;
+      params_op_.resize(n);
+      convert(be_, params_op_.data(), params_.data() + first, n);
     }
   }
 
@@ -248,7 +250,7 @@ class Model {
     upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
     upload(be_, targets_.data(), targets.data(), std::size_t(N));
     const scalar* P = params_.data();
-    const operand_type* W = product_weights(/*refresh=*/true);
+    refresh_product_weights();
     const auto& lay = layout();
     embedding_forward(be_, res(0), tokens_.data(), P + lay.embed_in,
                       Cfg::learned_positions ? P + lay.embed_pos : nullptr, B, T, C);
@@ -256,10 +258,10 @@ class Model {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       scalar* x = res(l);
       layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), W + w.qkv_w, P + w.qkv_b, N, C, 3 * C);
-      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T, C, H,
-                        Cfg::rotary_dim);
-      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), W + w.proj_w, P + w.proj_b, N, C, C);
+      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), weight(w.qkv_w), P + w.qkv_b, N, C, 3 * C);
+      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T,
+                                     C, H, Cfg::rotary_dim);
+      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), weight(w.proj_w), P + w.proj_b, N, C, C);
       const scalar* ln2_in = x;
       if constexpr (!Cfg::parallel_residual) {
         add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
@@ -267,9 +269,9 @@ class Model {
       }
       layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
                         Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), W + w.fc_w, P + w.fc_b, N, C, D);
+      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), weight(w.fc_w), P + w.fc_b, N, C, D);
       gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
-      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), W + w.fc2_w, P + w.fc2_b, N, D, C);
+      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), weight(w.fc2_w), P + w.fc2_b, N, D, C);
       if constexpr (Cfg::parallel_residual)
         add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
       else
@@ -384,7 +386,7 @@ class Model {
 
   Backend be_;
   Buffer<scalar> params_, grads_, acts_;
-  Buffer<operand_type> params_op_, op_acts_;  // see operand_type (params_op_ unused when it is scalar)
+  Buffer<operand_type> params_op_, op_acts_;  // see operand_type and weight() (params_op_: empty when it is scalar)
   Buffer<scalar> rope_cos_, rope_sin_, losses_, weights_;
   Buffer<std::uint8_t> mask_;
   Buffer<std::int32_t> tokens_, targets_;

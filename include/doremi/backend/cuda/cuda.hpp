@@ -191,9 +191,10 @@ namespace cuda {
 // arguments by the alias they were deduced through, and an alias member of
 // Model<Config<Spec{...}>> does not survive that spelling.
 template <class O>
-using plain_t = std::conditional_t<
-    std::is_same_v<O, float>, float,
-    std::conditional_t<std::is_same_v<O, double>, double, std::conditional_t<std::is_same_v<O, __nv_bfloat16>, __nv_bfloat16, O>>>;
+using plain_t =
+    std::conditional_t<std::is_same_v<O, float>, float,
+                       std::conditional_t<std::is_same_v<O, double>, double,
+                                          std::conditional_t<std::is_same_v<O, __nv_bfloat16>, __nv_bfloat16, O>>>;
 
 }  // namespace cuda
 

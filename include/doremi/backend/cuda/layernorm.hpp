@@ -89,7 +89,8 @@ void layernorm_forward(const Cuda& be, O* out, T* mean, T* rstd, const T* x, con
                        double eps) {
   if (N <= 0) return;
   constexpr int rows_per_block = 8;
-  cuda::layernorm_forward_kernel<T, cuda::plain_t<O>><<<(N + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0, be.stream()>>>(
+  cuda::layernorm_forward_kernel<T, cuda::plain_t<O>>
+      <<<(N + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0, be.stream()>>>(
       out, mean, rstd, x, w, b, N, C, eps);
   DOREMI_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
 }
