@@ -318,6 +318,31 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
   }
 }
 
+// cuBLASLt plans are kept per shape: a second call of the same shape with
+// another bias (same alignment) must use that bias, not the first call's.
+TEST_CASE("cuda: matmul reuses its cuBLASLt plan per shape with each call's own bias") {
+  REQUIRE_GPU();
+  const int N = 64, in = 32, out = 48;
+  const auto x = randn(std::size_t(N) * in, 111), w = randn(std::size_t(out) * in, 112, 0.2f);
+  const auto b1 = randn(out, 113), b2 = randn(out, 114);
+  auto d_x = to_device(x), d_w = to_device(w), d_b1 = to_device(b1), d_b2 = to_device(b2);
+  DeviceBuffer<float> d_y1(std::size_t(N) * out), d_y2(std::size_t(N) * out), d_y0(std::size_t(N) * out);
+  for (int round = 0; round < 2; ++round) {  // the second round runs on plans made by the first
+    backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_y1.data(), d_x.data(), d_w.data(), d_b1.data(), N, in, out);
+    backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_y2.data(), d_x.data(), d_w.data(), d_b2.data(), N, in, out);
+    backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_y0.data(), d_x.data(), d_w.data(),
+                                                   static_cast<const float*>(nullptr), N, in, out);
+    const auto y1 = to_host(d_y1), y2 = to_host(d_y2), y0 = to_host(d_y0);
+    std::vector<float> want1(y0.size()), want2(y0.size());
+    for (std::size_t i = 0; i < y0.size(); ++i) {
+      want1[i] = y0[i] + b1[i % std::size_t(out)];
+      want2[i] = y0[i] + b2[i % std::size_t(out)];
+    }
+    check_close(y1, want1, 1e-5, 1e-5, "y with bias 1");
+    check_close(y2, want2, 1e-5, 1e-5, "y with bias 2");
+  }
+}
+
 // The fused GELU + linear backward of the bf16 models (the bias-gradient pass
 // computes dgelu ⊙ gelu'(pre), sums it and writes its bf16 copy) against
 // gelu_backward then matmul_backward on the GPU, and the CPU's composition;

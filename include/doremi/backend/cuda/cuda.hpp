@@ -13,8 +13,10 @@
 //
 // Needs nvcc (kernels); the program must be compiled as CUDA (CMake: link
 // doremi::cuda).
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -131,6 +133,25 @@ class DeviceBuffer {
   std::size_t n_ = 0;
 };
 
+// cuBLASLt descriptors and the heuristic's algorithm for one GEMM shape,
+// kept by the Context (matmul.hpp makes them on a shape's first call).
+struct LtPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool found = false;  // false: cuBLASLt has no algorithm for the shape
+  LtPlan() = default;
+  LtPlan(const LtPlan&) = delete;
+  LtPlan& operator=(const LtPlan&) = delete;
+  ~LtPlan() {
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+using LtKey = std::array<std::int64_t, 14>;
+
 // The state one Cuda tag shares with its copies: device, stream, cuBLASLt
 // handle and workspace, and a scratch arena for deterministic reductions.
 struct Context {
@@ -140,6 +161,7 @@ struct Context {
   DeviceBuffer<std::byte> workspace;  // cuBLASLt's
   DeviceBuffer<std::byte> scratch;    // column-reduction partials, CUB temp storage
   DeviceBuffer<std::byte> operands;   // bf16 copies of fp32 GEMM operands (MatmulPrecision::bf16)
+  std::map<LtKey, std::unique_ptr<LtPlan>> lt_plans;  // per GEMM shape, types and alignments
 
   static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
 

@@ -20,10 +20,12 @@
 // and whole-step tests cover them.)
 // bf16 storage: the overloads at the end take bf16 activations and weights,
 // accumulate in fp32 and keep parameter gradients in fp32.
-// To do (issue 4): fused GELU epilogues, cached descriptors and heuristics per
-// shape (this slice queries the heuristic on every call).
+// Descriptors and the heuristic's algorithm are made once per shape, types
+// and alignments and kept in the backend's context (LtPlan).
+// To do (issue 4): fused GELU epilogues.
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <type_traits>
 
@@ -63,23 +65,6 @@ struct LtTypes<__nv_bfloat16> {
   using scale = float;
 };
 
-// Owns cuBLASLt descriptors for one call and frees them on every path.
-struct LtCall {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  LtCall() = default;
-  LtCall(const LtCall&) = delete;
-  LtCall& operator=(const LtCall&) = delete;
-  ~LtCall() {
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
-
 // The largest power of two (at most 256) dividing the address.
 inline std::uint32_t alignment_of(const void* p) {
   const auto a = reinterpret_cast<std::uintptr_t>(p);
@@ -100,46 +85,63 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
                    Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
                    const std::type_identity_t<Out>* bias) {
   using Ty = LtTypes<In>;
-  LtCall call;
-  const auto scale = std::is_same_v<typename Ty::scale, double> ? CUDA_R_64F : CUDA_R_32F;
-  DOREMI_CUDA_CHECK(cublasLtMatmulDescCreate(&call.op, Ty::compute, scale));
-  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-  DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
-  DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
-  if (bias) {
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    DOREMI_CUDA_CHECK(
-        cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    const cudaDataType_t bt = LtTypes<Out>::data;
-    DOREMI_CUDA_CHECK(
-        cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
-  }
-  DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&call.a, Ty::data, ta ? k : m, ta ? m : k, lda));
-  DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&call.b, Ty::data, tb ? n : k, tb ? k : n, ldb));
-  DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&call.c, LtTypes<Out>::data, m, n, ldd));
-  DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
   const std::size_t ws = be.ctx->workspace.size();
-  DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                         sizeof(ws)));
-  // The heuristic assumes 256-byte-aligned pointers unless told otherwise;
-  // views into the flat parameter buffer are often less aligned.
-  const auto set_alignment = [&](cublasLtMatmulPreferenceAttributes_t attr, const void* ptr) {
-    const std::uint32_t a = alignment_of(ptr);
-    DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, attr, &a, sizeof(a)));
-  };
-  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, A);
-  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, B);
-  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, D);
-  set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, D);
-  cublasLtMatmulHeuristicResult_t heuristic{};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(be.lt(), call.op, call.a, call.b, call.c, call.c,
-                                                           call.pref, 1, &heuristic, &found);
-  if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) return false;
-  DOREMI_CUDA_CHECK(st);
-  DOREMI_CUDA_CHECK(cublasLtMatmul(be.lt(), call.op, &alpha, A, call.a, B, call.b, &beta, D, call.c, D, call.c,
-                                   &heuristic.algo, be.ctx->workspace.data(), ws, be.stream()));
+  // The descriptors and the heuristic's choice depend on the shape, the types
+  // and the operands' alignments: made once per such key, then reused.
+  const LtKey key{Ty::data, LtTypes<Out>::data, ta, tb, m, n, k, lda, ldb, ldd, bias != nullptr, alignment_of(A),
+                  alignment_of(B), alignment_of(D) * 512 + (bias ? alignment_of(bias) : 0)};
+  std::unique_ptr<LtPlan>& slot = be.ctx->lt_plans[key];
+  if (!slot) {
+    auto p = std::make_unique<LtPlan>();
+    const auto scale = std::is_same_v<typename Ty::scale, double> ? CUDA_R_64F : CUDA_R_32F;
+    DOREMI_CUDA_CHECK(cublasLtMatmulDescCreate(&p->op, Ty::compute, scale));
+    const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+    DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+    if (bias) {
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      DOREMI_CUDA_CHECK(
+          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+      const cudaDataType_t bt = LtTypes<Out>::data;
+      DOREMI_CUDA_CHECK(
+          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    }
+    DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p->a, Ty::data, ta ? k : m, ta ? m : k, lda));
+    DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p->b, Ty::data, tb ? n : k, tb ? k : n, ldb));
+    DOREMI_CUDA_CHECK(cublasLtMatrixLayoutCreate(&p->c, LtTypes<Out>::data, m, n, ldd));
+    cublasLtMatmulPreference_t pref = nullptr;
+    DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    using PrefOwner = std::unique_ptr<std::remove_pointer_t<cublasLtMatmulPreference_t>,
+                                      cublasStatus_t (*)(cublasLtMatmulPreference_t)>;
+    const PrefOwner pref_owner(pref, cublasLtMatmulPreferenceDestroy);
+    DOREMI_CUDA_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    // The heuristic assumes 256-byte-aligned pointers unless told otherwise;
+    // views into the flat parameter buffer are often less aligned.
+    const auto set_alignment = [&](cublasLtMatmulPreferenceAttributes_t attr, const void* ptr) {
+      const std::uint32_t a = alignment_of(ptr);
+      DOREMI_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &a, sizeof(a)));
+    };
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, A);
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, B);
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, D);
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, D);
+    cublasLtMatmulHeuristicResult_t heuristic{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(be.lt(), p->op, p->a, p->b, p->c, p->c, pref, 1, &heuristic, &found);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) DOREMI_CUDA_CHECK(st);
+    p->found = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    p->algo = heuristic.algo;
+    slot = std::move(p);
+  }
+  const LtPlan& p = *slot;
+  if (!p.found) return false;
+  if (bias)  // the plan's descriptor, pointed at this call's bias (same alignment: part of the key)
+    DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  DOREMI_CUDA_CHECK(cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.c, &p.algo,
+                                   be.ctx->workspace.data(), ws, be.stream()));
   return true;
 }
 
@@ -262,7 +264,8 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
   if (N <= 0) return;
   if constexpr (P == MatmulPrecision::bf16) {
     const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
-    // The fp32 bias in the GEMM's epilogue (cuBLASLt: the bias has D's type); a separate pass where that finds no algorithm.
+    // The fp32 bias in the GEMM's epilogue (cuBLASLt: the bias has D's type);
+    // a separate pass where that finds no algorithm.
     if (bias && cuda::lt_matmul_try<__nv_bfloat16, float>(be, true, false, out_dim, N, in, wb, in, xb, in, out,
                                                           out_dim, 1.0f, 0.0f, bias))
       return;
