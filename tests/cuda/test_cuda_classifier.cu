@@ -186,6 +186,16 @@ void classifier_case(const ClassifierShape& s) {
     want_inv_valid.push_back(inv_sum[n]);
   }
   CHECK(download(d_probs, off) == got_probs);  // the backward only reads G
+  {  // Losses only (for_backward = false, Model::forward_losses): the same losses, mask and inv_sum.
+    DeviceBuffer<float> d_losses2(N), d_inv2(N);
+    DeviceBuffer<std::uint8_t> d_mask2(N);
+    DeviceBuffer<T> d_probs2(E.size() + off);  // the same alignment: the same GEMM algorithm
+    backend::classifier_forward(gpu(), d_losses2.data(), d_mask2.data(), d_probs2.data() + off, d_inv2.data(),
+                                d_x.data(), d_w.data(), d_targets.data(), N, C, V, /*for_backward=*/false);
+    CHECK(to_host(d_losses2) == to_host(d_losses));
+    CHECK(to_host(d_mask2) == got_mask);
+    CHECK(to_host(d_inv2) == got_inv);
+  }
 
   if constexpr (!is_bf16) {
     // fp32: different summation orders only. Logits (and W) scaled by k carry

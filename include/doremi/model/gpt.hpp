@@ -281,7 +281,7 @@ class Model {
     layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
                       Cfg::ln_eps);
     classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
-                       targets_.data(), N, C, V);
+                                    targets_.data(), N, C, V, for_backward);
     const scalar* losses = losses_.data();
     const std::uint8_t* mask = mask_.data();
     if constexpr (!host_memory) {  // the trainers read both on the host

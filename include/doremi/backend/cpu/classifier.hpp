@@ -47,10 +47,11 @@ T softmax_row(T* r, std::int32_t target, int V, T& inv_sum, std::uint8_t& mask) 
 }  // namespace cpu
 
 // `probs` receives E (the row-wise exp-shifted logits; bf16 in its first half
-// when P is bf16); `inv_sum` receives s.
+// when P is bf16); `inv_sum` receives s. for_backward = false: only the
+// losses are wanted (no backward follows), and the bf16 path skips writing E.
 template <MatmulPrecision P = MatmulPrecision::native, class T>
 void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum, const T* x, const T* w,
-                        const std::int32_t* targets, int N, int C, int V) {
+                        const std::int32_t* targets, int N, int C, int V, bool for_backward = true) {
   using namespace cpu;
   if constexpr (P == MatmulPrecision::bf16) {
     const bf16* xb = operand<P, 0>(x, std::size_t(N) * C);
@@ -66,6 +67,7 @@ void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum
         const int n = r0 + i;
         float* r = logits + std::size_t(i) * V;
         losses[n] = softmax_row(r, targets[n], V, inv_sum[n], mask[n]);
+        if (!for_backward) continue;
         bf16* e = E + std::size_t(n) * V;
 #pragma omp simd
         for (int v = 0; v < V; ++v) e[v] = to_bf16(r[v]);

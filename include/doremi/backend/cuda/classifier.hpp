@@ -111,10 +111,11 @@ struct OnlineLse {
 
 // One block per row n: loss, mask, inv_sum, and the row of probs (logits on
 // entry) overwritten with softmax − onehot(target), in T.
+// write_grad = false (losses only): the row is read, not rewritten.
 template <class T>
 __global__ void __launch_bounds__(classifier_threads)
     classifier_softmax_kernel(float* losses, std::uint8_t* mask, T* probs, float* inv_sum,
-                              const std::int32_t* targets, int V) {
+                              const std::int32_t* targets, int V, bool write_grad) {
   using Pack = ClassifierPack<T>;
   constexpr int K = Pack::size;
   const int row = blockIdx.x;
@@ -124,7 +125,8 @@ __global__ void __launch_bounds__(classifier_threads)
 
   if (t < 0 || t >= V) {  // padding: zeros; out of range: NaN (see the header comment). No reads.
     const float g = t < 0 ? 0.0f : NAN;
-    for (int j = tid; j < V; j += nthreads) p[j] = T(g);
+    if (write_grad)
+      for (int j = tid; j < V; j += nthreads) p[j] = T(g);
     if (tid == 0) {
       losses[row] = g;
       mask[row] = t < 0 ? 0 : 1;
@@ -196,6 +198,7 @@ __global__ void __launch_bounds__(classifier_threads)
     if (inv_sum) inv_sum[row] = 1.0f / S;
   }
 
+  if (!write_grad) return;
   // Pass 2: g = exp(v − M)/S − [j == t], written in place in T.
   const float off = M * classifier_log2e, inv = 1.0f / S;
   const auto grad = [&](float v, int j) {
@@ -243,15 +246,17 @@ void classifier_scale_rows(const Cuda& be, To* out, const From* in, const float*
 //
 // P = MatmulPrecision::bf16 with fp32 storage (Model<Cfg, Cuda> with
 // bf16_matmul): x and W are rounded to bf16 copies and the bf16 path runs,
-// with G kept in bf16 in the first half of `probs`.
+// with G kept in bf16 in the first half of `probs`. for_backward = false:
+// only the losses are wanted (no backward follows): G is not written.
 template <MatmulPrecision P = MatmulPrecision::native, class T>
 void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* probs, float* inv_sum, const T* x,
-                        const T* w, const std::int32_t* targets, int N, int C, int V) {
+                        const T* w, const std::int32_t* targets, int N, int C, int V, bool for_backward = true) {
   if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {
     cuda::check_classifier_shape("classifier_forward(Cuda)", N, C, V);
     const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * C}, {w, std::size_t(V) * C}}});
     classifier_forward(be, losses, mask, reinterpret_cast<__nv_bfloat16*>(probs), inv_sum,
-                       static_cast<const __nv_bfloat16*>(xb), static_cast<const __nv_bfloat16*>(wb), targets, N, C, V);
+                       static_cast<const __nv_bfloat16*>(xb), static_cast<const __nv_bfloat16*>(wb), targets, N, C, V,
+                       for_backward);
     return;
   }
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
@@ -261,7 +266,8 @@ void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* pr
   cuda::lt_matmul<T>(be, true, false, V, N, C, w, C, x, C, probs, V, 1.0f, 0.0f, nullptr,
                      "classifier_forward logits = x·Wᵀ");
   cuda::classifier_softmax_kernel<T>
-      <<<unsigned(N), cuda::classifier_threads, 0, be.stream()>>>(losses, mask, probs, inv_sum, targets, V);
+      <<<unsigned(N), cuda::classifier_threads, 0, be.stream()>>>(losses, mask, probs, inv_sum, targets, V,
+                                                                  for_backward);
   DOREMI_CUDA_CHECK_LAUNCH("classifier_softmax_kernel");
 }
 
