@@ -24,24 +24,31 @@ inline std::vector<float> randn(std::size_t n, std::uint64_t seed, float scale =
   return v;
 }
 
-// |got − want| ≤ atol + rtol·|want| everywhere; reports the worst element.
-inline void check_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
-                 const char* what) {
+// |got − want| ≤ allowed(i) everywhere, all finite; reports the worst element.
+template <class Allowed>
+void check_within(const std::vector<float>& got, const std::vector<float>& want, Allowed allowed, const char* what) {
   REQUIRE(got.size() == want.size());
   double worst = 0;
   std::size_t at = 0;
   bool finite = true;
   for (std::size_t i = 0; i < got.size(); ++i) {
     if (!std::isfinite(got[i])) finite = false;
-    const double excess = std::abs(double(got[i]) - double(want[i])) - (atol + rtol * std::abs(double(want[i])));
+    const double excess = std::abs(double(got[i]) - double(want[i])) - double(allowed(i));
     if (excess > worst) {
       worst = excess;
       at = i;
     }
   }
-  INFO(what << ": worst element " << at << " got " << got[at] << " want " << want[at]);
+  INFO(what << ": worst element " << at << " got " << got[at] << " want " << want[at] << " allowed "
+            << (got.empty() ? 0.0 : double(allowed(at))));
   CHECK(finite);
   CHECK(worst <= 0.0);
+}
+
+// |got − want| ≤ atol + rtol·|want| everywhere.
+inline void check_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
+                        const char* what) {
+  check_within(got, want, [&](std::size_t i) { return atol + rtol * std::abs(double(want[i])); }, what);
 }
 
 // Rotary tables as Model builds them (model/gpt.hpp): cos/sin(t · 10000^(−2i/rot)) in double, rounded once.
