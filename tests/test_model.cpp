@@ -293,3 +293,44 @@ TEST_CASE("model with bf16 matrix products: losses and gradients follow the fp32
   CHECK(cosine > 0.999);
   CHECK(std::abs(norm_ratio - 1) < 1e-2);
 }
+
+TEST_CASE("cpu layernorm pair: two LayerNorms of one input in one pass equal two separate ones") {
+  const int N = 37, C = 24;
+  auto randn = [](std::size_t n, std::uint64_t seed, float scale = 1.0f, float shift = 0.0f) {
+    std::vector<float> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = shift + scale * float(Philox::normal(seed, 7, i));
+    return v;
+  };
+  const auto x = randn(std::size_t(N) * C, 31, 2.0f, 0.5f), w1 = randn(C, 32, 0.5f, 1.0f), b1 = randn(C, 33, 0.1f);
+  const auto w2 = randn(C, 34, 0.5f, 1.0f), b2 = randn(C, 35, 0.1f);
+  const auto d1 = randn(std::size_t(N) * C, 36), d2 = randn(std::size_t(N) * C, 37);
+  const auto dx0 = randn(std::size_t(N) * C, 38);
+  using backend::Cpu;
+  // Separately: two forwards (the same statistics), two backwards accumulating into dx.
+  std::vector<float> o1(x.size()), o2(x.size()), mean(N), rstd(N), mean2(N), rstd2(N), dx = dx0;
+  std::vector<float> dw1(C, 0.1f), db1(C, 0.2f), dw2(C, 0.3f), db2(C, 0.4f);
+  backend::layernorm_forward(Cpu{}, o1.data(), mean.data(), rstd.data(), x.data(), w1.data(), b1.data(), N, C, 1e-5);
+  backend::layernorm_forward(Cpu{}, o2.data(), mean2.data(), rstd2.data(), x.data(), w2.data(), b2.data(), N, C,
+                             1e-5);
+  backend::layernorm_backward(Cpu{}, dx.data(), dw1.data(), db1.data(), d1.data(), x.data(), w1.data(), mean.data(),
+                              rstd.data(), N, C);
+  backend::layernorm_backward(Cpu{}, dx.data(), dw2.data(), db2.data(), d2.data(), x.data(), w2.data(), mean.data(),
+                              rstd.data(), N, C);
+  // As a pair.
+  std::vector<float> p1(x.size()), p2(x.size()), pm(N), pr(N), pdx = dx0;
+  std::vector<float> pdw1(C, 0.1f), pdb1(C, 0.2f), pdw2(C, 0.3f), pdb2(C, 0.4f);
+  backend::layernorm_pair_forward(Cpu{}, p1.data(), p2.data(), pm.data(), pr.data(), x.data(), w1.data(), b1.data(),
+                                  w2.data(), b2.data(), N, C, 1e-5);
+  backend::layernorm_pair_backward(Cpu{}, pdx.data(), pdw1.data(), pdb1.data(), pdw2.data(), pdb2.data(), d1.data(),
+                                   d2.data(), x.data(), w1.data(), w2.data(), pm.data(), pr.data(), N, C);
+  CHECK(p1 == o1);
+  CHECK(p2 == o2);
+  CHECK(pm == mean);
+  CHECK(pr == rstd);
+  for (std::size_t i = 0; i < dx.size(); ++i)  // the shares summed before rounding instead of after
+    REQUIRE(std::abs(pdx[i] - dx[i]) <= 1e-5f * (1 + std::abs(dx[i])));
+  CHECK(pdw1 == dw1);
+  CHECK(pdb1 == db1);
+  CHECK(pdw2 == dw2);
+  CHECK(pdb2 == db2);
+}

@@ -30,9 +30,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 
 #define __launch_bounds__(...)
 
@@ -40,6 +43,8 @@ namespace emu {
 
 struct Dim {
   unsigned x = 1, y = 1, z = 1;
+  Dim(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+  Dim(dim3 d) : x(d.x), y(d.y), z(d.z) {}
 };
 
 [[noreturn]] inline void die(const char* what) {
@@ -52,7 +57,6 @@ struct Block {
   int threads = 0, current = 0;
   std::vector<unsigned char> smem;
   std::vector<ucontext_t> ctx;
-  std::vector<std::vector<char>> stacks;
   std::vector<Dim> tid;
   std::vector<char> done;
   ucontext_t scheduler{};
@@ -117,6 +121,8 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
   const int threads = int(dim.x * dim.y * dim.z);
   if (threads <= 0 || threads % 32 != 0) die("blocks must have a positive multiple of 32 threads");
   constexpr std::size_t stack_bytes = 256 * 1024;
+  static std::vector<std::unique_ptr<char[]>> stacks;  // one per thread of a block, reused by every block
+  while (stacks.size() < std::size_t(threads)) stacks.emplace_back(new char[stack_bytes]);
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -127,7 +133,6 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
         b.threads = threads;
         b.smem.assign(smem_bytes, 0xff);  // 0xffff… is a NaN in float and bf16
         b.ctx.resize(std::size_t(threads));
-        b.stacks.assign(std::size_t(threads), std::vector<char>(stack_bytes));
         b.done.assign(std::size_t(threads), 0);
         b.block_wait.assign(std::size_t(threads), ~std::uint64_t(0));
         b.warp_arrived.assign(std::size_t(threads / 32), 0);
@@ -142,7 +147,7 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
         for (int t = 0; t < threads; ++t) {
           ucontext_t& c = b.ctx[std::size_t(t)];
           getcontext(&c);
-          c.uc_stack.ss_sp = b.stacks[std::size_t(t)].data();
+          c.uc_stack.ss_sp = stacks[std::size_t(t)].get();
           c.uc_stack.ss_size = stack_bytes;
           c.uc_link = &b.scheduler;
           makecontext(&c, fiber_entry, 0);
@@ -186,9 +191,35 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
       }
 }
 
+// DOREMI_CUDA_LAUNCH(grid, block, smem, stream, kernel)(args...) (see
+// doremi/backend/cuda/cuda.hpp): runs the kernel through launch; the stream
+// is ignored (everything runs in order, at once).
+template <class Call>
+struct Launcher {
+  Dim grid, dim;
+  std::size_t smem;
+  Call call;
+  template <class... A>
+  void operator()(A&&... a) const {
+    launch(grid, dim, smem, [&] { call(a...); });
+  }
+};
+template <class Call>
+Launcher<Call> launcher(Dim grid, Dim dim, std::size_t smem, Call call) {
+  return {grid, dim, smem, call};
+}
+
 }  // namespace emu
 
+#define DOREMI_CUDA_LAUNCH(grid, block, smem, stream, ...) \
+  ::emu::launcher(grid, block, smem, [&](auto&... emu_args) { __VA_ARGS__(emu_args...); })
+
 // ---- CUDA names the kernels use ----
+
+// Blocks run one at a time on one thread: a kernel's static shared arrays are
+// one block's shared memory.
+#undef __shared__
+#define __shared__ static
 
 #define threadIdx (::emu::block()->tid[std::size_t(::emu::block()->current)])
 #define blockIdx (::emu::block()->idx)
@@ -198,16 +229,25 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
 inline void __syncthreads() { emu::barrier(-1); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::barrier(emu::warp()); }
 
-inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  std::uint32_t u;
-  std::memcpy(&u, &v, 4);
+template <class V>
+inline V __shfl_xor_sync(unsigned, V v, int lane_mask) {
+  static_assert(sizeof(V) <= 8 && std::is_trivially_copyable_v<V>);
+  std::uint64_t u = 0;
+  std::memcpy(&u, &v, sizeof(V));
   emu::my_slot()[0] = u;
   emu::barrier(emu::warp());
-  const auto o = std::uint32_t(emu::lane_slot(emu::lane() ^ lane_mask)[0]);
+  const std::uint64_t o = emu::lane_slot(emu::lane() ^ lane_mask)[0];
   emu::barrier(emu::warp());
-  float r;
-  std::memcpy(&r, &o, 4);
+  V r;
+  std::memcpy(&r, &o, sizeof(V));
   return r;
+}
+
+template <class V>
+inline V atomicAdd(V* p, V v) {  // threads never run at once
+  const V old = *p;
+  *p = old + v;
+  return old;
 }
 
 // ---- doremi/backend/cuda/mma.hpp ----
@@ -292,3 +332,78 @@ inline void ldmatrix_x4(std::uint32_t (&r)[4], const void* row) { detail::ldmatr
 inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* row) { detail::ldmatrix<true>(r, row); }
 
 }  // namespace doremi::backend::cuda::mma
+
+// ---- nvcuda::wmma (<mma.h> declares it for nvcc only) ----
+// A fragment holds its whole 16×16 tile in every thread (the hardware's
+// layout is unspecified, and the kernels only load, multiply, fill and store
+// whole fragments); products sum over k in order in fp32.
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float v[16][16];  // [row][col] of the tile (A: m×k, B: k×n, C: m×n)
+};
+
+namespace detail {
+template <class Layout>
+inline bool row_major_layout() {
+  return std::is_same_v<Layout, row_major>;
+}
+inline float to_f(float x) { return x; }
+inline float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+}  // namespace detail
+
+template <class Use, class T, class Layout, class P>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const P* p, unsigned ldm) {
+  const bool rm = detail::row_major_layout<Layout>();
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.v[r][c] = detail::to_f(rm ? p[r * ldm + c] : p[c * ldm + r]);
+}
+
+template <class T>
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, T>& f, const T* p, unsigned ldm, layout_t l) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.v[r][c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+}
+
+template <class Use, class T, class Layout>
+inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float x) {
+  for (auto& row : f.v)
+    for (float& e : row) e = x;
+}
+
+template <class TA, class LA, class TB, class LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
+                     const fragment<matrix_b, 16, 16, 16, TB, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  float out[16][16];
+  for (int r = 0; r < 16; ++r)
+    for (int col = 0; col < 16; ++col) {
+      float s = c.v[r][col];
+      for (int k = 0; k < 16; ++k) s += a.v[r][k] * b.v[k][col];
+      out[r][col] = s;
+    }
+  std::memcpy(d.v, out, sizeof(out));
+}
+
+// The warp's lanes store a share each, between warp barriers (as a collective store).
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  emu::barrier(emu::warp());
+  for (int i = emu::lane(); i < 256; i += 32) {
+    const int r = i / 16, c = i % 16;
+    (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r][c];
+  }
+  emu::barrier(emu::warp());
+}
+
+}  // namespace nvcuda::wmma
+
+// Device-side min and max of the kernels' index arithmetic.
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }

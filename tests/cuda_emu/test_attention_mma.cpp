@@ -15,7 +15,6 @@
 // checks the kernels' index logic, masking, online softmax, register layouts
 // and synchronisation on machines without a GPU; the GPU suite (tests/cuda)
 // runs the same kernels on a device.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include "cuda_emu.hpp"  // first: the emulated CUDA names
 
 #include <doctest/doctest.h>

@@ -179,9 +179,8 @@ class Model {
       matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), weight(w.fc2_w), N, D, C);
       gelu_matmul_backward<Cfg::matmul, Cfg::gelu>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), fc(l), ln2(l),
                                                    weight(w.fc_w), N, C, D);
-      const scalar* ln2_in = Cfg::parallel_residual ? res(l) : hres(l);
       if constexpr (!Cfg::parallel_residual)  // dres becomes d/dh = d/dx' + LN2's share
-        layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
+        layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), hres(l), P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
       // Attention branch.
       matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), weight(w.proj_w), N, C,
@@ -190,11 +189,12 @@ class Model {
                                       rope_sin_.data(), B, T, C, H, Cfg::rotary_dim);
       matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), weight(w.qkv_w), N, C,
                                    3 * C);
-      if constexpr (Cfg::parallel_residual)
-        layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), ln2_in, P + w.ln2_w, ln2_stats(l),
-                           ln2_stats(l) + N, N, C);
-      layernorm_backward(be_, dres, G + w.ln1_w, G + w.ln1_b, d_ln1(), res(l), P + w.ln1_w, ln1_stats(l),
-                         ln1_stats(l) + N, N, C);
+      if constexpr (Cfg::parallel_residual)  // both LayerNorms' shares of d/dx in one pass
+        layernorm_pair_backward(be_, dres, G + w.ln1_w, G + w.ln1_b, G + w.ln2_w, G + w.ln2_b, d_ln1(), d_ln2(),
+                                res(l), P + w.ln1_w, P + w.ln2_w, ln1_stats(l), ln1_stats(l) + N, N, C);
+      else
+        layernorm_backward(be_, dres, G + w.ln1_w, G + w.ln1_b, d_ln1(), res(l), P + w.ln1_w, ln1_stats(l),
+                           ln1_stats(l) + N, N, C);
     }
     embedding_backward(be_, G + lay.embed_in, Cfg::learned_positions ? G + lay.embed_pos : nullptr, dres,
                        tokens_.data(), B, T, C);
@@ -257,18 +257,21 @@ class Model {
     for (int l = 0; l < L; ++l) {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       scalar* x = res(l);
-      layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
+      if constexpr (Cfg::parallel_residual)  // both LayerNorms read x: one pass, one set of statistics
+        layernorm_pair_forward(be_, ln1(l), ln2(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b,
+                               P + w.ln2_w, P + w.ln2_b, N, C, Cfg::ln_eps);
+      else
+        layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C,
+                          Cfg::ln_eps);
       matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), weight(w.qkv_w), P + w.qkv_b, N, C, 3 * C);
       attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T,
                                      C, H, Cfg::rotary_dim);
       matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), weight(w.proj_w), P + w.proj_b, N, C, C);
-      const scalar* ln2_in = x;
       if constexpr (!Cfg::parallel_residual) {
         add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
-        ln2_in = hres(l);
+        layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, hres(l), P + w.ln2_w, P + w.ln2_b, N, C,
+                          Cfg::ln_eps);
       }
-      layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, ln2_in, P + w.ln2_w, P + w.ln2_b, N, C,
-                        Cfg::ln_eps);
       matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), weight(w.fc_w), P + w.fc_b, N, C, D);
       gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
       matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), weight(w.fc2_w), P + w.fc2_b, N, D, C);
@@ -330,7 +333,7 @@ class Model {
     o_att_ = take(attention_state_size(be_, B, H, T));
     o_atty_ = take(N * Cs);
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
-    o_ln2s_ = take(2 * N);
+    o_ln2s_ = Cfg::parallel_residual ? 0 : take(2 * N);  // parallel: LN2 shares LN1's statistics (same input)
     o_fc_ = take(N * D);
     layer_stride_ = for_backward ? at : 0;
     at *= layers;

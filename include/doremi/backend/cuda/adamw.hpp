@@ -29,7 +29,7 @@ __global__ void adamw_kernel(T* p, const T* g, T* m, T* v, std::size_t n, AdamWC
 template <class T>
 void adamw_update(const Cuda& be, T* p, const T* g, T* m, T* v, std::size_t n, const AdamWCoefficients<T>& c) {
   if (!n) return;
-  cuda::adamw_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(p, g, m, v, n, c);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::adamw_kernel)(p, g, m, v, n, c);
   DOREMI_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 
@@ -46,7 +46,7 @@ void adamw_step(const Cuda& be, T* p, const T* g, T* m, T* v, std::size_t n, std
   std::size_t i = 0;
   while (i < runs.size()) {
     std::size_t j = i + 1, end = runs[i].offset + runs[i].size;
-    while (j < runs.size() && runs[j].decay == runs[i].decay) end = runs[j].offset + runs[j++].size;
+    for (; j < runs.size() && runs[j].decay == runs[i].decay; ++j) end = runs[j].offset + runs[j].size;
     const std::size_t off = runs[i].offset;
     adamw_update(be, p + off, g + off, m + off, v + off, end - off, runs[i].decay ? decayed : undecayed);
     i = j;

@@ -416,7 +416,8 @@ void attention_forward_launch(const Cuda& be, T* out, float* lse, const T* qkvr,
   using L = AttentionTiles<HD>;
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + L::rows - 1) / L::rows));
   const float scale = 1.0f / std::sqrt(float(HD));
-  attention_forward_kernel<HD, T><<<grid, L::threads, 0, be.stream()>>>(out, lse, qkvr, Tn, C, H, scale);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, 0, be.stream(), attention_forward_kernel<HD, T>)(out, lse, qkvr, Tn, C, H,
+      scale);
   DOREMI_CUDA_CHECK_LAUNCH("attention_forward_kernel");
 }
 
@@ -427,11 +428,11 @@ void attention_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* 
   using L = AttentionTiles<HD>;
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + L::rows - 1) / L::rows));
   const float scale = 1.0f / std::sqrt(float(HD));
-  attention_backward_dkv_kernel<HD, T><<<grid, L::threads, 0, be.stream()>>>(dqkv, dout, qkvr, lse, Dv, rope_cos,
-                                                                             rope_sin, Tn, C, H, rot, scale);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, 0, be.stream(), attention_backward_dkv_kernel<HD, T>)(dqkv, dout, qkvr, lse, Dv,
+      rope_cos, rope_sin, Tn, C, H, rot, scale);
   DOREMI_CUDA_CHECK_LAUNCH("attention_backward_dkv_kernel");
-  attention_backward_dq_kernel<HD, T><<<grid, L::threads, 0, be.stream()>>>(dqkv, dout, qkvr, lse, Dv, rope_cos,
-                                                                            rope_sin, Tn, C, H, rot, scale);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, 0, be.stream(), attention_backward_dq_kernel<HD, T>)(dqkv, dout, qkvr, lse, Dv,
+      rope_cos, rope_sin, Tn, C, H, rot, scale);
   DOREMI_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
 }
 
@@ -491,8 +492,8 @@ void attention_mma_forward_launch(const Cuda& be, T* out, float* lse, const In* 
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
   const float scale_log2 = 1.4426950408889634f / std::sqrt(float(HD));
   attention_tc_allow_smem(attention_mma_forward_kernel<HD, T, In>, L::fwd_bytes);
-  attention_mma_forward_kernel<HD, T, In><<<grid, L::threads, L::fwd_bytes, be.stream()>>>(out, lse, qkvr, Tn, C, H,
-                                                                                        scale_log2);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, L::fwd_bytes, be.stream(), attention_mma_forward_kernel<HD, T, In>)(out, lse,
+      qkvr, Tn, C, H, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_forward_kernel");
 }
 
@@ -505,12 +506,12 @@ void attention_mma_backward_launch(const Cuda& be, T* dqkv, const In* dout, cons
   const float scale = 1.0f / std::sqrt(float(HD));
   const float scale_log2 = 1.4426950408889634f * scale;
   attention_tc_allow_smem(attention_mma_backward_dkv_kernel<HD, T, In>, L::bwd_bytes);
-  attention_mma_backward_dkv_kernel<HD, T, In><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
-      dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, L::bwd_bytes, be.stream(), attention_mma_backward_dkv_kernel<HD, T, In>)(dqkv,
+      dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dkv_kernel");
   attention_tc_allow_smem(attention_mma_backward_dq_kernel<HD, T, In>, L::bwd_bytes);
-  attention_mma_backward_dq_kernel<HD, T, In><<<grid, L::threads, L::bwd_bytes, be.stream()>>>(
-      dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, L::bwd_bytes, be.stream(), attention_mma_backward_dq_kernel<HD, T, In>)(dqkv,
+      dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dq_kernel");
 }
 
@@ -534,11 +535,11 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
   auto* const qkvr_bf16 = reinterpret_cast<__nv_bfloat16*>(qkvr);
   if (path == cuda::AttentionPath::fp32)
-    cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr, qkv, rope_cos, rope_sin,
-                                                                                     n, Tn, C, hd, rot);
+    DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::attention_rotary_kernel)(qkvr, qkv,
+        rope_cos, rope_sin, n, Tn, C, hd, rot);
   else
-    cuda::attention_rotary_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(qkvr_bf16, qkv, rope_cos,
-                                                                                     rope_sin, n, Tn, C, hd, rot);
+    DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::attention_rotary_kernel)(qkvr_bf16, qkv,
+        rope_cos, rope_sin, n, Tn, C, hd, rot);
   DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
   const __nv_bfloat16* q = qkvr_bf16;
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
@@ -567,7 +568,8 @@ void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, co
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
   const unsigned grid = cuda::blocks_for(rows * 32, 256);
   if (path == cuda::AttentionPath::fp32) {
-    cuda::attention_row_dot_kernel<T, false><<<grid, 256, 0, be.stream()>>>(Dv, nullptr, dout, out, B, Tn, C, H);
+    DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, false>)(Dv, nullptr, dout, out, B,
+        Tn, C, H);
     DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
     cuda::dispatch_head_dim(hd, [&](auto hdc) {
       cuda::attention_backward_launch<decltype(hdc)::value>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn,
@@ -577,7 +579,8 @@ void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, co
   }
   auto* const dout_bf16 =
       static_cast<__nv_bfloat16*>(be.ctx->operand_bytes(std::size_t(B) * Tn * C * sizeof(__nv_bfloat16)));
-  cuda::attention_row_dot_kernel<T, true><<<grid, 256, 0, be.stream()>>>(Dv, dout_bf16, dout, out, B, Tn, C, H);
+  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, true>)(Dv, dout_bf16, dout, out, B,
+      Tn, C, H);
   DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
   const __nv_bfloat16 *dO = dout_bf16, *q = reinterpret_cast<const __nv_bfloat16*>(qkvr);
   cuda::dispatch_head_dim(hd, [&](auto hdc) {

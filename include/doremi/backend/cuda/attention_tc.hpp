@@ -52,10 +52,7 @@
 namespace doremi::backend::cuda {
 
 // The dynamic shared memory of the tensor-core kernels.
-__device__ __forceinline__ unsigned char* attention_tc_smem() {
-  extern __shared__ __align__(128) unsigned char attention_tc_smem_buf[];
-  return attention_tc_smem_buf;
-}
+__device__ __forceinline__ unsigned char* attention_tc_smem() { return mma::dynamic_smem(); }
 
 // ---- kernels (tensor cores) ----
 
@@ -468,7 +465,8 @@ inline bool tensor_cores_fit(std::size_t bytes) {
 template <class K>
 void attention_tc_allow_smem(K* kernel, std::size_t bytes) {
   if (bytes > 48 * 1024)
-    DOREMI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    DOREMI_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 template <int HD, class T, class In>
@@ -477,8 +475,8 @@ void attention_tc_forward_launch(const Cuda& be, T* out, float* lse, const In* q
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
   const float scale_log2 = 1.4426950408889634f / std::sqrt(float(HD));
   attention_tc_allow_smem(attention_tc_forward_kernel<HD, T, In>, L::fwd_bytes);
-  attention_tc_forward_kernel<HD, T, In><<<grid, L::threads, L::fwd_bytes, be.stream()>>>(out, lse, qkvr, Tn, C, H,
-                                                                                      scale_log2);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, L::fwd_bytes, be.stream(), attention_tc_forward_kernel<HD, T, In>)(out, lse,
+      qkvr, Tn, C, H, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_tc_forward_kernel");
 }
 
@@ -491,12 +489,12 @@ void attention_tc_backward_launch(const Cuda& be, T* dqkv, const In* dout, const
   const float scale = 1.0f / std::sqrt(float(HD));
   const float scale_log2 = 1.4426950408889634f * scale;
   attention_tc_allow_smem(attention_tc_backward_dkv_kernel<HD, T, In>, L::dkv_bytes);
-  attention_tc_backward_dkv_kernel<HD, T, In><<<grid, L::threads, L::dkv_bytes, be.stream()>>>(
-      dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, L::dkv_bytes, be.stream(), attention_tc_backward_dkv_kernel<HD, T, In>)(dqkv,
+      dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_tc_backward_dkv_kernel");
   attention_tc_allow_smem(attention_tc_backward_dq_kernel<HD, T, In>, L::dq_bytes);
-  attention_tc_backward_dq_kernel<HD, T, In><<<grid, L::threads, L::dq_bytes, be.stream()>>>(
-      dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
+  DOREMI_CUDA_LAUNCH(grid, L::threads, L::dq_bytes, be.stream(), attention_tc_backward_dq_kernel<HD, T, In>)(dqkv, dout,
+      qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_tc_backward_dq_kernel");
 }
 

@@ -234,7 +234,8 @@ template <class To, class From>
 void classifier_scale_rows(const Cuda& be, To* out, const From* in, const float* weights,
                            const std::int32_t* targets, int N, int C, const char* what) {
   const std::size_t total = std::size_t(N) * C;
-  classifier_scale_rows_kernel<<<blocks_for(total, 256), 256, 0, be.stream()>>>(out, in, weights, targets, N, C);
+  DOREMI_CUDA_LAUNCH(blocks_for(total, 256), 256, 0, be.stream(), classifier_scale_rows_kernel)(out, in, weights,
+      targets, N, C);
   DOREMI_CUDA_CHECK_LAUNCH(what);
 }
 
@@ -265,9 +266,8 @@ void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* pr
   // logitsᵀ[V, N] = W[V, C]·xᵀ[C, N] (column-major view of row-major [N, V]).
   cuda::lt_matmul<T>(be, true, false, V, N, C, w, C, x, C, probs, V, 1.0f, 0.0f, nullptr,
                      "classifier_forward logits = x·Wᵀ");
-  cuda::classifier_softmax_kernel<T>
-      <<<unsigned(N), cuda::classifier_threads, 0, be.stream()>>>(losses, mask, probs, inv_sum, targets, V,
-                                                                  for_backward);
+  DOREMI_CUDA_LAUNCH(unsigned(N), cuda::classifier_threads, 0, be.stream(), cuda::classifier_softmax_kernel<T>)(losses,
+      mask, probs, inv_sum, targets, V, for_backward);
   DOREMI_CUDA_CHECK_LAUNCH("classifier_softmax_kernel");
 }
 

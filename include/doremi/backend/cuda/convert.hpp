@@ -46,8 +46,8 @@ void convert(const Cuda& be, To* dst, const From* src, std::size_t n) {
   if constexpr (std::is_same_v<To, __nv_bfloat16> && std::is_same_v<From, float>) {
     const std::size_t n4 = n / 4;
     if (n4 && reinterpret_cast<std::uintptr_t>(src) % 16 == 0 && reinterpret_cast<std::uintptr_t>(dst) % 8 == 0) {
-      cuda::convert_f32_bf16x4_kernel<__nv_bfloat16, float>
-          <<<cuda::blocks_for(n4, 256), 256, 0, be.stream()>>>(dst, src, n4);
+      DOREMI_CUDA_LAUNCH(cuda::blocks_for(n4, 256), 256, 0, be.stream(),
+                         cuda::convert_f32_bf16x4_kernel<__nv_bfloat16, float>)(dst, src, n4);
       DOREMI_CUDA_CHECK_LAUNCH("convert_f32_bf16x4_kernel");
       dst += 4 * n4;
       src += 4 * n4;
@@ -55,8 +55,8 @@ void convert(const Cuda& be, To* dst, const From* src, std::size_t n) {
       if (!n) return;
     }
   }
-  cuda::convert_kernel<cuda::plain_t<To>, cuda::plain_t<From>>
-      <<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(dst, src, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(),
+                     cuda::convert_kernel<cuda::plain_t<To>, cuda::plain_t<From>>)(dst, src, n);
   DOREMI_CUDA_CHECK_LAUNCH("convert_kernel");
 }
 

@@ -46,6 +46,12 @@ inline void check(cublasStatus_t s, const char* call, const char* file, int line
 }  // namespace cuda
 
 #define DOREMI_CUDA_CHECK(call) ::doremi::backend::cuda::check((call), #call, __FILE__, __LINE__)
+// Kernel launches: DOREMI_CUDA_LAUNCH(grid, block, smem, stream, kernel)(args...). The kernel comes
+// last so that template arguments may hold commas. tests/cuda_emu defines its own (kernels run on
+// the CPU under an emulator).
+#ifndef DOREMI_CUDA_LAUNCH
+#define DOREMI_CUDA_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
 // After a kernel launch: launch-configuration errors surface here.
 #define DOREMI_CUDA_CHECK_LAUNCH(what) ::doremi::backend::cuda::check(cudaGetLastError(), what, __FILE__, __LINE__)
 
@@ -298,7 +304,7 @@ cuda::DeviceBuffer<T>::DeviceBuffer(std::size_t n, T value) {
   if (value == T(0)) {
     DOREMI_CUDA_CHECK(cudaMemset(p_, 0, n * sizeof(T)));
   } else {
-    cuda::fill_kernel<<<cuda::blocks_for(n, 256), 256>>>(p_, value, n);
+    DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, 0, cuda::fill_kernel)(p_, value, n);
     DOREMI_CUDA_CHECK_LAUNCH("fill_kernel (DeviceBuffer)");
   }
   // The legacy default stream does not order against a backend's non-blocking

@@ -57,8 +57,8 @@ void embedding_forward(const Cuda& be, T* out, const std::int32_t* tokens, const
                        int C) {
   const std::size_t total = std::size_t(B) * Tn * C;
   if (!total) return;
-  cuda::embedding_forward_kernel<<<cuda::blocks_for(total, 256), 256, 0, be.stream()>>>(out, tokens, wte, wpe, Tn,
-                                                                                          C, total);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(total, 256), 256, 0, be.stream(), cuda::embedding_forward_kernel)(out, tokens,
+      wte, wpe, Tn, C, total);
   DOREMI_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
@@ -68,13 +68,13 @@ void embedding_backward(const Cuda& be, T* dwte, T* dwpe, const T* dout, const s
                         int C) {
   const std::size_t total = std::size_t(B) * Tn * C;
   if (!total) return;
-  cuda::embedding_backward_tokens_kernel<<<cuda::blocks_for(total, 256), 256, 0, be.stream()>>>(dwte, dout, tokens,
-                                                                                                  C, total);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(total, 256), 256, 0, be.stream(), cuda::embedding_backward_tokens_kernel)(dwte,
+      dout, tokens, C, total);
   DOREMI_CUDA_CHECK_LAUNCH("embedding_backward_tokens_kernel");
   if (dwpe) {
     const std::size_t tc = std::size_t(Tn) * C;
-    cuda::embedding_backward_positions_kernel<<<cuda::blocks_for(tc, 256), 256, 0, be.stream()>>>(dwpe, dout, B, Tn,
-                                                                                                    C);
+    DOREMI_CUDA_LAUNCH(cuda::blocks_for(tc, 256), 256, 0, be.stream(), cuda::embedding_backward_positions_kernel)(dwpe,
+        dout, B, Tn, C);
     DOREMI_CUDA_CHECK_LAUNCH("embedding_backward_positions_kernel");
   }
 }

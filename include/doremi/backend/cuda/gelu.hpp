@@ -39,14 +39,15 @@ __global__ void add_kernel(T* out, const T* a, const T* b, const T* c, std::size
 template <Gelu G, class T, class O>
 void gelu_forward(const Cuda& be, O* out, const T* x, std::size_t n) {
   if (!n) return;
-  cuda::gelu_forward_kernel<G, T, cuda::plain_t<O>><<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(out, x, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::gelu_forward_kernel<G, T, cuda::plain_t<O>>)(
+      out, x, n);
   DOREMI_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
 }
 
 template <Gelu G, class T>
 void gelu_backward(const Cuda& be, T* dx, const T* x, const T* dout, std::size_t n) {
   if (!n) return;
-  cuda::gelu_backward_kernel<G><<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(dx, x, dout, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::gelu_backward_kernel<G>)(dx, x, dout, n);
   DOREMI_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
 }
 
@@ -54,7 +55,7 @@ void gelu_backward(const Cuda& be, T* dx, const T* x, const T* dout, std::size_t
 template <class T>
 void add_forward(const Cuda& be, T* out, const T* a, const T* b, const T* c, std::size_t n) {
   if (!n) return;
-  cuda::add_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(out, a, b, c, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::add_kernel)(out, a, b, c, n);
   DOREMI_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
@@ -77,14 +78,14 @@ __global__ void scale_kernel(T* x, T factor, std::size_t n) {
 template <class T>
 void scale(const Cuda& be, T* x, T factor, std::size_t n) {
   if (!n) return;
-  cuda::scale_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(x, factor, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::scale_kernel)(x, factor, n);
   DOREMI_CUDA_CHECK_LAUNCH("scale_kernel");
 }
 
 template <class T>
 void fill(const Cuda& be, T* dst, T value, std::size_t n) {
   if (!n) return;
-  cuda::fill_kernel<<<cuda::blocks_for(n, 256), 256, 0, be.stream()>>>(dst, value, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::fill_kernel)(dst, value, n);
   DOREMI_CUDA_CHECK_LAUNCH("fill_kernel");
 }
 

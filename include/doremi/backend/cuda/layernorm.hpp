@@ -4,7 +4,12 @@
 // precision without fp64), then writes it. Forward keeps mean and 1/σ per row
 // for the backward. Backward, like the CPU's, accumulates into dx (the
 // residual stream's gradient) and into dw, db; the parameter sums over rows
-// go through the deterministic column reduction (reduce.hpp).
+// go through the deterministic column reduction (reduce.hpp), dw and db in
+// one pass over the rows.
+//
+// The pair forms are two LayerNorms of one input (a parallel-residual
+// block's): one set of statistics, both outputs from one read of x, and one
+// backward pass for both (dx is linear in the output gradients: g = Σ dout·w).
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/cuda/reduce.hpp"
 
@@ -18,8 +23,28 @@ __device__ inline A warp_sum(A v) {
   return v;
 }
 
-template <class T, class O>
-__global__ void layernorm_forward_kernel(O* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
+// K LayerNorms of one input: out[k] = x̂·w[k] + b[k] (forward); their
+// outputs' gradients and weights (backward).
+template <class T, class O, int K>
+struct LayerNormOutputs {
+  O* out[K];
+  const T* w[K];
+  const T* b[K];
+};
+template <class T, int K>
+struct LayerNormGrads {
+  const T* dout[K];
+  const T* w[K];
+  __device__ T g(std::size_t o, int c) const {  // Σ_k dout[k]·w[k], as the CPU sums it
+    T s = dout[0][o] * w[0][c];
+#pragma unroll
+    for (int k = 1; k < K; ++k) s += dout[k][o] * w[k][c];
+    return s;
+  }
+};
+
+template <class T, class O, int K>
+__global__ void layernorm_forward_kernel(LayerNormOutputs<T, O, K> p, T* mean, T* rstd, const T* x, int N, int C,
                                          double eps) {
   using A = Acc<T>;
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -36,50 +61,85 @@ __global__ void layernorm_forward_kernel(O* out, T* mean, T* rstd, const T* x, c
   }
   const A r = A(1) / sqrt(warp_sum(v) / A(C) + A(eps));
   const T mt = T(m), rt = T(r);
-  O* on = out + std::size_t(row) * C;
-  for (int c = lane; c < C; c += 32) on[c] = O(T((xn[c] - mt) * rt * w[c] + b[c]));
+  for (int c = lane; c < C; c += 32) {
+    const T xh = (xn[c] - mt) * rt;
+#pragma unroll
+    for (int k = 0; k < K; ++k) p.out[k][std::size_t(row) * C + c] = O(T(xh * p.w[k][c] + p.b[k][c]));
+  }
   if (lane == 0) {
     mean[row] = mt;
     rstd[row] = rt;
   }
 }
 
-// dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dout·w, one warp per row.
-template <class T>
-__global__ void layernorm_backward_dx_kernel(T* dx, const T* dout, const T* x, const T* w, const T* mean,
+// dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = Σ_k dout[k]·w[k], one warp per row.
+template <class T, int K>
+__global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K> p, const T* x, const T* mean,
                                              const T* rstd, int N, int C) {
   using A = Acc<T>;
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= N) return;
-  const T* xn = x + std::size_t(row) * C;
-  const T* dn = dout + std::size_t(row) * C;
+  const std::size_t o = std::size_t(row) * C;
+  const T* xn = x + o;
   const T m = mean[row], r = rstd[row];
   A sg = 0, sgx = 0;
   for (int c = lane; c < C; c += 32) {
-    const A g = A(dn[c]) * A(w[c]);
+    A g = A(p.dout[0][o + c]) * A(p.w[0][c]);
+#pragma unroll
+    for (int k = 1; k < K; ++k) g += A(p.dout[k][o + c]) * A(p.w[k][c]);
     sg += g;
     sgx += g * A((xn[c] - m) * r);
   }
   const T mg = T(warp_sum(sg) / A(C)), mgx = T(warp_sum(sgx) / A(C));
-  T* dxn = dx + std::size_t(row) * C;
-  for (int c = lane; c < C; c += 32) dxn[c] += r * (dn[c] * w[c] - mg - (xn[c] - m) * r * mgx);
+  T* dxn = dx + o;
+  for (int c = lane; c < C; c += 32) dxn[c] += r * (p.g(o + c, c) - mg - (xn[c] - m) * r * mgx);
 }
 
-// Row n, column c of the sums for dw (dout·x̂) or db (dout).
-template <class T, bool ForWeight>
-struct LayerNormParamGrad {
-  const T* dout;
+// Row n, column c of the parameters' sums: dout[k]·x̂ (dw[k]) and dout[k] (db[k]).
+template <class T, int K>
+struct LayerNormParamGrads {
+  LayerNormGrads<T, K> p;
   const T* x;
   const T* mean;
   const T* rstd;
   int C;
-  __device__ Acc<T> operator()(int n, int c) const {
+  __device__ ColumnSums<Acc<T>, 2 * K> operator()(int n, int c) const {
     const std::size_t o = std::size_t(n) * C + c;
-    if constexpr (ForWeight) return Acc<T>(dout[o]) * Acc<T>((x[o] - mean[n]) * rstd[n]);
-    else return Acc<T>(dout[o]);
+    const Acc<T> xh = Acc<T>((x[o] - mean[n]) * rstd[n]);
+    ColumnSums<Acc<T>, 2 * K> s;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      s.v[2 * k] = Acc<T>(p.dout[k][o]) * xh;
+      s.v[2 * k + 1] = Acc<T>(p.dout[k][o]);
+    }
+    return s;
   }
 };
+
+inline constexpr int layernorm_rows_per_block = 8;
+
+template <int K, class T, class O>
+void layernorm_forward_k(const Cuda& be, LayerNormOutputs<T, O, K> p, T* mean, T* rstd, const T* x, int N, int C,
+                         double eps) {
+  if (N <= 0) return;
+  constexpr int rows = layernorm_rows_per_block;
+  DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), layernorm_forward_kernel<T, O, K>)(
+      p, mean, rstd, x, N, C, eps);
+  DOREMI_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+}
+
+// dw and db are in order: dw[0], db[0], dw[1], ...
+template <int K, class T>
+void layernorm_backward_k(const Cuda& be, T* dx, ColumnOuts<T, 2 * K> dwdb, LayerNormGrads<T, K> p, const T* x,
+                          const T* mean, const T* rstd, int N, int C) {
+  if (N <= 0) return;
+  constexpr int rows = layernorm_rows_per_block;
+  DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), layernorm_backward_dx_kernel<T, K>)(
+      dx, p, x, mean, rstd, N, C);
+  DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_dx_kernel");
+  column_reduce_add<Acc<T>, 2 * K>(be, dwdb, N, C, LayerNormParamGrads<T, K>{p, x, mean, rstd, C});
+}
 
 }  // namespace cuda
 
@@ -87,26 +147,30 @@ struct LayerNormParamGrad {
 template <class T, class O>
 void layernorm_forward(const Cuda& be, O* out, T* mean, T* rstd, const T* x, const T* w, const T* b, int N, int C,
                        double eps) {
-  if (N <= 0) return;
-  constexpr int rows_per_block = 8;
-  cuda::layernorm_forward_kernel<T, cuda::plain_t<O>>
-      <<<(N + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0, be.stream()>>>(
-      out, mean, rstd, x, w, b, N, C, eps);
-  DOREMI_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+  cuda::layernorm_forward_k<1>(be, cuda::LayerNormOutputs<T, cuda::plain_t<O>, 1>{{out}, {w}, {b}}, mean, rstd, x,
+                               N, C, eps);
 }
 
 template <class T>
 void layernorm_backward(const Cuda& be, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean,
                         const T* rstd, int N, int C) {
-  if (N <= 0) return;
-  constexpr int rows_per_block = 8;
-  cuda::layernorm_backward_dx_kernel<<<(N + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0,
-                                       be.stream()>>>(dx, dout, x, w, mean, rstd, N, C);
-  DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_dx_kernel");
-  // dw += Σ_n dout·x̂, db += Σ_n dout, each summed in the accumulator type and added once.
-  using A = cuda::Acc<T>;
-  cuda::column_reduce_add<A>(be, dw, N, C, cuda::LayerNormParamGrad<T, true>{dout, x, mean, rstd, C});
-  cuda::column_reduce_add<A>(be, db, N, C, cuda::LayerNormParamGrad<T, false>{dout, x, mean, rstd, C});
+  cuda::layernorm_backward_k<1>(be, dx, cuda::ColumnOuts<T, 2>{{dw, db}}, cuda::LayerNormGrads<T, 1>{{dout}, {w}}, x,
+                                mean, rstd, N, C);
+}
+
+// Two LayerNorms of one x (see backend/cpu/layernorm.hpp).
+template <class T, class O>
+void layernorm_pair_forward(const Cuda& be, O* out1, O* out2, T* mean, T* rstd, const T* x, const T* w1,
+                            const T* b1, const T* w2, const T* b2, int N, int C, double eps) {
+  cuda::layernorm_forward_k<2>(be, cuda::LayerNormOutputs<T, cuda::plain_t<O>, 2>{{out1, out2}, {w1, w2}, {b1, b2}},
+                               mean, rstd, x, N, C, eps);
+}
+
+template <class T>
+void layernorm_pair_backward(const Cuda& be, T* dx, T* dw1, T* db1, T* dw2, T* db2, const T* dout1, const T* dout2,
+                             const T* x, const T* w1, const T* w2, const T* mean, const T* rstd, int N, int C) {
+  cuda::layernorm_backward_k<2>(be, dx, cuda::ColumnOuts<T, 4>{{dw1, db1, dw2, db2}},
+                                cuda::LayerNormGrads<T, 2>{{dout1, dout2}, {w1, w2}}, x, mean, rstd, N, C);
 }
 
 }  // namespace doremi::backend

@@ -201,7 +201,7 @@ __global__ void add_bias_kernel(T* y, const T* bias, int N, int width) {
 template <class T>
 void add_bias(const Cuda& be, T* y, const T* bias, int N, int width) {
   const dim3 grid(unsigned((width + 255) / 256), unsigned(N < 2048 ? N : 2048));
-  add_bias_kernel<<<grid, 256, 0, be.stream()>>>(y, bias, N, width);
+  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), add_bias_kernel)(y, bias, N, width);
   DOREMI_CUDA_CHECK_LAUNCH("add_bias_kernel");
 }
 

@@ -4,6 +4,8 @@
 // block sums a fixed chunk of rows for 256 columns into scratch; stage 2: one
 // thread per column adds the chunk partials in chunk order into the output.
 // Memory-bound; the fixed chunk length (not the GPU) fixes the summation order.
+// A functor may give M sums per column at once (LayerNorm: dw and db of each
+// of its LayerNorms), so the rows they share are read once.
 #include <cstddef>
 #include <type_traits>
 
@@ -17,41 +19,71 @@ inline constexpr int column_chunk_rows = 64;
 template <class T>
 using Acc = std::conditional_t<(sizeof(T) >= 8), double, float>;
 
-// partial[chunk, j] = Σ_{rows of chunk} f(n, j) for j < width.
-template <class A, class F>
+// M values of one (row, column), and the M outputs they are summed into.
+template <class A, int M>
+struct ColumnSums {
+  A v[M];
+};
+template <class T, int M>
+struct ColumnOuts {
+  T* p[M];
+};
+
+// partial[chunk, m, j] = Σ_{rows of chunk} f(n, j).v[m] for j < width.
+template <class A, int M, class F>
 __global__ void column_partials_kernel(A* partial, int rows, int width, F f) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int chunk = blockIdx.y;
   if (j >= width) return;
   const int lo = chunk * column_chunk_rows;
   const int hi = min(rows, lo + column_chunk_rows);
-  A s = 0;
-  for (int n = lo; n < hi; ++n) s += f(n, j);
-  partial[std::size_t(chunk) * width + j] = s;
+  A s[M] = {};
+  for (int n = lo; n < hi; ++n) {
+    const ColumnSums<A, M> t = f(n, j);
+#pragma unroll
+    for (int m = 0; m < M; ++m) s[m] += t.v[m];
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) partial[(std::size_t(chunk) * M + m) * width + j] = s[m];
 }
 
-// out[j] += Σ_chunks partial[chunk, j], in chunk order.
-template <class A, class T>
-__global__ void column_finish_kernel(T* out, const A* partial, int chunks, int width) {
+// out.p[m][j] += Σ_chunks partial[chunk, m, j], in chunk order.
+template <class A, int M, class T>
+__global__ void column_finish_kernel(ColumnOuts<T, M> out, const A* partial, int chunks, int width) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= width) return;
-  A s = 0;
-  for (int c = 0; c < chunks; ++c) s += partial[std::size_t(c) * width + j];
-  out[j] += T(s);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    A s = 0;
+    for (int c = 0; c < chunks; ++c) s += partial[(std::size_t(c) * M + m) * width + j];
+    out.p[m][j] += T(s);
+  }
 }
 
-// out[j] += Σ_{n < rows} f(n, j) for j < width, deterministically. f is a
-// __device__ functor (n, j) -> A.
-template <class A, class T, class F>
-void column_reduce_add(const Cuda& be, T* out, int rows, int width, F f) {
+// out.p[m][j] += Σ_{n < rows} f(n, j).v[m] for j < width, deterministically.
+// f is a __device__ functor (n, j) -> ColumnSums<A, M>.
+template <class A, int M, class T, class F>
+void column_reduce_add(const Cuda& be, ColumnOuts<T, M> out, int rows, int width, F f) {
   if (rows <= 0 || width <= 0) return;
   const int chunks = (rows + column_chunk_rows - 1) / column_chunk_rows;
-  A* partial = static_cast<A*>(be.ctx->scratch_bytes(std::size_t(chunks) * width * sizeof(A)));
+  A* partial = static_cast<A*>(be.ctx->scratch_bytes(std::size_t(chunks) * M * width * sizeof(A)));
   const dim3 grid((width + 255) / 256, chunks);
-  column_partials_kernel<<<grid, 256, 0, be.stream()>>>(partial, rows, width, f);
+  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), column_partials_kernel<A, M>)(partial, rows, width, f);
   DOREMI_CUDA_CHECK_LAUNCH("column_partials_kernel");
-  column_finish_kernel<<<(width + 255) / 256, 256, 0, be.stream()>>>(out, partial, chunks, width);
+  DOREMI_CUDA_LAUNCH((width + 255) / 256, 256, 0, be.stream(), column_finish_kernel<A, M>)(out, partial, chunks,
+                                                                                          width);
   DOREMI_CUDA_CHECK_LAUNCH("column_finish_kernel");
+}
+
+// One sum per column: f(n, j) -> A.
+template <class A, class F>
+struct OneColumnSum {
+  F f;
+  __device__ ColumnSums<A, 1> operator()(int n, int j) const { return {{f(n, j)}}; }
+};
+template <class A, class T, class F>
+void column_reduce_add(const Cuda& be, T* out, int rows, int width, F f) {
+  column_reduce_add<A, 1>(be, ColumnOuts<T, 1>{{out}}, rows, width, OneColumnSum<A, F>{f});
 }
 
 }  // namespace doremi::backend::cuda

@@ -1,0 +1,195 @@
+// The CUDA runtime and cuBLASLt calls of doremi/backend/cuda/cuda.hpp, on
+// host memory: with these, backend::Cuda's context, DeviceBuffer, copies and
+// layer functions (kernels launched through cuda_emu.hpp) run on machines
+// without a GPU or driver. cuBLASLt's matrix products are computed here on
+// the host (plain loops, sums in double), with the descriptor attributes
+// matmul.hpp sets (transposes, bias epilogue).
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+// As an H100/H200: compute capability 9.0, 227 KB of shared memory per block.
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 227 * 1024; break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
+cudaError_t cudaGetLastError() { return cudaSuccess; }
+const char* cudaGetErrorString(cudaError_t) { return "error (emulated runtime)"; }
+const char* cudaGetErrorName(cudaError_t) { return "cudaError (emulated runtime)"; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaMalloc(void** p, size_t n) {
+  *p = std::malloc(n);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFree(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind) {
+  std::memcpy(dst, src, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
+  std::memcpy(dst, src, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void* p, int v, size_t n) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+
+}  // extern "C"
+
+namespace {
+
+struct Desc {
+  cublasComputeType_t compute;
+  cudaDataType_t scale;
+  cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  const void* bias = nullptr;
+  cudaDataType_t bias_type = CUDA_R_32F;
+};
+struct Layout {
+  cudaDataType_t type;
+  std::uint64_t rows, cols;
+  std::int64_t ld;
+};
+
+double load(cudaDataType_t t, const void* p, std::size_t i) {
+  switch (t) {
+    case CUDA_R_32F: return static_cast<const float*>(p)[i];
+    case CUDA_R_64F: return static_cast<const double*>(p)[i];
+    case CUDA_R_16BF: return double(__bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]));
+    default: std::abort();
+  }
+}
+void store(cudaDataType_t t, void* p, std::size_t i, double v) {
+  switch (t) {
+    case CUDA_R_32F: static_cast<float*>(p)[i] = float(v); break;
+    case CUDA_R_64F: static_cast<double*>(p)[i] = v; break;
+    case CUDA_R_16BF: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(float(v)); break;
+    default: std::abort();
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t compute, cudaDataType_t scale) {
+  *d = reinterpret_cast<cublasLtMatmulDesc_t>(new Desc{compute, scale});
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void* buf, size_t bytes) {
+  auto& desc = *reinterpret_cast<Desc*>(d);
+  switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA: std::memcpy(&desc.ta, buf, bytes); break;
+    case CUBLASLT_MATMUL_DESC_TRANSB: std::memcpy(&desc.tb, buf, bytes); break;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: std::memcpy(&desc.epilogue, buf, bytes); break;
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: std::memcpy(&desc.bias, buf, bytes); break;
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: std::memcpy(&desc.bias_type, buf, bytes); break;
+    default: return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+  delete reinterpret_cast<Desc*>(d);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows, uint64_t cols,
+                                          int64_t ld) {
+  *l = reinterpret_cast<cublasLtMatrixLayout_t>(new Layout{type, rows, cols, ld});
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+  delete reinterpret_cast<Layout*>(l);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
+  *p = reinterpret_cast<cublasLtMatmulPreference_t>(new char);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+  delete reinterpret_cast<char*>(p);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t, cublasLtMatmulPreferenceAttributes_t,
+                                                    const void*, size_t) {
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
+                                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                                              cublasLtMatmulPreference_t, int, cublasLtMatmulHeuristicResult_t* r,
+                                              int* found) {
+  *r = {};
+  *found = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// Column-major D = alpha·op(A)·op(B) + beta·C (+ bias[row]).
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const void* alpha, const void* A,
+                              cublasLtMatrixLayout_t Adesc, const void* B, cublasLtMatrixLayout_t Bdesc,
+                              const void* beta, const void* C, cublasLtMatrixLayout_t Cdesc, void* D,
+                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t*, void*, size_t, cudaStream_t) {
+  const auto& d = *reinterpret_cast<const Desc*>(op);
+  const auto &a = *reinterpret_cast<const Layout*>(Adesc), &b = *reinterpret_cast<const Layout*>(Bdesc);
+  const auto &c = *reinterpret_cast<const Layout*>(Cdesc), &dl = *reinterpret_cast<const Layout*>(Ddesc);
+  const bool ta = d.ta == CUBLAS_OP_T, tb = d.tb == CUBLAS_OP_T;
+  const std::uint64_t m = dl.rows, n = dl.cols, k = ta ? a.rows : a.cols;
+  if ((ta ? a.cols : a.rows) != m || (tb ? b.rows : b.cols) != n || (tb ? b.cols : b.rows) != k ||
+      c.rows != m || c.cols != n)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const double al = load(d.scale, alpha, 0), be = load(d.scale, beta, 0);
+  const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
+  if (!bias && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  for (std::uint64_t j = 0; j < n; ++j)
+    for (std::uint64_t i = 0; i < m; ++i) {
+      double s = 0;
+      for (std::uint64_t p = 0; p < k; ++p)
+        s += load(a.type, A, ta ? i * a.ld + p : p * a.ld + i) * load(b.type, B, tb ? p * b.ld + j : j * b.ld + p);
+      double v = al * s;
+      if (be != 0) v += be * load(c.type, C, j * c.ld + i);
+      if (bias) v += load(d.bias_type, d.bias, i);
+      store(dl.type, D, j * dl.ld + i, v);
+    }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
+  *h = nullptr;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t) { return CUBLAS_STATUS_SUCCESS; }
+const char* cublasLtGetStatusName(cublasStatus_t) { return "CUBLAS_STATUS (emulated runtime)"; }
+const char* cublasLtGetStatusString(cublasStatus_t) { return "cuBLASLt is not emulated"; }
+
+}  // extern "C"
