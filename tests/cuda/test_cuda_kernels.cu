@@ -140,7 +140,9 @@ void gelu_case() {
   DeviceBuffer<__nv_bfloat16> d_yb(n);  // bf16 output: the fp32 result rounded once
   backend::gelu_forward<G>(gpu(), d_yb.data(), d_x.data(), n);
   CHECK(to_float(d_yb) == round_bf16(to_host(d_y)));
-  check_close(to_host(d_dout), dx, 1e-6, 1e-5, "gelu backward");
+  // Near tanh's saturation (|u| ≈ 8) the CPU's vectorised tanh gives ±1 where
+  // others give 1 ulp less; the backward's x·du·dout term scales that to ~1e-5.
+  check_close(to_host(d_dout), dx, 3e-5, 1e-5, "gelu backward");
 }
 
 TEST_CASE("cuda: gelu (exact and tanh) forward and backward match the CPU") {

@@ -6,7 +6,7 @@
 //
 //   emu::launch({grid_x, grid_y}, {128}, smem_bytes, [&] { kernel<64, float>(args...); });
 //
-// Blocks run one after another; a block's threads run as fibers (ucontext) on
+// Blocks run one after another; a block's threads run as fibers on
 // the calling thread, switching only at the synchronising calls below, warp
 // by warp (see launch), so a run is deterministic. Emulated: threadIdx, blockIdx, blockDim, gridDim,
 // __syncthreads, __syncwarp, __shfl_xor_sync (float), the dynamic shared
@@ -21,7 +21,9 @@
 // NaN fill, reads memory another warp writes without a barrier in between.
 #define DOREMI_CUDA_EMULATE 1
 
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <array>
 #include <cmath>
@@ -52,14 +54,28 @@ struct Dim {
   std::abort();
 }
 
+// Fiber switches. x86-64: a few instructions (cuda_emu.cpp), where glibc's
+// swapcontext makes a signal-mask system call at every switch; elsewhere
+// ucontext.
+#if defined(__x86_64__)
+struct FiberContext {
+  void* sp = nullptr;
+};
+extern "C" void emu_switch_stack(void** save_sp, void* to_sp);
+inline void switch_fiber(FiberContext& from, FiberContext& to) { emu_switch_stack(&from.sp, to.sp); }
+#else
+using FiberContext = ucontext_t;
+inline void switch_fiber(FiberContext& from, FiberContext& to) { swapcontext(&from, &to); }
+#endif
+
 struct Block {
   Dim grid, dim, idx;
   int threads = 0, current = 0;
   std::vector<unsigned char> smem;
-  std::vector<ucontext_t> ctx;
+  std::vector<FiberContext> ctx;
   std::vector<Dim> tid;
   std::vector<char> done;
-  ucontext_t scheduler{};
+  FiberContext scheduler{};
   const std::function<void()>* body = nullptr;
   int block_arrived = 0;
   std::uint64_t block_gen = 0;
@@ -82,7 +98,7 @@ inline Block*& block() {
 
 inline void yield() {
   Block& b = *block();
-  swapcontext(&b.ctx[std::size_t(b.current)], &b.scheduler);
+  switch_fiber(b.ctx[std::size_t(b.current)], b.scheduler);
 }
 
 // Waits until every thread of the block (warp = -1) or of warp `warp` arrived.
@@ -110,11 +126,34 @@ inline std::array<std::uint64_t, 4>& lane_slot(int l) {
   return block()->slot[std::size_t(warp() * 32 + l)];
 }
 
-inline void fiber_entry() {
+[[noreturn]] inline void fiber_entry() {
   Block& b = *block();
   (*b.body)();
   b.done[std::size_t(b.current)] = 1;
-}  // returns to the scheduler through uc_link
+  switch_fiber(b.ctx[std::size_t(b.current)], b.scheduler);  // never resumed
+  die("a finished thread was resumed");
+}
+
+// A fresh fiber on `stack` that starts in fiber_entry.
+inline void make_fiber(FiberContext& c, char* stack, std::size_t bytes) {
+#if defined(__x86_64__)
+  // As emu_switch_stack leaves a suspended fiber: six callee-saved registers,
+  // then the address it returns to; fiber_entry then sees a 16-byte-aligned
+  // frame with a (never used) return address, as after a call.
+  auto* top =
+      reinterpret_cast<std::uintptr_t*>((reinterpret_cast<std::uintptr_t>(stack) + bytes) & ~std::uintptr_t(15));
+  top[-1] = 0;
+  top[-2] = reinterpret_cast<std::uintptr_t>(&fiber_entry);
+  for (int r = 3; r <= 8; ++r) top[-r] = 0;
+  c.sp = top - 8;
+#else
+  getcontext(&c);
+  c.uc_stack.ss_sp = stack;
+  c.uc_stack.ss_size = bytes;
+  c.uc_link = nullptr;
+  makecontext(&c, reinterpret_cast<void (*)()>(&fiber_entry), 0);
+#endif
+}
 
 // Runs body once per thread of every block of the grid.
 inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::function<void()>& body) {
@@ -144,14 +183,7 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
           b.tid.push_back({ut % dim.x, (ut / dim.x) % dim.y, ut / (dim.x * dim.y)});
         }
         block() = &b;
-        for (int t = 0; t < threads; ++t) {
-          ucontext_t& c = b.ctx[std::size_t(t)];
-          getcontext(&c);
-          c.uc_stack.ss_sp = stacks[std::size_t(t)].get();
-          c.uc_stack.ss_size = stack_bytes;
-          c.uc_link = &b.scheduler;
-          makecontext(&c, fiber_entry, 0);
-        }
+        for (int t = 0; t < threads; ++t) make_fiber(b.ctx[std::size_t(t)], stacks[std::size_t(t)].get(), stack_bytes);
         // Warp by warp (ascending, or descending with reverse_order()): a warp
         // runs until each of its threads has finished or waits at
         // __syncthreads, then the next warp runs. So a warp reads shared
@@ -177,7 +209,7 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
                 const auto t = std::size_t(w * 32 + l);
                 if (b.done[t] || (b.block_wait[t] == b.block_gen)) continue;  // finished, or parked at __syncthreads
                 b.current = int(t);
-                swapcontext(&b.scheduler, &b.ctx[t]);
+                switch_fiber(b.scheduler, b.ctx[t]);
                 ran = true;
                 finished = finished || b.done[t];
               }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -171,11 +172,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const v
   const double al = load(d.scale, alpha, 0), be = load(d.scale, beta, 0);
   const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
   if (!bias && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  std::vector<double> rows(m * k), cols(n * k);  // op(A)'s rows and op(B)'s columns, contiguous
+  for (std::uint64_t i = 0; i < m; ++i)
+    for (std::uint64_t p = 0; p < k; ++p) rows[i * k + p] = load(a.type, A, ta ? i * a.ld + p : p * a.ld + i);
+  for (std::uint64_t j = 0; j < n; ++j)
+    for (std::uint64_t p = 0; p < k; ++p) cols[j * k + p] = load(b.type, B, tb ? p * b.ld + j : j * b.ld + p);
   for (std::uint64_t j = 0; j < n; ++j)
     for (std::uint64_t i = 0; i < m; ++i) {
       double s = 0;
-      for (std::uint64_t p = 0; p < k; ++p)
-        s += load(a.type, A, ta ? i * a.ld + p : p * a.ld + i) * load(b.type, B, tb ? p * b.ld + j : j * b.ld + p);
+      for (std::uint64_t p = 0; p < k; ++p) s += rows[i * k + p] * cols[j * k + p];
       double v = al * s;
       if (be != 0) v += be * load(c.type, C, j * c.ld + i);
       if (bias) v += load(d.bias_type, d.bias, i);
