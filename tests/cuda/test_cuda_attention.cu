@@ -75,7 +75,7 @@ GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const st
   if (backend::cuda::attention_path<P, T>(s.hd) != backend::cuda::AttentionPath::fp32) {
     // The tensor-core path keeps the rotated qkv in bf16, in qkvr's first half.
     std::vector<__nv_bfloat16> bits(N * 3 * C);
-    std::memcpy(bits.data(), to_host(d_qkvr).data(), bits.size() * sizeof(__nv_bfloat16));
+    std::memcpy(static_cast<void*>(bits.data()), to_host(d_qkvr).data(), bits.size() * sizeof(__nv_bfloat16));
     for (std::size_t i = 0; i < bits.size(); ++i) g.qkvr[i] = float(bits[i]);
   }
   const auto again = download_float(d_dqkv2);

@@ -191,28 +191,40 @@ __device__ void attention_store_rows(T* dst, std::size_t ld, float* stage, const
 // ---- kernels ----
 
 // qkvr = qkv with the first rot dims of every q and k rotated by the angle of
-// the row's position (grid-stride, one output element per thread and step).
-// qkvr must not alias qkv; its type O may be bf16 (the tensor-core path).
-template <class O, class T>
-__global__ void attention_rotary_kernel(O* qkvr, const T* qkv, const float* rope_cos, const float* rope_sin,
-                                        std::size_t n, int Tn, int C, int hd, int rot) {
-  const int half = rot / 2;
-  const std::size_t ld = std::size_t(3) * C;
-  for (std::size_t e = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; e < n;
-       e += std::size_t(gridDim.x) * blockDim.x) {
-    const std::size_t row = e / ld;
-    const int w = int(e % ld) % (3 * hd);  // within the head's [q | k | v]
-    const int part = w / hd, d = w % hd;   // part 0: q, 1: k, 2: v
-    float v = float(qkv[e]);
-    if (part < 2 && d < rot) {
+// the row's position. One block per row (token), two adjacent columns per
+// thread and step, stored together; the head dimension is a constant, so the
+// column arithmetic is a few 32-bit instructions (a flat 64-bit index with
+// divisions per element made this pass ALU-bound). qkvr must not alias qkv;
+// its type O may be bf16 (the tensor-core path).
+template <int HD, class O, class T>
+__global__ void attention_rotary_kernel(O* qkvr, const T* qkv, const float* rope_cos, const float* rope_sin, int Tn,
+                                        int C, int rot) {
+  const int half = rot / 2, width = 3 * C;
+  const std::size_t row = blockIdx.x;
+  const T* src = qkv + row * width;
+  O* dst = qkvr + row * width;
+  const float* cs = rope_cos + std::size_t(row % unsigned(Tn)) * half;
+  const float* sn = rope_sin + std::size_t(row % unsigned(Tn)) * half;
+  auto value = [&](int c) {
+    const int w = c % (3 * HD), d = w % HD;  // within the head's [q | k | v]; w < 2·HD: q or k
+    float v = float(src[c]);
+    if (w < 2 * HD && d < rot) {
       const int p = d < half ? d : d - half;
-      const std::size_t e1 = e - d + p;  // the pair (x1, x2) = (x[p], x[p + half])
-      float x1 = float(qkv[e1]), x2 = float(qkv[e1 + half]);
-      const std::size_t a = (row % Tn) * half + p;
-      rotate(x1, x2, rope_cos[a], rope_sin[a]);
+      const int c1 = c - d + p;  // the pair (x1, x2) = (x[p], x[p + half])
+      float x1 = float(src[c1]), x2 = float(src[c1 + half]);
+      rotate(x1, x2, cs[p], sn[p]);
       v = d < half ? x1 : x2;
     }
-    qkvr[e] = O(v);
+    return v;
+  };
+  for (int c = 2 * int(threadIdx.x); c < width; c += 2 * int(blockDim.x)) {  // width is even (HD is)
+    const float a = value(c), b = value(c + 1);
+    if constexpr (std::is_same_v<O, __nv_bfloat16>)
+      *reinterpret_cast<__nv_bfloat162*>(dst + c) = __floats2bfloat162_rn(a, b);
+    else if constexpr (std::is_same_v<O, float>)
+      *reinterpret_cast<float2*>(dst + c) = make_float2(a, b);
+    else
+      dst[c] = O(a), dst[c + 1] = O(b);
   }
 }
 
@@ -531,15 +543,18 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "attention (cuda): storage float or __nv_bfloat16");
   const int hd = cuda::attention_check(B, Tn, C, H, rot);
-  const std::size_t n = std::size_t(B) * Tn * 3 * C;
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
   auto* const qkvr_bf16 = reinterpret_cast<__nv_bfloat16*>(qkvr);
-  if (path == cuda::AttentionPath::fp32)
-    DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::attention_rotary_kernel)(qkvr, qkv,
-        rope_cos, rope_sin, n, Tn, C, hd, rot);
-  else
-    DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::attention_rotary_kernel)(qkvr_bf16, qkv,
-        rope_cos, rope_sin, n, Tn, C, hd, rot);
+  cuda::dispatch_head_dim(hd, [&](auto hdc) {
+    constexpr int HD = decltype(hdc)::value;
+    const unsigned rows = unsigned(B) * unsigned(Tn);
+    if (path == cuda::AttentionPath::fp32)
+      DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, T, T>)(qkvr, qkv, rope_cos,
+                                                                                            rope_sin, Tn, C, rot);
+    else
+      DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, __nv_bfloat16, T>)(
+          qkvr_bf16, qkv, rope_cos, rope_sin, Tn, C, rot);
+  });
   DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
   const __nv_bfloat16* q = qkvr_bf16;
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
