@@ -54,7 +54,8 @@ struct GpuAttention {
   bool backward_repeats = false;  // a second backward gave the same bits
 };
 
-template <class T, MatmulPrecision P = MatmulPrecision::native>
+// Out: the output's storage (T, or bf16 as bf16 models keep it).
+template <class T, MatmulPrecision P = MatmulPrecision::native, class Out = T>
 GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const std::vector<float>& dout,
                      const Rope& rope) {
   const int C = s.H * s.hd;
@@ -62,7 +63,8 @@ GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const st
   const float nan = std::numeric_limits<float>::quiet_NaN();
   auto d_qkv = upload_as<T>(qkv), d_dout = upload_as<T>(dout);
   auto d_cos = to_device(rope.cos), d_sin = to_device(rope.sin);
-  DeviceBuffer<T> d_out(N * C), d_qkvr(N * 3 * C);
+  DeviceBuffer<Out> d_out(N * C);
+  DeviceBuffer<T> d_qkvr(N * 3 * C);
   auto d_dqkv = to_device(std::vector<T>(N * 3 * C, T(nan))), d_dqkv2 = to_device(std::vector<T>(N * 3 * C, T(nan)));
   auto d_lse = to_device(std::vector<float>(std::size_t(s.B) * s.H * s.T, nan));
   backend::attention_forward<P>(gpu(), d_out.data(), d_qkvr.data(), d_lse.data(), d_qkv.data(), d_cos.data(),
@@ -159,6 +161,13 @@ void tc_case(const AttnShape& s) {
   check_close(g.lse, host_lse(cpu.qkvr, s.B, s.T, C, s.H), 2e-2, 0.0, "lse (tensor cores)");
   check_dqkv_parts(g.dqkv, cpu.dqkv, C, s.hd, 2e-2, 1e-4, "tensor cores");
   CHECK(g.backward_repeats);
+  // The output stored in bf16 (bf16 models: only the projection reads it):
+  // the fp32 output rounded once, and a backward from it (D from the rounded
+  // O) within the same bounds.
+  const auto gb = run_gpu<float, MatmulPrecision::bf16, __nv_bfloat16>(s, qkv, dout, rope);
+  check_close(gb.out, round_bf16(g.out), 0.0, 1.0 / 256, "out (tensor cores, bf16 storage)");
+  check_dqkv_parts(gb.dqkv, cpu.dqkv, C, s.hd, 2e-2, 1e-4, "tensor cores, bf16 out");
+  CHECK(gb.backward_repeats);
 }
 
 // The message of the doremi::Error that f throws ("" when none).

@@ -43,11 +43,13 @@ class Model {
   using backend_type = Backend;
   template <class U>
   using Buffer = typename Backend::template Buffer<U>;
-  // Element type of what only feeds matrix products: the LayerNorm and GELU
-  // outputs and the weights' copy the products read. The scalar itself, or
-  // bf16 where the products take bf16 operands (Cfg::matmul): rounded once
-  // where it is made instead of at every product that reads it, which gives
-  // the same numbers with less memory traffic.
+  // Element type of what only feeds matrix products: the LayerNorm, attention
+  // and GELU outputs and the weights' copy the products read. The scalar
+  // itself, or bf16 where the products take bf16 operands (Cfg::matmul):
+  // rounded once where it is made instead of at every product that reads it,
+  // which gives the same numbers with less memory traffic. (The GPU's
+  // attention backward also reads its output, for D = Σ dO·O: from the
+  // rounded values, as FlashAttention does; the CPU's does not read it.)
   using operand_type = typename Backend::template operand<Cfg::matmul, scalar>;
 
   static constexpr int C = Cfg::n_embd, H = Cfg::n_head, L = Cfg::n_layer, V = Cfg::padded_vocab;
@@ -322,6 +324,7 @@ class Model {
     o_ln1_ = take(N * Cs);
     o_ln2_ = take(N * Cs);
     o_gel_ = take(N * D);
+    o_atty_ = take(N * Cs);
     op_layer_stride_ = for_backward ? at : 0;
     if (op_acts_.size() < at * layers) op_acts_.resize(at * layers);
     // One layer of scalar buffers, then the ones used once per pass.
@@ -331,7 +334,6 @@ class Model {
     o_qkv_ = take(3 * N * Cs);
     o_qkvr_ = take(3 * N * Cs);
     o_att_ = take(attention_state_size(be_, B, H, T));
-    o_atty_ = take(N * Cs);
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
     o_ln2s_ = Cfg::parallel_residual ? 0 : take(2 * N);  // parallel: LN2 shares LN1's statistics (same input)
     o_fc_ = take(N * D);
@@ -368,7 +370,7 @@ class Model {
   scalar* qkv(int l) { return layer(l, o_qkv_); }
   scalar* qkvr(int l) { return layer(l, o_qkvr_); }
   scalar* att(int l) { return layer(l, o_att_); }
-  scalar* atty(int l) { return layer(l, o_atty_); }
+  operand_type* atty(int l) { return op_layer(l, o_atty_); }
   scalar* hres(int l) { return layer(l, o_h_); }
   operand_type* ln2(int l) { return op_layer(l, o_ln2_); }
   scalar* ln2_stats(int l) { return layer(l, o_ln2s_); }

@@ -9,6 +9,7 @@
 // `out` [B·T, C]. The T×T products are small dense GEMMs done by Eigen inside
 // one OpenMP loop over (batch, head).
 #include <cmath>
+#include <type_traits>
 #include <cstdint>
 #include <limits>
 
@@ -22,8 +23,10 @@ namespace doremi::backend {
 // cos/sin tables: [n_ctx, rot/2] each. Precision (the model's MatmulPrecision) is
 // accepted for the backends' common signature; on the CPU attention's
 // products always run in T (its FLOPs are small beside the GEMMs here).
-template <MatmulPrecision Precision = MatmulPrecision::native, class T>
-void attention_forward(Cpu, T* out, T* qkvr, T* att, const T* qkv, const T* rope_cos, const T* rope_sin, int B,
+// out may be bf16 (Cpu::operand: it only feeds the output projection),
+// rounded once here.
+template <MatmulPrecision Precision = MatmulPrecision::native, class T, class O>
+void attention_forward(Cpu, O* out, T* qkvr, T* att, const T* qkv, const T* rope_cos, const T* rope_sin, int B,
                        int Tn, int C, int H, int rot) {
   using namespace cpu;
   const int hd = C / H, half = rot / 2;
@@ -67,15 +70,21 @@ void attention_forward(Cpu, T* out, T* qkvr, T* att, const T* qkv, const T* rope
       for (int j = 0; j <= i; ++j) row[j] *= inv;
       for (int j = i + 1; j < Tn; ++j) row[j] = 0;
     }
-    StridedMap<T> O(out + std::size_t(b) * Tn * C + std::size_t(h) * hd, Tn, hd, Eigen::OuterStride<>(C));
-    O.noalias() = P * V;
+    O* const ob = out + std::size_t(b) * Tn * C + std::size_t(h) * hd;
+    if constexpr (std::is_same_v<O, T>) {
+      StridedMap<T>(ob, Tn, hd, Eigen::OuterStride<>(C)).noalias() = P * V;
+    } else {
+      const RowMat<T> R = P * V;
+      for (int i = 0; i < Tn; ++i)
+        for (int d = 0; d < hd; ++d) ob[std::size_t(i) * C + d] = cast_to<O>(R(i, d));
+    }
   }
 }
 
 // Overwrites dqkv with the gradient with respect to the (unrotated) qkv.
 // `out` (the forward's output) is unused here: flash-style backends need it.
-template <MatmulPrecision Precision = MatmulPrecision::native, class T>
-void attention_backward(Cpu, T* dqkv, const T* dout, const T* /*out*/, const T* qkvr, const T* att, const T* rope_cos,
+template <MatmulPrecision Precision = MatmulPrecision::native, class T, class O>
+void attention_backward(Cpu, T* dqkv, const T* dout, const O* /*out*/, const T* qkvr, const T* att, const T* rope_cos,
                         const T* rope_sin, int B, int Tn, int C, int H, int rot) {
   using namespace cpu;
   const int hd = C / H, half = rot / 2;

@@ -70,6 +70,7 @@
 
 #include "doremi/backend/cuda/attention_mma.hpp"
 #include "doremi/backend/cuda/attention_tc.hpp"
+#include "doremi/backend/cuda/convert.hpp"
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/elementwise.hpp"
 #include "doremi/model/config.hpp"
@@ -296,8 +297,9 @@ __global__ void __launch_bounds__(AttentionTiles<HD>::threads)
 // dO rounded to bf16 first, as its products see it, so that D stays the row
 // sum of P ⊙ dP (Σ_j dS_ij ≈ 0) up to the rounding of P and V alone; the
 // rounded dO is also written to dout_bf16 ([B·T, C], the kernels' operand).
-template <class T, bool BF16_DOUT = false>
-__global__ void attention_row_dot_kernel(float* Dv, __nv_bfloat16* dout_bf16, const T* dout, const T* out, int B,
+// O: the forward's output as stored (T, or bf16 where only products read it).
+template <class T, bool BF16_DOUT = false, class O = T>
+__global__ void attention_row_dot_kernel(float* Dv, __nv_bfloat16* dout_bf16, const T* dout, const O* out, int B,
                                          int Tn, int C, int H) {
   const int hd = C / H, lane = threadIdx.x % 32;
   const std::size_t rows = std::size_t(B) * Tn * H;
@@ -536,9 +538,11 @@ void attention_mma_backward_launch(const Cuda& be, T* dqkv, const In* dout, cons
 // with T = float: the tensor-core kernels (bf16 operands, fp32 accumulation;
 // see attention_tc.hpp); otherwise (and on devices they do not fit) fp32.
 // The tensor-core kernels read bf16: qkvr then holds the rotated qkv rounded
-// to bf16, in its first half (the same values they would round it to).
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv, const float* rope_cos,
+// to bf16, in its first half (the same values they would round it to). out
+// is T, or bf16 (Cuda::operand: it only feeds the output projection; the
+// backward's D then sums dO·O over the rounded O, as FlashAttention does).
+template <MatmulPrecision P = MatmulPrecision::native, class T, class O>
+void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const T* qkv, const float* rope_cos,
                        const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "attention (cuda): storage float or __nv_bfloat16");
@@ -557,12 +561,22 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
   });
   DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
   const __nv_bfloat16* q = qkvr_bf16;
+  using Out = cuda::plain_t<O>;
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     switch (path) {
-      case cuda::AttentionPath::mma: cuda::attention_mma_forward_launch<HD>(be, out, lse, q, B, Tn, C, H); break;
-      case cuda::AttentionPath::wmma: cuda::attention_tc_forward_launch<HD>(be, out, lse, q, B, Tn, C, H); break;
-      case cuda::AttentionPath::fp32: cuda::attention_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H); break;
+      case cuda::AttentionPath::mma: cuda::attention_mma_forward_launch<HD, Out>(be, out, lse, q, B, Tn, C, H); break;
+      case cuda::AttentionPath::wmma: cuda::attention_tc_forward_launch<HD, Out>(be, out, lse, q, B, Tn, C, H); break;
+      case cuda::AttentionPath::fp32:
+        if constexpr (std::is_same_v<Out, T>) {
+          cuda::attention_forward_launch<HD>(be, out, lse, qkvr, B, Tn, C, H);
+        } else {  // bf16 out without the tensor-core kernels (older devices): through T, then rounded
+          const std::size_t n = std::size_t(B) * Tn * C;
+          T* tmp = static_cast<T*>(be.ctx->scratch_bytes(n * sizeof(T)));
+          cuda::attention_forward_launch<HD>(be, tmp, lse, qkvr, B, Tn, C, H);
+          convert(be, out, static_cast<const T*>(tmp), n);
+        }
+        break;
     }
   });
 }
@@ -572,8 +586,8 @@ void attention_forward(const Cuda& be, T* out, T* qkvr, float* lse, const T* qkv
 // backend's scratch (D) and, for the tensor-core kernels, B·T·C bf16 of its
 // operand area (dout rounded, made by the D pass). P as in attention_forward
 // (use the same P for both).
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, const T* qkvr, const float* lse,
+template <MatmulPrecision P = MatmulPrecision::native, class T, class O>
+void attention_backward(const Cuda& be, T* dqkv, const T* dout, const O* out, const T* qkvr, const float* lse,
                         const float* rope_cos, const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "attention (cuda): storage float or __nv_bfloat16");
@@ -583,7 +597,7 @@ void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, co
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
   const unsigned grid = cuda::blocks_for(rows * 32, 256);
   if (path == cuda::AttentionPath::fp32) {
-    DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, false>)(Dv, nullptr, dout, out, B,
+    DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, false, cuda::plain_t<O>>)(Dv, nullptr, dout, out, B,
         Tn, C, H);
     DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
     cuda::dispatch_head_dim(hd, [&](auto hdc) {
@@ -594,7 +608,7 @@ void attention_backward(const Cuda& be, T* dqkv, const T* dout, const T* out, co
   }
   auto* const dout_bf16 =
       static_cast<__nv_bfloat16*>(be.ctx->operand_bytes(std::size_t(B) * Tn * C * sizeof(__nv_bfloat16)));
-  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, true>)(Dv, dout_bf16, dout, out, B,
+  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, true, cuda::plain_t<O>>)(Dv, dout_bf16, dout, out, B,
       Tn, C, H);
   DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
   const __nv_bfloat16 *dO = dout_bf16, *q = reinterpret_cast<const __nv_bfloat16*>(qkvr);
