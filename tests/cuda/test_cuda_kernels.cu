@@ -316,6 +316,21 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
           for (int j = 0; j < out; ++j) db_ref[std::size_t(j)] += dout[std::size_t(n) * out + j];
         check_close(to_host_at(d_db, off), db_ref, 1e-3, 1e-4, "db (bf16 operands)");
       }
+      // bf16 output with a bf16 bias (the models' MLP pre-activation): the
+      // fp32 product plus the bias, rounded once (as the CPU does; the sums'
+      // order may move a value by one bf16 step).
+      const auto biasr = round_bf16(bias);
+      std::vector<float> yb(y.size());
+      for (int n = 0; n < N; ++n)
+        for (int j = 0; j < out; ++j) {
+          const std::size_t o = std::size_t(n) * out + j;
+          yb[o] = with_bias ? y[o] - bias[std::size_t(j)] + biasr[std::size_t(j)] : y[o];
+        }
+      const auto d_biasb = to_device_bf16(bias);
+      DeviceBuffer<__nv_bfloat16> d_y3(y.size());
+      backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_y3.data(), d_xb.data(), d_wb.data(),
+                                                     with_bias ? d_biasb.data() : nullptr, N, in, out);
+      check_close(to_float(d_y3), round_bf16(yb), 1e-4, 1.0 / 128, "y in bf16 (bf16 bias)");
     }
   }
 }

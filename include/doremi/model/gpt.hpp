@@ -44,7 +44,8 @@ class Model {
   template <class U>
   using Buffer = typename Backend::template Buffer<U>;
   // Element type of what only feeds matrix products: the LayerNorm, attention
-  // and GELU outputs and the weights' copy the products read. The scalar
+  // and GELU outputs and the weights' copy the products read; also the MLP's
+  // pre-activation (bf16 as under autocast; the GELU evaluates in fp32). The scalar
   // itself, or bf16 where the products take bf16 operands (Cfg::matmul):
   // rounded once where it is made instead of at every product that reads it,
   // which gives the same numbers with less memory traffic. (The GPU's
@@ -274,7 +275,7 @@ class Model {
         layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, hres(l), P + w.ln2_w, P + w.ln2_b, N, C,
                           Cfg::ln_eps);
       }
-      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), weight(w.fc_w), P + w.fc_b, N, C, D);
+      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), weight(w.fc_w), weight(w.fc_b), N, C, D);
       gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
       matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), weight(w.fc2_w), P + w.fc2_b, N, D, C);
       if constexpr (Cfg::parallel_residual)
@@ -324,6 +325,7 @@ class Model {
     o_ln1_ = take(N * Cs);
     o_ln2_ = take(N * Cs);
     o_gel_ = take(N * D);
+    o_fc_ = take(N * D);
     o_atty_ = take(N * Cs);
     op_layer_stride_ = for_backward ? at : 0;
     if (op_acts_.size() < at * layers) op_acts_.resize(at * layers);
@@ -336,7 +338,6 @@ class Model {
     o_att_ = take(attention_state_size(be_, B, H, T));
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
     o_ln2s_ = Cfg::parallel_residual ? 0 : take(2 * N);  // parallel: LN2 shares LN1's statistics (same input)
-    o_fc_ = take(N * D);
     layer_stride_ = for_backward ? at : 0;
     at *= layers;
     o_final_res_ = take(N * Cs);
@@ -374,7 +375,7 @@ class Model {
   scalar* hres(int l) { return layer(l, o_h_); }
   operand_type* ln2(int l) { return op_layer(l, o_ln2_); }
   scalar* ln2_stats(int l) { return layer(l, o_ln2s_); }
-  scalar* fc(int l) { return layer(l, o_fc_); }
+  operand_type* fc(int l) { return op_layer(l, o_fc_); }
   operand_type* gel(int l) { return op_layer(l, o_gel_); }
   scalar* lnf() { return act(o_lnf_); }
   scalar* lnf_stats() { return act(o_lnfs_); }

@@ -45,9 +45,15 @@ inline float from_bf16(bf16 b) {
 // v as element type O (bf16: rounded to nearest even).
 template <class O, class T>
 O cast_to(T v) {
-  if constexpr (std::is_same_v<O, bf16>) return to_bf16(float(v));
+  if constexpr (std::is_same_v<O, T>) return v;
+  else if constexpr (std::is_same_v<O, bf16>) return to_bf16(float(v));
+  else if constexpr (std::is_same_v<T, bf16>) return O(from_bf16(v));
   else return O(v);
 }
+
+// The arithmetic type for elements stored as X (bf16: float).
+template <class X>
+using compute_t = std::conditional_t<std::is_same_v<X, bf16>, float, X>;
 
 }  // namespace cpu
 

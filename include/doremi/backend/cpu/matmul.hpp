@@ -35,12 +35,30 @@ const auto* operand(const T* p, std::size_t n) {
 }  // namespace cpu
 
 // x and w: the model's type T, or bf16 when P is bf16 (each independently).
-template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
-void matmul_forward(Cpu, T* out, const X* x, const W* w, const T* bias, int N, int in, int out_dim) {
+// out and bias: T, or both bf16 (P = bf16: an output that only feeds the
+// next layer's products, as autocast keeps it): the fp32 sum plus the bf16
+// bias, rounded once (what the GPU's GEMM epilogue computes).
+template <MatmulPrecision P = MatmulPrecision::native, class O, class X, class W, class Bias>
+void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N, int in, int out_dim) {
   using namespace cpu;
+  static_assert(std::is_same_v<Bias, O>, "matmul_forward: the bias has the output's type");
+  using T = compute_t<O>;
+  static_assert(std::is_same_v<O, T> || P == MatmulPrecision::bf16, "bf16 outputs need MatmulPrecision::bf16");
+  T* acc = nullptr;
+  if constexpr (std::is_same_v<O, T>) acc = out;
+  else acc = scratch<T, 4>(std::size_t(N) * out_dim);
   gemm(false, true, N, out_dim, in, operand<P, 0>(x, std::size_t(N) * in), in,
-       operand<P, 1>(w, std::size_t(out_dim) * in), in, out, out_dim, false);
-  if (bias) MatMap<T>(out, N, out_dim).rowwise() += Eigen::Map<const RowVec<T>>(bias, out_dim);
+       operand<P, 1>(w, std::size_t(out_dim) * in), in, acc, out_dim, false);
+  if constexpr (std::is_same_v<O, T>) {
+    if (bias) MatMap<T>(out, N, out_dim).rowwise() += Eigen::Map<const RowVec<T>>(bias, out_dim);
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < out_dim; ++j) {
+        const std::size_t o = std::size_t(n) * out_dim + j;
+        out[o] = cast_to<O>(bias ? acc[o] + cast_to<T>(bias[j]) : acc[o]);
+      }
+  }
 }
 
 template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
@@ -53,12 +71,13 @@ void matmul_backward(Cpu, T* dx, T* dw, T* dbias, const T* dout, const X* x, con
   if (dbias) Eigen::Map<RowVec<T>>(dbias, out_dim) += CMatMap<T>(dout, N, out_dim).colwise().sum();
 }
 
-// The backward of y = x·Wᵀ + b followed by a GELU (pre = the GELU's input):
-// dgelu becomes dy = dgelu ⊙ gelu'(pre), then matmul_backward with dout = dy.
-// dgelu is scratch afterwards (the CUDA backend fuses the two).
-template <MatmulPrecision P, Gelu G, class T, class X, class W>
-void gelu_matmul_backward(Cpu, T* dx, T* dw, T* dbias, T* dgelu, const T* pre, const X* x, const W* w, int N, int in,
-                          int out_dim) {
+// The backward of y = x·Wᵀ + b followed by a GELU (pre = the GELU's input,
+// T or bf16 as the forward stored it): dgelu becomes dy = dgelu ⊙ gelu'(pre),
+// then matmul_backward with dout = dy. dgelu is scratch afterwards (the CUDA
+// backend fuses the two).
+template <MatmulPrecision P, Gelu G, class T, class Pre, class X, class W>
+void gelu_matmul_backward(Cpu, T* dx, T* dw, T* dbias, T* dgelu, const Pre* pre, const X* x, const W* w, int N,
+                          int in, int out_dim) {
   gelu_backward<G>(Cpu{}, dgelu, pre, dgelu, std::size_t(N) * out_dim);
   matmul_backward<P>(Cpu{}, dx, dw, dbias, static_cast<const T*>(dgelu), x, w, N, in, out_dim);
 }

@@ -4,6 +4,7 @@
 // backend/elementwise.hpp, the same formula the CPU backend evaluates.
 // Backward overwrites dx (as the CPU's does; dx may alias dout).
 #include <cstddef>
+#include <type_traits>
 
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/elementwise.hpp"
@@ -16,14 +17,18 @@ namespace cuda {
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); \
        i += std::size_t(gridDim.x) * blockDim.x)
 
+// The arithmetic type for elements stored as X (bf16: float).
+template <class X>
+using compute_t = std::conditional_t<std::is_same_v<X, __nv_bfloat16>, float, X>;
+
 template <Gelu G, class T, class O>
 __global__ void gelu_forward_kernel(O* out, const T* x, std::size_t n) {
-  DOREMI_GRID_STRIDE(i, n) out[i] = O(backend::gelu<G>(x[i]));
+  DOREMI_GRID_STRIDE(i, n) out[i] = O(backend::gelu<G>(compute_t<T>(x[i])));
 }
 
-template <Gelu G, class T>
-__global__ void gelu_backward_kernel(T* dx, const T* x, const T* dout, std::size_t n) {
-  DOREMI_GRID_STRIDE(i, n) dx[i] = dout[i] * backend::gelu_grad<G>(x[i]);
+template <Gelu G, class T, class X>
+__global__ void gelu_backward_kernel(T* dx, const X* x, const T* dout, std::size_t n) {
+  DOREMI_GRID_STRIDE(i, n) dx[i] = dout[i] * backend::gelu_grad<G>(compute_t<X>(x[i]));
 }
 
 template <class T>
@@ -35,19 +40,22 @@ __global__ void add_kernel(T* out, const T* a, const T* b, const T* c, std::size
 
 }  // namespace cuda
 
-// out may be bf16 (Cuda::operand), rounded once here.
+// x and out may be bf16 (Cuda::operand: the pre-activation and the output
+// only feed matrix products): evaluated in float, rounded once.
 template <Gelu G, class T, class O>
 void gelu_forward(const Cuda& be, O* out, const T* x, std::size_t n) {
   if (!n) return;
-  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::gelu_forward_kernel<G, T, cuda::plain_t<O>>)(
-      out, x, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(),
+                     cuda::gelu_forward_kernel<G, cuda::plain_t<T>, cuda::plain_t<O>>)(out, x, n);
   DOREMI_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
 }
 
-template <Gelu G, class T>
-void gelu_backward(const Cuda& be, T* dx, const T* x, const T* dout, std::size_t n) {
+// dx = dout ⊙ gelu'(x); x may be bf16 (see gelu_forward).
+template <Gelu G, class T, class X>
+void gelu_backward(const Cuda& be, T* dx, const X* x, const T* dout, std::size_t n) {
   if (!n) return;
-  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::gelu_backward_kernel<G>)(dx, x, dout, n);
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::gelu_backward_kernel<G, T, cuda::plain_t<X>>)(
+      dx, x, dout, n);
   DOREMI_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
 }
 

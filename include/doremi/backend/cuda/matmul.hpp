@@ -180,28 +180,33 @@ struct StoredDout {  // dout as stored
   const float* p;
   __device__ float operator()(std::size_t o) const { return p[o]; }
 };
-template <Gelu G>
+template <Gelu G, class Pre = float>
 struct GeluDout {  // dout = dy ⊙ gelu'(pre): the GELU's backward in the same pass (gelu_backward's arithmetic)
   const float* dy;
-  const float* pre;
-  __device__ float operator()(std::size_t o) const { return dy[o] * backend::gelu_grad<G>(pre[o]); }
+  const Pre* pre;  // fp32, or bf16 as bf16 models store it
+  __device__ float operator()(std::size_t o) const { return dy[o] * backend::gelu_grad<G>(float(pre[o])); }
 };
 
-// y[n, j] += bias[j] (fp64, outside cuBLASLt's bias epilogue; and the
-// fallback where a bias epilogue finds no algorithm). A thread per column keeps its bias in a register
-// and walks the rows (no index division); a warp's stores are contiguous.
-template <class T>
-__global__ void add_bias_kernel(T* y, const T* bias, int N, int width) {
+// y[n, j] = Y(acc[n, j] + bias[j]) in A's arithmetic; acc may be y itself
+// (y += bias). Outside cuBLASLt's bias epilogue: fp64, and the fallback where
+// a bias epilogue finds no algorithm (bf16 y: from the fp32 product, rounded
+// once). A thread per column keeps its bias in a register and walks the rows
+// (no index division); a warp's stores are contiguous.
+template <class Y, class A>
+__global__ void add_bias_kernel(Y* y, const A* acc, const Y* bias, int N, int width) {
   const int col = int(blockIdx.x * blockDim.x + threadIdx.x);
   if (col >= width) return;
-  const T b = bias[col];
-  for (int row = int(blockIdx.y); row < N; row += int(gridDim.y)) y[std::size_t(row) * width + col] += b;
+  const A b = A(bias[col]);
+  for (int row = int(blockIdx.y); row < N; row += int(gridDim.y)) {
+    const std::size_t o = std::size_t(row) * width + col;
+    y[o] = Y(acc[o] + b);
+  }
 }
 
-template <class T>
-void add_bias(const Cuda& be, T* y, const T* bias, int N, int width) {
+template <class Y, class A>
+void add_bias(const Cuda& be, Y* y, const A* acc, const Y* bias, int N, int width) {
   const dim3 grid(unsigned((width + 255) / 256), unsigned(N < 2048 ? N : 2048));
-  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), add_bias_kernel)(y, bias, N, width);
+  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), add_bias_kernel<plain_t<Y>, A>)(y, acc, bias, N, width);
   DOREMI_CUDA_CHECK_LAUNCH("add_bias_kernel");
 }
 
@@ -257,26 +262,43 @@ constexpr void check_matmul_types() {
 
 // P = MatmulPrecision::bf16 (fp32 model): the operands are rounded to bf16
 // (fp32 ones into copies; x and w may already be bf16: Cuda::operand), the
-// GEMMs accumulate in fp32 and write fp32, as backend::Cpu does.
+// GEMMs accumulate in fp32 and write fp32, as backend::Cpu does. out may be
+// bf16 with a bf16 bias (an output that only feeds products): the epilogue
+// adds the bias to the fp32 sum and rounds once, as the CPU does.
 template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
 void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bias, int N, int in, int out_dim) {
-  cuda::check_matmul_types<P, T, X, W>();
-  if (N <= 0) return;
   if constexpr (P == MatmulPrecision::bf16) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "bf16 products: fp32 or bf16 out");
+    cuda::check_matmul_types<P, float, X, W>();
+    if (N <= 0) return;
     const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
-    // The fp32 bias in the GEMM's epilogue (cuBLASLt: the bias has D's type);
-    // a separate pass where that finds no algorithm.
-    if (bias && cuda::lt_matmul_try<__nv_bfloat16, float>(be, true, false, out_dim, N, in, wb, in, xb, in, out,
-                                                          out_dim, 1.0f, 0.0f, bias))
+    // The bias in the GEMM's epilogue (cuBLASLt: the bias has D's type); where
+    // that finds no algorithm, the fp32 product, then a bias pass.
+    if (bias && cuda::lt_matmul_try<__nv_bfloat16, T>(be, true, false, out_dim, N, in, wb, in, xb, in, out, out_dim,
+                                                      1.0f, 0.0f, bias))
       return;
-    cuda::lt_matmul<__nv_bfloat16, float>(be, true, false, out_dim, N, in, wb, in, xb, in, out, out_dim, 1.0f, 0.0f,
-                                          static_cast<const float*>(nullptr), "matmul_forward (bf16 operands)");
-    if (bias) cuda::add_bias(be, out, bias, N, out_dim);
+    const auto product = [&](auto* d) {
+      using D = std::remove_pointer_t<decltype(d)>;
+      cuda::lt_matmul<__nv_bfloat16, D>(be, true, false, out_dim, N, in, wb, in, xb, in, d, out_dim, 1.0f, 0.0f,
+                                        static_cast<const D*>(nullptr), "matmul_forward (bf16 operands)");
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      product(out);
+      if (bias) cuda::add_bias(be, out, static_cast<const float*>(out), bias, N, out_dim);
+    } else if (!bias) {
+      product(out);
+    } else {  // bf16 out: the fp32 product in scratch, then the bias and one rounding
+      float* acc = static_cast<float*>(be.ctx->scratch_bytes(std::size_t(N) * out_dim * sizeof(float)));
+      product(acc);
+      cuda::add_bias(be, out, static_cast<const float*>(acc), bias, N, out_dim);
+    }
   } else {
+    cuda::check_matmul_types<P, T, X, W>();
+    if (N <= 0) return;
     constexpr bool fused_bias = std::is_same_v<T, float>;
     cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0),
                        fused_bias ? bias : nullptr, "matmul_forward");
-    if (!fused_bias && bias) cuda::add_bias(be, out, bias, N, out_dim);
+    if (!fused_bias && bias) cuda::add_bias(be, out, static_cast<const T*>(out), bias, N, out_dim);
   }
 }
 
@@ -325,14 +347,14 @@ void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, cons
 // scratch afterwards (as on the CPU). With bf16 operands and a bias, dy is
 // never stored: the bias-gradient pass computes it, sums it and leaves its
 // bf16 copy for the GEMMs (one pass instead of three over [N, out]).
-template <MatmulPrecision P, Gelu G, class T, class X, class W>
-void gelu_matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, T* dgelu, const T* pre, const X* x, const W* w,
+template <MatmulPrecision P, Gelu G, class T, class Pre, class X, class W>
+void gelu_matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, T* dgelu, const Pre* pre, const X* x, const W* w,
                           int N, int in, int out_dim) {
   if constexpr (P == MatmulPrecision::bf16) {
     cuda::check_matmul_types<P, T, X, W>();
     if (N > 0 && dbias) {
-      cuda::matmul_backward_bf16(be, dx, dw, dbias, static_cast<const float*>(nullptr), cuda::GeluDout<G>{dgelu, pre},
-                                 x, w, N, in, out_dim);
+      cuda::matmul_backward_bf16(be, dx, dw, dbias, static_cast<const float*>(nullptr),
+                                 cuda::GeluDout<G, cuda::plain_t<Pre>>{dgelu, pre}, x, w, N, in, out_dim);
       return;
     }
   }
