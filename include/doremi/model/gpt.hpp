@@ -44,8 +44,9 @@ class Model {
   template <class U>
   using Buffer = typename Backend::template Buffer<U>;
   // Element type of what only feeds matrix products: the LayerNorm, attention
-  // and GELU outputs and the weights' copy the products read; also the MLP's
-  // pre-activation (bf16 as under autocast; the GELU evaluates in fp32). The scalar
+  // and GELU outputs and the weights' copy the products read; also the
+  // outputs of the qkv and MLP products (bf16 as under autocast; attention's
+  // rotary pass and the GELU evaluate in fp32). The scalar
   // itself, or bf16 where the products take bf16 operands (Cfg::matmul):
   // rounded once where it is made instead of at every product that reads it,
   // which gives the same numbers with less memory traffic. (The GPU's
@@ -266,8 +267,8 @@ class Model {
       else
         layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C,
                           Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, qkv(l), ln1(l), weight(w.qkv_w), P + w.qkv_b, N, C, 3 * C);
-      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(l), rope_cos_.data(), rope_sin_.data(), B, T,
+      matmul_forward<Cfg::matmul>(be_, qkv(), ln1(l), weight(w.qkv_w), weight(w.qkv_b), N, C, 3 * C);
+      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(), rope_cos_.data(), rope_sin_.data(), B, T,
                                      C, H, Cfg::rotary_dim);
       matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), weight(w.proj_w), P + w.proj_b, N, C, C);
       if constexpr (!Cfg::parallel_residual) {
@@ -328,12 +329,13 @@ class Model {
     o_fc_ = take(N * D);
     o_atty_ = take(N * Cs);
     op_layer_stride_ = for_backward ? at : 0;
-    if (op_acts_.size() < at * layers) op_acts_.resize(at * layers);
+    at *= layers;
+    o_qkv_ = take(3 * N * Cs);  // read only by the attention forward (its rotated copy, qkvr, is kept)
+    if (op_acts_.size() < at) op_acts_.resize(at);
     // One layer of scalar buffers, then the ones used once per pass.
     at = 0;
     o_res_ = take(N * Cs);
     o_ln1s_ = take(2 * N);
-    o_qkv_ = take(3 * N * Cs);
     o_qkvr_ = take(3 * N * Cs);
     o_att_ = take(attention_state_size(be_, B, H, T));
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
@@ -368,7 +370,7 @@ class Model {
   scalar* res(int l) { return l == L ? act(o_final_res_) : layer(l, o_res_); }
   operand_type* ln1(int l) { return op_layer(l, o_ln1_); }
   scalar* ln1_stats(int l) { return layer(l, o_ln1s_); }
-  scalar* qkv(int l) { return layer(l, o_qkv_); }
+  operand_type* qkv() { return op_acts_.data() + o_qkv_; }
   scalar* qkvr(int l) { return layer(l, o_qkvr_); }
   scalar* att(int l) { return layer(l, o_att_); }
   operand_type* atty(int l) { return op_layer(l, o_atty_); }

@@ -24,14 +24,14 @@ namespace doremi::backend {
 // accepted for the backends' common signature; on the CPU attention's
 // products always run in T (its FLOPs are small beside the GEMMs here).
 // out may be bf16 (Cpu::operand: it only feeds the output projection),
-// rounded once here.
-template <MatmulPrecision Precision = MatmulPrecision::native, class T, class O>
-void attention_forward(Cpu, O* out, T* qkvr, T* att, const T* qkv, const T* rope_cos, const T* rope_sin, int B,
+// rounded once here; qkv may be bf16 (as bf16 models store it).
+template <MatmulPrecision Precision = MatmulPrecision::native, class T, class O, class In>
+void attention_forward(Cpu, O* out, T* qkvr, T* att, const In* qkv, const T* rope_cos, const T* rope_sin, int B,
                        int Tn, int C, int H, int rot) {
   using namespace cpu;
   const int hd = C / H, half = rot / 2;
   const std::size_t N = std::size_t(B) * Tn;
-  copy(Cpu{}, qkvr, qkv, N * 3 * C);
+  convert(Cpu{}, qkvr, qkv, N * 3 * C);
   if (rot > 0) {
 #pragma omp parallel for schedule(static)
     for (std::ptrdiff_t n = 0; n < std::ptrdiff_t(N); ++n) {

@@ -540,9 +540,10 @@ void attention_mma_backward_launch(const Cuda& be, T* dqkv, const In* dout, cons
 // The tensor-core kernels read bf16: qkvr then holds the rotated qkv rounded
 // to bf16, in its first half (the same values they would round it to). out
 // is T, or bf16 (Cuda::operand: it only feeds the output projection; the
-// backward's D then sums dO·O over the rounded O, as FlashAttention does).
-template <MatmulPrecision P = MatmulPrecision::native, class T, class O>
-void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const T* qkv, const float* rope_cos,
+// backward's D then sums dO·O over the rounded O, as FlashAttention does);
+// qkv is T, or bf16 as bf16 models store it.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class O, class In>
+void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qkv, const float* rope_cos,
                        const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "attention (cuda): storage float or __nv_bfloat16");
@@ -552,11 +553,12 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const T* qkv
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     const unsigned rows = unsigned(B) * unsigned(Tn);
+    using Q = cuda::plain_t<In>;
     if (path == cuda::AttentionPath::fp32)
-      DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, T, T>)(qkvr, qkv, rope_cos,
+      DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, T, Q>)(qkvr, qkv, rope_cos,
                                                                                             rope_sin, Tn, C, rot);
     else
-      DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, __nv_bfloat16, T>)(
+      DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, __nv_bfloat16, Q>)(
           qkvr_bf16, qkv, rope_cos, rope_sin, Tn, C, rot);
   });
   DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
