@@ -125,6 +125,41 @@ TEST_CASE("cuda: layernorm forward and backward match the CPU") {
   }
 }
 
+// Two LayerNorms of one input (parallel-residual blocks): one pass each way.
+TEST_CASE("cuda: layernorm pair forward and backward match the CPU's pair") {
+  REQUIRE_GPU();
+  const int N = 75, C = 96;
+  const auto x = randn(std::size_t(N) * C, 41, 2.0f, 0.5f), w1 = randn(C, 42, 0.5f, 1.0f), b1 = randn(C, 43, 0.1f);
+  const auto w2 = randn(C, 44, 0.5f, 1.0f), b2 = randn(C, 45, 0.1f);
+  const auto d1 = randn(std::size_t(N) * C, 46), d2 = randn(std::size_t(N) * C, 47), dx0 = randn(std::size_t(N) * C, 48);
+  std::vector<float> o1(x.size()), o2(x.size()), mean(N), rstd(N), dx = dx0;
+  std::vector<float> dw1(C, 0.1f), db1(C, 0.2f), dw2(C, 0.3f), db2(C, 0.4f);
+  backend::layernorm_pair_forward(Cpu{}, o1.data(), o2.data(), mean.data(), rstd.data(), x.data(), w1.data(),
+                                  b1.data(), w2.data(), b2.data(), N, C, 1e-5);
+  backend::layernorm_pair_backward(Cpu{}, dx.data(), dw1.data(), db1.data(), dw2.data(), db2.data(), d1.data(),
+                                   d2.data(), x.data(), w1.data(), w2.data(), mean.data(), rstd.data(), N, C);
+  auto d_x = to_device(x), d_w1 = to_device(w1), d_b1 = to_device(b1), d_w2 = to_device(w2), d_b2 = to_device(b2);
+  auto d_d1 = to_device(d1), d_d2 = to_device(d2), d_dx = to_device(dx0);
+  auto d_dw1 = to_device(std::vector<float>(C, 0.1f)), d_db1 = to_device(std::vector<float>(C, 0.2f));
+  auto d_dw2 = to_device(std::vector<float>(C, 0.3f)), d_db2 = to_device(std::vector<float>(C, 0.4f));
+  DeviceBuffer<__nv_bfloat16> d_o1(x.size()), d_o2(x.size());  // as bf16 models keep them
+  DeviceBuffer<float> d_mean(N), d_rstd(N);
+  backend::layernorm_pair_forward(gpu(), d_o1.data(), d_o2.data(), d_mean.data(), d_rstd.data(), d_x.data(),
+                                  d_w1.data(), d_b1.data(), d_w2.data(), d_b2.data(), N, C, 1e-5);
+  backend::layernorm_pair_backward(gpu(), d_dx.data(), d_dw1.data(), d_db1.data(), d_dw2.data(), d_db2.data(),
+                                   d_d1.data(), d_d2.data(), d_x.data(), d_w1.data(), d_w2.data(), d_mean.data(),
+                                   d_rstd.data(), N, C);
+  check_close(to_float(d_o1), round_bf16(o1), 1e-5, 1.0 / 128, "pair out 1 (bf16)");
+  check_close(to_float(d_o2), round_bf16(o2), 1e-5, 1.0 / 128, "pair out 2 (bf16)");
+  check_close(to_host(d_mean), mean, 1e-5, 1e-5, "pair mean");
+  check_close(to_host(d_rstd), rstd, 1e-6, 1e-5, "pair rstd");
+  check_close(to_host(d_dx), dx, 1e-4, 1e-4, "pair dx");
+  check_close(to_host(d_dw1), dw1, 1e-3, 1e-4, "pair dw1");
+  check_close(to_host(d_db1), db1, 1e-3, 1e-4, "pair db1");
+  check_close(to_host(d_dw2), dw2, 1e-3, 1e-4, "pair dw2");
+  check_close(to_host(d_db2), db2, 1e-3, 1e-4, "pair db2");
+}
+
 template <Gelu G>
 void gelu_case() {
   const std::size_t n = 100003;

@@ -25,9 +25,12 @@ cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 // As an H100/H200: compute capability 9.0, 227 KB of shared memory per block.
+// DOREMI_EMU_CC_MAJOR (e.g. 7) poses as an older device (no tensor-core
+// attention: the fp32 kernels run).
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
+  const char* major = std::getenv("DOREMI_EMU_CC_MAJOR");
   switch (attr) {
-    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
+    case cudaDevAttrComputeCapabilityMajor: *v = major ? std::atoi(major) : 9; break;
     case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 227 * 1024; break;
     default: return cudaErrorInvalidValue;
