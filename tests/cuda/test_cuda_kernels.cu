@@ -366,6 +366,12 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
       backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_y3.data(), d_xb.data(), d_wb.data(),
                                                      with_bias ? d_biasb.data() : nullptr, N, in, out);
       check_close(to_float(d_y3), round_bf16(yb), 1e-4, 1.0 / 128, "y in bf16 (bf16 bias)");
+      // dx in bf16 (the gradient of a bf16-kept activation): the fp32 dx rounded.
+      DeviceBuffer<__nv_bfloat16> d_dx3(dx.size());
+      auto d_dw3 = to_device(dw0);
+      backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx3.data(), d_dw3.data(), static_cast<float*>(nullptr),
+                                                      d_dout.data() + off, d_xb.data(), d_wb.data(), N, in, out);
+      check_close(to_float(d_dx3), round_bf16(to_host_at(d_dx, off)), 1e-4, 1.0 / 128, "dx in bf16");
     }
   }
 }
@@ -428,6 +434,20 @@ void gelu_matmul_case(bool with_bias) {
   check_close(to_host(d_dx1), dx, 2e-3, 1e-2, "dx vs CPU");
   check_close(to_host(d_dw1), dw, 1e-2, 1e-2, "dW vs CPU");
   check_close(to_host(d_db1), db, 1e-3, 1e-4, "db vs CPU");
+  if (!with_bias) return;
+  // dgelu and pre in bf16 (as bf16 models keep them): the same as fp32 ones
+  // holding the rounded values.
+  auto d_g3 = to_device(round_bf16(dgelu)), d_pre3 = to_device(round_bf16(pre));
+  auto d_dw3 = to_device(dw0), d_db3 = to_device(db0), d_dw4 = to_device(dw0), d_db4 = to_device(db0);
+  auto d_gb = to_device_bf16(dgelu), d_preb = to_device_bf16(pre);
+  DeviceBuffer<float> d_dx3(x.size()), d_dx4(x.size());
+  backend::gelu_matmul_backward<MatmulPrecision::bf16, G>(gpu(), d_dx3.data(), d_dw3.data(), d_db3.data(), d_g3.data(),
+                                                          d_pre3.data(), d_x.data(), d_w.data(), N, in, out);
+  backend::gelu_matmul_backward<MatmulPrecision::bf16, G>(gpu(), d_dx4.data(), d_dw4.data(), d_db4.data(), d_gb.data(),
+                                                          d_preb.data(), d_x.data(), d_w.data(), N, in, out);
+  check_close(to_host(d_dx4), to_host(d_dx3), 1e-6, 1e-6, "dx: bf16 dgelu and pre");
+  check_close(to_host(d_dw4), to_host(d_dw3), 1e-6, 1e-6, "dW: bf16 dgelu and pre");
+  check_close(to_host(d_db4), to_host(d_db3), 1e-6, 1e-6, "db: bf16 dgelu and pre");
 }
 
 TEST_CASE("cuda: GELU + linear backward with bf16 operands (fused with the bias gradient) matches the composition") {

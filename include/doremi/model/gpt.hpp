@@ -331,6 +331,7 @@ class Model {
     op_layer_stride_ = for_backward ? at : 0;
     at *= layers;
     o_qkv_ = take(3 * N * Cs);  // read only by the attention forward (its rotated copy, qkvr, is kept)
+    o_dfc_ = for_backward ? take(N * D) : 0;  // the GELU output's gradient
     if (op_acts_.size() < at) op_acts_.resize(at);
     // One layer of scalar buffers, then the ones used once per pass.
     at = 0;
@@ -357,7 +358,6 @@ class Model {
       o_dln2_ = take(N * Cs);
       o_datty_ = take(N * Cs);
       o_dqkv_ = take(3 * N * Cs);
-      o_dfc_ = take(N * D);
     }
     if (acts_.size() < at) acts_.resize(at);
     losses_.resize(N);
@@ -390,7 +390,7 @@ class Model {
   scalar* d_ln2() { return act(o_dln2_); }
   scalar* d_atty() { return act(o_datty_); }
   scalar* d_qkv() { return act(o_dqkv_); }
-  scalar* d_fc() { return act(o_dfc_); }
+  operand_type* d_fc() { return op_acts_.data() + o_dfc_; }
 
   Backend be_;
   Buffer<scalar> params_, grads_, acts_;

@@ -61,12 +61,22 @@ void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N
   }
 }
 
-template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
-void matmul_backward(Cpu, T* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
+// dx may be bf16 with P = bf16 (the gradient of an activation kept in bf16,
+// as autocast keeps it): the fp32 sums rounded once.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class X, class W>
+void matmul_backward(Cpu, DX* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
                      int out_dim) {
   using namespace cpu;
+  static_assert(std::is_same_v<DX, T> || (P == MatmulPrecision::bf16 && std::is_same_v<DX, bf16>),
+                "matmul_backward: dx of the model's type, or bf16 with bf16 products");
   const auto* dy = operand<P, 0>(dout, std::size_t(N) * out_dim);
-  if (dx) gemm(false, false, N, in, out_dim, dy, out_dim, operand<P, 1>(w, std::size_t(out_dim) * in), in, dx, in, false);
+  if (dx) {
+    T* acc = nullptr;
+    if constexpr (std::is_same_v<DX, T>) acc = dx;
+    else acc = scratch<T, 4>(std::size_t(N) * in);
+    gemm(false, false, N, in, out_dim, dy, out_dim, operand<P, 1>(w, std::size_t(out_dim) * in), in, acc, in, false);
+    if constexpr (!std::is_same_v<DX, T>) convert(Cpu{}, dx, static_cast<const T*>(acc), std::size_t(N) * in);
+  }
   gemm(true, false, out_dim, in, N, dy, out_dim, operand<P, 2>(x, std::size_t(N) * in), in, dw, in, true);
   if (dbias) Eigen::Map<RowVec<T>>(dbias, out_dim) += CMatMap<T>(dout, N, out_dim).colwise().sum();
 }
@@ -75,11 +85,19 @@ void matmul_backward(Cpu, T* dx, T* dw, T* dbias, const T* dout, const X* x, con
 // T or bf16 as the forward stored it): dgelu becomes dy = dgelu ⊙ gelu'(pre),
 // then matmul_backward with dout = dy. dgelu is scratch afterwards (the CUDA
 // backend fuses the two).
-template <MatmulPrecision P, Gelu G, class T, class Pre, class X, class W>
-void gelu_matmul_backward(Cpu, T* dx, T* dw, T* dbias, T* dgelu, const Pre* pre, const X* x, const W* w, int N,
+template <MatmulPrecision P, Gelu G, class T, class DY, class Pre, class X, class W>
+void gelu_matmul_backward(Cpu, T* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w, int N,
                           int in, int out_dim) {
-  gelu_backward<G>(Cpu{}, dgelu, pre, dgelu, std::size_t(N) * out_dim);
-  matmul_backward<P>(Cpu{}, dx, dw, dbias, static_cast<const T*>(dgelu), x, w, N, in, out_dim);
+  const std::size_t n = std::size_t(N) * out_dim;
+  T* dy = nullptr;  // dgelu itself, or (bf16 dgelu) an fp32 copy
+  if constexpr (std::is_same_v<DY, T>) {
+    dy = dgelu;
+  } else {
+    dy = cpu::scratch<T, 5>(n);
+    convert(Cpu{}, dy, static_cast<const DY*>(dgelu), n);
+  }
+  gelu_backward<G>(Cpu{}, dy, pre, static_cast<const T*>(dy), n);
+  matmul_backward<P>(Cpu{}, dx, dw, dbias, static_cast<const T*>(dy), x, w, N, in, out_dim);
 }
 
 }  // namespace doremi::backend

@@ -180,11 +180,11 @@ struct StoredDout {  // dout as stored
   const float* p;
   __device__ float operator()(std::size_t o) const { return p[o]; }
 };
-template <Gelu G, class Pre = float>
+template <Gelu G, class Pre = float, class Dy = float>
 struct GeluDout {  // dout = dy ⊙ gelu'(pre): the GELU's backward in the same pass (gelu_backward's arithmetic)
-  const float* dy;
-  const Pre* pre;  // fp32, or bf16 as bf16 models store it
-  __device__ float operator()(std::size_t o) const { return dy[o] * backend::gelu_grad<G>(float(pre[o])); }
+  const Dy* dy;    // fp32, or bf16 as bf16 models store it
+  const Pre* pre;  // likewise
+  __device__ float operator()(std::size_t o) const { return float(dy[o]) * backend::gelu_grad<G>(float(pre[o])); }
 };
 
 // y[n, j] = Y(acc[n, j] + bias[j]) in A's arithmetic; acc may be y itself
@@ -307,8 +307,8 @@ namespace cuda {
 // The bf16-operand backward: dout's bf16 copy made by the bias-gradient pass
 // (from `rows`, a DoutToBf16 source) when there is a bias, else converted from
 // dout_f32; then dx = dout·W and dW += doutᵀ·x.
-template <class Dout, class X, class W>
-void matmul_backward_bf16(const Cuda& be, float* dx, float* dw, float* dbias, const float* dout_f32, Dout rows,
+template <class Dout, class DX, class X, class W>
+void matmul_backward_bf16(const Cuda& be, DX* dx, float* dw, float* dbias, const float* dout_f32, Dout rows,
                           const X* x, const W* w, int N, int in, int out_dim) {
   const auto [dyb, xb, wb] = to_bf16_operands<3>(
       be, {{{dbias ? nullptr : dout_f32, std::size_t(N) * out_dim}, {x, std::size_t(N) * in},
@@ -317,21 +317,26 @@ void matmul_backward_bf16(const Cuda& be, float* dx, float* dw, float* dbias, co
     column_reduce_add<float>(be, dbias, N, out_dim,
                              DoutToBf16<Dout>{rows, out_dim, const_cast<__nv_bfloat16*>(dyb)});  // our copy's space
   if (dx)
-    lt_matmul<__nv_bfloat16, float>(be, false, false, in, N, out_dim, wb, in, dyb, out_dim, dx, in, 1.0f, 0.0f,
-                                    static_cast<const float*>(nullptr), "matmul_backward dx (bf16 operands)");
+    lt_matmul<__nv_bfloat16, DX>(be, false, false, in, N, out_dim, wb, in, dyb, out_dim, dx, in, 1.0f, 0.0f,
+                                 static_cast<const DX*>(nullptr), "matmul_backward dx (bf16 operands)");
   lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f, 1.0f,
                                   static_cast<const float*>(nullptr), "matmul_backward dW (bf16 operands)");
 }
 
 }  // namespace cuda
 
-template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
-void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
+// dx may be bf16 with P = bf16 (the gradient of an activation kept in bf16,
+// as autocast keeps it: the GEMM rounds its fp32 sums once).
+template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class X, class W>
+void matmul_backward(const Cuda& be, DX* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
                      int out_dim) {
   cuda::check_matmul_types<P, T, X, W>();
+  static_assert(std::is_same_v<DX, T> || (P == MatmulPrecision::bf16 && std::is_same_v<DX, __nv_bfloat16>),
+                "matmul_backward: dx of the model's type, or bf16 with bf16 products");
   if (N <= 0) return;
   if constexpr (P == MatmulPrecision::bf16) {
-    cuda::matmul_backward_bf16(be, dx, dw, dbias, dout, cuda::StoredDout{dout}, x, w, N, in, out_dim);
+    cuda::matmul_backward_bf16(be, static_cast<cuda::plain_t<DX>*>(dx), dw, dbias, dout, cuda::StoredDout{dout}, x,
+                               w, N, in, out_dim);
   } else {
     if (dx)
       cuda::lt_matmul<T>(be, false, false, in, N, out_dim, w, in, dout, out_dim, dx, in, T(1), T(0), nullptr,
@@ -346,20 +351,26 @@ void matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, const T* dout, cons
 // (pre = the GELU's input), then matmul_backward with dout = dy; dgelu is
 // scratch afterwards (as on the CPU). With bf16 operands and a bias, dy is
 // never stored: the bias-gradient pass computes it, sums it and leaves its
-// bf16 copy for the GEMMs (one pass instead of three over [N, out]).
-template <MatmulPrecision P, Gelu G, class T, class Pre, class X, class W>
-void gelu_matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, T* dgelu, const Pre* pre, const X* x, const W* w,
+// bf16 copy for the GEMMs (one pass instead of three over [N, out]). dgelu
+// and pre may be bf16 there (bf16 models keep them so).
+template <MatmulPrecision P, Gelu G, class T, class DY, class Pre, class X, class W>
+void gelu_matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w,
                           int N, int in, int out_dim) {
   if constexpr (P == MatmulPrecision::bf16) {
     cuda::check_matmul_types<P, T, X, W>();
     if (N > 0 && dbias) {
       cuda::matmul_backward_bf16(be, dx, dw, dbias, static_cast<const float*>(nullptr),
-                                 cuda::GeluDout<G, cuda::plain_t<Pre>>{dgelu, pre}, x, w, N, in, out_dim);
+                                 cuda::GeluDout<G, cuda::plain_t<Pre>, cuda::plain_t<DY>>{dgelu, pre}, x, w, N, in,
+                                 out_dim);
       return;
     }
   }
-  gelu_backward<G>(be, dgelu, pre, dgelu, std::size_t(N) * out_dim);
-  matmul_backward<P>(be, dx, dw, dbias, static_cast<const T*>(dgelu), x, w, N, in, out_dim);
+  if constexpr (!std::is_same_v<DY, T>) {
+    fail("gelu_matmul_backward: a bf16 GELU gradient needs the fused path (bf16 products and a bias)");
+  } else {
+    gelu_backward<G>(be, dgelu, pre, dgelu, std::size_t(N) * out_dim);
+    matmul_backward<P>(be, dx, dw, dbias, static_cast<const T*>(dgelu), x, w, N, in, out_dim);
+  }
 }
 
 // bf16 compute (issue 4's numbers): bf16 activations and weights (the bf16
