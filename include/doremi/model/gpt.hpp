@@ -43,15 +43,15 @@ class Model {
   using backend_type = Backend;
   template <class U>
   using Buffer = typename Backend::template Buffer<U>;
-  // Element type of what only feeds matrix products: the LayerNorm, attention
-  // and GELU outputs and the weights' copy the products read; also the
-  // outputs of the qkv and MLP products (bf16 as under autocast; attention's
-  // rotary pass and the GELU evaluate in fp32). The scalar
-  // itself, or bf16 where the products take bf16 operands (Cfg::matmul):
-  // rounded once where it is made instead of at every product that reads it,
-  // which gives the same numbers with less memory traffic. (The GPU's
-  // attention backward also reads its output, for D = Σ dO·O: from the
-  // rounded values, as FlashAttention does; the CPU's does not read it.)
+  // Element type of the activations kept at the products' precision: the
+  // LayerNorm, attention and GELU outputs and the weights' copy (they only
+  // feed products: rounding them once where they are made gives the numbers
+  // rounding at every product would, with less memory traffic), and the qkv
+  // and MLP products' outputs and the GELU output's gradient (rounded as
+  // autocast keeps them; the elementwise math on them runs in fp32). The
+  // scalar itself, or bf16 where the products take bf16 operands
+  // (Cfg::matmul). The GPU's attention backward also reads the attention
+  // output, for D = Σ dO·O: the rounded values, as FlashAttention does.
   using operand_type = typename Backend::template operand<Cfg::matmul, scalar>;
 
   static constexpr int C = Cfg::n_embd, H = Cfg::n_head, L = Cfg::n_layer, V = Cfg::padded_vocab;

@@ -37,8 +37,8 @@ void for_each_part(const Xs* x, std::size_t n, F&& f) {
 // The CPU versions evaluate the shared formulas (backend/elementwise.hpp) on
 // Eigen arrays, whose tanh/erf/exp are vectorised: a scalar std::tanh per
 // element cost several percent of a whole training step.
-// x and out may be bf16 (Cpu::operand: the pre-activation and the output
-// only feed matrix products): evaluated in float, rounded once.
+// x and out may be bf16 (Cpu::operand: bf16 models keep the pre-activation and
+// the output so): evaluated in float, rounded once.
 template <Gelu G, class Xs, class O>
 void gelu_forward(Cpu, O* out, const Xs* x, std::size_t n) {
   using T = cpu::compute_t<Xs>;

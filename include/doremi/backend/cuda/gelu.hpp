@@ -40,8 +40,8 @@ __global__ void add_kernel(T* out, const T* a, const T* b, const T* c, std::size
 
 }  // namespace cuda
 
-// x and out may be bf16 (Cuda::operand: the pre-activation and the output
-// only feed matrix products): evaluated in float, rounded once.
+// x and out may be bf16 (Cuda::operand: bf16 models keep the pre-activation and
+// the output so): evaluated in float, rounded once.
 template <Gelu G, class T, class O>
 void gelu_forward(const Cuda& be, O* out, const T* x, std::size_t n) {
   if (!n) return;
