@@ -62,6 +62,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <string_view>
 #include <type_traits>
@@ -548,6 +549,8 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qk
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "attention (cuda): storage float or __nv_bfloat16");
   const int hd = cuda::attention_check(B, Tn, C, H, rot);
+  if (reinterpret_cast<std::uintptr_t>(qkvr) % 8 != 0)  // the rotary pass stores column pairs
+    fail("attention_forward (cuda): qkvr must be 8-byte aligned");
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
   auto* const qkvr_bf16 = reinterpret_cast<__nv_bfloat16*>(qkvr);
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
