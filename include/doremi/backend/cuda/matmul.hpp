@@ -295,10 +295,14 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
   } else {
     cuda::check_matmul_types<P, T, X, W>();
     if (N <= 0) return;
-    constexpr bool fused_bias = std::is_same_v<T, float>;
+    // fp32: the bias in the epilogue where cuBLASLt has an algorithm for it;
+    // fp64, and fp32 otherwise: a bias pass after the product.
+    if constexpr (std::is_same_v<T, float>)
+      if (bias && cuda::lt_matmul_try<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0), bias))
+        return;
     cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0),
-                       fused_bias ? bias : nullptr, "matmul_forward");
-    if (!fused_bias && bias) cuda::add_bias(be, out, static_cast<const T*>(out), bias, N, out_dim);
+                       static_cast<const T*>(nullptr), "matmul_forward");
+    if (bias) cuda::add_bias(be, out, static_cast<const T*>(out), bias, N, out_dim);
   }
 }
 
