@@ -1,17 +1,22 @@
 #pragma once
-// A CPU emulator for the project's warp-level CUDA kernels, for tests on
-// machines without a GPU (CI has the CUDA toolkit but no device). Compiled by
-// the host compiler (not nvcc): include this header first, then the kernel
-// header, and call a kernel through emu::launch:
+// A CPU emulator for the project's CUDA kernels, for tests on machines
+// without a GPU (CI has the CUDA toolkit but no device). Compiled by the host
+// compiler (not nvcc): include this header first, then the backend's headers.
+// Their launches (DOREMI_CUDA_LAUNCH, defined here) run through emu::launch,
+// which tests may also call directly:
 //
 //   emu::launch({grid_x, grid_y}, {128}, smem_bytes, [&] { kernel<64, float>(args...); });
+//
+// With fake_cudart.cpp (the CUDA runtime and cuBLASLt on host memory) the
+// backend's host code runs as well.
 //
 // Blocks run one after another; a block's threads run as fibers on
 // the calling thread, switching only at the synchronising calls below, warp
 // by warp (see launch), so a run is deterministic. Emulated: threadIdx, blockIdx, blockDim, gridDim,
-// __syncthreads, __syncwarp, __shfl_xor_sync (float), the dynamic shared
+// __syncthreads, __syncwarp, __shfl_xor_sync, atomicAdd, static __shared__
+// arrays (one block's at a time), the dynamic shared
 // memory (filled with NaN bytes at each block's start, so reads of unwritten
-// memory show up), and the primitives of doremi/backend/cuda/mma.hpp:
+// memory show up), WMMA fragments (whole tiles per thread), and the primitives of doremi/backend/cuda/mma.hpp:
 // mma.sync m16n8k16 (bf16 operands, fp32 sums in k order) and ldmatrix .x4
 // (plain and .trans; addresses checked for 16-byte alignment), written from
 // the PTX ISA's register tables independently of the kernels that use them.
