@@ -186,20 +186,13 @@ TEST_CASE("cuda: gelu (exact and tanh) forward and backward match the CPU") {
   SUBCASE("tanh") { gelu_case<Gelu::tanh>(); }
 }
 
-TEST_CASE("cuda: residual adds and copies match the CPU") {
+TEST_CASE("cuda: copy matches the source") {
   REQUIRE_GPU();
   const std::size_t n = 5001;
-  const auto a = randn(n, 31), b = randn(n, 32), c = randn(n, 33);
-  std::vector<float> two(n), three(n);
-  backend::add_forward(Cpu{}, two.data(), a.data(), b.data(), static_cast<const float*>(nullptr), n);
-  backend::add_forward(Cpu{}, three.data(), a.data(), b.data(), c.data(), n);
-  auto d_a = to_device(a), d_b = to_device(b), d_c = to_device(c);
-  DeviceBuffer<float> d_two(n), d_three(n), d_copy(n);
-  backend::add_forward(gpu(), d_two.data(), d_a.data(), d_b.data(), static_cast<const float*>(nullptr), n);
-  backend::add_forward(gpu(), d_three.data(), d_a.data(), d_b.data(), d_c.data(), n);
+  const auto a = randn(n, 31);
+  auto d_a = to_device(a);
+  DeviceBuffer<float> d_copy(n);
   backend::copy(gpu(), d_copy.data(), d_a.data(), n);
-  check_close(to_host(d_two), two, 0, 0, "a + b");
-  check_close(to_host(d_three), three, 0, 0, "a + b + c");
   check_close(to_host(d_copy), a, 0, 0, "copy");
 }
 
@@ -259,6 +252,24 @@ TEST_CASE("cuda: matmul (cuBLASLt) forward and backward match the CPU") {
                                d_dout.data() + off, d_x.data() + off, d_w.data() + off, s.N, s.in, s.out);
       check_close(to_host_at(d_y, off), y, 1e-4, 1e-4, "y = x·Wᵀ + b");
       check_close(to_host_at(d_dx, off), dx, 1e-4, 1e-4, "dx");
+      // A residual (the models' residual stream) added by the product, into
+      // another buffer and in place, on both backends.
+      const auto r = randn(y.size(), 47);
+      std::vector<float> yr_want(y.size()), yr = r;
+      for (std::size_t i = 0; i < y.size(); ++i) yr_want[i] = r[i] + y[i];
+      backend::matmul_forward(Cpu{}, yr.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, s.N, s.in,
+                              s.out, yr.data());
+      check_close(yr, yr_want, 1e-5, 1e-5, "CPU: r + x·Wᵀ + b in place");
+      auto d_r = to_device_at(r, off);
+      DeviceBuffer<float> d_yr(y.size() + off);
+      backend::matmul_forward(gpu(), d_yr.data() + off, d_x.data() + off, d_w.data() + off,
+                              with_bias ? d_bias.data() + off : nullptr, s.N, s.in, s.out,
+                              static_cast<const float*>(d_r.data() + off));
+      check_close(to_host_at(d_yr, off), yr_want, 1e-4, 1e-4, "r + x·Wᵀ + b");
+      backend::matmul_forward(gpu(), d_r.data() + off, d_x.data() + off, d_w.data() + off,
+                              with_bias ? d_bias.data() + off : nullptr, s.N, s.in, s.out,
+                              static_cast<const float*>(d_r.data() + off));
+      check_close(to_host_at(d_r, off), yr_want, 1e-4, 1e-4, "r + x·Wᵀ + b in place");
       check_close(to_host_at(d_dw, off), dw, 1e-3, 1e-4, "dW");
       check_close(to_host_at(d_db, off), db, 1e-3, 1e-4, "db");
       // dx = nullptr (the first layer's input needs no gradient) leaves dW, db right.
@@ -342,6 +353,16 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
       check_close(to_host_at(d_dw2, off), to_host_at(d_dw, off), 1e-6, 1e-6, "dW, bf16 x and W given");
       check_close(to_host_at(d_db2, off), to_host_at(d_db, off), 1e-6, 1e-6, "db, bf16 x and W given");
       check_close(to_host_at(d_y, off), y, 1e-4, 1e-4, "y = x·Wᵀ + b (bf16 operands)");
+      {  // with a residual, in place (the models' residual stream)
+        const auto r = randn(y.size(), 97);
+        std::vector<float> want(y.size());
+        for (std::size_t i = 0; i < y.size(); ++i) want[i] = r[i] + y[i];
+        auto d_r = to_device_at(r, off);
+        backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_r.data() + off, d_x.data() + off, d_w.data() + off,
+                                                       with_bias ? d_bias.data() + off : nullptr, N, in, out,
+                                                       static_cast<const float*>(d_r.data() + off));
+        check_close(to_host_at(d_r, off), want, 1e-4, 1e-4, "r + x·Wᵀ + b (bf16 operands)");
+      }
       check_close(to_host_at(d_dx, off), dx, 1e-4, 1e-4, "dx (bf16 operands)");
       check_close(to_host_at(d_dw, off), dw, 1e-3, 1e-4, "dW (bf16 operands)");
       // db sums the fp32 dout (not its bf16 copy), as the CPU's bf16 path does.

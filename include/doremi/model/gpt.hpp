@@ -270,20 +270,18 @@ class Model {
       matmul_forward<Cfg::matmul>(be_, qkv(), ln1(l), weight(w.qkv_w), weight(w.qkv_b), N, C, 3 * C);
       attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(), rope_cos_.data(), rope_sin_.data(), B, T,
                                      C, H, Cfg::rotary_dim);
-      matmul_forward<Cfg::matmul>(be_, tmp_c(), atty(l), weight(w.proj_w), P + w.proj_b, N, C, C);
-      if constexpr (!Cfg::parallel_residual) {
-        add_forward(be_, hres(l), x, tmp_c(), static_cast<const scalar*>(nullptr), std::size_t(N) * C);
-        layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, hres(l), P + w.ln2_w, P + w.ln2_b, N, C,
+      // The residual adds happen in the products (x + branch: the GEMM's C
+      // matrix): parallel, res(l+1) = x + attn(x), then += mlp(x); else
+      // h = x + attn(x), res(l+1) = h + mlp(h).
+      scalar* const h = Cfg::parallel_residual ? res(l + 1) : hres(l);
+      matmul_forward<Cfg::matmul>(be_, h, atty(l), weight(w.proj_w), P + w.proj_b, N, C, C, x);
+      if constexpr (!Cfg::parallel_residual)
+        layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, h, P + w.ln2_w, P + w.ln2_b, N, C,
                           Cfg::ln_eps);
-      }
       matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), weight(w.fc_w), weight(w.fc_b), N, C, D);
       gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
-      matmul_forward<Cfg::matmul>(be_, tmp_c2(), gel(l), weight(w.fc2_w), P + w.fc2_b, N, D, C);
-      if constexpr (Cfg::parallel_residual)
-        add_forward(be_, res(l + 1), x, tmp_c(), tmp_c2(), std::size_t(N) * C);
-      else
-        add_forward(be_, res(l + 1), hres(l), tmp_c2(), static_cast<const scalar*>(nullptr),
-                             std::size_t(N) * C);
+      matmul_forward<Cfg::matmul>(be_, res(l + 1), gel(l), weight(w.fc2_w), P + w.fc2_b, N, D, C,
+                                  static_cast<const scalar*>(h));
     }
     layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
                       Cfg::ln_eps);
@@ -350,8 +348,6 @@ class Model {
     // first half of an fp32 one): half the elements.
     o_probs_ = take((N * V * sizeof(operand_type) + sizeof(scalar) - 1) / sizeof(scalar));
     o_inv_sum_ = take(N);
-    o_tmp_ = take(N * Cs);
-    o_tmp2_ = take(N * Cs);
     if (for_backward) {
       o_dres_ = take(N * Cs);
       o_dln1_ = take(N * Cs);
@@ -383,8 +379,6 @@ class Model {
   scalar* lnf_stats() { return act(o_lnfs_); }
   scalar* probs() { return act(o_probs_); }
   scalar* inv_sum() { return act(o_inv_sum_); }
-  scalar* tmp_c() { return act(o_tmp_); }
-  scalar* tmp_c2() { return act(o_tmp2_); }
   scalar* d_res() { return act(o_dres_); }
   scalar* d_ln1() { return act(o_dln1_); }
   scalar* d_ln2() { return act(o_dln2_); }
@@ -407,7 +401,7 @@ class Model {
   std::size_t layer_stride_ = 0, op_layer_stride_ = 0;  // elements between layers' buffers (0: shared)
   std::size_t o_res_ = 0, o_ln1_ = 0, o_ln1s_ = 0, o_qkv_ = 0, o_qkvr_ = 0, o_att_ = 0, o_atty_ = 0, o_h_ = 0,
               o_ln2_ = 0, o_ln2s_ = 0, o_fc_ = 0, o_gel_ = 0;
-  std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_probs_ = 0, o_inv_sum_ = 0, o_tmp_ = 0, o_tmp2_ = 0,
+  std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_probs_ = 0, o_inv_sum_ = 0,
               o_dres_ = 0, o_dln1_ = 0, o_dln2_ = 0, o_datty_ = 0, o_dqkv_ = 0, o_dfc_ = 0;
 };
 

@@ -79,13 +79,6 @@ void gelu_backward(Cpu, T* dx, const Xs* x, const T* dout, std::size_t n) {
   });
 }
 
-// out = a + b (+ c): residual sums.
-template <class T>
-void add_forward(Cpu, T* out, const T* a, const T* b, const T* c, std::size_t n) {
-#pragma omp parallel for schedule(static)
-  for (std::size_t i = 0; i < n; ++i) out[i] = c ? a[i] + b[i] + c[i] : a[i] + b[i];
-}
-
 template <class T>
 void copy(Cpu, T* dst, const T* src, std::size_t n) {
 #pragma omp parallel for schedule(static)

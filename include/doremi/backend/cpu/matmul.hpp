@@ -10,6 +10,7 @@
 #include "doremi/backend/cpu/cpu.hpp"
 #include "doremi/backend/cpu/gelu.hpp"
 #include "doremi/backend/cpu/gemm.hpp"
+#include "doremi/core/error.hpp"
 #include "doremi/model/config.hpp"
 
 namespace doremi::backend {
@@ -38,17 +39,26 @@ const auto* operand(const T* p, std::size_t n) {
 // out and bias: T, or both bf16 (P = bf16: an output that only feeds the
 // next layer's products, as autocast keeps it): the fp32 sum plus the bf16
 // bias, rounded once (what the GPU's GEMM epilogue computes).
+// residual (T outputs only; may be out itself): out = residual + x·Wᵀ + b,
+// the residual stream's add folded into the product (the GPU's GEMM reads it
+// as its C matrix).
 template <MatmulPrecision P = MatmulPrecision::native, class O, class X, class W, class Bias>
-void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N, int in, int out_dim) {
+void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N, int in, int out_dim,
+                    const O* residual = nullptr) {
   using namespace cpu;
   static_assert(std::is_same_v<Bias, O>, "matmul_forward: the bias has the output's type");
   using T = compute_t<O>;
   static_assert(std::is_same_v<O, T> || P == MatmulPrecision::bf16, "bf16 outputs need MatmulPrecision::bf16");
   T* acc = nullptr;
-  if constexpr (std::is_same_v<O, T>) acc = out;
-  else acc = scratch<T, 4>(std::size_t(N) * out_dim);
+  if constexpr (std::is_same_v<O, T>) {
+    acc = out;
+    if (residual && residual != out) std::copy_n(residual, std::size_t(N) * out_dim, out);
+  } else {
+    if (residual) fail("matmul_forward: a residual needs an output of the model's type");
+    acc = scratch<T, 4>(std::size_t(N) * out_dim);
+  }
   gemm(false, true, N, out_dim, in, operand<P, 0>(x, std::size_t(N) * in), in,
-       operand<P, 1>(w, std::size_t(out_dim) * in), in, acc, out_dim, false);
+       operand<P, 1>(w, std::size_t(out_dim) * in), in, acc, out_dim, residual != nullptr);
   if constexpr (std::is_same_v<O, T>) {
     if (bias) MatMap<T>(out, N, out_dim).rowwise() += Eigen::Map<const RowVec<T>>(bias, out_dim);
   } else {

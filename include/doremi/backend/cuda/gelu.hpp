@@ -31,11 +31,6 @@ __global__ void gelu_backward_kernel(T* dx, const X* x, const T* dout, std::size
   DOREMI_GRID_STRIDE(i, n) dx[i] = dout[i] * backend::gelu_grad<G>(compute_t<X>(x[i]));
 }
 
-template <class T>
-__global__ void add_kernel(T* out, const T* a, const T* b, const T* c, std::size_t n) {
-  DOREMI_GRID_STRIDE(i, n) out[i] = c ? a[i] + b[i] + c[i] : a[i] + b[i];
-}
-
 #undef DOREMI_GRID_STRIDE
 
 }  // namespace cuda
@@ -57,14 +52,6 @@ void gelu_backward(const Cuda& be, T* dx, const X* x, const T* dout, std::size_t
   DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::gelu_backward_kernel<G, T, cuda::plain_t<X>>)(
       dx, x, dout, n);
   DOREMI_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
-}
-
-// out = a + b (+ c): residual sums.
-template <class T>
-void add_forward(const Cuda& be, T* out, const T* a, const T* b, const T* c, std::size_t n) {
-  if (!n) return;
-  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::add_kernel)(out, a, b, c, n);
-  DOREMI_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
 // Device-to-device copy on the backend's stream.

@@ -73,23 +73,25 @@ inline std::uint32_t alignment_of(const void* p) {
   return r;
 }
 
-// Column-major D[m,n] = alpha·op(A)·op(B) + beta·D (+ bias[m] broadcast over
+// Column-major D[m,n] = alpha·op(A)·op(B) + beta·C (+ bias[m] broadcast over
 // columns when bias is given). A is stored [ta ? k : m, ta ? m : k] with
-// leading dimension lda, likewise B; D has leading dimension ldd.
-// Inputs A, B of type In; C = D and the bias of type Out (bf16 inputs may
-// accumulate into fp32 outputs: parameter gradients stay fp32). Returns false,
+// leading dimension lda, likewise B; C (D itself when null) and D have
+// leading dimension ldd. Inputs A, B of type In; C, D and the bias of type
+// Out (bf16 inputs may accumulate into fp32 outputs: parameter gradients stay
+// fp32). Returns false,
 // having done nothing, when cuBLASLt has no algorithm for the call
 // (lt_matmul below raises an error instead).
 template <class In, class Out = In>
 bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const In* A, int lda, const In* B, int ldb,
                    Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
-                   const std::type_identity_t<Out>* bias) {
+                   const std::type_identity_t<Out>* bias, const std::type_identity_t<Out>* C = nullptr) {
   using Ty = LtTypes<In>;
+  if (!C) C = D;
   const std::size_t ws = be.ctx->workspace.size();
   // The descriptors and the heuristic's choice depend on the shape, the types
   // and the operands' alignments: made once per such key, then reused.
   const LtKey key{Ty::data, LtTypes<Out>::data, ta, tb, m, n, k, lda, ldb, ldd, bias != nullptr, alignment_of(A),
-                  alignment_of(B), alignment_of(D) * 512 + (bias ? alignment_of(bias) : 0)};
+                  alignment_of(B), alignment_of(C), alignment_of(D) * 512 + (bias ? alignment_of(bias) : 0)};
   std::unique_ptr<LtPlan>& slot = be.ctx->lt_plans[key];
   if (!slot) {
     auto p = std::make_unique<LtPlan>();
@@ -125,7 +127,7 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     };
     set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, A);
     set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, B);
-    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, D);
+    set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, C);
     set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, D);
     cublasLtMatmulHeuristicResult_t heuristic{};
     int found = 0;
@@ -140,7 +142,7 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
   if (!p.found) return false;
   if (bias)  // the plan's descriptor, pointed at this call's bias (same alignment: part of the key)
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-  DOREMI_CUDA_CHECK(cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.c, &p.algo,
+  DOREMI_CUDA_CHECK(cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, D, p.c, &p.algo,
                                    be.ctx->workspace.data(), ws, be.stream()));
   return true;
 }
@@ -148,8 +150,8 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
 template <class In, class Out = In>
 void lt_matmul(const Cuda& be, bool ta, bool tb, int m, int n, int k, const In* A, int lda, const In* B, int ldb,
                Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
-               const std::type_identity_t<Out>* bias, const char* what) {
-  if (!lt_matmul_try<In, Out>(be, ta, tb, m, n, k, A, lda, B, ldb, D, ldd, alpha, beta, bias))
+               const std::type_identity_t<Out>* bias, const char* what, const std::type_identity_t<Out>* C = nullptr) {
+  if (!lt_matmul_try<In, Out>(be, ta, tb, m, n, k, A, lda, B, ldb, D, ldd, alpha, beta, bias, C))
     fail("cuBLASLt: no algorithm for {} (m={}, n={}, k={}, {}{}{})", what, m, n, k, ta ? "Aᵀ" : "A",
          tb ? "·Bᵀ" : "·B", bias ? ", bias epilogue" : "");
 }
@@ -265,22 +267,28 @@ constexpr void check_matmul_types() {
 // GEMMs accumulate in fp32 and write fp32, as backend::Cpu does. out may be
 // bf16 with a bf16 bias (an output that only feeds products): the epilogue
 // adds the bias to the fp32 sum and rounds once, as the CPU does.
+// residual (fp32/fp64 out only; may be out itself): out = residual + x·Wᵀ + b,
+// the residual stream's add done by the GEMM (its C matrix, beta = 1).
 template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
-void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bias, int N, int in, int out_dim) {
+void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bias, int N, int in, int out_dim,
+                    const T* residual = nullptr) {
+  const float beta = residual ? 1.0f : 0.0f;
   if constexpr (P == MatmulPrecision::bf16) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "bf16 products: fp32 or bf16 out");
     cuda::check_matmul_types<P, float, X, W>();
     if (N <= 0) return;
+    if (!std::is_same_v<T, float> && residual) fail("matmul_forward (cuda): a residual needs an fp32 output");
     const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
     // The bias in the GEMM's epilogue (cuBLASLt: the bias has D's type); where
-    // that finds no algorithm, the fp32 product, then a bias pass.
+    // that finds no algorithm, the product, then a bias pass.
     if (bias && cuda::lt_matmul_try<__nv_bfloat16, T>(be, true, false, out_dim, N, in, wb, in, xb, in, out, out_dim,
-                                                      1.0f, 0.0f, bias))
+                                                      1.0f, beta, bias, residual))
       return;
     const auto product = [&](auto* d) {
       using D = std::remove_pointer_t<decltype(d)>;
-      cuda::lt_matmul<__nv_bfloat16, D>(be, true, false, out_dim, N, in, wb, in, xb, in, d, out_dim, 1.0f, 0.0f,
-                                        static_cast<const D*>(nullptr), "matmul_forward (bf16 operands)");
+      cuda::lt_matmul<__nv_bfloat16, D>(be, true, false, out_dim, N, in, wb, in, xb, in, d, out_dim, 1.0f, beta,
+                                        static_cast<const D*>(nullptr), "matmul_forward (bf16 operands)",
+                                        reinterpret_cast<const D*>(residual));
     };
     if constexpr (std::is_same_v<T, float>) {
       product(out);
@@ -298,10 +306,11 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
     // fp32: the bias in the epilogue where cuBLASLt has an algorithm for it;
     // fp64, and fp32 otherwise: a bias pass after the product.
     if constexpr (std::is_same_v<T, float>)
-      if (bias && cuda::lt_matmul_try<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0), bias))
+      if (bias && cuda::lt_matmul_try<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(beta),
+                                         bias, residual))
         return;
-    cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(0),
-                       static_cast<const T*>(nullptr), "matmul_forward");
+    cuda::lt_matmul<T>(be, true, false, out_dim, N, in, w, in, x, in, out, out_dim, T(1), T(beta),
+                       static_cast<const T*>(nullptr), "matmul_forward", residual);
     if (bias) cuda::add_bias(be, out, static_cast<const T*>(out), bias, N, out_dim);
   }
 }
