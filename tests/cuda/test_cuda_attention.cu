@@ -54,18 +54,21 @@ struct GpuAttention {
   bool backward_repeats = false;  // a second backward gave the same bits
 };
 
-// Out: the output's storage (T, or bf16 as bf16 models keep it).
-template <class T, MatmulPrecision P = MatmulPrecision::native, class Out = T>
+// Out: the output's storage (T, or bf16 as bf16 models keep it); Grad: dout's
+// and dqkv's (likewise).
+template <class T, MatmulPrecision P = MatmulPrecision::native, class Out = T, class Grad = T>
 GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const std::vector<float>& dout,
                      const Rope& rope) {
   const int C = s.H * s.hd;
   const std::size_t N = std::size_t(s.B) * s.T;
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  auto d_qkv = upload_as<T>(qkv), d_dout = upload_as<T>(dout);
+  auto d_qkv = upload_as<T>(qkv);
+  auto d_dout = upload_as<Grad>(dout);
   auto d_cos = to_device(rope.cos), d_sin = to_device(rope.sin);
   DeviceBuffer<Out> d_out(N * C);
   DeviceBuffer<T> d_qkvr(N * 3 * C);
-  auto d_dqkv = to_device(std::vector<T>(N * 3 * C, T(nan))), d_dqkv2 = to_device(std::vector<T>(N * 3 * C, T(nan)));
+  auto d_dqkv = to_device(std::vector<Grad>(N * 3 * C, Grad(nan)));
+  auto d_dqkv2 = to_device(std::vector<Grad>(N * 3 * C, Grad(nan)));
   auto d_lse = to_device(std::vector<float>(std::size_t(s.B) * s.H * s.T, nan));
   backend::attention_forward<P>(gpu(), d_out.data(), d_qkvr.data(), d_lse.data(), d_qkv.data(), d_cos.data(),
                                 d_sin.data(), s.B, s.T, C, s.H, s.rot);
@@ -168,6 +171,11 @@ void tc_case(const AttnShape& s) {
   check_close(gb.out, round_bf16(g.out), 0.0, 1.0 / 256, "out (tensor cores, bf16 storage)");
   check_dqkv_parts(gb.dqkv, cpu.dqkv, C, s.hd, 2e-2, 1e-4, "tensor cores, bf16 out");
   CHECK(gb.backward_repeats);
+  // dout and dqkv in bf16 too (bf16 models keep these gradients so): the
+  // kernels see the same rounded dO as above and round dqkv once.
+  const auto gg = run_gpu<float, MatmulPrecision::bf16, __nv_bfloat16, __nv_bfloat16>(s, qkv, dout, rope);
+  check_close(gg.dqkv, round_bf16(gb.dqkv), 0.0, 0.0, "dqkv in bf16 from a bf16 dout (tensor cores)");
+  CHECK(gg.backward_repeats);
 }
 
 // The message of the doremi::Error that f throws ("" when none).

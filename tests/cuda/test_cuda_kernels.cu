@@ -158,6 +158,36 @@ TEST_CASE("cuda: layernorm pair forward and backward match the CPU's pair") {
   check_close(to_host(d_db1), db1, 1e-3, 1e-4, "pair db1");
   check_close(to_host(d_dw2), dw2, 1e-3, 1e-4, "pair dw2");
   check_close(to_host(d_db2), db2, 1e-3, 1e-4, "pair db2");
+
+  // bf16 output gradients (bf16 models keep them so), on both backends,
+  // against the CPU's pair on the rounded values in fp32.
+  const auto d1r = round_bf16(d1), d2r = round_bf16(d2);
+  std::vector<float> dxr = dx0, dw1r(C, 0.1f), db1r(C, 0.2f), dw2r(C, 0.3f), db2r(C, 0.4f);
+  backend::layernorm_pair_backward(Cpu{}, dxr.data(), dw1r.data(), db1r.data(), dw2r.data(), db2r.data(), d1r.data(),
+                                   d2r.data(), x.data(), w1.data(), w2.data(), mean.data(), rstd.data(), N, C);
+  std::vector<backend::cpu::bf16> d1b(d1.size()), d2b(d2.size());
+  for (std::size_t i = 0; i < d1.size(); ++i) {
+    d1b[i] = backend::cpu::to_bf16(d1[i]);
+    d2b[i] = backend::cpu::to_bf16(d2[i]);
+  }
+  std::vector<float> dxc = dx0, dw1c(C, 0.1f), db1c(C, 0.2f), dw2c(C, 0.3f), db2c(C, 0.4f);
+  backend::layernorm_pair_backward(Cpu{}, dxc.data(), dw1c.data(), db1c.data(), dw2c.data(), db2c.data(), d1b.data(),
+                                   d2b.data(), x.data(), w1.data(), w2.data(), mean.data(), rstd.data(), N, C);
+  check_close(dxc, dxr, 0.0, 0.0, "CPU pair dx from bf16 douts");
+  check_close(dw2c, dw2r, 0.0, 0.0, "CPU pair dw2 from bf16 douts");
+  check_close(db1c, db1r, 0.0, 0.0, "CPU pair db1 from bf16 douts");
+  auto d_d1b = to_device_bf16(d1), d_d2b = to_device_bf16(d2);
+  auto d_dxb = to_device(dx0);
+  auto d_dw1b = to_device(std::vector<float>(C, 0.1f)), d_db1b = to_device(std::vector<float>(C, 0.2f));
+  auto d_dw2b = to_device(std::vector<float>(C, 0.3f)), d_db2b = to_device(std::vector<float>(C, 0.4f));
+  backend::layernorm_pair_backward(gpu(), d_dxb.data(), d_dw1b.data(), d_db1b.data(), d_dw2b.data(), d_db2b.data(),
+                                   d_d1b.data(), d_d2b.data(), d_x.data(), d_w1.data(), d_w2.data(), d_mean.data(),
+                                   d_rstd.data(), N, C);
+  check_close(to_host(d_dxb), dxr, 1e-4, 1e-4, "pair dx (bf16 douts)");
+  check_close(to_host(d_dw1b), dw1r, 1e-3, 1e-4, "pair dw1 (bf16 douts)");
+  check_close(to_host(d_db1b), db1r, 1e-3, 1e-4, "pair db1 (bf16 douts)");
+  check_close(to_host(d_dw2b), dw2r, 1e-3, 1e-4, "pair dw2 (bf16 douts)");
+  check_close(to_host(d_db2b), db2r, 1e-3, 1e-4, "pair db2 (bf16 douts)");
 }
 
 template <Gelu G>
@@ -393,8 +423,66 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
       backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx3.data(), d_dw3.data(), static_cast<float*>(nullptr),
                                                       d_dout.data() + off, d_xb.data(), d_wb.data(), N, in, out);
       check_close(to_float(d_dx3), round_bf16(to_host_at(d_dx, off)), 1e-4, 1.0 / 128, "dx in bf16");
+      // dout in bf16 as well (bf16 models keep the gradients of activations
+      // that feed products so): the GEMMs read it as it is, the bias
+      // gradient sums the rounded values.
+      const auto d_doutb = to_device_bf16(dout);
+      DeviceBuffer<__nv_bfloat16> d_dx4(dx.size());
+      auto d_dw4 = to_device(dw0), d_db4 = to_device(db0);
+      backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx4.data(), d_dw4.data(),
+                                                      with_bias ? d_db4.data() : nullptr, d_doutb.data(), d_xb.data(),
+                                                      d_wb.data(), N, in, out);
+      check_close(to_float(d_dx4), to_float(d_dx3), 0.0, 0.0, "dx in bf16 from a bf16 dout");
+      check_close(to_host(d_dw4), to_host(d_dw3), 1e-6, 1e-6, "dW from a bf16 dout");
+      if (with_bias) {
+        std::vector<float> db_ref = db0;
+        for (int n = 0; n < N; ++n)
+          for (int j = 0; j < out; ++j) db_ref[std::size_t(j)] += doutr[std::size_t(n) * out + j];
+        check_close(to_host(d_db4), db_ref, 1e-3, 1e-4, "db from a bf16 dout");
+      }
     }
   }
+}
+
+// A parallel-residual block's two bias gradients from one sum of dout, and
+// the operand copy of dout its products read (bf16 models: rounded).
+TEST_CASE("cuda: bias_grads adds one column sum to several biases and leaves dout's operand copy") {
+  REQUIRE_GPU();
+  const int N = 130, width = 72;
+  const auto dout = randn(std::size_t(N) * width, 121), b1 = randn(width, 122), b2 = randn(width, 123);
+  std::vector<float> want1 = b1, want2 = b2;
+  for (int j = 0; j < width; ++j) {
+    double s = 0;
+    for (int n = 0; n < N; ++n) s += dout[std::size_t(n) * width + j];
+    want1[std::size_t(j)] += float(s);
+    want2[std::size_t(j)] += float(s);
+  }
+  std::vector<float> c1 = b1, c2 = b2;
+  std::vector<backend::cpu::bf16> cpu_copy(dout.size());
+  const auto* cpu_r = backend::bias_grads(Cpu{}, std::array{c1.data(), c2.data()}, cpu_copy.data(), dout.data(), N,
+                                          width);
+  CHECK(cpu_r == cpu_copy.data());
+  check_close(c1, want1, 1e-4, 1e-5, "CPU bias 1");
+  check_close(c2, want2, 1e-4, 1e-5, "CPU bias 2");
+  bool rounded = true;
+  for (std::size_t i = 0; i < dout.size(); ++i)
+    rounded = rounded && cpu_copy[i] == backend::cpu::to_bf16(dout[i]);
+  CHECK(rounded);
+
+  auto d_dout = to_device(dout), d_b1 = to_device(b1), d_b2 = to_device(b2);
+  DeviceBuffer<__nv_bfloat16> d_copy(dout.size());
+  const auto* r = backend::bias_grads(gpu(), std::array{d_b1.data(), d_b2.data()}, d_copy.data(), d_dout.data(), N,
+                                      width);
+  CHECK(r == d_copy.data());
+  check_close(to_host(d_b1), want1, 1e-4, 1e-5, "bias 1");
+  check_close(to_host(d_b2), want2, 1e-4, 1e-5, "bias 2");
+  check_close(to_float(d_copy), round_bf16(dout), 0.0, 0.0, "bf16 copy");
+  // An fp32 operand type: no copy, dout itself.
+  auto d_b3 = to_device(b1);
+  const float* same = backend::bias_grads(gpu(), std::array{d_b3.data()}, static_cast<float*>(nullptr), d_dout.data(),
+                                          N, width);
+  CHECK(same == d_dout.data());
+  check_close(to_host(d_b3), want1, 1e-4, 1e-5, "bias, fp32 operands");
 }
 
 // cuBLASLt plans are kept per shape: a second call of the same shape with

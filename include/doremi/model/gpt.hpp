@@ -12,6 +12,7 @@
 // w_j = 1/tokens and the DRO trainer passes its domain weights. Parameters and
 // gradients each live in one flat buffer (see params.hpp for the table of
 // tensors with their HuggingFace GPT-NeoX names).
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <span>
@@ -52,6 +53,9 @@ class Model {
   // scalar itself, or bf16 where the products take bf16 operands
   // (Cfg::matmul). The GPU's attention backward also reads the attention
   // output, for D = Σ dO·O: the rounded values, as FlashAttention does.
+  // The gradients of the activations that feed products (LayerNorm outputs,
+  // attention output, qkv, GELU output) are kept in it too, as autocast has
+  // them: the residual stream and its gradient stay in scalar.
   using operand_type = typename Backend::template operand<Cfg::matmul, scalar>;
 
   static constexpr int C = Cfg::n_embd, H = Cfg::n_head, L = Cfg::n_layer, V = Cfg::padded_vocab;
@@ -172,23 +176,35 @@ class Model {
       upload(be_, weights_.data(), tw, std::size_t(N));
       tw = weights_.data();
     }
-    classifier_backward<Cfg::matmul>(be_, d_ln1(), G + lay.embed_out, probs(), inv_sum(), tw, lnf(),
+    classifier_backward<Cfg::matmul>(be_, d_lnf(), G + lay.embed_out, probs(), inv_sum(), tw, lnf(),
                         P + lay.embed_out, targets_.data(), N, C, V);
     fill(be_, dres, scalar(0), std::size_t(N) * C);
-    layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_ln1(), res(L), P + lay.lnf_w, lnf_stats(),
+    layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_lnf(), res(L), P + lay.lnf_w, lnf_stats(),
                        lnf_stats() + N, N, C);
     for (int l = L - 1; l >= 0; --l) {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
-      // MLP branch (its output's gradient is dres in both residual styles).
-      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, G + w.fc2_b, dres, gel(l), weight(w.fc2_w), N, D, C);
+      // The branches' outputs have the gradient dres (parallel: both at once;
+      // else the MLP's, then, with LN2's share added, the attention's). Its
+      // bias gradients take one pass, which also leaves dres as the products
+      // read it (bf16 models: rounded, as autocast has it).
+      scalar* const no_bias = nullptr;
+      const scalar* const cdres = dres;
+      const operand_type* dr = nullptr;
+      if constexpr (Cfg::parallel_residual)
+        dr = bias_grads(be_, std::array{G + w.fc2_b, G + w.proj_b}, d_res_op(), cdres, N, C);
+      else
+        dr = bias_grads(be_, std::array{G + w.fc2_b}, d_res_op(), cdres, N, C);
+      // MLP branch.
+      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, no_bias, dr, gel(l), weight(w.fc2_w), N, D, C);
       gelu_matmul_backward<Cfg::matmul, Cfg::gelu>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), fc(l), ln2(l),
                                                    weight(w.fc_w), N, C, D);
-      if constexpr (!Cfg::parallel_residual)  // dres becomes d/dh = d/dx' + LN2's share
+      if constexpr (!Cfg::parallel_residual) {  // dres becomes d/dh = d/dx' + LN2's share
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), hres(l), P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
+        dr = bias_grads(be_, std::array{G + w.proj_b}, d_res_op(), cdres, N, C);
+      }
       // Attention branch.
-      matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, G + w.proj_b, dres, atty(l), weight(w.proj_w), N, C,
-                                   C);
+      matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, no_bias, dr, atty(l), weight(w.proj_w), N, C, C);
       attention_backward<Cfg::matmul>(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(),
                                       rope_sin_.data(), B, T, C, H, Cfg::rotary_dim);
       matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), weight(w.qkv_w), N, C,
@@ -329,7 +345,14 @@ class Model {
     op_layer_stride_ = for_backward ? at : 0;
     at *= layers;
     o_qkv_ = take(3 * N * Cs);  // read only by the attention forward (its rotated copy, qkvr, is kept)
-    o_dfc_ = for_backward ? take(N * D) : 0;  // the GELU output's gradient
+    if (for_backward) {  // the gradients of the activations above
+      o_dfc_ = take(N * D);
+      o_dln1_ = take(N * Cs);
+      o_dln2_ = take(N * Cs);
+      o_datty_ = take(N * Cs);
+      o_dqkv_ = take(3 * N * Cs);
+      o_dres_op_ = std::is_same_v<operand_type, scalar> ? 0 : take(N * Cs);
+    }
     if (op_acts_.size() < at) op_acts_.resize(at);
     // One layer of scalar buffers, then the ones used once per pass.
     at = 0;
@@ -350,10 +373,7 @@ class Model {
     o_inv_sum_ = take(N);
     if (for_backward) {
       o_dres_ = take(N * Cs);
-      o_dln1_ = take(N * Cs);
-      o_dln2_ = take(N * Cs);
-      o_datty_ = take(N * Cs);
-      o_dqkv_ = take(3 * N * Cs);
+      o_dlnf_ = take(N * Cs);
     }
     if (acts_.size() < at) acts_.resize(at);
     losses_.resize(N);
@@ -380,11 +400,13 @@ class Model {
   scalar* probs() { return act(o_probs_); }
   scalar* inv_sum() { return act(o_inv_sum_); }
   scalar* d_res() { return act(o_dres_); }
-  scalar* d_ln1() { return act(o_dln1_); }
-  scalar* d_ln2() { return act(o_dln2_); }
-  scalar* d_atty() { return act(o_datty_); }
-  scalar* d_qkv() { return act(o_dqkv_); }
+  scalar* d_lnf() { return act(o_dlnf_); }
+  operand_type* d_ln1() { return op_acts_.data() + o_dln1_; }
+  operand_type* d_ln2() { return op_acts_.data() + o_dln2_; }
+  operand_type* d_atty() { return op_acts_.data() + o_datty_; }
+  operand_type* d_qkv() { return op_acts_.data() + o_dqkv_; }
   operand_type* d_fc() { return op_acts_.data() + o_dfc_; }
+  operand_type* d_res_op() { return op_acts_.data() + o_dres_op_; }  // dres as the products read it
 
   Backend be_;
   Buffer<scalar> params_, grads_, acts_;
@@ -402,7 +424,8 @@ class Model {
   std::size_t o_res_ = 0, o_ln1_ = 0, o_ln1s_ = 0, o_qkv_ = 0, o_qkvr_ = 0, o_att_ = 0, o_atty_ = 0, o_h_ = 0,
               o_ln2_ = 0, o_ln2s_ = 0, o_fc_ = 0, o_gel_ = 0;
   std::size_t o_final_res_ = 0, o_lnf_ = 0, o_lnfs_ = 0, o_probs_ = 0, o_inv_sum_ = 0,
-              o_dres_ = 0, o_dln1_ = 0, o_dln2_ = 0, o_datty_ = 0, o_dqkv_ = 0, o_dfc_ = 0;
+              o_dres_ = 0, o_dlnf_ = 0, o_dln1_ = 0, o_dln2_ = 0, o_datty_ = 0, o_dqkv_ = 0, o_dfc_ = 0,
+              o_dres_op_ = 0;
 };
 
 }  // namespace doremi

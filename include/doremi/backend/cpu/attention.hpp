@@ -81,12 +81,11 @@ void attention_forward(Cpu, O* out, T* qkvr, T* att, const In* qkv, const T* rop
   }
 }
 
-// Overwrites dqkv with the gradient with respect to the (unrotated) qkv.
-// `out` (the forward's output) is unused here: flash-style backends need it.
-template <MatmulPrecision Precision = MatmulPrecision::native, class T, class O>
-void attention_backward(Cpu, T* dqkv, const T* dout, const O* /*out*/, const T* qkvr, const T* att, const T* rope_cos,
-                        const T* rope_sin, int B, int Tn, int C, int H, int rot) {
-  using namespace cpu;
+namespace cpu {
+
+template <class T>
+void attention_backward_t(T* dqkv, const T* dout, const T* qkvr, const T* att, const T* rope_cos, const T* rope_sin,
+                          int B, int Tn, int C, int H, int rot) {
   const int hd = C / H, half = rot / 2;
   const T scale = T(1) / std::sqrt(T(hd));
 #pragma omp parallel
@@ -135,6 +134,35 @@ void attention_backward(Cpu, T* dqkv, const T* dout, const O* /*out*/, const T* 
       }
     }
   }
+}
+
+}  // namespace cpu
+
+// Overwrites dqkv with the gradient with respect to the (unrotated) qkv.
+// `out` (the forward's output) is unused here: flash-style backends need it.
+// dqkv and dout may be bf16 with bf16 products (bf16 models keep the
+// gradients of activations that feed products so): computed in T from
+// dout's values, dqkv rounded once.
+template <MatmulPrecision Precision = MatmulPrecision::native, class T, class DQ, class DO, class O>
+void attention_backward(Cpu, DQ* dqkv, const DO* dout, const O* /*out*/, const T* qkvr, const T* att,
+                        const T* rope_cos, const T* rope_sin, int B, int Tn, int C, int H, int rot) {
+  using namespace cpu;
+  static_assert((std::is_same_v<DQ, T> && std::is_same_v<DO, T>) || Precision == MatmulPrecision::bf16,
+                "attention_backward: bf16 gradients need bf16 products");
+  const std::size_t N = std::size_t(B) * Tn;
+  T* dq = nullptr;
+  if constexpr (std::is_same_v<DQ, T>) dq = dqkv;
+  else dq = scratch<T, 6>(3 * N * C);
+  const T* d = nullptr;
+  if constexpr (std::is_same_v<DO, T>) {
+    d = dout;
+  } else {
+    T* copy = scratch<T, 7>(N * C);
+    convert(Cpu{}, copy, dout, N * C);
+    d = copy;
+  }
+  attention_backward_t(dq, d, qkvr, att, rope_cos, rope_sin, B, Tn, C, H, rot);
+  if constexpr (!std::is_same_v<DQ, T>) convert(Cpu{}, dqkv, static_cast<const T*>(dq), 3 * N * C);
 }
 
 }  // namespace doremi::backend

@@ -43,14 +43,16 @@ void layernorm_forward_k(const std::array<O*, K>& out, T* mean, T* rstd, const T
 }
 
 // dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = Σ_k dout[k]·w[k];
-// dw[k] += Σ_n dout[k]·x̂, db[k] += Σ_n dout[k].
-template <std::size_t K, class T>
+// dw[k] += Σ_n dout[k]·x̂, db[k] += Σ_n dout[k]. dout: T, or bf16 (bf16
+// models keep the gradients of the outputs that feed products so).
+template <std::size_t K, class T, class D>
 void layernorm_backward_k(T* dx, const std::array<T*, K>& dw, const std::array<T*, K>& db,
-                          const std::array<const T*, K>& dout, const T* x, const std::array<const T*, K>& w,
+                          const std::array<const D*, K>& douts, const T* x, const std::array<const T*, K>& w,
                           const T* mean, const T* rstd, int N, int C) {
+  const auto dout = [&](std::size_t k, std::size_t o) { return cast_to<T>(douts[k][o]); };
   auto g = [&](std::size_t o, int c) {
-    T s = dout[0][o] * w[0][c];
-    for (std::size_t k = 1; k < K; ++k) s += dout[k][o] * w[k][c];
+    T s = dout(0, o) * w[0][c];
+    for (std::size_t k = 1; k < K; ++k) s += dout(k, o) * w[k][c];
     return s;
   };
 #pragma omp parallel for schedule(static)
@@ -60,8 +62,8 @@ void layernorm_backward_k(T* dx, const std::array<T*, K>& dw, const std::array<T
     const T m = mean[n], r = rstd[n];
     double sg = 0, sgx = 0;
     for (int c = 0; c < C; ++c) {
-      double gc = double(dout[0][row + c]) * w[0][c];
-      for (std::size_t k = 1; k < K; ++k) gc += double(dout[k][row + c]) * w[k][c];
+      double gc = double(dout(0, row + c)) * w[0][c];
+      for (std::size_t k = 1; k < K; ++k) gc += double(dout(k, row + c)) * w[k][c];
       sg += gc;
       sgx += gc * (double(xn[c] - m) * r);
     }
@@ -77,11 +79,11 @@ void layernorm_backward_k(T* dx, const std::array<T*, K>& dw, const std::array<T
     const T* xn = x + row;
     const T m = mean[n], r = rstd[n];
     for (std::size_t k = 0; k < K; ++k) {
-      const T* dn = dout[k] + row;
       double* ak = a + 2 * k * Cs;
       for (std::size_t c = 0; c < Cs; ++c) {
-        ak[c] += double(dn[c]) * double((xn[c] - m) * r);
-        ak[Cs + c] += dn[c];
+        const T d = dout(k, row + c);
+        ak[c] += double(d) * double((xn[c] - m) * r);
+        ak[Cs + c] += d;
       }
     }
   });
@@ -101,8 +103,8 @@ void layernorm_forward(Cpu, O* out, T* mean, T* rstd, const T* x, const T* w, co
   cpu::layernorm_forward_k<1>(std::array{out}, mean, rstd, x, std::array{w}, std::array{b}, N, C, eps);
 }
 
-template <class T>
-void layernorm_backward(Cpu, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean,
+template <class T, class D>
+void layernorm_backward(Cpu, T* dx, T* dw, T* db, const D* dout, const T* x, const T* w, const T* mean,
                         const T* rstd, int N, int C) {
   cpu::layernorm_backward_k<1>(dx, std::array{dw}, std::array{db}, std::array{dout}, x, std::array{w}, mean, rstd,
                                N, C);
@@ -119,8 +121,8 @@ void layernorm_pair_forward(Cpu, O* out1, O* out2, T* mean, T* rstd, const T* x,
 
 // The backward of layernorm_pair_forward: dx gets both LayerNorms' shares
 // (in one pass), dw1, db1, dw2, db2 their sums.
-template <class T>
-void layernorm_pair_backward(Cpu, T* dx, T* dw1, T* db1, T* dw2, T* db2, const T* dout1, const T* dout2, const T* x,
+template <class T, class D>
+void layernorm_pair_backward(Cpu, T* dx, T* dw1, T* db1, T* dw2, T* db2, const D* dout1, const D* dout2, const T* x,
                              const T* w1, const T* w2, const T* mean, const T* rstd, int N, int C) {
   cpu::layernorm_backward_k<2>(dx, std::array{dw1, dw2}, std::array{db1, db2}, std::array{dout1, dout2}, x,
                                std::array{w1, w2}, mean, rstd, N, C);

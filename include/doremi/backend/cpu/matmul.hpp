@@ -7,6 +7,8 @@
 // P = MatmulPrecision::bf16 rounds the operands of each product to bf16 (into
 // per-thread scratch) and accumulates in fp32; weights, activations and
 // gradients stay fp32 everywhere else.
+#include <array>
+
 #include "doremi/backend/cpu/cpu.hpp"
 #include "doremi/backend/cpu/gelu.hpp"
 #include "doremi/backend/cpu/gemm.hpp"
@@ -71,14 +73,16 @@ void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N
   }
 }
 
-// dx may be bf16 with P = bf16 (the gradient of an activation kept in bf16,
-// as autocast keeps it): the fp32 sums rounded once.
-template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class X, class W>
-void matmul_backward(Cpu, DX* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
+// dx and dout may be bf16 with P = bf16 (gradients of activations kept in
+// bf16, as autocast keeps them): dx is the fp32 sums rounded once.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class DO, class X, class W>
+void matmul_backward(Cpu, DX* dx, T* dw, T* dbias, const DO* dout, const X* x, const W* w, int N, int in,
                      int out_dim) {
   using namespace cpu;
   static_assert(std::is_same_v<DX, T> || (P == MatmulPrecision::bf16 && std::is_same_v<DX, bf16>),
                 "matmul_backward: dx of the model's type, or bf16 with bf16 products");
+  static_assert(std::is_same_v<DO, T> || (P == MatmulPrecision::bf16 && std::is_same_v<DO, bf16>),
+                "matmul_backward: dout of the model's type, or bf16 with bf16 products");
   const auto* dy = operand<P, 0>(dout, std::size_t(N) * out_dim);
   if (dx) {
     T* acc = nullptr;
@@ -88,15 +92,41 @@ void matmul_backward(Cpu, DX* dx, T* dw, T* dbias, const T* dout, const X* x, co
     if constexpr (!std::is_same_v<DX, T>) convert(Cpu{}, dx, static_cast<const T*>(acc), std::size_t(N) * in);
   }
   gemm(true, false, out_dim, in, N, dy, out_dim, operand<P, 2>(x, std::size_t(N) * in), in, dw, in, true);
-  if (dbias) Eigen::Map<RowVec<T>>(dbias, out_dim) += CMatMap<T>(dout, N, out_dim).colwise().sum();
+  if (!dbias) return;
+  if constexpr (std::is_same_v<DO, T>) {
+    Eigen::Map<RowVec<T>>(dbias, out_dim) += CMatMap<T>(dout, N, out_dim).colwise().sum();
+  } else {
+    const std::size_t n = std::size_t(N) * out_dim;
+    T* d = scratch<T, 6>(n);
+    convert(Cpu{}, d, dout, n);
+    Eigen::Map<RowVec<T>>(dbias, out_dim) += CMatMap<T>(d, N, out_dim).colwise().sum();
+  }
+}
+
+// The bias gradients of layers that read one output gradient (a
+// parallel-residual block's attention projection and MLP output):
+// dbias[k] += Σ_n dout[n, ·] for each k, from one sum. Returns dout as the
+// layers' products read it: dout itself where O is T, else its copy in
+// `copy`, rounded to O (P = bf16; pass it to matmul_backward with no bias).
+template <class T, class O, std::size_t M>
+const O* bias_grads(Cpu, const std::array<T*, M>& dbias, O* copy, const T* dout, int N, int width) {
+  using namespace cpu;
+  const RowVec<T> sums = CMatMap<T>(dout, N, width).colwise().sum();
+  for (T* d : dbias) Eigen::Map<RowVec<T>>(d, width) += sums;
+  if constexpr (std::is_same_v<O, T>) {
+    return dout;
+  } else {
+    convert(Cpu{}, copy, dout, std::size_t(N) * width);
+    return copy;
+  }
 }
 
 // The backward of y = x·Wᵀ + b followed by a GELU (pre = the GELU's input,
 // T or bf16 as the forward stored it): dgelu becomes dy = dgelu ⊙ gelu'(pre),
 // then matmul_backward with dout = dy. dgelu is scratch afterwards (the CUDA
 // backend fuses the two).
-template <MatmulPrecision P, Gelu G, class T, class DY, class Pre, class X, class W>
-void gelu_matmul_backward(Cpu, T* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w, int N,
+template <MatmulPrecision P, Gelu G, class T, class DX, class DY, class Pre, class X, class W>
+void gelu_matmul_backward(Cpu, DX* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w, int N,
                           int in, int out_dim) {
   const std::size_t n = std::size_t(N) * out_dim;
   T* dy = nullptr;  // dgelu itself, or (bf16 dgelu) an fp32 copy

@@ -588,41 +588,73 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qk
 
 // Overwrites dqkv [B·T, 3C] with the gradient with respect to the unrotated
 // qkv, from dout, the forward's out, qkvr and lse. Needs B·H·T floats of the
-// backend's scratch (D) and, for the tensor-core kernels, B·T·C bf16 of its
-// operand area (dout rounded, made by the D pass). P as in attention_forward
-// (use the same P for both).
-template <MatmulPrecision P = MatmulPrecision::native, class T, class O>
-void attention_backward(const Cuda& be, T* dqkv, const T* dout, const O* out, const T* qkvr, const float* lse,
+// backend's scratch (D) and, for the tensor-core kernels with a T-typed dout,
+// B·T·C bf16 of its operand area (dout rounded, made by the D pass). P as in
+// attention_forward (use the same P for both). dqkv and dout may be bf16 with
+// P = bf16 (bf16 models keep the gradients of activations that feed products
+// so): the tensor-core kernels read that dout as it is and write dqkv rounded
+// once; the fp32 kernels go through fp32 copies in the operand area.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class DQ, class DO, class O>
+void attention_backward(const Cuda& be, DQ* dqkv, const DO* dout, const O* out, const T* qkvr, const float* lse,
                         const float* rope_cos, const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "attention (cuda): storage float or __nv_bfloat16");
+  static_assert((std::is_same_v<DQ, T> && std::is_same_v<DO, T>) || P == MatmulPrecision::bf16,
+                "attention_backward (cuda): bf16 gradients need bf16 products");
+  using Dq = cuda::plain_t<DQ>;
+  using Do = cuda::plain_t<DO>;
+  using Out = cuda::plain_t<O>;
   const int hd = cuda::attention_check(B, Tn, C, H, rot);
-  const std::size_t rows = std::size_t(B) * H * Tn;
+  const std::size_t rows = std::size_t(B) * H * Tn, n = std::size_t(B) * Tn * C;
   float* Dv = static_cast<float*>(be.ctx->scratch_bytes(rows * sizeof(float)));
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
   const unsigned grid = cuda::blocks_for(rows * 32, 256);
   if (path == cuda::AttentionPath::fp32) {
-    DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, false, cuda::plain_t<O>>)(Dv, nullptr, dout, out, B,
-        Tn, C, H);
+    // The fp32 kernels read and write T: bf16 gradients through T copies.
+    T* const copies = std::is_same_v<Dq, T> && std::is_same_v<Do, T>
+                          ? nullptr
+                          : static_cast<T*>(be.ctx->operand_bytes(4 * n * sizeof(T)));
+    const T* d = nullptr;
+    if constexpr (std::is_same_v<Do, T>) {
+      d = dout;
+    } else {
+      convert(be, copies, static_cast<const Do*>(dout), n);
+      d = copies;
+    }
+    T* dq = nullptr;
+    if constexpr (std::is_same_v<Dq, T>) dq = dqkv;
+    else dq = copies + n;
+    DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, false, Out>)(Dv, nullptr, d, out,
+                                                                                              B, Tn, C, H);
     DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
     cuda::dispatch_head_dim(hd, [&](auto hdc) {
-      cuda::attention_backward_launch<decltype(hdc)::value>(be, dqkv, dout, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn,
-                                                            C, H, rot);
+      cuda::attention_backward_launch<decltype(hdc)::value>(be, dq, d, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H,
+                                                            rot);
     });
+    if constexpr (!std::is_same_v<Dq, T>) convert(be, static_cast<Dq*>(dqkv), static_cast<const T*>(dq), 3 * n);
     return;
   }
-  auto* const dout_bf16 =
-      static_cast<__nv_bfloat16*>(be.ctx->operand_bytes(std::size_t(B) * Tn * C * sizeof(__nv_bfloat16)));
-  DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, true, cuda::plain_t<O>>)(Dv, dout_bf16, dout, out, B,
-      Tn, C, H);
+  // Tensor cores: dO as bf16, as it is or rounded by the D pass.
+  const __nv_bfloat16* dO = nullptr;
+  if constexpr (std::is_same_v<Do, __nv_bfloat16>) {
+    dO = dout;
+    DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<Do, false, Out>)(Dv, nullptr, dout,
+                                                                                               out, B, Tn, C, H);
+  } else {
+    auto* const dout_bf16 = static_cast<__nv_bfloat16*>(be.ctx->operand_bytes(n * sizeof(__nv_bfloat16)));
+    dO = dout_bf16;
+    DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<Do, true, Out>)(Dv, dout_bf16, dout,
+                                                                                              out, B, Tn, C, H);
+  }
   DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
-  const __nv_bfloat16 *dO = dout_bf16, *q = reinterpret_cast<const __nv_bfloat16*>(qkvr);
+  const auto* q = reinterpret_cast<const __nv_bfloat16*>(qkvr);
+  auto* const dq = static_cast<Dq*>(dqkv);
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     if (path == cuda::AttentionPath::mma)
-      cuda::attention_mma_backward_launch<HD>(be, dqkv, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
+      cuda::attention_mma_backward_launch<HD>(be, dq, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
     else
-      cuda::attention_tc_backward_launch<HD>(be, dqkv, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
+      cuda::attention_tc_backward_launch<HD>(be, dq, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
   });
 }
 

@@ -24,21 +24,23 @@ __device__ inline A warp_sum(A v) {
 }
 
 // K LayerNorms of one input: out[k] = x̂·w[k] + b[k] (forward); their
-// outputs' gradients and weights (backward).
+// outputs' gradients (D: T, or bf16 as bf16 models keep them) and weights
+// (backward).
 template <class T, class O, int K>
 struct LayerNormOutputs {
   O* out[K];
   const T* w[K];
   const T* b[K];
 };
-template <class T, int K>
+template <class T, int K, class D = T>
 struct LayerNormGrads {
-  const T* dout[K];
+  const D* douts[K];
   const T* w[K];
+  __device__ T dout(int k, std::size_t o) const { return T(douts[k][o]); }
   __device__ T g(std::size_t o, int c) const {  // Σ_k dout[k]·w[k], as the CPU sums it
-    T s = dout[0][o] * w[0][c];
+    T s = dout(0, o) * w[0][c];
 #pragma unroll
-    for (int k = 1; k < K; ++k) s += dout[k][o] * w[k][c];
+    for (int k = 1; k < K; ++k) s += dout(k, o) * w[k][c];
     return s;
   }
 };
@@ -73,8 +75,8 @@ __global__ void layernorm_forward_kernel(LayerNormOutputs<T, O, K> p, T* mean, T
 }
 
 // dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = Σ_k dout[k]·w[k], one warp per row.
-template <class T, int K>
-__global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K> p, const T* x, const T* mean,
+template <class T, int K, class D>
+__global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K, D> p, const T* x, const T* mean,
                                              const T* rstd, int N, int C) {
   using A = Acc<T>;
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -85,9 +87,9 @@ __global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K> p, cons
   const T m = mean[row], r = rstd[row];
   A sg = 0, sgx = 0;
   for (int c = lane; c < C; c += 32) {
-    A g = A(p.dout[0][o + c]) * A(p.w[0][c]);
+    A g = A(p.dout(0, o + c)) * A(p.w[0][c]);
 #pragma unroll
-    for (int k = 1; k < K; ++k) g += A(p.dout[k][o + c]) * A(p.w[k][c]);
+    for (int k = 1; k < K; ++k) g += A(p.dout(k, o + c)) * A(p.w[k][c]);
     sg += g;
     sgx += g * A((xn[c] - m) * r);
   }
@@ -97,9 +99,9 @@ __global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K> p, cons
 }
 
 // Row n, column c of the parameters' sums: dout[k]·x̂ (dw[k]) and dout[k] (db[k]).
-template <class T, int K>
+template <class T, int K, class D>
 struct LayerNormParamGrads {
-  LayerNormGrads<T, K> p;
+  LayerNormGrads<T, K, D> p;
   const T* x;
   const T* mean;
   const T* rstd;
@@ -110,8 +112,9 @@ struct LayerNormParamGrads {
     ColumnSums<Acc<T>, 2 * K> s;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      s.v[2 * k] = Acc<T>(p.dout[k][o]) * xh;
-      s.v[2 * k + 1] = Acc<T>(p.dout[k][o]);
+      const Acc<T> d = Acc<T>(p.dout(k, o));
+      s.v[2 * k] = d * xh;
+      s.v[2 * k + 1] = d;
     }
     return s;
   }
@@ -130,15 +133,15 @@ void layernorm_forward_k(const Cuda& be, LayerNormOutputs<T, O, K> p, T* mean, T
 }
 
 // dw and db are in order: dw[0], db[0], dw[1], ...
-template <int K, class T>
-void layernorm_backward_k(const Cuda& be, T* dx, ColumnOuts<T, 2 * K> dwdb, LayerNormGrads<T, K> p, const T* x,
+template <int K, class T, class D>
+void layernorm_backward_k(const Cuda& be, T* dx, ColumnOuts<T, 2 * K> dwdb, LayerNormGrads<T, K, D> p, const T* x,
                           const T* mean, const T* rstd, int N, int C) {
   if (N <= 0) return;
   constexpr int rows = layernorm_rows_per_block;
-  DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), layernorm_backward_dx_kernel<T, K>)(
+  DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), layernorm_backward_dx_kernel<T, K, D>)(
       dx, p, x, mean, rstd, N, C);
   DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_dx_kernel");
-  column_reduce_add<Acc<T>, 2 * K>(be, dwdb, N, C, LayerNormParamGrads<T, K>{p, x, mean, rstd, C});
+  column_reduce_add<Acc<T>, 2 * K>(be, dwdb, N, C, LayerNormParamGrads<T, K, D>{p, x, mean, rstd, C});
 }
 
 }  // namespace cuda
@@ -151,11 +154,13 @@ void layernorm_forward(const Cuda& be, O* out, T* mean, T* rstd, const T* x, con
                                N, C, eps);
 }
 
-template <class T>
-void layernorm_backward(const Cuda& be, T* dx, T* dw, T* db, const T* dout, const T* x, const T* w, const T* mean,
+// dout: T, or bf16 (Cuda::operand: bf16 models keep the gradients of the
+// outputs that feed products so).
+template <class T, class D>
+void layernorm_backward(const Cuda& be, T* dx, T* dw, T* db, const D* dout, const T* x, const T* w, const T* mean,
                         const T* rstd, int N, int C) {
-  cuda::layernorm_backward_k<1>(be, dx, cuda::ColumnOuts<T, 2>{{dw, db}}, cuda::LayerNormGrads<T, 1>{{dout}, {w}}, x,
-                                mean, rstd, N, C);
+  cuda::layernorm_backward_k<1>(be, dx, cuda::ColumnOuts<T, 2>{{dw, db}},
+                                cuda::LayerNormGrads<T, 1, cuda::plain_t<D>>{{dout}, {w}}, x, mean, rstd, N, C);
 }
 
 // Two LayerNorms of one x (see backend/cpu/layernorm.hpp).
@@ -166,11 +171,12 @@ void layernorm_pair_forward(const Cuda& be, O* out1, O* out2, T* mean, T* rstd, 
                                mean, rstd, x, N, C, eps);
 }
 
-template <class T>
-void layernorm_pair_backward(const Cuda& be, T* dx, T* dw1, T* db1, T* dw2, T* db2, const T* dout1, const T* dout2,
+template <class T, class D>
+void layernorm_pair_backward(const Cuda& be, T* dx, T* dw1, T* db1, T* dw2, T* db2, const D* dout1, const D* dout2,
                              const T* x, const T* w1, const T* w2, const T* mean, const T* rstd, int N, int C) {
   cuda::layernorm_backward_k<2>(be, dx, cuda::ColumnOuts<T, 4>{{dw1, db1, dw2, db2}},
-                                cuda::LayerNormGrads<T, 2>{{dout1, dout2}, {w1, w2}}, x, mean, rstd, N, C);
+                                cuda::LayerNormGrads<T, 2, cuda::plain_t<D>>{{dout1, dout2}, {w1, w2}}, x, mean, rstd,
+                                N, C);
 }
 
 }  // namespace doremi::backend

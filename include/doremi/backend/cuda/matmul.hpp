@@ -317,16 +317,18 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
 
 namespace cuda {
 
-// The bf16-operand backward: dout's bf16 copy made by the bias-gradient pass
-// (from `rows`, a DoutToBf16 source) when there is a bias, else converted from
-// dout_f32; then dx = dout·W and dW += doutᵀ·x.
+// The bf16-operand backward: dx = dout·W and dW += doutᵀ·x. dout is bf16
+// (read as it is; the bias-gradient pass sums it) or fp32 / computed: then
+// the bias-gradient pass, reading `rows` (a DoutToBf16 source), also makes
+// its bf16 copy (one read for both); without a bias, dout_f32 is converted.
 template <class Dout, class DX, class X, class W>
-void matmul_backward_bf16(const Cuda& be, DX* dx, float* dw, float* dbias, const float* dout_f32, Dout rows,
+void matmul_backward_bf16(const Cuda& be, DX* dx, float* dw, float* dbias, Bf16Operand dout, Dout rows,
                           const X* x, const W* w, int N, int in, int out_dim) {
-  const auto [dyb, xb, wb] = to_bf16_operands<3>(
-      be, {{{dbias ? nullptr : dout_f32, std::size_t(N) * out_dim}, {x, std::size_t(N) * in},
-            {w, std::size_t(out_dim) * in}}});
-  if (dbias)
+  if (dbias && !dout.b16) dout.f32 = nullptr;  // space for the copy the bias pass writes
+  const auto [dyb, xb, wb] = to_bf16_operands<3>(be, {{dout, {x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
+  if (dbias && dout.b16)
+    column_reduce_add<float>(be, dbias, N, out_dim, RowOf<__nv_bfloat16>{dout.b16, out_dim});
+  else if (dbias)
     column_reduce_add<float>(be, dbias, N, out_dim,
                              DoutToBf16<Dout>{rows, out_dim, const_cast<__nv_bfloat16*>(dyb)});  // our copy's space
   if (dx)
@@ -338,18 +340,25 @@ void matmul_backward_bf16(const Cuda& be, DX* dx, float* dw, float* dbias, const
 
 }  // namespace cuda
 
-// dx may be bf16 with P = bf16 (the gradient of an activation kept in bf16,
-// as autocast keeps it: the GEMM rounds its fp32 sums once).
-template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class X, class W>
-void matmul_backward(const Cuda& be, DX* dx, T* dw, T* dbias, const T* dout, const X* x, const W* w, int N, int in,
+// dx and dout may be bf16 with P = bf16 (gradients of activations kept in
+// bf16, as autocast keeps them: the dx GEMM rounds its fp32 sums once).
+template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class DO, class X, class W>
+void matmul_backward(const Cuda& be, DX* dx, T* dw, T* dbias, const DO* dout, const X* x, const W* w, int N, int in,
                      int out_dim) {
   cuda::check_matmul_types<P, T, X, W>();
   static_assert(std::is_same_v<DX, T> || (P == MatmulPrecision::bf16 && std::is_same_v<DX, __nv_bfloat16>),
                 "matmul_backward: dx of the model's type, or bf16 with bf16 products");
+  static_assert(std::is_same_v<DO, T> || (P == MatmulPrecision::bf16 && std::is_same_v<DO, __nv_bfloat16>),
+                "matmul_backward: dout of the model's type, or bf16 with bf16 products");
   if (N <= 0) return;
   if constexpr (P == MatmulPrecision::bf16) {
-    cuda::matmul_backward_bf16(be, static_cast<cuda::plain_t<DX>*>(dx), dw, dbias, dout, cuda::StoredDout{dout}, x,
-                               w, N, in, out_dim);
+    using D = cuda::plain_t<DO>;
+    const auto* d = static_cast<const D*>(dout);
+    const float* f32 = nullptr;
+    if constexpr (std::is_same_v<D, float>) f32 = d;
+    cuda::matmul_backward_bf16(be, static_cast<cuda::plain_t<DX>*>(dx), dw, dbias,
+                               cuda::Bf16Operand(d, std::size_t(N) * out_dim), cuda::StoredDout{f32}, x, w, N, in,
+                               out_dim);
   } else {
     if (dx)
       cuda::lt_matmul<T>(be, false, false, in, N, out_dim, w, in, dout, out_dim, dx, in, T(1), T(0), nullptr,
@@ -360,26 +369,66 @@ void matmul_backward(const Cuda& be, DX* dx, T* dw, T* dbias, const T* dout, con
   }
 }
 
+namespace cuda {
+template <int M, class A, class F>
+struct RepeatedSum {  // f's value as each of M sums
+  F f;
+  __device__ ColumnSums<A, M> operator()(int n, int j) const {
+    const A v = f(n, j);
+    ColumnSums<A, M> s;
+#pragma unroll
+    for (int m = 0; m < M; ++m) s.v[m] = v;
+    return s;
+  }
+};
+}  // namespace cuda
+
+// The bias gradients of layers that read one output gradient (a
+// parallel-residual block's attention projection and MLP output):
+// dbias[k] += Σ_n dout[n, ·] for each k, in one pass over dout. Returns dout
+// as the layers' products read it: dout itself where O is T, else its bf16
+// copy in `copy`, written by the same pass (pass it to matmul_backward with
+// no bias).
+template <class T, class O, std::size_t M>
+const O* bias_grads(const Cuda& be, const std::array<T*, M>& dbias, O* copy, const T* dout, int N, int width) {
+  constexpr int m = int(M);
+  cuda::ColumnOuts<T, m> outs{};
+  for (int k = 0; k < m; ++k) outs.p[k] = dbias[std::size_t(k)];
+  using A = cuda::Acc<T>;
+  if constexpr (std::is_same_v<cuda::plain_t<O>, T>) {
+    cuda::column_reduce_add<A, m>(be, outs, N, width, cuda::RepeatedSum<m, A, cuda::RowOf<T>>{{dout, width}});
+    return dout;
+  } else {
+    static_assert(std::is_same_v<T, float> && std::is_same_v<cuda::plain_t<O>, __nv_bfloat16>,
+                  "bias_grads: an fp32 gradient with a bf16 copy");
+    using F = cuda::DoutToBf16<cuda::StoredDout>;
+    cuda::column_reduce_add<A, m>(be, outs, N, width,
+                                  cuda::RepeatedSum<m, A, F>{F{cuda::StoredDout{dout}, width, copy}});
+    return copy;
+  }
+}
+
 // The backward of y = x·Wᵀ + b followed by a GELU: dy = dgelu ⊙ gelu'(pre)
 // (pre = the GELU's input), then matmul_backward with dout = dy; dgelu is
 // scratch afterwards (as on the CPU). With bf16 operands and a bias, dy is
 // never stored: the bias-gradient pass computes it, sums it and leaves its
 // bf16 copy for the GEMMs (one pass instead of three over [N, out]). dgelu
 // and pre may be bf16 there (bf16 models keep them so).
-template <MatmulPrecision P, Gelu G, class T, class DY, class Pre, class X, class W>
-void gelu_matmul_backward(const Cuda& be, T* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w,
+template <MatmulPrecision P, Gelu G, class T, class DX, class DY, class Pre, class X, class W>
+void gelu_matmul_backward(const Cuda& be, DX* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w,
                           int N, int in, int out_dim) {
   if constexpr (P == MatmulPrecision::bf16) {
     cuda::check_matmul_types<P, T, X, W>();
     if (N > 0 && dbias) {
-      cuda::matmul_backward_bf16(be, dx, dw, dbias, static_cast<const float*>(nullptr),
+      cuda::matmul_backward_bf16(be, static_cast<cuda::plain_t<DX>*>(dx), dw, dbias,
+                                 cuda::Bf16Operand(static_cast<const float*>(nullptr), std::size_t(N) * out_dim),
                                  cuda::GeluDout<G, cuda::plain_t<Pre>, cuda::plain_t<DY>>{dgelu, pre}, x, w, N, in,
                                  out_dim);
       return;
     }
   }
-  if constexpr (!std::is_same_v<DY, T>) {
-    fail("gelu_matmul_backward: a bf16 GELU gradient needs the fused path (bf16 products and a bias)");
+  if constexpr (!std::is_same_v<DY, T> || !std::is_same_v<DX, T>) {
+    fail("gelu_matmul_backward: bf16 gradients need the fused path (bf16 products and a bias)");
   } else {
     gelu_backward<G>(be, dgelu, pre, dgelu, std::size_t(N) * out_dim);
     matmul_backward<P>(be, dx, dw, dbias, static_cast<const T*>(dgelu), x, w, N, in, out_dim);
