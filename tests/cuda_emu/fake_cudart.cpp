@@ -3,7 +3,8 @@
 // layer functions (kernels launched through cuda_emu.hpp) run on machines
 // without a GPU or driver. cuBLASLt's matrix products are computed here on
 // the host (plain loops, sums in double), with the descriptor attributes
-// matmul.hpp sets (transposes, bias epilogue).
+// matmul.hpp sets (transposes, bias and GELU_AUX(_BIAS) epilogues).
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -81,6 +82,8 @@ struct Desc {
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;
   cudaDataType_t bias_type = CUDA_R_32F;
+  void* aux = nullptr;  // GELU_AUX: the GELU's input, D's type and layout with leading dimension aux_ld
+  std::int64_t aux_ld = 0;
 };
 struct Layout {
   cudaDataType_t type;
@@ -122,6 +125,8 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
     case CUBLASLT_MATMUL_DESC_EPILOGUE: std::memcpy(&desc.epilogue, buf, bytes); break;
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER: std::memcpy(&desc.bias, buf, bytes); break;
     case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: std::memcpy(&desc.bias_type, buf, bytes); break;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: std::memcpy(&desc.aux, buf, bytes); break;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: std::memcpy(&desc.aux_ld, buf, bytes); break;
     default: return CUBLAS_STATUS_NOT_SUPPORTED;
   }
   return CUBLAS_STATUS_SUCCESS;
@@ -151,16 +156,17 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t, 
                                                     const void*, size_t) {
   return CUBLAS_STATUS_SUCCESS;
 }
-// DOREMI_EMU_NO_BIAS_EPILOGUE=1: no algorithm for bias epilogues, as cuBLASLt
-// may answer for some shapes and alignments (the callers' fallbacks then run).
+// DOREMI_EMU_NO_BIAS_EPILOGUE=1: no algorithm for bias or GELU epilogues, as
+// cuBLASLt may answer for some shapes and alignments (the callers' fallbacks
+// then run).
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t,
                                               cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
                                               cublasLtMatmulPreference_t, int, cublasLtMatmulHeuristicResult_t* r,
                                               int* found) {
   *r = {};
   const char* no_bias = std::getenv("DOREMI_EMU_NO_BIAS_EPILOGUE");
-  const bool bias = reinterpret_cast<const Desc*>(op)->epilogue == CUBLASLT_EPILOGUE_BIAS;
-  *found = bias && no_bias && std::string_view(no_bias) == "1" ? 0 : 1;
+  const bool epilogue = reinterpret_cast<const Desc*>(op)->epilogue != CUBLASLT_EPILOGUE_DEFAULT;
+  *found = epilogue && no_bias && std::string_view(no_bias) == "1" ? 0 : 1;
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -178,8 +184,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const v
       c.rows != m || c.cols != n)
     return CUBLAS_STATUS_INVALID_VALUE;
   const double al = load(d.scale, alpha, 0), be = load(d.scale, beta, 0);
-  const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
-  if (!bias && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  const bool gelu = d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX;
+  const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  if (!bias && !gelu && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (gelu && (!d.aux || d.aux_ld < std::int64_t(m) || d.aux_ld % 8 != 0)) return CUBLAS_STATUS_INVALID_VALUE;
   std::vector<double> rows(m * k), cols(n * k);  // op(A)'s rows and op(B)'s columns, contiguous
   for (std::uint64_t i = 0; i < m; ++i)
     for (std::uint64_t p = 0; p < k; ++p) rows[i * k + p] = load(a.type, A, ta ? i * a.ld + p : p * a.ld + i);
@@ -192,6 +200,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const v
       double v = al * s;
       if (be != 0) v += be * load(c.type, C, j * c.ld + i);
       if (bias) v += load(d.bias_type, d.bias, i);
+      if (gelu) {  // the GELU's input to aux, the tanh GELU of it to D
+        store(dl.type, d.aux, j * std::uint64_t(d.aux_ld) + i, v);
+        v = 0.5 * v * (1.0 + std::tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v)));
+      }
       store(dl.type, D, j * dl.ld + i, v);
     }
   return CUBLAS_STATUS_SUCCESS;

@@ -1,13 +1,19 @@
 #pragma once
 // Elementwise math shared by every backend (plain inline functions on the CPU,
-// __host__ __device__ under nvcc): GELU in both flavours and the rotary
-// rotation of one (x1, x2) pair. Written once so the backends cannot drift.
+// __host__ __device__ under nvcc): GELU in both flavours, the rotary
+// rotation of one (x1, x2) pair, and the arithmetic type of stored elements. Written once so the backends cannot drift.
 #include <cmath>
+#include <type_traits>
 
 #include "doremi/core/hostdevice.hpp"
 #include "doremi/model/config.hpp"
 
 namespace doremi::backend {
+
+// The arithmetic type for elements stored as X: float for the backends'
+// 2-byte storage type (bf16: cpu::bf16, __nv_bfloat16), X itself otherwise.
+template <class X>
+using compute_t = std::conditional_t<sizeof(X) == 2, float, X>;
 
 // GELU, exact: x·Φ(x) with Φ the standard normal CDF (Pythia's "gelu").
 template <class T>

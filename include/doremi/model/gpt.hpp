@@ -294,8 +294,7 @@ class Model {
       if constexpr (!Cfg::parallel_residual)
         layernorm_forward(be_, ln2(l), ln2_stats(l), ln2_stats(l) + N, h, P + w.ln2_w, P + w.ln2_b, N, C,
                           Cfg::ln_eps);
-      matmul_forward<Cfg::matmul>(be_, fc(l), ln2(l), weight(w.fc_w), weight(w.fc_b), N, C, D);
-      gelu_forward<Cfg::gelu>(be_, gel(l), fc(l), std::size_t(N) * D);
+      matmul_gelu_forward<Cfg::matmul, Cfg::gelu>(be_, gel(l), fc(l), ln2(l), weight(w.fc_w), weight(w.fc_b), N, C, D);
       matmul_forward<Cfg::matmul>(be_, res(l + 1), gel(l), weight(w.fc2_w), P + w.fc2_b, N, D, C,
                                   static_cast<const scalar*>(h));
     }

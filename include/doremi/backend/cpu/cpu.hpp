@@ -18,6 +18,7 @@
 #include <Eigen/Core>
 #include <omp.h>
 
+#include "doremi/backend/elementwise.hpp"  // compute_t
 #include "doremi/model/config.hpp"
 
 namespace doremi::backend {
@@ -50,10 +51,6 @@ O cast_to(T v) {
   else if constexpr (std::is_same_v<T, bf16>) return O(from_bf16(v));
   else return O(v);
 }
-
-// The arithmetic type for elements stored as X (bf16: float).
-template <class X>
-using compute_t = std::conditional_t<std::is_same_v<X, bf16>, float, X>;
 
 }  // namespace cpu
 

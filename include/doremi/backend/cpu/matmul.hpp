@@ -73,6 +73,16 @@ void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N
   }
 }
 
+// out = GELU(x·Wᵀ + b) with the GELU's input kept in pre (the MLP's first
+// layer), pre and out of one type (T, or bf16 with P = bf16): the product,
+// then the GELU of the stored pre. (The GPU fuses both into one GEMM where
+// it can; see backend/cuda/matmul.hpp.)
+template <MatmulPrecision P, Gelu G, class O, class X, class W>
+void matmul_gelu_forward(Cpu, O* out, O* pre, const X* x, const W* w, const O* bias, int N, int in, int out_dim) {
+  matmul_forward<P>(Cpu{}, pre, x, w, bias, N, in, out_dim);
+  gelu_forward<G>(Cpu{}, out, static_cast<const O*>(pre), std::size_t(N) * out_dim);
+}
+
 // dx and dout may be bf16 with P = bf16 (gradients of activations kept in
 // bf16, as autocast keeps them): dx is the fp32 sums rounded once.
 template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class DO, class X, class W>

@@ -156,7 +156,7 @@ struct LtPlan {
     if (op) cublasLtMatmulDescDestroy(op);
   }
 };
-using LtKey = std::array<std::int64_t, 15>;
+using LtKey = std::array<std::int64_t, 16>;
 
 // The state one Cuda tag shares with its copies: device, stream, cuBLASLt
 // handle and workspace, and a scratch arena for deterministic reductions.

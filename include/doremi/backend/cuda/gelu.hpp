@@ -1,5 +1,5 @@
 #pragma once
-// GELU over a flat buffer, residual adds, copies and fills: memory-bound
+// GELU over a flat buffer, copies and fills: memory-bound
 // grid-stride loops. The GELU math is the shared DOREMI_HD function of
 // backend/elementwise.hpp, the same formula the CPU backend evaluates.
 // Backward overwrites dx (as the CPU's does; dx may alias dout).
@@ -16,10 +16,6 @@ namespace cuda {
 #define DOREMI_GRID_STRIDE(i, n)                                                                   \
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); \
        i += std::size_t(gridDim.x) * blockDim.x)
-
-// The arithmetic type for elements stored as X (bf16: float).
-template <class X>
-using compute_t = std::conditional_t<std::is_same_v<X, __nv_bfloat16>, float, X>;
 
 template <Gelu G, class T, class O>
 __global__ void gelu_forward_kernel(O* out, const T* x, std::size_t n) {

@@ -22,7 +22,9 @@
 // accumulate in fp32 and keep parameter gradients in fp32.
 // Descriptors and the heuristic's algorithm are made once per shape, types
 // and alignments and kept in the backend's context (LtPlan).
-// To do (issue 4): fused GELU epilogues.
+// matmul_gelu_forward fuses the tanh GELU into the MLP's first GEMM
+// (GELU_AUX_BIAS epilogue). Not yet: the GELU's backward in fc2's dx GEMM
+// (DGELU epilogue).
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -78,20 +80,24 @@ inline std::uint32_t alignment_of(const void* p) {
 // leading dimension lda, likewise B; C (D itself when null) and D have
 // leading dimension ldd. Inputs A, B of type In; C, D and the bias of type
 // Out (bf16 inputs may accumulate into fp32 outputs: parameter gradients stay
-// fp32). Returns false,
-// having done nothing, when cuBLASLt has no algorithm for the call
-// (lt_matmul below raises an error instead).
+// fp32). gelu_aux (bf16 products, optional): D = GELU_tanh(product + bias)
+// with the GELU's input stored in gelu_aux (D's layout; cuBLASLt's
+// GELU_AUX(_BIAS) epilogue). Returns false, having done nothing, when
+// cuBLASLt has no algorithm for the call (lt_matmul below raises an error
+// instead).
 template <class In, class Out = In>
 bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const In* A, int lda, const In* B, int ldb,
                    Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
-                   const std::type_identity_t<Out>* bias, const std::type_identity_t<Out>* C = nullptr) {
+                   const std::type_identity_t<Out>* bias, const std::type_identity_t<Out>* C = nullptr,
+                   std::type_identity_t<Out>* gelu_aux = nullptr) {
   using Ty = LtTypes<In>;
   if (!C) C = D;
   const std::size_t ws = be.ctx->workspace.size();
   // The descriptors and the heuristic's choice depend on the shape, the types
   // and the operands' alignments: made once per such key, then reused.
-  const LtKey key{Ty::data, LtTypes<Out>::data, ta, tb, m, n, k, lda, ldb, ldd, bias != nullptr, alignment_of(A),
-                  alignment_of(B), alignment_of(C), alignment_of(D) * 512 + (bias ? alignment_of(bias) : 0)};
+  const LtKey key{Ty::data, LtTypes<Out>::data, ta, tb, m, n, k, lda, ldb, ldd,
+                  (bias != nullptr) + 2 * (gelu_aux != nullptr), alignment_of(A), alignment_of(B), alignment_of(C),
+                  alignment_of(D) * 512 + (bias ? alignment_of(bias) : 0), gelu_aux ? alignment_of(gelu_aux) : 0};
   std::unique_ptr<LtPlan>& slot = be.ctx->lt_plans[key];
   if (!slot) {
     auto p = std::make_unique<LtPlan>();
@@ -100,9 +106,20 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
-    if (bias) {
-      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    if (bias || gelu_aux) {
+      const cublasLtEpilogue_t epi = !gelu_aux ? CUBLASLT_EPILOGUE_BIAS
+                                     : bias    ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                               : CUBLASLT_EPILOGUE_GELU_AUX;
       DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    }
+    if (gelu_aux) {
+      const std::int64_t aux_ld = ldd;
+      DOREMI_CUDA_CHECK(
+          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_aux, sizeof(gelu_aux)));
+      DOREMI_CUDA_CHECK(
+          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
+    }
+    if (bias) {
       DOREMI_CUDA_CHECK(
           cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
       const cudaDataType_t bt = LtTypes<Out>::data;
@@ -133,15 +150,20 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     int found = 0;
     const cublasStatus_t st =
         cublasLtMatmulAlgoGetHeuristic(be.lt(), p->op, p->a, p->b, p->c, p->c, pref, 1, &heuristic, &found);
-    if (st != CUBLAS_STATUS_NOT_SUPPORTED) DOREMI_CUDA_CHECK(st);
+    // (A GELU epilogue is optional: any refusal means "no algorithm".)
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && !gelu_aux) DOREMI_CUDA_CHECK(st);
     p->found = st == CUBLAS_STATUS_SUCCESS && found > 0;
     p->algo = heuristic.algo;
     slot = std::move(p);
   }
   const LtPlan& p = *slot;
   if (!p.found) return false;
-  if (bias)  // the plan's descriptor, pointed at this call's bias (same alignment: part of the key)
+  // The plan's descriptor, pointed at this call's bias and aux (same alignments: part of the key).
+  if (bias)
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  if (gelu_aux)
+    DOREMI_CUDA_CHECK(
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_aux, sizeof(gelu_aux)));
   DOREMI_CUDA_CHECK(cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, D, p.c, &p.algo,
                                    be.ctx->workspace.data(), ws, be.stream()));
   return true;
@@ -313,6 +335,29 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
                        static_cast<const T*>(nullptr), "matmul_forward", residual);
     if (bias) cuda::add_bias(be, out, static_cast<const T*>(out), bias, N, out_dim);
   }
+}
+
+// out = GELU(x·Wᵀ + b) with the GELU's input kept in pre (the MLP's first
+// layer: its backward reads pre). With bf16 products, bf16 out and pre and
+// the tanh GELU (the one cuBLASLt's epilogue computes), one GEMM writes both
+// (GELU_AUX_BIAS epilogue: the GELU of the fp32 sum, both rounded once);
+// otherwise, and where cuBLASLt has no algorithm for it, matmul_forward then
+// gelu_forward (the GELU of the rounded pre, as the CPU computes it).
+template <MatmulPrecision P, Gelu G, class O, class X, class W>
+void matmul_gelu_forward(const Cuda& be, O* out, O* pre, const X* x, const W* w, const O* bias, int N, int in,
+                         int out_dim) {
+  using Ob = cuda::plain_t<O>;
+  if constexpr (P == MatmulPrecision::bf16 && G == Gelu::tanh && std::is_same_v<Ob, __nv_bfloat16>) {
+    cuda::check_matmul_types<P, float, X, W>();
+    if (N <= 0) return;
+    const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
+    Ob* const o = out;
+    if (cuda::lt_matmul_try<__nv_bfloat16, Ob>(be, true, false, out_dim, N, in, wb, in, xb, in, o, out_dim, 1.0f, 0.0f,
+                                               bias, nullptr, pre))
+      return;
+  }
+  matmul_forward<P>(be, pre, x, w, bias, N, in, out_dim);
+  gelu_forward<G>(be, out, static_cast<const O*>(pre), std::size_t(N) * out_dim);
 }
 
 namespace cuda {
