@@ -68,6 +68,7 @@ struct Timing {
 
 struct Ours {
   Timing train, dro;
+  backend::cuda::LtPlanCounts gemms;  // which fused epilogues cuBLASLt took
 };
 
 // Both step kinds on one proxy model (plain steps first, then DRO steps).
@@ -149,6 +150,7 @@ Ours time_ours(const Options& o) {
     if (s >= o.warmup) r.dro.times.push_back(seconds(t0, t1));
   }
   r.dro.alpha = dw.alpha();
+  r.gemms = backend::cuda::lt_plan_counts(gpu);
   return r;
 }  // GPU memory of both models and the optimiser freed here, before the twin runs
 
@@ -229,6 +231,10 @@ int run(const Options& o) {
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ours.train.loss_first,
                ours.train.loss_last, ours.dro.loss_first, ours.dro.loss_last, ours.dro.ref_loss,
                fmt::join(ours.dro.alpha, ", "));
+    const auto& g = ours.gemms;
+    fmt::print("cuBLASLt: {} GEMM plans; bias epilogue found {}, refused {} (then a bias pass); GELU epilogue found "
+               "{}, refused {} (then a GELU pass)\n",
+               g.plans, g.bias_found, g.bias_refused, g.gelu_found, g.gelu_refused);
   } catch (const std::exception& e) {
     our_error = e.what();
     fmt::print("doremi-cpp FAILED: {}\n", our_error);

@@ -448,10 +448,13 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
 // (bf16 models). tanh: one GEMM with cuBLASLt's GELU epilogue (the GELU of
 // the fp32 sum) where it has an algorithm; exact: the product, then the GELU
 // of the rounded input (as the CPU). Against the CPU on bf16-rounded
-// operands: one bf16 step of rounding apart at most.
+// operands: one bf16 step of rounding apart at most. out = 100: the GELU
+// output's leading dimension is no multiple of 8, which cuBLASLt's GELU
+// epilogue refuses (the emulated one at run time: the fallback then runs).
 template <Gelu G>
-void matmul_gelu_case() {
-  const int N = 96, in = 64, out = 136;
+void matmul_gelu_case(int out) {
+  CAPTURE(out);
+  const int N = 96, in = 64;
   const auto x = round_bf16(randn(std::size_t(N) * in, 131)), w = round_bf16(randn(std::size_t(out) * in, 132, 0.2f));
   const auto bias = round_bf16(randn(out, 133));
   std::vector<float> gel(std::size_t(N) * out), pre(gel.size());
@@ -462,16 +465,22 @@ void matmul_gelu_case() {
   check_close(gel, want, 1e-6, 1e-5, "CPU: GELU of the product");
   const auto d_x = to_device_bf16(x), d_w = to_device_bf16(w), d_b = to_device_bf16(bias);
   DeviceBuffer<__nv_bfloat16> d_gel(gel.size()), d_pre(gel.size());
+  const auto before = backend::cuda::lt_plan_counts(gpu());
   backend::matmul_gelu_forward<MatmulPrecision::bf16, G>(gpu(), d_gel.data(), d_pre.data(), d_x.data(), d_w.data(),
                                                          d_b.data(), N, in, out);
+  const auto after = backend::cuda::lt_plan_counts(gpu());
+  // The tanh GELU asks cuBLASLt for its epilogue (a new plan: found or refused); the exact one does not.
+  CHECK(after.gelu_found + after.gelu_refused - before.gelu_found - before.gelu_refused == (G == Gelu::tanh));
   check_close(to_float(d_pre), round_bf16(pre), 1e-4, 1.0 / 128, "pre (bf16)");
   check_close(to_float(d_gel), round_bf16(gel), 2e-3, 1.0 / 64, "GELU (bf16)");
 }
 
 TEST_CASE("cuda: matmul_gelu_forward (GELU epilogue, or product then GELU) matches the CPU") {
   REQUIRE_GPU();
-  SUBCASE("tanh") { matmul_gelu_case<Gelu::tanh>(); }
-  SUBCASE("exact") { matmul_gelu_case<Gelu::exact>(); }
+  for (int out : {136, 100}) {
+    matmul_gelu_case<Gelu::tanh>(out);
+    matmul_gelu_case<Gelu::exact>(out);
+  }
 }
 
 // A parallel-residual block's two bias gradients from one sum of dout, and

@@ -105,7 +105,12 @@ TEST_CASE("cuda model: forward losses and gradients match the CPU (fp32)") {
 
 TEST_CASE("cuda model: bf16 matrix products match the CPU's bf16 products") {
   REQUIRE_GPU();
-  for_each_attention_family([] { compare_step<bf16_matmul(neox_small)>(2e-3, 3e-2); });
+  // GPT-NeoX shape (exact GELU, parallel residual) and GPT-2 shape (tanh
+  // GELU: the fused GELU epilogue; sequential residual).
+  for_each_attention_family([] {
+    compare_step<bf16_matmul(neox_small)>(2e-3, 3e-2);
+    compare_step<bf16_matmul(gpt2_small)>(2e-3, 3e-2);
+  });
 }
 
 TEST_CASE("cuda model: a short training run and a DRO run follow the CPU's") {

@@ -156,7 +156,7 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     p->algo = heuristic.algo;
     slot = std::move(p);
   }
-  const LtPlan& p = *slot;
+  LtPlan& p = *slot;
   if (!p.found) return false;
   // The plan's descriptor, pointed at this call's bias and aux (same alignments: part of the key).
   if (bias)
@@ -164,9 +164,31 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
   if (gelu_aux)
     DOREMI_CUDA_CHECK(
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_aux, sizeof(gelu_aux)));
-  DOREMI_CUDA_CHECK(cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, D, p.c, &p.algo,
-                                   be.ctx->workspace.data(), ws, be.stream()));
+  const cublasStatus_t st = cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, D, p.c, &p.algo,
+                                           be.ctx->workspace.data(), ws, be.stream());
+  if (st != CUBLAS_STATUS_SUCCESS && gelu_aux) {  // the optional GELU epilogue refused at run time: never again
+    p.found = false;
+    return false;
+  }
+  DOREMI_CUDA_CHECK(st);
   return true;
+}
+
+// What cuBLASLt answered for the GEMMs planned so far on this backend's
+// context: plans with a bias or a GELU epilogue that found an algorithm, and
+// those it refused (their callers then ran the fallback passes).
+struct LtPlanCounts {
+  int plans = 0, bias_found = 0, bias_refused = 0, gelu_found = 0, gelu_refused = 0;
+};
+inline LtPlanCounts lt_plan_counts(const Cuda& be) {
+  LtPlanCounts c;
+  for (const auto& [key, plan] : be.ctx->lt_plans) {
+    ++c.plans;
+    const std::int64_t epilogue = key[10];  // bias + 2·gelu, as lt_matmul_try makes the key
+    if (epilogue & 2) ++(plan->found ? c.gelu_found : c.gelu_refused);
+    else if (epilogue & 1) ++(plan->found ? c.bias_found : c.bias_refused);
+  }
+  return c;
 }
 
 template <class In, class Out = In>
