@@ -483,6 +483,41 @@ TEST_CASE("cuda: matmul_gelu_forward (GELU epilogue, or product then GELU) match
   }
 }
 
+// The MLP's second layer backward into its GELU (bf16 models): dW and the
+// hidden gradient dout·W, or (the tanh GELU, where cuBLASLt's DGELU epilogue
+// has an algorithm) that times GELU'(pre) already. Against the CPU's fp32
+// products on the same bf16 values.
+template <Gelu G>
+void into_gelu_case() {
+  const int N = 80, hidden = 136, out = 64;
+  const auto pre = round_bf16(randn(std::size_t(N) * hidden, 141, 2.0f));
+  std::vector<float> gel(pre.size());
+  for (std::size_t i = 0; i < pre.size(); ++i) gel[i] = backend::gelu<G>(pre[i]);
+  gel = round_bf16(gel);
+  const auto dout = round_bf16(randn(std::size_t(N) * out, 142)), w = round_bf16(randn(std::size_t(out) * hidden, 143, 0.2f));
+  std::vector<float> dh(pre.size()), dw(w.size(), 0.0f);
+  backend::matmul_backward(Cpu{}, dh.data(), dw.data(), static_cast<float*>(nullptr), dout.data(), gel.data(), w.data(),
+                           N, hidden, out);
+  auto d_pre = to_device_bf16(pre), d_gel = to_device_bf16(gel), d_dout = to_device_bf16(dout), d_w = to_device_bf16(w);
+  DeviceBuffer<__nv_bfloat16> d_dh(dh.size());
+  auto d_dw = to_device(std::vector<float>(w.size(), 0.0f));
+  const bool through = backend::matmul_backward_into_gelu<MatmulPrecision::bf16, G>(
+      gpu(), d_dh.data(), d_dw.data(), d_dout.data(), d_gel.data(), d_pre.data(), d_w.data(), N, hidden, out);
+  if (G == Gelu::exact) CHECK_FALSE(through);  // only the tanh GELU has a cuBLASLt epilogue
+  MESSAGE("GELU' fused into the product: ", through);
+  std::vector<float> want = dh;
+  if (through)
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] *= backend::gelu_grad<G>(pre[i]);
+  check_close(to_float(d_dh), round_bf16(want), 1e-4, 1.0 / 128, through ? "dpre (bf16)" : "dgelu (bf16)");
+  check_close(to_host(d_dw), dw, 1e-3, 1e-4, "dW");
+}
+
+TEST_CASE("cuda: matmul_backward_into_gelu (DGELU epilogue, or the plain product) matches the CPU") {
+  REQUIRE_GPU();
+  into_gelu_case<Gelu::tanh>();
+  into_gelu_case<Gelu::exact>();
+}
+
 // A parallel-residual block's two bias gradients from one sum of dout, and
 // the operand copy of dout its products read (bf16 models: rounded).
 TEST_CASE("cuda: bias_grads adds one column sum to several biases and leaves dout's operand copy") {

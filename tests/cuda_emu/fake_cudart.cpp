@@ -3,7 +3,7 @@
 // layer functions (kernels launched through cuda_emu.hpp) run on machines
 // without a GPU or driver. cuBLASLt's matrix products are computed here on
 // the host (plain loops, sums in double), with the descriptor attributes
-// matmul.hpp sets (transposes, bias and GELU_AUX(_BIAS) epilogues).
+// matmul.hpp sets (transposes, bias, GELU_AUX(_BIAS) and DGELU epilogues).
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -185,9 +185,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const v
     return CUBLAS_STATUS_INVALID_VALUE;
   const double al = load(d.scale, alpha, 0), be = load(d.scale, beta, 0);
   const bool gelu = d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX;
+  const bool dgelu = d.epilogue == CUBLASLT_EPILOGUE_DGELU;
   const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-  if (!bias && !gelu && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (gelu && (!d.aux || d.aux_ld < std::int64_t(m) || d.aux_ld % 8 != 0)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (!bias && !gelu && !dgelu && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if ((gelu || dgelu) && (!d.aux || d.aux_ld < std::int64_t(m) || d.aux_ld % 8 != 0))
+    return CUBLAS_STATUS_INVALID_VALUE;
   std::vector<double> rows(m * k), cols(n * k);  // op(A)'s rows and op(B)'s columns, contiguous
   for (std::uint64_t i = 0; i < m; ++i)
     for (std::uint64_t p = 0; p < k; ++p) rows[i * k + p] = load(a.type, A, ta ? i * a.ld + p : p * a.ld + i);
@@ -203,6 +205,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const v
       if (gelu) {  // the GELU's input to aux, the tanh GELU of it to D
         store(dl.type, d.aux, j * std::uint64_t(d.aux_ld) + i, v);
         v = 0.5 * v * (1.0 + std::tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v)));
+      }
+      if (dgelu) {  // the product times the tanh GELU's derivative at aux
+        const double x = load(dl.type, d.aux, j * std::uint64_t(d.aux_ld) + i);
+        const double th = std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x));
+        v *= 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * 0.79788456080286535588 * (1.0 + 3 * 0.044715 * x * x);
       }
       store(dl.type, D, j * dl.ld + i, v);
     }

@@ -194,10 +194,11 @@ class Model {
         dr = bias_grads(be_, std::array{G + w.fc2_b, G + w.proj_b}, d_res_op(), cdres, N, C);
       else
         dr = bias_grads(be_, std::array{G + w.fc2_b}, d_res_op(), cdres, N, C);
-      // MLP branch.
-      matmul_backward<Cfg::matmul>(be_, d_fc(), G + w.fc2_w, no_bias, dr, gel(l), weight(w.fc2_w), N, D, C);
+      // MLP branch (the GELU's backward in fc2's product where the backend fuses it).
+      const bool through_gelu = matmul_backward_into_gelu<Cfg::matmul, Cfg::gelu>(
+          be_, d_fc(), G + w.fc2_w, dr, gel(l), fc(l), weight(w.fc2_w), N, D, C);
       gelu_matmul_backward<Cfg::matmul, Cfg::gelu>(be_, d_ln2(), G + w.fc_w, G + w.fc_b, d_fc(), fc(l), ln2(l),
-                                                   weight(w.fc_w), N, C, D);
+                                                   weight(w.fc_w), N, C, D, through_gelu);
       if constexpr (!Cfg::parallel_residual) {  // dres becomes d/dh = d/dx' + LN2's share
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), hres(l), P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);

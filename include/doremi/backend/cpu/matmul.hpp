@@ -54,7 +54,7 @@ void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N
   T* acc = nullptr;
   if constexpr (std::is_same_v<O, T>) {
     acc = out;
-    if (residual && residual != out) std::copy_n(residual, std::size_t(N) * out_dim, out);
+    if (residual && residual != out) copy(Cpu{}, out, residual, std::size_t(N) * out_dim);
   } else {
     if (residual) fail("matmul_forward: a residual needs an output of the model's type");
     acc = scratch<T, 4>(std::size_t(N) * out_dim);
@@ -131,13 +131,28 @@ const O* bias_grads(Cpu, const std::array<T*, M>& dbias, O* copy, const T* dout,
   }
 }
 
+// The backward of the MLP's second layer y = GELU(pre)·Wᵀ (+ b: the caller
+// sums its gradient): dW += doutᵀ·gel and dh = dout·W, the gradient of the
+// GELU's output; returns false (the GELU's backward is left to
+// gelu_matmul_backward; the CUDA backend may fuse it here and return true).
+template <MatmulPrecision P, Gelu G, class T, class DH, class DO, class X, class Pre, class W>
+bool matmul_backward_into_gelu(Cpu, DH* dh, T* dw, const DO* dout, const X* gel, const Pre* /*pre*/, const W* w,
+                               int N, int in, int out_dim) {
+  matmul_backward<P>(Cpu{}, dh, dw, static_cast<T*>(nullptr), dout, gel, w, N, in, out_dim);
+  return false;
+}
+
 // The backward of y = x·Wᵀ + b followed by a GELU (pre = the GELU's input,
 // T or bf16 as the forward stored it): dgelu becomes dy = dgelu ⊙ gelu'(pre),
 // then matmul_backward with dout = dy. dgelu is scratch afterwards (the CUDA
-// backend fuses the two).
+// backend fuses the two). through_gelu: dgelu already holds dy.
 template <MatmulPrecision P, Gelu G, class T, class DX, class DY, class Pre, class X, class W>
 void gelu_matmul_backward(Cpu, DX* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w, int N,
-                          int in, int out_dim) {
+                          int in, int out_dim, bool through_gelu = false) {
+  if (through_gelu) {
+    matmul_backward<P>(Cpu{}, dx, dw, dbias, static_cast<const DY*>(dgelu), x, w, N, in, out_dim);
+    return;
+  }
   const std::size_t n = std::size_t(N) * out_dim;
   T* dy = nullptr;  // dgelu itself, or (bf16 dgelu) an fp32 copy
   if constexpr (std::is_same_v<DY, T>) {

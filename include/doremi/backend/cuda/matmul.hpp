@@ -23,8 +23,8 @@
 // Descriptors and the heuristic's algorithm are made once per shape, types
 // and alignments and kept in the backend's context (LtPlan).
 // matmul_gelu_forward fuses the tanh GELU into the MLP's first GEMM
-// (GELU_AUX_BIAS epilogue). Not yet: the GELU's backward in fc2's dx GEMM
-// (DGELU epilogue).
+// (GELU_AUX_BIAS epilogue), matmul_backward_into_gelu its backward into the
+// second's dx GEMM (DGELU epilogue).
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -80,23 +80,25 @@ inline std::uint32_t alignment_of(const void* p) {
 // leading dimension lda, likewise B; C (D itself when null) and D have
 // leading dimension ldd. Inputs A, B of type In; C, D and the bias of type
 // Out (bf16 inputs may accumulate into fp32 outputs: parameter gradients stay
-// fp32). gelu_aux (bf16 products, optional): D = GELU_tanh(product + bias)
-// with the GELU's input stored in gelu_aux (D's layout; cuBLASLt's
-// GELU_AUX(_BIAS) epilogue). Returns false, having done nothing, when
-// cuBLASLt has no algorithm for the call (lt_matmul below raises an error
-// instead).
+// fp32). gelu_aux (bf16 products, optional; D's layout): forward, D =
+// GELU_tanh(product + bias) with the GELU's input stored in gelu_aux
+// (cuBLASLt's GELU_AUX(_BIAS) epilogue); gelu_grad, D = product ⊙
+// GELU_tanh'(gelu_aux) (DGELU epilogue, no bias). Returns false, having done
+// nothing, when cuBLASLt has no algorithm for the call (lt_matmul below
+// raises an error instead).
 template <class In, class Out = In>
 bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const In* A, int lda, const In* B, int ldb,
                    Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
                    const std::type_identity_t<Out>* bias, const std::type_identity_t<Out>* C = nullptr,
-                   std::type_identity_t<Out>* gelu_aux = nullptr) {
+                   const std::type_identity_t<Out>* gelu_aux = nullptr, bool gelu_grad = false) {
   using Ty = LtTypes<In>;
   if (!C) C = D;
   const std::size_t ws = be.ctx->workspace.size();
   // The descriptors and the heuristic's choice depend on the shape, the types
   // and the operands' alignments: made once per such key, then reused.
   const LtKey key{Ty::data, LtTypes<Out>::data, ta, tb, m, n, k, lda, ldb, ldd,
-                  (bias != nullptr) + 2 * (gelu_aux != nullptr), alignment_of(A), alignment_of(B), alignment_of(C),
+                  (bias != nullptr) + 2 * (gelu_aux != nullptr) + 4 * gelu_grad, alignment_of(A), alignment_of(B),
+                  alignment_of(C),
                   alignment_of(D) * 512 + (bias ? alignment_of(bias) : 0), gelu_aux ? alignment_of(gelu_aux) : 0};
   std::unique_ptr<LtPlan>& slot = be.ctx->lt_plans[key];
   if (!slot) {
@@ -107,9 +109,10 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
     if (bias || gelu_aux) {
-      const cublasLtEpilogue_t epi = !gelu_aux ? CUBLASLT_EPILOGUE_BIAS
-                                     : bias    ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
-                                               : CUBLASLT_EPILOGUE_GELU_AUX;
+      const cublasLtEpilogue_t epi = !gelu_aux  ? CUBLASLT_EPILOGUE_BIAS
+                                     : gelu_grad ? CUBLASLT_EPILOGUE_DGELU
+                                     : bias      ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                                 : CUBLASLT_EPILOGUE_GELU_AUX;
       DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     }
     if (gelu_aux) {
@@ -184,7 +187,7 @@ inline LtPlanCounts lt_plan_counts(const Cuda& be) {
   LtPlanCounts c;
   for (const auto& [key, plan] : be.ctx->lt_plans) {
     ++c.plans;
-    const std::int64_t epilogue = key[10];  // bias + 2·gelu, as lt_matmul_try makes the key
+    const std::int64_t epilogue = key[10];  // bias + 2·gelu + 4·gelu_grad, as lt_matmul_try makes the key
     if (epilogue & 2) ++(plan->found ? c.gelu_found : c.gelu_refused);
     else if (epilogue & 1) ++(plan->found ? c.bias_found : c.bias_refused);
   }
@@ -330,9 +333,10 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
       return;
     const auto product = [&](auto* d) {
       using D = std::remove_pointer_t<decltype(d)>;
+      const D* c = nullptr;  // the residual: fp32 outputs only (checked above)
+      if constexpr (std::is_same_v<D, T>) c = residual;
       cuda::lt_matmul<__nv_bfloat16, D>(be, true, false, out_dim, N, in, wb, in, xb, in, d, out_dim, 1.0f, beta,
-                                        static_cast<const D*>(nullptr), "matmul_forward (bf16 operands)",
-                                        reinterpret_cast<const D*>(residual));
+                                        static_cast<const D*>(nullptr), "matmul_forward (bf16 operands)", c);
     };
     if constexpr (std::is_same_v<T, float>) {
       product(out);
@@ -475,15 +479,52 @@ const O* bias_grads(const Cuda& be, const std::array<T*, M>& dbias, O* copy, con
   }
 }
 
+// The backward of the MLP's second layer y = GELU(pre)·Wᵀ (+ b: the caller
+// sums its gradient, see bias_grads): dW += doutᵀ·gel (gel: the stored GELU
+// output) and, into dh, the gradient of the GELU's output, dout·W, or, where
+// the GELU's backward is fused into that product, of its input,
+// (dout·W) ⊙ GELU'(pre). Returns true in the second case; pass it on to
+// gelu_matmul_backward as through_gelu. Fused for the tanh GELU with bf16
+// products and bf16 dout, dh and pre (cuBLASLt's DGELU epilogue: GELU' of
+// the fp32 product, rounded once), where cuBLASLt has an algorithm for it.
+template <MatmulPrecision P, Gelu G, class T, class DH, class DO, class X, class Pre, class W>
+bool matmul_backward_into_gelu(const Cuda& be, DH* dh, T* dw, const DO* dout, const X* gel, const Pre* pre,
+                               const W* w, int N, int in, int out_dim) {
+  using bf16 = __nv_bfloat16;
+  using cuda::plain_t;
+  if constexpr (P == MatmulPrecision::bf16 && G == Gelu::tanh && std::is_same_v<plain_t<DH>, bf16> &&
+                std::is_same_v<plain_t<DO>, bf16> && std::is_same_v<plain_t<Pre>, bf16>) {
+    cuda::check_matmul_types<P, T, X, W>();
+    if (N <= 0) return false;
+    const auto [xb, wb] =
+        cuda::to_bf16_operands<2>(be, {{{gel, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
+    const bf16* const d = dout;
+    bf16* const h = dh;
+    if (cuda::lt_matmul_try<bf16, bf16>(be, false, false, in, N, out_dim, wb, in, d, out_dim, h, in, 1.0f, 0.0f,
+                                        nullptr, nullptr, static_cast<const bf16*>(pre), true)) {
+      cuda::lt_matmul<bf16, float>(be, false, true, in, out_dim, N, xb, in, d, out_dim, dw, in, 1.0f, 1.0f,
+                                   static_cast<const float*>(nullptr), "matmul_backward_into_gelu dW");
+      return true;
+    }
+  }
+  matmul_backward<P>(be, dh, dw, static_cast<T*>(nullptr), dout, gel, w, N, in, out_dim);
+  return false;
+}
+
 // The backward of y = x·Wᵀ + b followed by a GELU: dy = dgelu ⊙ gelu'(pre)
 // (pre = the GELU's input), then matmul_backward with dout = dy; dgelu is
 // scratch afterwards (as on the CPU). With bf16 operands and a bias, dy is
 // never stored: the bias-gradient pass computes it, sums it and leaves its
 // bf16 copy for the GEMMs (one pass instead of three over [N, out]). dgelu
-// and pre may be bf16 there (bf16 models keep them so).
+// and pre may be bf16 there (bf16 models keep them so). through_gelu: dgelu
+// already holds dy (matmul_backward_into_gelu returned true).
 template <MatmulPrecision P, Gelu G, class T, class DX, class DY, class Pre, class X, class W>
 void gelu_matmul_backward(const Cuda& be, DX* dx, T* dw, T* dbias, DY* dgelu, const Pre* pre, const X* x, const W* w,
-                          int N, int in, int out_dim) {
+                          int N, int in, int out_dim, bool through_gelu = false) {
+  if (through_gelu) {
+    matmul_backward<P>(be, dx, dw, dbias, static_cast<const DY*>(dgelu), x, w, N, in, out_dim);
+    return;
+  }
   if constexpr (P == MatmulPrecision::bf16) {
     cuda::check_matmul_types<P, T, X, W>();
     if (N > 0 && dbias) {
