@@ -24,7 +24,8 @@
 #   --profile         also profile one training step and one DRO step of ours
 #                     with Nsight Compute (ncu: GPU time of every kernel) and
 #                     print the time per kernel and per part of the step
-#                     (benchmarks/ncu_summary.py); the CSV stays in BUILD_DIR
+#                     (benchmarks/ncu_summary.py), for each attention family
+#                     benchmarked; the CSVs stay in BUILD_DIR
 #
 # The benchmark runs twice: with the default tensor-core attention kernels
 # (and the PyTorch twin), then with DOREMI_CUDA_ATTENTION=mma (ours only);
@@ -240,17 +241,26 @@ main() {
     if [[ -z $ncu_bin ]]; then
       echo "ncu (Nsight Compute) not found: no profile"; status=1
     else
-      set +e
-      "${run_env[@]}" timeout 300 "$ncu_bin" --csv --print-units base --clock-control none \
-        --metrics gpu__time_duration.sum "$bench_bin" --batch "$batch" --steps 1 --warmup 0 --no-twin \
-        > "$build_dir/ncu_profile.csv" 2> "$build_dir/ncu_profile.err"
-      prof_rc=$?
-      set -e
-      if [[ $prof_rc == 0 ]] && "$python" "$repo/benchmarks/ncu_summary.py" "$build_dir/ncu_profile.csv"; then
-        echo "(every kernel of the run: model set-up, one training step, one DRO step; CSV: $build_dir/ncu_profile.csv)"
-      else
-        echo "profile failed (ncu exit status $prof_rc):"; tail -n 20 "$build_dir/ncu_profile.err"; status=1
-      fi
+      # The default attention family, then (unless DOREMI_CUDA_ATTENTION is set) the mma one.
+      families=(default)
+      [[ -n ${DOREMI_CUDA_ATTENTION:-} ]] || families+=(mma)
+      for family in "${families[@]}"; do
+        csv=$build_dir/ncu_profile_$family.csv
+        family_env=()
+        [[ $family == default ]] || family_env=(env "DOREMI_CUDA_ATTENTION=$family")
+        echo "--- attention kernels: $family ---"
+        set +e
+        "${run_env[@]}" "${family_env[@]}" timeout 300 "$ncu_bin" --csv --print-units base --clock-control none \
+          --metrics gpu__time_duration.sum "$bench_bin" --batch "$batch" --steps 1 --warmup 0 --no-twin \
+          > "$csv" 2> "${csv%.csv}.err"
+        prof_rc=$?
+        set -e
+        if [[ $prof_rc == 0 ]] && "$python" "$repo/benchmarks/ncu_summary.py" "$csv"; then
+          echo "(every kernel of the run: model set-up, one training step, one DRO step; CSV: $csv)"
+        else
+          echo "profile failed (ncu exit status $prof_rc):"; tail -n 20 "${csv%.csv}.err"; status=1
+        fi
+      done
     fi
   fi
 
