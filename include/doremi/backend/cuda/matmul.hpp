@@ -16,8 +16,10 @@
 // context's operand area) or already as bf16 (Cuda::operand: the model keeps
 // the LayerNorm and GELU outputs and a copy of its weights in bf16). The fp32
 // bias goes into the GEMM's epilogue; the backward's bias-gradient pass also
-// writes dout's bf16 copy. (Both not yet run on a GPU: the GPU suite's kernel
-// and whole-step tests cover them.)
+// writes dout's bf16 copy. dout and dx may also be bf16 (activation gradients
+// as autocast keeps them), and the forward may add a residual as the GEMM's C
+// matrix. (None of this yet run on a GPU: the GPU suite's kernel and
+// whole-step tests cover it, under the CPU emulator in CI.)
 // bf16 storage: the overloads at the end take bf16 activations and weights,
 // accumulate in fp32 and keep parameter gradients in fp32.
 // Descriptors and the heuristic's algorithm are made once per shape, types
