@@ -47,15 +47,13 @@ class Model {
   // Element type of the activations kept at the products' precision: the
   // LayerNorm, attention and GELU outputs and the weights' copy (they only
   // feed products: rounding them once where they are made gives the numbers
-  // rounding at every product would, with less memory traffic), and the qkv
-  // and MLP products' outputs and the GELU output's gradient (rounded as
+  // rounding at every product would, with less memory traffic), the qkv and
+  // MLP products' outputs, and these activations' gradients (rounded as
   // autocast keeps them; the elementwise math on them runs in fp32). The
   // scalar itself, or bf16 where the products take bf16 operands
-  // (Cfg::matmul). The GPU's attention backward also reads the attention
-  // output, for D = Σ dO·O: the rounded values, as FlashAttention does.
-  // The gradients of the activations that feed products (LayerNorm outputs,
-  // attention output, qkv, GELU output) are kept in it too, as autocast has
-  // them: the residual stream and its gradient stay in scalar.
+  // (Cfg::matmul); the residual stream and its gradient stay in scalar. The
+  // GPU's attention backward also reads the attention output, for
+  // D = Σ dO·O: the rounded values, as FlashAttention does.
   using operand_type = typename Backend::template operand<Cfg::matmul, scalar>;
 
   static constexpr int C = Cfg::n_embd, H = Cfg::n_head, L = Cfg::n_layer, V = Cfg::padded_vocab;
@@ -188,12 +186,11 @@ class Model {
       // bias gradients take one pass, which also leaves dres as the products
       // read it (bf16 models: rounded, as autocast has it).
       scalar* const no_bias = nullptr;
-      const scalar* const cdres = dres;
       const operand_type* dr = nullptr;
       if constexpr (Cfg::parallel_residual)
-        dr = bias_grads(be_, std::array{G + w.fc2_b, G + w.proj_b}, d_res_op(), cdres, N, C);
+        dr = bias_grads(be_, std::array{G + w.fc2_b, G + w.proj_b}, d_res_op(), dres, N, C);
       else
-        dr = bias_grads(be_, std::array{G + w.fc2_b}, d_res_op(), cdres, N, C);
+        dr = bias_grads(be_, std::array{G + w.fc2_b}, d_res_op(), dres, N, C);
       // MLP branch (the GELU's backward in fc2's product where the backend fuses it).
       const bool through_gelu = matmul_backward_into_gelu<Cfg::matmul, Cfg::gelu>(
           be_, d_fc(), G + w.fc2_w, dr, gel(l), fc(l), weight(w.fc2_w), N, D, C);
@@ -202,7 +199,7 @@ class Model {
       if constexpr (!Cfg::parallel_residual) {  // dres becomes d/dh = d/dx' + LN2's share
         layernorm_backward(be_, dres, G + w.ln2_w, G + w.ln2_b, d_ln2(), hres(l), P + w.ln2_w, ln2_stats(l),
                            ln2_stats(l) + N, N, C);
-        dr = bias_grads(be_, std::array{G + w.proj_b}, d_res_op(), cdres, N, C);
+        dr = bias_grads(be_, std::array{G + w.proj_b}, d_res_op(), dres, N, C);
       }
       // Attention branch.
       matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, no_bias, dr, atty(l), weight(w.proj_w), N, C, C);

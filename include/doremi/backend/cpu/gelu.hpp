@@ -41,7 +41,7 @@ void for_each_part(const Xs* x, std::size_t n, F&& f) {
 // the output so): evaluated in float, rounded once.
 template <Gelu G, class Xs, class O>
 void gelu_forward(Cpu, O* out, const Xs* x, std::size_t n) {
-  using T = backend::compute_t<Xs>;
+  using T = compute_t<Xs>;
   using A = Eigen::Array<T, Eigen::Dynamic, 1>;
   cpu::for_each_part(x, n, [&](const auto& X, std::size_t lo, std::size_t hi) {
     const auto eval = [&](auto&& Y) {
@@ -63,7 +63,7 @@ void gelu_forward(Cpu, O* out, const Xs* x, std::size_t n) {
 // dx = dout ⊙ gelu'(x); x may be bf16 (see gelu_forward).
 template <Gelu G, class T, class Xs>
 void gelu_backward(Cpu, T* dx, const Xs* x, const T* dout, std::size_t n) {
-  static_assert(std::is_same_v<backend::compute_t<Xs>, T>, "gelu_backward: x stored as T or (T = float) bf16");
+  static_assert(std::is_same_v<compute_t<Xs>, T>, "gelu_backward: x stored as T or (T = float) bf16");
   using A = Eigen::Array<T, Eigen::Dynamic, 1>;
   cpu::for_each_part(x, n, [&](const auto& X, std::size_t lo, std::size_t hi) {
     Eigen::Map<const A> D(dout + lo, Eigen::Index(hi - lo));

@@ -4,7 +4,6 @@
 // backend/elementwise.hpp, the same formula the CPU backend evaluates.
 // Backward overwrites dx (as the CPU's does; dx may alias dout).
 #include <cstddef>
-#include <type_traits>
 
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/elementwise.hpp"
