@@ -17,8 +17,9 @@
 // arrays (one block's at a time), the dynamic shared
 // memory (filled with NaN bytes at each block's start, so reads of unwritten
 // memory show up), WMMA fragments (whole tiles per thread), and the primitives of doremi/backend/cuda/mma.hpp:
-// mma.sync m16n8k16 (bf16 operands, fp32 sums in k order) and ldmatrix .x4
-// (plain and .trans; addresses checked for 16-byte alignment), written from
+// mma.sync m16n8k16 (bf16 operands, fp32 sums in k order), ldmatrix .x4
+// (plain and .trans; addresses checked for 16-byte alignment) and cp.async
+// (landing at the issuing thread's wait, see cp_async), written from
 // the PTX ISA's register tables independently of the kernels that use them.
 // A barrier that can never complete (a deadlock) aborts with a message.
 // emu::reverse_order() = true runs a block's warps (and a warp's threads) in
@@ -88,6 +89,12 @@ struct Block {
   std::vector<int> warp_arrived;
   std::vector<std::uint64_t> warp_gen;
   std::vector<std::array<std::uint64_t, 4>> slot;  // a thread's values for warp exchanges
+  struct Copy {  // a cp.async in flight: its bytes, read at issue, land at the thread's wait
+    unsigned char* dst;
+    unsigned char bytes[16];
+    int n;
+  };
+  std::vector<std::vector<Copy>> in_flight;  // per thread
   std::uint64_t events = 0;                        // completed barriers (progress, for deadlock detection)
 };
 
@@ -134,6 +141,7 @@ inline std::array<std::uint64_t, 4>& lane_slot(int l) {
 [[noreturn]] inline void fiber_entry() {
   Block& b = *block();
   (*b.body)();
+  if (!b.in_flight[std::size_t(b.current)].empty()) die("a thread finished with cp.async copies not waited for");
   b.done[std::size_t(b.current)] = 1;
   switch_fiber(b.ctx[std::size_t(b.current)], b.scheduler);  // never resumed
   die("a finished thread was resumed");
@@ -182,6 +190,7 @@ inline void launch(Dim grid, Dim dim, std::size_t smem_bytes, const std::functio
         b.warp_arrived.assign(std::size_t(threads / 32), 0);
         b.warp_gen.assign(std::size_t(threads / 32), 0);
         b.slot.resize(std::size_t(threads));
+        b.in_flight.resize(std::size_t(threads));
         b.body = &body;
         for (int t = 0; t < threads; ++t) {
           const unsigned ut = unsigned(t);
@@ -367,6 +376,31 @@ void ldmatrix(std::uint32_t (&r)[4], const void* row) {
 
 inline void ldmatrix_x4(std::uint32_t (&r)[4], const void* row) { detail::ldmatrix<false>(r, row); }
 inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* row) { detail::ldmatrix<true>(r, row); }
+
+// cp.async lands as late as the hardware allows: at the issuing thread's
+// cp_async_wait_all. A kernel that reads the destination before its wait and
+// a barrier sees the shared memory's previous contents (NaN fill or an older
+// tile), and a copy into a buffer other warps still read overwrites it
+// before they run (warps run in turn between barriers).
+template <int BYTES>
+inline void cp_async(void* dst, const void* src) {
+  static_assert(BYTES == 4 || BYTES == 16, "cp.async: 4 or 16 bytes");
+  auto* d = static_cast<unsigned char*>(dst);
+  const unsigned char* base = emu::block()->smem.data();
+  if (d < base || d + BYTES > base + emu::block()->smem.size()) emu::die("cp.async: destination outside shared memory");
+  if (reinterpret_cast<std::uintptr_t>(dst) % BYTES != 0 || reinterpret_cast<std::uintptr_t>(src) % BYTES != 0)
+    emu::die("cp.async: source or destination not aligned to the copy size");
+  emu::Block::Copy c{d, {}, BYTES};
+  std::memcpy(c.bytes, src, BYTES);
+  emu::block()->in_flight[std::size_t(emu::block()->current)].push_back(c);
+}
+inline void cp_async_wait_all() {
+  auto& mine = emu::block()->in_flight[std::size_t(emu::block()->current)];
+  for (const auto& c : mine) std::memcpy(c.dst, c.bytes, std::size_t(c.n));
+  mine.clear();
+}
+
+inline float exp2_approx(float x) { return std::exp2(x); }
 
 }  // namespace doremi::backend::cuda::mma
 

@@ -9,7 +9,10 @@
 // ascending and in descending order (each warp runs until it waits at
 // __syncthreads), and must give the same bits both times: a warp that read
 // shared memory other warps had not yet written (a missing barrier) would
-// see NaN or other data in one of the two orders. With inputs already in
+// see NaN or other data in one of the two orders; the emulator lands each
+// cp.async only at its thread's wait, so a tile read before its copies were
+// waited for, or a prefetch into a buffer other warps still read, shows the
+// same way. With inputs already in
 // bf16 (as attention.hpp passes them) every kernel must give the same bits
 // as with fp32 inputs. This
 // checks the kernels' index logic, masking, online softmax, register layouts

@@ -15,10 +15,16 @@
 // dK/dV) of one (b, h); warp w owns rows 16w .. 16w + 15. Streamed tiles of
 // BN rows (keys; queries for dK/dV), BN = 64 (32 for hd = 128), go through
 // shared memory as bf16 (rounded from T when loaded), pitch hd + 8 (rows
-// 16-byte aligned for ldmatrix, no bank conflicts). Operands come from
-// shared memory through ldmatrix (.trans where the product needs the tile's
-// transpose). Causal skipping at the granularity of 16 columns, warp-uniform.
-// Scores are scaled by scale·log2(e) and exponentiated with exp2f.
+// 16-byte aligned for ldmatrix, no bank conflicts), double-buffered: bf16
+// inputs are copied with cp.async, and the next tile's copies are issued
+// before the current tile's products, so that they overlap (one barrier per
+// tile). Operands come from shared memory through ldmatrix (.trans where the
+// product needs the tile's transpose). Causal skipping at the granularity of
+// 16 columns, warp-uniform; masks are applied only on the tiles that cross
+// the warp's diagonal or the sequence's end. Scores stay unscaled: the
+// running max is kept in score units and exp2(s·scale·log2(e) − m') is one
+// FMA and one MUFU.EX2 per element; dS leaves out the factor 1/√hd, which
+// scales dQ and dK once at the end.
 //
 //   forward  O = softmax(S)·V, lse             per warp: S, P, O in registers
 //   dK, dV   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, Pᵀ, dSᵀ; dV += Pᵀ·dO, dK += dSᵀ·Q
@@ -53,9 +59,10 @@ struct AttentionMmaTiles {
   static constexpr std::size_t own_bytes = std::size_t(rows) * ldh * 2;  // one [64][hd] tile
   static constexpr std::size_t bn_bytes = std::size_t(bn) * ldh * 2;     // one [BN][hd] tile
   static constexpr std::size_t stage_bytes = std::size_t(rows) * ldo * 4;
-  static constexpr std::size_t fwd_bytes = own_bytes + 2 * bn_bytes;                     // Q | K V
-  static constexpr std::size_t bwd_bytes = 2 * own_bytes + 2 * bn_bytes + 2 * 4 * bn;    // two own | two streamed | lse D
-  static_assert(stage_bytes <= 2 * own_bytes + 2 * bn_bytes, "attention (mma): the output stage must fit");
+  // Q | (K V) ×2, and two own | (two streamed) ×2 | (lse D) ×2.
+  static constexpr std::size_t fwd_bytes = own_bytes + 4 * bn_bytes;
+  static constexpr std::size_t bwd_bytes = 2 * own_bytes + 4 * bn_bytes + 2 * 2 * 4 * bn;
+  static_assert(stage_bytes <= 2 * own_bytes, "attention (mma): the output stage must fit");
   static_assert(own_bytes % 16 == 0 && bn_bytes % 16 == 0);
 };
 
@@ -66,19 +73,21 @@ using bf16 = __nv_bfloat16;
 __device__ __forceinline__ int lane_id() { return int(threadIdx.x) % 32; }
 
 // dst[r·(HD + 8) + d] = bf16(src row (row0 + r), column d) for r < ROWS, zero
-// rows at and past Tn. src points at row 0, rows ld apart. Block-wide.
+// rows at and past Tn. src points at row 0, rows ld apart. Block-wide; the
+// tile is complete after every thread's mma::cp_async_wait_all and a barrier.
 template <int HD, int ROWS, class T>
 __device__ __forceinline__ void load_tile(bf16* dst, const T* src, std::size_t ld, int row0, int Tn) {
   constexpr int LDH = HD + 8, Q4 = HD / 4;
-  if constexpr (std::is_same_v<T, bf16>) {  // 16-byte copies (8 values) where every row start is 16-byte aligned
+  if constexpr (std::is_same_v<T, bf16>) {  // 16-byte cp.async (8 values) where every row start is 16-byte aligned
     if ((reinterpret_cast<std::uintptr_t>(src) & 15u) == 0 && ld % 8 == 0) {
       constexpr int Q8 = HD / 8;
 #pragma unroll 1
       for (int idx = int(threadIdx.x); idx < ROWS * Q8; idx += int(blockDim.x)) {
         const int r = idx / Q8, d = 8 * (idx % Q8);
-        uint4 v{0u, 0u, 0u, 0u};
-        if (row0 + r < Tn) v = *reinterpret_cast<const uint4*>(src + std::size_t(row0 + r) * ld + d);
-        *reinterpret_cast<uint4*>(dst + r * LDH + d) = v;
+        if (row0 + r < Tn)
+          mma::cp_async<16>(dst + r * LDH + d, src + std::size_t(row0 + r) * ld + d);
+        else
+          *reinterpret_cast<uint4*>(dst + r * LDH + d) = uint4{0u, 0u, 0u, 0u};
       }
       return;
     }
@@ -231,8 +240,8 @@ __global__ void __launch_bounds__(128)
   constexpr int BN = L::bn, NT = BN / 8;
   unsigned char* const sm = mma::dynamic_smem();
   bf16* const Qs = reinterpret_cast<bf16*>(sm);
-  bf16* const Ks = reinterpret_cast<bf16*>(sm + L::own_bytes);
-  bf16* const Vs = reinterpret_cast<bf16*>(sm + L::own_bytes + L::bn_bytes);
+  auto Ks = [&](int buf) { return reinterpret_cast<bf16*>(sm + L::own_bytes + buf * 2 * L::bn_bytes); };
+  auto Vs = [&](int buf) { return reinterpret_cast<bf16*>(sm + L::own_bytes + (buf * 2 + 1) * L::bn_bytes); };
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
   const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
@@ -241,50 +250,59 @@ __global__ void __launch_bounds__(128)
   const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};  // this lane's two query rows
   const std::size_t ld = std::size_t(3) * C;
   const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
+  auto load_kv = [&](int buf, int k0) {
+    load_tile<HD, BN>(Ks(buf), base + HD, ld, k0, Tn);
+    load_tile<HD, BN>(Vs(buf), base + 2 * HD, ld, k0, Tn);
+  };
 
   load_tile<HD, 64>(Qs, base, ld, q0, Tn);
+  load_kv(0, 0);
   float o[HD / 8][4];
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // per row: running max (log2 units) and sum
+  // Per row: running max (score units; −∞ until a key is seen) and sum.
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
-  for (int k0 = 0; k0 < kend; k0 += BN) {
-    __syncthreads();  // every warp is done with the previous K, V tiles
-    load_tile<HD, BN>(Ks, base + HD, ld, k0, Tn);
-    load_tile<HD, BN>(Vs, base + 2 * HD, ld, k0, Tn);
-    __syncthreads();
+  for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
+    mma::cp_async_wait_all();
+    __syncthreads();  // tile k0 is in; every warp is done with the other buffers (tile k0 − BN)
+    if (k0 + BN < kend) load_kv(buf ^ 1, k0 + BN);
     if (k0 > last) continue;  // every key of the tile is masked for the warp's rows (warp-uniform)
     // 16-key blocks with a key visible to some row of the warp.
     const int kb_end = (last - k0) / 16 + 1;
 
     float s[NT][4];
-    warp_abt<HD>(s, Qs, wr, Ks, kb_end);
-
+    warp_abt<HD>(s, Qs, wr, Ks(buf), kb_end);
+    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) {  // the tile crosses the warp's diagonal or the end (warp-uniform)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = k0 + 8 * n + 2 * t + e % 2;
+          if (j > rows[e / 2] || j >= Tn) s[n][e] = -INFINITY;
+        }
+    }
     float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = k0 + 8 * n + 2 * t + e % 2, r = e / 2;
-        s[n][e] = j <= rows[r] && j < Tn ? s[n][e] * scale_log2 : -INFINITY;
-        mt[r] = fmaxf(mt[r], s[n][e]);
-      }
+      for (int e = 0; e < 4; ++e) mt[e / 2] = fmaxf(mt[e / 2], s[n][e]);
     float alpha[2], ref[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float mn = fmaxf(m[r], quad_max(mt[r]));
       // mn = −∞ only while a row has seen no visible key (never: key 0 is in
-      // the first tile); subtracting 0 then keeps exp2(−∞) = 0, no NaN.
-      ref[r] = mn == -INFINITY ? 0.0f : mn;
-      alpha[r] = exp2f(m[r] - ref[r]);  // 0 on the first tile (m = −∞)
+      // the first tile); a reference of 0 then keeps exp2(−∞) = 0, no NaN.
+      ref[r] = mn == -INFINITY ? 0.0f : mn * scale_log2;
+      alpha[r] = mma::exp2_approx(m[r] * scale_log2 - ref[r]);  // 0 on the first tile (m = −∞)
       m[r] = mn;
     }
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(s[n][e] - ref[e / 2]);
+        s[n][e] = mma::exp2_approx(fmaf(s[n][e], scale_log2, -ref[e / 2]));
         sum[e / 2] += s[n][e];
       }
 #pragma unroll
@@ -293,10 +311,10 @@ __global__ void __launch_bounds__(128)
     for (int n = 0; n < HD / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e / 2];
-    warp_pm<HD>(o, s, Vs, 0, kb_end);
+    warp_pm<HD>(o, s, Vs(buf), 0, kb_end);
   }
 
-  // O / l and lse = (m + log2 l)·ln 2, straight from registers (a quad writes 8 consecutive values of a row).
+  // O / l and lse = (m·scale·log2(e) + log2 l)·ln 2, straight from registers (a quad writes 8 consecutive values of a row).
   T* const obase = out + std::size_t(b) * Tn * C + std::size_t(h) * HD;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -307,7 +325,7 @@ __global__ void __launch_bounds__(128)
     for (int n = 0; n < HD / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) obase[std::size_t(i) * C + 8 * n + 2 * t + e] = T(o[n][2 * r + e] * inv);
-    if (t == 0) lse[std::size_t(bh) * Tn + i] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
+    if (t == 0) lse[std::size_t(bh) * Tn + i] = (m[r] * scale_log2 + log2f(l[r])) * 0.69314718055994531f;
   }
 }
 
@@ -326,10 +344,10 @@ __global__ void __launch_bounds__(128)
   unsigned char* const sm = mma::dynamic_smem();
   bf16* const Ks = reinterpret_cast<bf16*>(sm);
   bf16* const Vs = reinterpret_cast<bf16*>(sm + L::own_bytes);
-  bf16* const Qs = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes);
-  bf16* const dOs = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + L::bn_bytes);
-  float* const lse_s = reinterpret_cast<float*>(sm + 2 * L::own_bytes + 2 * L::bn_bytes);  // ·log2(e)
-  float* const D_s = lse_s + BN;
+  auto Qs = [&](int buf) { return reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + buf * 2 * L::bn_bytes); };
+  auto dOs = [&](int buf) { return reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + (buf * 2 + 1) * L::bn_bytes); };
+  auto lse_s = [&](int buf) { return reinterpret_cast<float*>(sm + 2 * L::own_bytes + 4 * L::bn_bytes) + buf * 2 * BN; };
+  auto D_s = [&](int buf) { return lse_s(buf) + BN; };
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
   const int k0 = int(blockIdx.y) * 64;
@@ -339,47 +357,71 @@ __global__ void __launch_bounds__(128)
   const std::size_t ld = std::size_t(3) * C;
   const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
   const In* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
+  auto load_q = [&](int buf, int i0) {  // Q, dO, lse and D of the queries i0 .. i0 + BN − 1
+    load_tile<HD, BN>(Qs(buf), base, ld, i0, Tn);
+    load_tile<HD, BN>(dOs(buf), dO_base, std::size_t(C), i0, Tn);
+    for (int ii = int(threadIdx.x); ii < BN; ii += 128) {
+      if (i0 + ii < Tn) {
+        mma::cp_async<4>(lse_s(buf) + ii, lse + std::size_t(bh) * Tn + i0 + ii);
+        mma::cp_async<4>(D_s(buf) + ii, Dv + std::size_t(bh) * Tn + i0 + ii);
+      } else {
+        lse_s(buf)[ii] = D_s(buf)[ii] = 0.0f;
+      }
+    }
+  };
 
   load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
   load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
+  load_q(0, k0);
   float dk[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
 
-  for (int i0 = k0; i0 < Tn; i0 += BN) {  // queries before k0 see none of the block's keys
-    __syncthreads();  // every warp is done with the previous Q, dO tiles
-    load_tile<HD, BN>(Qs, base, ld, i0, Tn);
-    load_tile<HD, BN>(dOs, dO_base, std::size_t(C), i0, Tn);
-    for (int ii = int(threadIdx.x); ii < BN; ii += 128) {
-      lse_s[ii] = i0 + ii < Tn ? lse[std::size_t(bh) * Tn + i0 + ii] * log2e : 0.0f;
-      D_s[ii] = i0 + ii < Tn ? Dv[std::size_t(bh) * Tn + i0 + ii] : 0.0f;
-    }
-    __syncthreads();
+  for (int i0 = k0, buf = 0; i0 < Tn; i0 += BN, buf ^= 1) {  // queries before k0 see none of the block's keys
+    mma::cp_async_wait_all();
+    __syncthreads();  // tile i0 is in; every warp is done with the other buffers (tile i0 − BN)
+    if (i0 + BN < Tn) load_q(buf ^ 1, i0 + BN);
     if (i0 + BN <= first) continue;  // every query of the tile precedes the warp's keys (warp-uniform)
     // 16-query blocks before qb_begin see none of the warp's keys.
     const int qb_begin = first > i0 ? (first - i0) / 16 : 0;
+    const bf16* const Q = Qs(buf);
+    const bf16* const dO = dOs(buf);
+    const float* const ls = lse_s(buf);
+    const float* const Ds = D_s(buf);
 
     float st[NT][4], dpt[NT][4];
-    warp_abt<HD>(st, Ks, wr, Qs, NT / 2);   // Sᵀ = K·Qᵀ (blocks before qb_begin: computed, then masked)
-    warp_abt<HD>(dpt, Vs, wr, dOs, NT / 2); // dPᵀ = V·dOᵀ
+    warp_abt<HD>(st, Ks, wr, Q, NT / 2);   // Sᵀ = K·Qᵀ (blocks before qb_begin: computed, then masked)
+    warp_abt<HD>(dpt, Vs, wr, dO, NT / 2); // dPᵀ = V·dOᵀ
+    if (i0 < first + 15 || i0 + BN > Tn) {  // the tile crosses the warp's diagonal or the end (warp-uniform)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = i0 + 8 * n + 2 * t + e % 2;
+          if (keys[e / 2] > i || i >= Tn) st[n][e] = -INFINITY;
+        }
+    }
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int c = 8 * n + 2 * t + e % 2, i = i0 + c;
-        float p = 0.0f;
-        if (keys[e / 2] <= i && i < Tn) p = exp2f(st[n][e] * scale_log2 - lse_s[c]);
-        st[n][e] = p;                                 // Pᵀ
-        dpt[n][e] = p * (dpt[n][e] - D_s[c]) * scale;  // dSᵀ
+        const int c = 8 * n + 2 * t + e % 2;
+        const float p = mma::exp2_approx(fmaf(st[n][e], scale_log2, -ls[c] * log2e));
+        st[n][e] = p;                          // Pᵀ
+        dpt[n][e] = p * (dpt[n][e] - Ds[c]);  // dSᵀ·√hd
       }
-    warp_pm<HD>(dv, st, dOs, qb_begin, NT / 2);  // dV += Pᵀ·dO
-    warp_pm<HD>(dk, dpt, Qs, qb_begin, NT / 2);  // dK += dSᵀ·Q
+    warp_pm<HD>(dv, st, dO, qb_begin, NT / 2);  // dV += Pᵀ·dO
+    warp_pm<HD>(dk, dpt, Q, qb_begin, NT / 2);  // dK·√hd += dSᵀ·√hd·Q
   }
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] *= scale;
 
   T* const dbase = dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
-  float* const stage = reinterpret_cast<float*>(sm);  // [64][hd + 4], over the tiles
+  float* const stage = reinterpret_cast<float*>(sm);  // [64][hd + 4], over K and V (no copy is in flight)
   __syncthreads();
   stage_rows<HD>(stage, dk, wr);
   __syncthreads();
@@ -404,8 +446,8 @@ __global__ void __launch_bounds__(128)
   unsigned char* const sm = mma::dynamic_smem();
   bf16* const Qs = reinterpret_cast<bf16*>(sm);
   bf16* const dOs = reinterpret_cast<bf16*>(sm + L::own_bytes);
-  bf16* const Ks = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes);
-  bf16* const Vs = reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + L::bn_bytes);
+  auto Ks = [&](int buf) { return reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + buf * 2 * L::bn_bytes); };
+  auto Vs = [&](int buf) { return reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + (buf * 2 + 1) * L::bn_bytes); };
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
   const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
@@ -414,10 +456,15 @@ __global__ void __launch_bounds__(128)
   const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
   const std::size_t ld = std::size_t(3) * C;
   const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
+  auto load_kv = [&](int buf, int k0) {
+    load_tile<HD, BN>(Ks(buf), base + HD, ld, k0, Tn);
+    load_tile<HD, BN>(Vs(buf), base + 2 * HD, ld, k0, Tn);
+  };
 
   load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
-  float lse_r[2], D_r[2];
+  load_kv(0, 0);
+  float lse_r[2], D_r[2];  // lse·log2(e) and D of the lane's rows (0 past the end: their dS is 0)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const bool in = rows[r] < Tn;
@@ -429,33 +476,42 @@ __global__ void __launch_bounds__(128)
   for (int n = 0; n < HD / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
-  for (int k0 = 0; k0 < kend; k0 += BN) {
-    __syncthreads();  // every warp is done with the previous K, V tiles
-    load_tile<HD, BN>(Ks, base + HD, ld, k0, Tn);
-    load_tile<HD, BN>(Vs, base + 2 * HD, ld, k0, Tn);
-    __syncthreads();
+  for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
+    mma::cp_async_wait_all();
+    __syncthreads();  // tile k0 is in; every warp is done with the other buffers (tile k0 − BN)
+    if (k0 + BN < kend) load_kv(buf ^ 1, k0 + BN);
     if (k0 > last) continue;
     const int kb_end = (last - k0) / 16 + 1;
 
     float s[NT][4], dp[NT][4];
-    warp_abt<HD>(s, Qs, wr, Ks, kb_end);   // S = Q·Kᵀ
-    warp_abt<HD>(dp, dOs, wr, Vs, kb_end); // dP = dO·Vᵀ
+    warp_abt<HD>(s, Qs, wr, Ks(buf), kb_end);   // S = Q·Kᵀ
+    warp_abt<HD>(dp, dOs, wr, Vs(buf), kb_end); // dP = dO·Vᵀ
+    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) {  // the tile crosses the warp's diagonal or the end (warp-uniform)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = k0 + 8 * n + 2 * t + e % 2;
+          if (j > rows[e / 2] || j >= Tn) s[n][e] = -INFINITY;
+        }
+    }
+    // Rows past the end: Q, dO, lse and D are 0 there, so dS = 1·(0 − 0) = 0.
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int j = k0 + 8 * n + 2 * t + e % 2, r = e / 2;
-        float ds = 0.0f;
-        if (j <= rows[r] && j < Tn && rows[r] < Tn) {
-          const float p = exp2f(s[n][e] * scale_log2 - lse_r[r]);
-          ds = p * (dp[n][e] - D_r[r]) * scale;
-        }
-        s[n][e] = ds;
+        const int r = e / 2;
+        const float p = mma::exp2_approx(fmaf(s[n][e], scale_log2, -lse_r[r]));
+        s[n][e] = p * (dp[n][e] - D_r[r]);  // dS·√hd
       }
-    warp_pm<HD>(dq, s, Ks, 0, kb_end);  // dQ += dS·K
+    warp_pm<HD>(dq, s, Ks(buf), 0, kb_end);  // dQ·√hd += dS·√hd·K
   }
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq[n][e] *= scale;
 
-  float* const stage = reinterpret_cast<float*>(sm);
+  float* const stage = reinterpret_cast<float*>(sm);  // over Q and dO (no copy is in flight)
   __syncthreads();
   stage_rows<HD>(stage, dq, wr);
   __syncthreads();

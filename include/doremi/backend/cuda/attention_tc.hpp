@@ -106,6 +106,7 @@ __global__ void __launch_bounds__(128)
   const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
 
   attention_mma::load_tile<HD, 64>(Qs, base, ld, q0, Tn);
+  mma::cp_async_wait_all();  // load_tile copies bf16 tiles with cp.async
   for (int e = lane; e < 16 * HD; e += 32) Os[(wr + e / HD) * LDO + e % HD] = 0.0f;  // the warp's own rows
   __syncthreads();
   wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf[KS];
@@ -118,6 +119,7 @@ __global__ void __launch_bounds__(128)
     __syncthreads();  // every warp is done with the previous K, V tiles
     attention_mma::load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
     attention_mma::load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
+    mma::cp_async_wait_all();  // load_tile copies bf16 tiles with cp.async
     __syncthreads();
     // 16-key column blocks with a visible key for some row of this warp (on the diagonal tile: n ≤ warp).
     const int nblk = k0 == q0 ? warp + 1 : 4;
@@ -237,6 +239,7 @@ __global__ void __launch_bounds__(128)
 
   attention_mma::load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
   attention_mma::load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
+  mma::cp_async_wait_all();  // load_tile copies bf16 tiles with cp.async
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> dk[KS], dv[KS];
 #pragma unroll
   for (int dn = 0; dn < KS; ++dn) {
@@ -248,6 +251,7 @@ __global__ void __launch_bounds__(128)
     __syncthreads();  // every warp is done with the previous Q, dO tiles
     attention_mma::load_tile<HD, 64>(Qs, base, ld, i0, Tn);
     attention_mma::load_tile<HD, 64>(dOs, dO_base, std::size_t(C), i0, Tn);
+    mma::cp_async_wait_all();  // load_tile copies bf16 tiles with cp.async
     if (threadIdx.x < 64) {
       const int ii = int(threadIdx.x);
       lse_s[ii] = i0 + ii < Tn ? lse_bh[i0 + ii] * log2e : 0.0f;
@@ -364,6 +368,7 @@ __global__ void __launch_bounds__(128)
 
   attention_mma::load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   attention_mma::load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
+  mma::cp_async_wait_all();  // load_tile copies bf16 tiles with cp.async
   if (threadIdx.x < 64) {
     const int ii = int(threadIdx.x);
     lse_s[ii] = q0 + ii < Tn ? lse[std::size_t(bh) * Tn + q0 + ii] * log2e : 0.0f;
@@ -385,6 +390,7 @@ __global__ void __launch_bounds__(128)
     __syncthreads();  // every warp is done with the previous K, V tiles
     attention_mma::load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
     attention_mma::load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
+    mma::cp_async_wait_all();  // load_tile copies bf16 tiles with cp.async
     __syncthreads();
     const int nblk = k0 == q0 ? warp + 1 : 4;
 

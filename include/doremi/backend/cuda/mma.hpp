@@ -1,6 +1,7 @@
 #pragma once
 // Warp-level tensor-core primitives (sm_80+) through inline PTX: mma.sync
-// m16n8k16 with bf16 operands and fp32 accumulation, and ldmatrix. Register
+// m16n8k16 with bf16 operands and fp32 accumulation, ldmatrix, cp.async
+// (global → shared copies that overlap computation) and ex2. Register
 // layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), with g = lane / 4
 // and t = lane % 4, each .b32 register holding two bf16 (low half first):
 //   A 16×16 (rows × k):  a[0] = A[g][2t, 2t+1]     a[1] = A[g+8][2t, 2t+1]
@@ -75,6 +76,45 @@ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const v
   (void)row;
   r[0] = r[1] = r[2] = r[3] = 0;
   __trap();
+#endif
+}
+
+// Asynchronous copies global → shared (cp.async, sm_80+): BYTES (4 or 16)
+// from src (BYTES-aligned) to dst (shared memory, BYTES-aligned). The data
+// lands at the latest when the issuing thread's cp_async_wait_all returns;
+// other threads see it after a barrier that follows that wait.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+  static_assert(BYTES == 4 || BYTES == 16, "cp.async: 4 or 16 bytes");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const auto d = static_cast<std::uint32_t>(__cvta_generic_to_shared(dst));
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+#else
+  (void)dst, (void)src;
+  __trap();
+#endif
+}
+
+// Waits until every cp_async this thread issued has landed.
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// 2^x (MUFU.EX2, subnormal results flushed to 0; relative error about 2^-22).
+__device__ __forceinline__ float exp2_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
 #endif
 }
 
