@@ -355,7 +355,7 @@ class Model {
     at = 0;
     o_res_ = take(N * Cs);
     o_ln1s_ = take(2 * N);
-    o_qkvr_ = take(3 * N * Cs);
+    o_qkvr_ = take(attention_qkvr_size<Cfg::matmul, scalar>(be_, B, T, C, H));
     o_att_ = take(attention_state_size(be_, B, H, T));
     o_h_ = Cfg::parallel_residual ? 0 : take(N * Cs);
     o_ln2s_ = Cfg::parallel_residual ? 0 : take(2 * N);  // parallel: LN2 shares LN1's statistics (same input)

@@ -96,6 +96,13 @@ void convert(Cpu, To* dst, const From* src, std::size_t n) {
 // the whole B·H·T×T probability matrix on the CPU.
 inline std::size_t attention_state_size(Cpu, int B, int H, int T) { return std::size_t(B) * H * T * T; }
 
+// Elements of T that attention_forward<P>'s qkvr (the rotated qkv, kept for
+// the backward) needs for B·T tokens of width C: all 3·C values per token.
+template <MatmulPrecision P, class T>
+std::size_t attention_qkvr_size(Cpu, int B, int T_, int C, int /*H*/) {
+  return std::size_t(B) * T_ * 3 * C;
+}
+
 namespace cpu {
 
 template <class T>

@@ -532,7 +532,18 @@ void attention_mma_backward_launch(const Cuda& be, T* dqkv, const In* dout, cons
 
 }  // namespace cuda
 
-// qkvr receives qkv with q and k rotated (it must not alias qkv); lse the
+// Elements of T that attention_forward<P>'s qkvr needs for B·T tokens of
+// width C and H heads on this device: 3·C per token, half as many bytes
+// where the tensor-core kernels run (they keep qkvr in bf16).
+template <MatmulPrecision P, class T>
+std::size_t attention_qkvr_size(const Cuda&, int B, int Tn, int C, int H) {
+  const std::size_t n = std::size_t(B) * Tn * 3 * C;
+  if (cuda::attention_path<P, T>(cuda::attention_check(B, Tn, C, H, 0)) == cuda::AttentionPath::fp32) return n;
+  return (n * sizeof(__nv_bfloat16) + sizeof(T) - 1) / sizeof(T);
+}
+
+// qkvr receives qkv with q and k rotated (it must not alias qkv; it holds
+// attention_qkvr_size elements); lse the
 // logsumexp of each query's scaled scores, [B·H·T] (index (b·H + h)·T + t),
 // kept for the backward. rope_cos / rope_sin: [n_ctx, rot/2] device tables
 // (unused when rot = 0). T = float or __nv_bfloat16. P = MatmulPrecision::bf16
