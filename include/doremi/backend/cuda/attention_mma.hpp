@@ -207,6 +207,22 @@ __device__ __forceinline__ void warp_pm(float (&out)[HD / 8][4], const float (&p
   }
 }
 
+// Sets the hidden entries of a score tile s (the warp's rows; this lane's
+// two are `rows`, its columns col0 + 8n + 2t + e % 2) to −∞: columns at or
+// past Tn, and keys after their query (rows queries and columns keys; with
+// Transposed, rows keys and columns queries).
+template <bool Transposed, int NT>
+__device__ __forceinline__ void mask_hidden(float (&s)[NT][4], int col0, const int (&rows)[2], int Tn) {
+  const int t = lane_id() % 4;
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = col0 + 8 * n + 2 * t + e % 2, r = rows[e / 2];
+      if ((Transposed ? r > c : c > r) || c >= Tn) s[n][e] = -INFINITY;
+    }
+}
+
 // Max or sum over the 4 lanes of a quad (the lanes holding one row).
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
@@ -274,15 +290,8 @@ __global__ void __launch_bounds__(128)
 
     float s[NT][4];
     warp_abt<HD>(s, Qs, wr, Ks(buf), kb_end);
-    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) {  // the tile crosses the warp's diagonal or the end (warp-uniform)
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = k0 + 8 * n + 2 * t + e % 2;
-          if (j > rows[e / 2] || j >= Tn) s[n][e] = -INFINITY;
-        }
-    }
+    // Masks only where the tile crosses the warp's diagonal or the end (warp-uniform).
+    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) mask_hidden<false>(s, k0, rows, Tn);
     float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < NT; ++n)
@@ -394,15 +403,8 @@ __global__ void __launch_bounds__(128)
     float st[NT][4], dpt[NT][4];
     warp_abt<HD>(st, Ks, wr, Q, NT / 2);   // Sᵀ = K·Qᵀ (blocks before qb_begin: computed, then masked)
     warp_abt<HD>(dpt, Vs, wr, dO, NT / 2); // dPᵀ = V·dOᵀ
-    if (i0 < first + 15 || i0 + BN > Tn) {  // the tile crosses the warp's diagonal or the end (warp-uniform)
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = i0 + 8 * n + 2 * t + e % 2;
-          if (keys[e / 2] > i || i >= Tn) st[n][e] = -INFINITY;
-        }
-    }
+    // Masks only where the tile crosses the warp's diagonal or the end (warp-uniform).
+    if (i0 < first + 15 || i0 + BN > Tn) mask_hidden<true>(st, i0, keys, Tn);
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
@@ -451,7 +453,7 @@ __global__ void __launch_bounds__(128)
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
   const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
-  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4, t = lane_id() % 4;
+  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4;
   const int last = q0 + wr + 15;
   const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
   const std::size_t ld = std::size_t(3) * C;
@@ -486,15 +488,8 @@ __global__ void __launch_bounds__(128)
     float s[NT][4], dp[NT][4];
     warp_abt<HD>(s, Qs, wr, Ks(buf), kb_end);   // S = Q·Kᵀ
     warp_abt<HD>(dp, dOs, wr, Vs(buf), kb_end); // dP = dO·Vᵀ
-    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) {  // the tile crosses the warp's diagonal or the end (warp-uniform)
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = k0 + 8 * n + 2 * t + e % 2;
-          if (j > rows[e / 2] || j >= Tn) s[n][e] = -INFINITY;
-        }
-    }
+    // Masks only where the tile crosses the warp's diagonal or the end (warp-uniform).
+    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) mask_hidden<false>(s, k0, rows, Tn);
     // Rows past the end: Q, dO, lse and D are 0 there, so dS = 1·(0 − 0) = 0.
 #pragma unroll
     for (int n = 0; n < NT; ++n)
