@@ -3,10 +3,14 @@
 // update, weighted backward, AdamW), beside a PyTorch twin of the same model on
 // the same GPU (benchmarks/torch_gpu_twin.py: SDPA attention, bf16 autocast,
 // torch.compile, fused AdamW). Prints tokens per second and model-FLOPs
-// utilisation of both, and their ratio.
+// utilisation of both, and their ratio; then one layer's attention alone
+// (forward + backward at the same shape) with each of our tensor-core kernel
+// families beside PyTorch's scaled_dot_product_attention (FlashAttention on
+// these GPUs), in ms and TFLOP/s.
 //
 //   bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] [--domains 8]
 //                  [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args "--no-compile"]
+//                  [--no-attention]
 //
 // Ours: bf16 GEMM operands with fp32 accumulation and fp32 master weights
 // (Config<bf16_matmul(doremi_120m), float>). Each step is timed on the host
@@ -52,6 +56,7 @@ struct Options {
   std::string python = "python3";
   std::string twin_args;
   bool twin = true;
+  bool attention = true;  // also time one layer's attention alone
 };
 
 std::string tail_lines(const std::string& s, int n) {
@@ -154,6 +159,60 @@ Ours time_ours(const Options& o) {
   return r;
 }  // GPU memory of both models and the optimiser freed here, before the twin runs
 
+// One layer's attention alone, as the model calls it (bf16 qkv in; rotary on
+// the first rot dims; bf16 output, output gradient and qkv gradient; the
+// backward's D pass): the median seconds of a forward + backward with the
+// given tensor-core kernel family. Random inputs (N(0, 1) q, k, v: softmax
+// rows neither flat nor one-hot).
+double time_attention(const Options& o, backend::cuda::AttentionTcKernels family) {
+  namespace cu = backend::cuda;
+  using bf16 = __nv_bfloat16;
+  constexpr auto P = MatmulPrecision::bf16;
+  const int B = o.batch, T = o.seq, C = Cfg::n_embd, H = Cfg::n_head, rot = Cfg::rotary_dim;
+  const std::size_t N = std::size_t(B) * T;
+  backend::Cuda gpu(o.device);
+  const cu::AttentionTcKernels before = cu::attention_tc_kernels();
+  cu::attention_tc_kernels() = family;
+  auto random_bf16 = [&](std::size_t n, std::uint64_t stream) {
+    std::vector<float> h(n);
+    for (std::size_t i = 0; i < n; ++i) h[i] = float(Philox::normal(7, stream, i));
+    cu::DeviceBuffer<float> f(n);
+    cu::copy_to_device(gpu, f.data(), h.data(), n);
+    cu::DeviceBuffer<bf16> d(n);
+    backend::convert(gpu, d.data(), static_cast<const float*>(f.data()), n);
+    gpu.synchronize();
+    return d;
+  };
+  const auto qkv = random_bf16(N * 3 * C, 0), dout = random_bf16(N * C, 1);
+  std::vector<float> cs(std::size_t(T) * (rot / 2)), sn(cs.size());
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < rot / 2; ++i) {
+      const double a = t * std::pow(Cfg::rotary_base, -2.0 * i / rot);
+      cs[std::size_t(t) * (rot / 2) + i] = float(std::cos(a));
+      sn[std::size_t(t) * (rot / 2) + i] = float(std::sin(a));
+    }
+  cu::DeviceBuffer<float> rope_cos(cs.size()), rope_sin(sn.size());
+  cu::copy_to_device(gpu, rope_cos.data(), cs.data(), cs.size());
+  cu::copy_to_device(gpu, rope_sin.data(), sn.data(), sn.size());
+  cu::DeviceBuffer<float> qkvr(backend::attention_qkvr_size<P, float>(gpu, B, T, C, H));
+  cu::DeviceBuffer<float> lse(backend::attention_state_size(gpu, B, H, T));
+  cu::DeviceBuffer<bf16> out(N * C), dqkv(N * 3 * C);
+  std::vector<double> times;
+  for (int s = 0; s < o.warmup + o.steps; ++s) {
+    gpu.synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    backend::attention_forward<P>(gpu, out.data(), qkvr.data(), lse.data(), qkv.data(), rope_cos.data(),
+                                  rope_sin.data(), B, T, C, H, rot);
+    backend::attention_backward<P>(gpu, dqkv.data(), dout.data(), static_cast<const bf16*>(out.data()),
+                                   static_cast<const float*>(qkvr.data()), static_cast<const float*>(lse.data()),
+                                   rope_cos.data(), rope_sin.data(), B, T, C, H, rot);
+    gpu.synchronize();
+    if (s >= o.warmup) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  cu::attention_tc_kernels() = before;
+  return median(times);
+}
+
 // The twin's JSON line (null when it did not run; `why` says what happened).
 nlohmann::json run_twin(const Options& o, std::string& why) {
   const std::string cmd =
@@ -241,6 +300,20 @@ int run(const Options& o) {
   }
   std::fflush(stdout);
 
+  // One layer's attention alone, both tensor-core kernel families (the twin times SDPA beside them).
+  double att_wmma = 0, att_mma = 0;
+  std::string att_error;
+  try {
+    if (o.attention) {
+      att_wmma = time_attention(o, backend::cuda::AttentionTcKernels::wmma);
+      att_mma = time_attention(o, backend::cuda::AttentionTcKernels::mma);
+    }
+  } catch (const std::exception& e) {
+    att_error = e.what();
+    fmt::print("attention alone FAILED: {}\n", att_error);
+  }
+  std::fflush(stdout);
+
   std::string why;
   nlohmann::json peer;
   if (o.twin) {
@@ -292,6 +365,27 @@ int run(const Options& o) {
   row("DRO step", ours_dro, theirs_dro, fpt_dro);
   if (!ran) fmt::print("doremi-cpp: failed: {}\n", our_error);
   if (peer.is_null()) fmt::print("pytorch: not run: {}\n", why);
+
+  // Attention alone: FLOPs as FlashAttention counts them for a causal layer
+  // (forward 2 products, backward 5, each half of the T×T square), not
+  // counting our dQ kernel's recomputed S and dP.
+  const double att_flops = 3.5 * 2.0 * B * Cfg::n_head * double(T) * T * Cfg::head_dim;
+  const double att_sdpa =
+      !peer.is_null() && peer.contains("attention_alone") ? peer["attention_alone"].value("step_s_median", 0.0) : 0.0;
+  if (o.attention)
+    fmt::print("\nattention alone, one layer forward + backward (B={} H={} T={} hd={}, causal; ours with rotary and "
+             "the D pass, SDPA without):\n",
+             B, Cfg::n_head, T, Cfg::head_dim);
+  auto att_row = [&](const char* what, double sec) {
+    if (!o.attention) return;
+    if (!(sec > 0)) return fmt::print("  {:<22} -\n", what);
+    fmt::print("  {:<22} {:>8.3f} ms {:>7.1f} TFLOP/s{}\n", what, 1e3 * sec, att_flops / sec / 1e12,
+               att_sdpa > 0 ? fmt::format("   {:.2f}x SDPA's speed", att_sdpa / sec) : std::string());
+  };
+  att_row("doremi-cpp wmma", att_wmma);
+  att_row("doremi-cpp mma", att_mma);
+  att_row("pytorch SDPA", att_sdpa);
+  if (!att_error.empty()) fmt::print("  doremi-cpp: failed: {}\n", att_error);
   fmt::print("goals (H100/H200): training-step MFU >= 45%: {}; training-step tokens/s >= 1.3x pytorch: {}\n",
              ran ? fmt::format("{} ({:.1f}%)", mfu_train >= 0.45 ? "met" : "NOT met", 100.0 * mfu_train)
                  : std::string("unknown (doremi-cpp failed)"),
@@ -312,7 +406,9 @@ int run(const Options& o) {
                       {"flops_per_token_dro", fpt_dro},
                       {"doremi", {{"train_tokens_per_s", ours_train}, {"train_mfu", mfu_train},
                                   {"dro_tokens_per_s", ours_dro}, {"dro_mfu", mfu_dro},
-                                  {"train_step_s", ours.train.times}, {"dro_step_s", ours.dro.times}}}};
+                                  {"train_step_s", ours.train.times}, {"dro_step_s", ours.dro.times}}},
+                      {"attention_alone", {{"flops", att_flops}, {"wmma_s", att_wmma}, {"mma_s", att_mma},
+                                           {"sdpa_s", att_sdpa}}}};
   if (!ran) j["doremi"] = {{"error", our_error}};
   if (!peer.is_null())
     j["pytorch"] = {{"train_tokens_per_s", theirs_train}, {"train_mfu", theirs_train * fpt / peak},
@@ -320,7 +416,7 @@ int run(const Options& o) {
   else
     j["pytorch"] = {{"error", why}};
   fmt::print("{}\n", j.dump());
-  return ran ? 0 : 1;
+  return ran && att_error.empty() ? 0 : 1;
 }
 
 }  // namespace
@@ -346,10 +442,12 @@ int main(int argc, char** argv) {
     else if (a == "--python") o.python = next();
     else if (a == "--twin-args") o.twin_args = next();
     else if (a == "--no-twin") o.twin = false;
+    else if (a == "--no-attention") o.attention = false;
     else {
       fmt::print(stderr,
                  "usage: bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] "
-                 "[--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args ARGS]\n");
+                 "[--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args ARGS] "
+                 "[--no-attention]\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }

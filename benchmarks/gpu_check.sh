@@ -28,8 +28,10 @@
 #                     benchmarked; the CSVs stay in BUILD_DIR
 #
 # The benchmark runs twice: with the default tensor-core attention kernels
-# (and the PyTorch twin), then with DOREMI_CUDA_ATTENTION=mma (ours only);
-# set DOREMI_CUDA_ATTENTION yourself to run one family only.
+# (and the PyTorch twin; then one layer's attention alone with both kernel
+# families beside PyTorch's SDPA), then the steps with
+# DOREMI_CUDA_ATTENTION=mma (ours only); set DOREMI_CUDA_ATTENTION yourself to
+# run one family only.
 #
 # Needs nvidia-smi, nvcc (CUDA 12+), cmake >= 3.24, a C++20 host compiler and
 # the library's dependencies (Debian: libeigen3-dev libfmt-dev nlohmann-json3-dev
@@ -228,7 +230,7 @@ main() {
     section "benchmark: the same steps with DOREMI_CUDA_ATTENTION=mma (register-resident attention kernels)"
     set +e
     "${run_env[@]}" env DOREMI_CUDA_ATTENTION=mma timeout 300 "$bench_bin" --batch "$batch" --steps "$steps" \
-      --peak-tflops "$peak" --no-twin "${bench_extra[@]}"
+      --peak-tflops "$peak" --no-twin --no-attention "${bench_extra[@]}"
     mma_rc=$?
     set -e
     [[ $mma_rc == 0 ]] || { echo "bench_gpu_step with DOREMI_CUDA_ATTENTION=mma failed (exit status $mma_rc)"; status=1; }
@@ -251,7 +253,7 @@ main() {
         echo "--- attention kernels: $family ---"
         set +e
         "${run_env[@]}" "${family_env[@]}" timeout 300 "$ncu_bin" --csv --print-units base --clock-control none \
-          --metrics gpu__time_duration.sum "$bench_bin" --batch "$batch" --steps 1 --warmup 0 --no-twin \
+          --metrics gpu__time_duration.sum "$bench_bin" --batch "$batch" --steps 1 --warmup 0 --no-twin --no-attention \
           > "$csv" 2> "${csv%.csv}.err"
         prof_rc=$?
         set -e

@@ -183,6 +183,33 @@ def build_model_classes(tiny=False):
     return GPTNeoX, HFWrapper, shape
 
 
+def time_sdpa(torch, dev, B, T, H, hd, n_warm, n_steps, sync):
+    """One layer's attention alone: F.scaled_dot_product_attention(is_causal=True)
+    forward + backward on bf16 q, k, v [B, H, T, hd] (contiguous, its best case;
+    no rotary), with a fixed output gradient. Median seconds (bench_gpu_step
+    sets our kernels beside it)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v, dout = (torch.randn(B, H, T, hd, generator=g).to(dev, torch.bfloat16) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    times = []
+    for i in range(n_warm + n_steps):
+        sync()
+        t0 = time.perf_counter()
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o.backward(dout)
+        sync()
+        if i >= n_warm:
+            times.append(time.perf_counter() - t0)
+        q.grad = k.grad = v.grad = None
+    backend = "?"
+    if dev.type == "cuda" and hasattr(torch.backends.cuda, "flash_sdp_enabled"):
+        backend = "flash allowed" if torch.backends.cuda.flash_sdp_enabled() else "flash disabled"
+    return {"step_s_median": round(statistics.median(times), 7), "shape": [B, H, T, hd], "sdpa": backend}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=16)
@@ -357,6 +384,9 @@ def main():
         if "tokens_per_s_median" not in out:
             out["tokens_per_s_median"] = out["dro"]["tokens_per_s_median"]
             out["step_s_median"] = out["dro"]["step_s_median"]
+    if have_sdpa:
+        out["attention_alone"] = time_sdpa(torch, dev, B, T, shape["n_head"], shape["n_embd"] // shape["n_head"],
+                                           args.warmup, args.steps, sync)
     if dev.type == "cuda":
         out["max_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
     print(json.dumps(out), flush=True)
