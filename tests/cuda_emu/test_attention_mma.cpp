@@ -44,19 +44,19 @@ struct Shape {
 // time from the same contents of `outs`; checks that both runs leave the same
 // bits and keeps them.
 template <class Kernel>
-void launch_both_orders(emu::Dim grid, std::size_t smem, std::initializer_list<std::vector<float>*> outs,
-                        const Kernel& kernel, const char* what) {
+void launch_both_orders(emu::Dim grid, unsigned threads, std::size_t smem,
+                        std::initializer_list<std::vector<float>*> outs, const Kernel& kernel, const char* what) {
   std::vector<std::vector<float>> before, reversed;
   for (auto* o : outs) before.push_back(*o);
   emu::reverse_order() = true;
-  emu::launch(grid, {128}, smem, kernel);
+  emu::launch(grid, {threads}, smem, kernel);
   std::size_t k = 0;
   for (auto* o : outs) {
     reversed.push_back(*o);
     *o = before[k++];
   }
   emu::reverse_order() = false;
-  emu::launch(grid, {128}, smem, kernel);
+  emu::launch(grid, {threads}, smem, kernel);
   k = 0;
   for (auto* o : outs) {
     INFO(what);
@@ -83,7 +83,7 @@ void run_case(const Shape& s) {
   const float scale = 1.0f / std::sqrt(float(HD)), scale_log2 = 1.4426950408889634f * scale;
   const emu::Dim grid{unsigned(s.B * s.H), unsigned((s.T + 63) / 64)};
   std::vector<float> g_out(N * C, nan), g_lse(std::size_t(s.B) * s.H * s.T, nan), g_dqkv(N * 3 * C, nan);
-  launch_both_orders(grid, L::fwd_bytes, {&g_out, &g_lse}, [&] {
+  launch_both_orders(grid, L::fwd_threads, L::fwd_bytes, {&g_out, &g_lse}, [&] {
     backend::cuda::attention_mma_forward_kernel<HD, float>(g_out.data(), g_lse.data(), qkvr.data(), s.T, C, s.H,
                                                            scale_log2);
   }, "forward: the same out and lse in both thread orders");
@@ -101,12 +101,12 @@ void run_case(const Shape& s) {
         for (int d = 0; d < HD; ++d) acc += float(__nv_bfloat16(dout[off + d])) * g_out[off + d];
         Dv[(std::size_t(b) * s.H + h) * s.T + t] = acc;
       }
-  launch_both_orders(grid, L::bwd_bytes, {&g_dqkv}, [&] {
+  launch_both_orders(grid, L::threads, L::bwd_bytes, {&g_dqkv}, [&] {
     backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(),
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
   }, "dK, dV: the same bits in both thread orders");
-  launch_both_orders(grid, L::bwd_bytes, {&g_dqkv}, [&] {
+  launch_both_orders(grid, L::threads, L::bwd_bytes, {&g_dqkv}, [&] {
     backend::cuda::attention_mma_backward_dq_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(), g_lse.data(),
                                                                Dv.data(), rope.cos.data(), rope.sin.data(), s.T, C,
                                                                s.H, s.rot, scale, scale_log2);
@@ -120,16 +120,16 @@ void run_case(const Shape& s) {
   };
   const std::vector<__nv_bfloat16> qkvr_b = to_bf16(qkvr), dout_b = to_bf16(dout);
   std::vector<float> b_out(N * C, nan), b_lse(g_lse.size(), nan), b_dqkv(N * 3 * C, nan);
-  emu::launch(grid, {128}, L::fwd_bytes, [&] {
+  emu::launch(grid, {L::fwd_threads}, L::fwd_bytes, [&] {
     backend::cuda::attention_mma_forward_kernel<HD, float>(b_out.data(), b_lse.data(), qkvr_b.data(), s.T, C, s.H,
                                                            scale_log2);
   });
-  emu::launch(grid, {128}, L::bwd_bytes, [&] {
+  emu::launch(grid, {L::threads}, L::bwd_bytes, [&] {
     backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
   });
-  emu::launch(grid, {128}, L::bwd_bytes, [&] {
+  emu::launch(grid, {L::threads}, L::bwd_bytes, [&] {
     backend::cuda::attention_mma_backward_dq_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
                                                                g_lse.data(), Dv.data(), rope.cos.data(),
                                                                rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);

@@ -507,7 +507,7 @@ void attention_mma_forward_launch(const Cuda& be, T* out, float* lse, const In* 
   const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
   const float scale_log2 = 1.4426950408889634f / std::sqrt(float(HD));
   attention_tc_allow_smem(attention_mma_forward_kernel<HD, T, In>, L::fwd_bytes);
-  DOREMI_CUDA_LAUNCH(grid, L::threads, L::fwd_bytes, be.stream(), attention_mma_forward_kernel<HD, T, In>)(out, lse,
+  DOREMI_CUDA_LAUNCH(grid, L::fwd_threads, L::fwd_bytes, be.stream(), attention_mma_forward_kernel<HD, T, In>)(out, lse,
       qkvr, Tn, C, H, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_forward_kernel");
 }

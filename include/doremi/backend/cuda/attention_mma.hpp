@@ -11,8 +11,11 @@
 // accumulator of P (or dS) becomes the A operand of the next product without
 // leaving registers (an m16n8 accumulator pair is an m16k16 A fragment).
 //
-// A block has 4 warps (128 threads) and owns 64 rows (queries; keys for
-// dK/dV) of one (b, h); warp w owns rows 16w .. 16w + 15. Streamed tiles of
+// A block owns 64 rows (queries; keys for dK/dV) of one (b, h). The
+// backward kernels have 4 warps (128 threads), warp w owning rows 16w ..
+// 16w + 15; the forward has 2 warps of 32 rows, two 16-row tiles that share
+// every K and V fragment read from shared memory (with one row tile per warp,
+// ldmatrix traffic, not the tensor cores, would bound it). Streamed tiles of
 // BN rows (keys; queries for dK/dV), BN = 64 (32 for hd = 128), go through
 // shared memory as bf16 (rounded from T when loaded), pitch hd + 8 (rows
 // 16-byte aligned for ldmatrix, no bank conflicts), double-buffered: bf16
@@ -51,9 +54,11 @@ namespace doremi::backend::cuda {
 template <int HD>
 struct AttentionMmaTiles {
   static_assert(HD == 16 || HD == 32 || HD == 64 || HD == 128, "attention (mma): hd 16, 32, 64 or 128");
-  static constexpr int rows = 64;               // rows a block owns, 16 per warp
+  static constexpr int rows = 64;               // rows a block owns
   static constexpr int bn = HD <= 64 ? 64 : 32; // rows of a streamed tile
-  static constexpr int threads = 128;
+  static constexpr int threads = 128;           // the backward kernels': 4 warps of 16 rows
+  static constexpr int fwd_mt = 2;              // the forward's 16-row tiles per warp
+  static constexpr int fwd_threads = 32 * rows / (16 * fwd_mt);
   static constexpr int ldh = HD + 8;            // bf16 pitch of every tile
   static constexpr int ldo = HD + 4;            // float pitch of the output stage
   static constexpr std::size_t own_bytes = std::size_t(rows) * ldh * 2;  // one [64][hd] tile
@@ -158,53 +163,80 @@ __device__ __forceinline__ void load_b_cols(std::uint32_t (&b)[4], const bf16* t
   mma::ldmatrix_x4_trans(b, tile + (k0 + l % 8 + 8 * ((l / 8) % 2)) * ld + n0 + 8 * (l / 16));
 }
 
-// acc[n] = (A·Bᵀ)[16 rows, 8n .. 8n + 7] for the n8 tiles of the first
-// 16·np_end columns (the rest are left 0): A = rows a_row0 .. + 15 of tile A
-// (k = its HD columns), B's rows from tile Bm (rows = columns of the result).
-template <int HD, int NT>
-__device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int a_row0, const bf16* Bm, int np_end) {
+// acc[m][n] = (A·Bᵀ)[16 rows, 8n .. 8n + 7] of row tile m for the n8 tiles
+// of the first 16·np_end columns (the rest are left 0): A = rows
+// a_row0 + 16m .. + 15 of tile A (k = its HD columns), B's rows from tile Bm
+// (rows = columns of the result). Each B fragment loaded serves the MT row
+// tiles (shared-memory reads per product fall as MT grows).
+template <int HD, int MT, int NT>
+__device__ __forceinline__ void warp_abt(float (&acc)[MT][NT][4], const bf16* A, int a_row0, const bf16* Bm,
+                                         int np_end) {
   constexpr int LDH = HD + 8;
 #pragma unroll
-  for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int n = 0; n < NT; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
-    std::uint32_t a[4];
-    load_a(a, A, LDH, a_row0, 16 * kk);
+    std::uint32_t a[MT][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) load_a(a[m], A, LDH, a_row0 + 16 * m, 16 * kk);
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       if (np < np_end) {
         std::uint32_t b[4];
         load_b_rows(b, Bm, LDH, 16 * np, 16 * kk);
-        mma::mma_bf16_16816(acc[2 * np], a, b[0], b[1]);
-        mma::mma_bf16_16816(acc[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          mma::mma_bf16_16816(acc[m][2 * np], a[m], b[0], b[1]);
+          mma::mma_bf16_16816(acc[m][2 * np + 1], a[m], b[2], b[3]);
+        }
       }
     }
   }
 }
-
-// out[n] += (P·M)[16 rows, 8n .. 8n + 7] over all HD columns of M, with P
-// given as accumulators p[NT][4] (16 rows × 8·NT columns = the k of the
-// product; k blocks from kb_begin to kb_end − 1, 16 wide, the rest skipped)
-// and M a row-major bf16 tile with rows k.
 template <int HD, int NT>
-__device__ __forceinline__ void warp_pm(float (&out)[HD / 8][4], const float (&p)[NT][4], const bf16* M, int kb_begin,
-                                        int kb_end) {
+__device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int a_row0, const bf16* Bm, int np_end) {
+  warp_abt<HD>(*reinterpret_cast<float(*)[1][NT][4]>(&acc), A, a_row0, Bm, np_end);
+}
+
+// out[m][n] += (P·M)[16 rows, 8n .. 8n + 7] of row tile m over all HD
+// columns of M, with P given as accumulators p[MT][NT][4] (16 rows × 8·NT
+// columns = the k of the product; k blocks from kb_begin to kb_end − 1, 16
+// wide, the rest skipped) and M a row-major bf16 tile with rows k.
+template <int HD, int MT, int NT>
+__device__ __forceinline__ void warp_pm(float (&out)[MT][HD / 8][4], const float (&p)[MT][NT][4], const bf16* M,
+                                        int kb_begin, int kb_end) {
   constexpr int LDH = HD + 8;
 #pragma unroll
   for (int kb = 0; kb < NT / 2; ++kb) {
     if (kb >= kb_begin && kb < kb_end) {
-      const std::uint32_t a[4] = {mma::pack_bf16(p[2 * kb][0], p[2 * kb][1]), mma::pack_bf16(p[2 * kb][2], p[2 * kb][3]),
-                                  mma::pack_bf16(p[2 * kb + 1][0], p[2 * kb + 1][1]),
-                                  mma::pack_bf16(p[2 * kb + 1][2], p[2 * kb + 1][3])};
+      std::uint32_t a[MT][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        a[m][0] = mma::pack_bf16(p[m][2 * kb][0], p[m][2 * kb][1]);
+        a[m][1] = mma::pack_bf16(p[m][2 * kb][2], p[m][2 * kb][3]);
+        a[m][2] = mma::pack_bf16(p[m][2 * kb + 1][0], p[m][2 * kb + 1][1]);
+        a[m][3] = mma::pack_bf16(p[m][2 * kb + 1][2], p[m][2 * kb + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < HD / 16; ++dp) {
         std::uint32_t b[4];
         load_b_cols(b, M, LDH, 16 * kb, 16 * dp);
-        mma::mma_bf16_16816(out[2 * dp], a, b[0], b[1]);
-        mma::mma_bf16_16816(out[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          mma::mma_bf16_16816(out[m][2 * dp], a[m], b[0], b[1]);
+          mma::mma_bf16_16816(out[m][2 * dp + 1], a[m], b[2], b[3]);
+        }
       }
     }
   }
+}
+template <int HD, int NT>
+__device__ __forceinline__ void warp_pm(float (&out)[HD / 8][4], const float (&p)[NT][4], const bf16* M, int kb_begin,
+                                        int kb_end) {
+  warp_pm<HD>(*reinterpret_cast<float(*)[1][HD / 8][4]>(&out), *reinterpret_cast<const float(*)[1][NT][4]>(&p), M,
+              kb_begin, kb_end);
 }
 
 // Sets the hidden entries of a score tile s (the warp's rows; this lane's
@@ -246,14 +278,16 @@ __device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[HD /
 
 }  // namespace attention_mma
 
-// Forward. Grid (B·H, query tiles); the longest (last) query tiles start
-// first. scale_log2 = log2(e)/√hd.
+// Forward. Grid (B·H, query tiles), L::fwd_threads threads: each warp owns
+// 16·L::fwd_mt query rows, so every K and V fragment read from shared memory
+// serves fwd_mt row tiles. The longest (last) query tiles start first.
+// scale_log2 = log2(e)/√hd.
 template <int HD, class T, class In = T>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
     attention_mma_forward_kernel(T* out, float* lse, const In* qkvr, int Tn, int C, int H, float scale_log2) {
   using namespace attention_mma;
   using L = AttentionMmaTiles<HD>;
-  constexpr int BN = L::bn, NT = BN / 8;
+  constexpr int BN = L::bn, NT = BN / 8, MT = L::fwd_mt;
   unsigned char* const sm = mma::dynamic_smem();
   bf16* const Qs = reinterpret_cast<bf16*>(sm);
   auto Ks = [&](int buf) { return reinterpret_cast<bf16*>(sm + L::own_bytes + buf * 2 * L::bn_bytes); };
@@ -261,9 +295,11 @@ __global__ void __launch_bounds__(128)
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
   const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
-  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4, t = lane_id() % 4;
-  const int last = q0 + wr + 15;                 // the warp's last query
-  const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};  // this lane's two query rows
+  const int warp = int(threadIdx.x) / 32, wr = 16 * MT * warp, g = lane_id() / 4, t = lane_id() % 4;
+  const int last = q0 + wr + 16 * MT - 1;  // the warp's last query
+  int rows[MT][2];                          // this lane's two query rows in each row tile
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) rows[mt][0] = q0 + wr + 16 * mt + g, rows[mt][1] = rows[mt][0] + 8;
   const std::size_t ld = std::size_t(3) * C;
   const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;  // q of row 0; k at +HD, v at +2HD
   auto load_kv = [&](int buf, int k0) {
@@ -273,11 +309,15 @@ __global__ void __launch_bounds__(128)
 
   load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   load_kv(0, 0);
-  float o[HD / 8][4];
+  float o[MT][HD / 8][4];
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
   // Per row: running max (score units; −∞ until a key is seen) and sum.
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
 
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
   for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
@@ -288,54 +328,59 @@ __global__ void __launch_bounds__(128)
     // 16-key blocks with a key visible to some row of the warp.
     const int kb_end = (last - k0) / 16 + 1;
 
-    float s[NT][4];
+    float s[MT][NT][4];
     warp_abt<HD>(s, Qs, wr, Ks(buf), kb_end);
-    // Masks only where the tile crosses the warp's diagonal or the end (warp-uniform).
-    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) mask_hidden<false>(s, k0, rows, Tn);
-    float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int mt = 0; mt < MT; ++mt) {
+      // Masks only where the tile crosses the row tile's diagonal or the end (warp-uniform).
+      if (k0 + BN - 1 > q0 + wr + 16 * mt || k0 + BN > Tn) mask_hidden<false>(s[mt], k0, rows[mt], Tn);
+      float mt_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) mt[e / 2] = fmaxf(mt[e / 2], s[n][e]);
-    float alpha[2], ref[2], sum[2] = {0.0f, 0.0f};
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float mn = fmaxf(m[r], quad_max(mt[r]));
-      // mn = −∞ only while a row has seen no visible key (never: key 0 is in
-      // the first tile); a reference of 0 then keeps exp2(−∞) = 0, no NaN.
-      ref[r] = mn == -INFINITY ? 0.0f : mn * scale_log2;
-      alpha[r] = mma::exp2_approx(m[r] * scale_log2 - ref[r]);  // 0 on the first tile (m = −∞)
-      m[r] = mn;
-    }
+        for (int e = 0; e < 4; ++e) mt_max[e / 2] = fmaxf(mt_max[e / 2], s[mt][n][e]);
+      float alpha[2], ref[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = mma::exp2_approx(fmaf(s[n][e], scale_log2, -ref[e / 2]));
-        sum[e / 2] += s[n][e];
+      for (int r = 0; r < 2; ++r) {
+        const float mn = fmaxf(m[mt][r], quad_max(mt_max[r]));
+        // mn = −∞ only while a row has seen no visible key (never: key 0 is in
+        // the first tile); a reference of 0 then keeps exp2(−∞) = 0, no NaN.
+        ref[r] = mn == -INFINITY ? 0.0f : mn * scale_log2;
+        alpha[r] = mma::exp2_approx(m[mt][r] * scale_log2 - ref[r]);  // 0 on the first tile (m = −∞)
+        m[mt][r] = mn;
       }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + quad_sum(sum[r]);
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
+        for (int e = 0; e < 4; ++e) {
+          s[mt][n][e] = mma::exp2_approx(fmaf(s[mt][n][e], scale_log2, -ref[e / 2]));
+          sum[e / 2] += s[mt][n][e];
+        }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[n][e] *= alpha[e / 2];
+      for (int r = 0; r < 2; ++r) l[mt][r] = l[mt][r] * alpha[r] + quad_sum(sum[r]);
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mt][n][e] *= alpha[e / 2];
+    }
     warp_pm<HD>(o, s, Vs(buf), 0, kb_end);
   }
 
   // O / l and lse = (m·scale·log2(e) + log2 l)·ln 2, straight from registers (a quad writes 8 consecutive values of a row).
   T* const obase = out + std::size_t(b) * Tn * C + std::size_t(h) * HD;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = rows[r];
-    if (i >= Tn) continue;
-    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
+    for (int r = 0; r < 2; ++r) {
+      const int i = rows[mt][r];
+      if (i >= Tn) continue;
+      const float inv = l[mt][r] > 0.0f ? 1.0f / l[mt][r] : 0.0f;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) obase[std::size_t(i) * C + 8 * n + 2 * t + e] = T(o[n][2 * r + e] * inv);
-    if (t == 0) lse[std::size_t(bh) * Tn + i] = (m[r] * scale_log2 + log2f(l[r])) * 0.69314718055994531f;
-  }
+      for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) obase[std::size_t(i) * C + 8 * n + 2 * t + e] = T(o[mt][n][2 * r + e] * inv);
+      if (t == 0) lse[std::size_t(bh) * Tn + i] = (m[mt][r] * scale_log2 + log2f(l[mt][r])) * 0.69314718055994531f;
+    }
 }
 
 // dK, dV. Grid (B·H, key tiles); the first key tiles (which see the most
