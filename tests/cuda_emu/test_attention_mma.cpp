@@ -106,7 +106,7 @@ void run_case(const Shape& s) {
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
   }, "dK, dV: the same bits in both thread orders");
-  launch_both_orders(grid, L::threads, L::bwd_bytes, {&g_dqkv}, [&] {
+  launch_both_orders(grid, L::dq_threads, L::bwd_bytes, {&g_dqkv}, [&] {
     backend::cuda::attention_mma_backward_dq_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(), g_lse.data(),
                                                                Dv.data(), rope.cos.data(), rope.sin.data(), s.T, C,
                                                                s.H, s.rot, scale, scale_log2);
@@ -129,7 +129,7 @@ void run_case(const Shape& s) {
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
   });
-  emu::launch(grid, {L::threads}, L::bwd_bytes, [&] {
+  emu::launch(grid, {L::dq_threads}, L::bwd_bytes, [&] {
     backend::cuda::attention_mma_backward_dq_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
                                                                g_lse.data(), Dv.data(), rope.cos.data(),
                                                                rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);

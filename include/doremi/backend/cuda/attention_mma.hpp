@@ -11,11 +11,12 @@
 // accumulator of P (or dS) becomes the A operand of the next product without
 // leaving registers (an m16n8 accumulator pair is an m16k16 A fragment).
 //
-// A block owns 64 rows (queries; keys for dK/dV) of one (b, h). The
-// backward kernels have 4 warps (128 threads), warp w owning rows 16w ..
-// 16w + 15; the forward has 2 warps of 32 rows, two 16-row tiles that share
+// A block owns 64 rows (queries; keys for dK/dV) of one (b, h). The dK/dV
+// kernel has 4 warps (128 threads), warp w owning rows 16w .. 16w + 15; the
+// forward and dQ kernels have 2 warps of 32 rows, two 16-row tiles that share
 // every K and V fragment read from shared memory (with one row tile per warp,
-// ldmatrix traffic, not the tensor cores, would bound it). Streamed tiles of
+// ldmatrix traffic, not the tensor cores, would bound them; dK/dV would need
+// more registers than there are). Streamed tiles of
 // BN rows (keys; queries for dK/dV), BN = 64 (32 for hd = 128), go through
 // shared memory as bf16 (rounded from T when loaded), pitch hd + 8 (rows
 // 16-byte aligned for ldmatrix, no bank conflicts), double-buffered: bf16
@@ -56,9 +57,11 @@ struct AttentionMmaTiles {
   static_assert(HD == 16 || HD == 32 || HD == 64 || HD == 128, "attention (mma): hd 16, 32, 64 or 128");
   static constexpr int rows = 64;               // rows a block owns
   static constexpr int bn = HD <= 64 ? 64 : 32; // rows of a streamed tile
-  static constexpr int threads = 128;           // the backward kernels': 4 warps of 16 rows
+  static constexpr int threads = 128;           // the dK/dV kernel's: 4 warps of 16 rows
   static constexpr int fwd_mt = 2;              // the forward's 16-row tiles per warp
   static constexpr int fwd_threads = 32 * rows / (16 * fwd_mt);
+  static constexpr int dq_mt = 2;               // the dQ kernel's 16-row tiles per warp
+  static constexpr int dq_threads = 32 * rows / (16 * dq_mt);
   static constexpr int ldh = HD + 8;            // bf16 pitch of every tile
   static constexpr int ldo = HD + 4;            // float pitch of the output stage
   static constexpr std::size_t own_bytes = std::size_t(rows) * ldh * 2;  // one [64][hd] tile
@@ -479,16 +482,17 @@ __global__ void __launch_bounds__(128)
   store_rows<HD>(dbase + 2 * HD, ld, stage, k0, Tn, 0, rope_cos, rope_sin);
 }
 
-// dQ. Grid (B·H, query tiles); the longest (last) query tiles start first.
-// Overwrites the q part of dqkv.
+// dQ. Grid (B·H, query tiles), L::dq_threads threads (16·L::dq_mt query
+// rows per warp, as the forward); the longest (last) query tiles start
+// first. Overwrites the q part of dqkv.
 template <int HD, class T, class In = T>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
     attention_mma_backward_dq_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                      const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                      float scale, float scale_log2) {
   using namespace attention_mma;
   using L = AttentionMmaTiles<HD>;
-  constexpr int BN = L::bn, NT = BN / 8;
+  constexpr int BN = L::bn, NT = BN / 8, MT = L::dq_mt;
   constexpr float log2e = 1.4426950408889634f;
   unsigned char* const sm = mma::dynamic_smem();
   bf16* const Qs = reinterpret_cast<bf16*>(sm);
@@ -498,9 +502,11 @@ __global__ void __launch_bounds__(128)
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
   const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
-  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4;
-  const int last = q0 + wr + 15;
-  const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
+  const int warp = int(threadIdx.x) / 32, wr = 16 * MT * warp, g = lane_id() / 4;
+  const int last = q0 + wr + 16 * MT - 1;
+  int rows[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) rows[mt][0] = q0 + wr + 16 * mt + g, rows[mt][1] = rows[mt][0] + 8;
   const std::size_t ld = std::size_t(3) * C;
   const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
   auto load_kv = [&](int buf, int k0) {
@@ -511,16 +517,20 @@ __global__ void __launch_bounds__(128)
   load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
   load_kv(0, 0);
-  float lse_r[2], D_r[2];  // lse·log2(e) and D of the lane's rows (0 past the end: their dS is 0)
+  float lse_r[MT][2], D_r[MT][2];  // lse·log2(e) and D of the lane's rows (0 past the end: their dS is 0)
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const bool in = rows[r] < Tn;
-    lse_r[r] = in ? lse[std::size_t(bh) * Tn + rows[r]] * log2e : 0.0f;
-    D_r[r] = in ? Dv[std::size_t(bh) * Tn + rows[r]] : 0.0f;
-  }
-  float dq[HD / 8][4];
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    for (int r = 0; r < 2; ++r) {
+      const bool in = rows[mt][r] < Tn;
+      lse_r[mt][r] = in ? lse[std::size_t(bh) * Tn + rows[mt][r]] * log2e : 0.0f;
+      D_r[mt][r] = in ? Dv[std::size_t(bh) * Tn + rows[mt][r]] : 0.0f;
+    }
+  float dq[MT][HD / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) dq[mt][n][0] = dq[mt][n][1] = dq[mt][n][2] = dq[mt][n][3] = 0.0f;
 
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
   for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
@@ -530,30 +540,36 @@ __global__ void __launch_bounds__(128)
     if (k0 > last) continue;
     const int kb_end = (last - k0) / 16 + 1;
 
-    float s[NT][4], dp[NT][4];
+    float s[MT][NT][4], dp[MT][NT][4];
     warp_abt<HD>(s, Qs, wr, Ks(buf), kb_end);   // S = Q·Kᵀ
     warp_abt<HD>(dp, dOs, wr, Vs(buf), kb_end); // dP = dO·Vᵀ
-    // Masks only where the tile crosses the warp's diagonal or the end (warp-uniform).
-    if (k0 + BN - 1 > q0 + wr || k0 + BN > Tn) mask_hidden<false>(s, k0, rows, Tn);
-    // Rows past the end: Q, dO, lse and D are 0 there, so dS = 1·(0 − 0) = 0.
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int mt = 0; mt < MT; ++mt) {
+      // Masks only where the tile crosses the row tile's diagonal or the end (warp-uniform).
+      if (k0 + BN - 1 > q0 + wr + 16 * mt || k0 + BN > Tn) mask_hidden<false>(s[mt], k0, rows[mt], Tn);
+      // Rows past the end: Q, dO, lse and D are 0 there, so dS = 1·(0 − 0) = 0.
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const float p = mma::exp2_approx(fmaf(s[n][e], scale_log2, -lse_r[r]));
-        s[n][e] = p * (dp[n][e] - D_r[r]);  // dS·√hd
-      }
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const float p = mma::exp2_approx(fmaf(s[mt][n][e], scale_log2, -lse_r[mt][r]));
+          s[mt][n][e] = p * (dp[mt][n][e] - D_r[mt][r]);  // dS·√hd
+        }
+    }
     warp_pm<HD>(dq, s, Ks(buf), 0, kb_end);  // dQ·√hd += dS·√hd·K
   }
-#pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dq[n][e] *= scale;
 
   float* const stage = reinterpret_cast<float*>(sm);  // over Q and dO (no copy is in flight)
   __syncthreads();
-  stage_rows<HD>(stage, dq, wr);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dq[mt][n][e] *= scale;
+    stage_rows<HD>(stage, dq[mt], wr + 16 * mt);
+  }
   __syncthreads();
   store_rows<HD>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot, rope_cos,
                  rope_sin);
