@@ -101,7 +101,7 @@ void run_case(const Shape& s) {
         for (int d = 0; d < HD; ++d) acc += float(__nv_bfloat16(dout[off + d])) * g_out[off + d];
         Dv[(std::size_t(b) * s.H + h) * s.T + t] = acc;
       }
-  launch_both_orders(grid, L::threads, L::bwd_bytes, {&g_dqkv}, [&] {
+  launch_both_orders(grid, L::dkv_threads, L::bwd_bytes, {&g_dqkv}, [&] {
     backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(),
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
@@ -124,7 +124,7 @@ void run_case(const Shape& s) {
     backend::cuda::attention_mma_forward_kernel<HD, float>(b_out.data(), b_lse.data(), qkvr_b.data(), s.T, C, s.H,
                                                            scale_log2);
   });
-  emu::launch(grid, {L::threads}, L::bwd_bytes, [&] {
+  emu::launch(grid, {L::dkv_threads}, L::bwd_bytes, [&] {
     backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);

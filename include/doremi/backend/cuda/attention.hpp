@@ -521,7 +521,7 @@ void attention_mma_backward_launch(const Cuda& be, T* dqkv, const In* dout, cons
   const float scale = 1.0f / std::sqrt(float(HD));
   const float scale_log2 = 1.4426950408889634f * scale;
   attention_tc_allow_smem(attention_mma_backward_dkv_kernel<HD, T, In>, L::bwd_bytes);
-  DOREMI_CUDA_LAUNCH(grid, L::threads, L::bwd_bytes, be.stream(), attention_mma_backward_dkv_kernel<HD, T, In>)(dqkv,
+  DOREMI_CUDA_LAUNCH(grid, L::dkv_threads, L::bwd_bytes, be.stream(), attention_mma_backward_dkv_kernel<HD, T, In>)(dqkv,
       dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dkv_kernel");
   attention_tc_allow_smem(attention_mma_backward_dq_kernel<HD, T, In>, L::bwd_bytes);

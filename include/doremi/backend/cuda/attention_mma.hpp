@@ -11,12 +11,13 @@
 // accumulator of P (or dS) becomes the A operand of the next product without
 // leaving registers (an m16n8 accumulator pair is an m16k16 A fragment).
 //
-// A block owns 64 rows (queries; keys for dK/dV) of one (b, h). The dK/dV
-// kernel has 4 warps (128 threads), warp w owning rows 16w .. 16w + 15; the
-// forward and dQ kernels have 2 warps of 32 rows, two 16-row tiles that share
-// every K and V fragment read from shared memory (with one row tile per warp,
-// ldmatrix traffic, not the tensor cores, would bound them; dK/dV would need
-// more registers than there are). Streamed tiles of
+// A block owns 64 rows (queries; keys for dK/dV) of one (b, h), in 2 warps
+// of 32 rows: two 16-row tiles per warp, which share every fragment of the
+// streamed operand that ldmatrix reads from shared memory (with one row tile
+// per warp, that traffic, not the tensor cores, would bound the kernels).
+// The dK/dV kernel takes the streamed query tiles 32 queries at a time so
+// that its two tiles' dK and dV accumulators fit in registers; at hd = 128 it
+// keeps 4 warps of 16 keys (the accumulators would not fit). Streamed tiles of
 // BN rows (keys; queries for dK/dV), BN = 64 (32 for hd = 128), go through
 // shared memory as bf16 (rounded from T when loaded), pitch hd + 8 (rows
 // 16-byte aligned for ldmatrix, no bank conflicts), double-buffered: bf16
@@ -57,7 +58,9 @@ struct AttentionMmaTiles {
   static_assert(HD == 16 || HD == 32 || HD == 64 || HD == 128, "attention (mma): hd 16, 32, 64 or 128");
   static constexpr int rows = 64;               // rows a block owns
   static constexpr int bn = HD <= 64 ? 64 : 32; // rows of a streamed tile
-  static constexpr int threads = 128;           // the dK/dV kernel's: 4 warps of 16 rows
+  static constexpr int dkv_mt = HD <= 64 ? 2 : 1;  // the dK/dV kernel's 16-row (key) tiles per warp (hd 128: registers)
+  static constexpr int dkv_qc = bn < 32 ? bn : 32;  // and the queries it takes at a time
+  static constexpr int dkv_threads = 32 * rows / (16 * dkv_mt);
   static constexpr int fwd_mt = 2;              // the forward's 16-row tiles per warp
   static constexpr int fwd_threads = 32 * rows / (16 * fwd_mt);
   static constexpr int dq_mt = 2;               // the dQ kernel's 16-row tiles per warp
@@ -386,17 +389,20 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
     }
 }
 
-// dK, dV. Grid (B·H, key tiles); the first key tiles (which see the most
-// queries) start first. Overwrites the k and v parts of dqkv. Dv: the row
-// dots D of attention.hpp. scale = 1/√hd, scale_log2 = scale·log2(e).
+// dK, dV. Grid (B·H, key tiles), L::dkv_threads threads: each warp owns
+// 16·L::dkv_mt keys and takes a streamed query tile L::dkv_qc queries at a
+// time (so that the accumulators of its row tiles fit in registers); the
+// first key tiles (which see the most queries) start first. Overwrites the k
+// and v parts of dqkv. Dv: the row dots D of attention.hpp. scale = 1/√hd,
+// scale_log2 = scale·log2(e).
 template <int HD, class T, class In = T>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(AttentionMmaTiles<HD>::dkv_threads)
     attention_mma_backward_dkv_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                       const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                       float scale, float scale_log2) {
   using namespace attention_mma;
   using L = AttentionMmaTiles<HD>;
-  constexpr int BN = L::bn, NT = BN / 8;
+  constexpr int BN = L::bn, MT = L::dkv_mt, QC = L::dkv_qc, NQ = QC / 8, LDH = L::ldh;
   constexpr float log2e = 1.4426950408889634f;
   unsigned char* const sm = mma::dynamic_smem();
   bf16* const Ks = reinterpret_cast<bf16*>(sm);
@@ -408,16 +414,18 @@ __global__ void __launch_bounds__(128)
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
   const int k0 = int(blockIdx.y) * 64;
-  const int warp = int(threadIdx.x) / 32, wr = 16 * warp, g = lane_id() / 4, t = lane_id() % 4;
-  const int first = k0 + wr;                            // the warp's first key
-  const int keys[2] = {first + g, first + g + 8};      // this lane's two key rows
+  const int warp = int(threadIdx.x) / 32, wr = 16 * MT * warp, g = lane_id() / 4, t = lane_id() % 4;
+  const int first = k0 + wr;  // the warp's first key
+  int keys[MT][2];            // this lane's two key rows in each row tile
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) keys[mt][0] = first + 16 * mt + g, keys[mt][1] = keys[mt][0] + 8;
   const std::size_t ld = std::size_t(3) * C;
   const In* base = qkvr + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
   const In* dO_base = dout + std::size_t(b) * Tn * C + std::size_t(h) * HD;
   auto load_q = [&](int buf, int i0) {  // Q, dO, lse and D of the queries i0 .. i0 + BN − 1
     load_tile<HD, BN>(Qs(buf), base, ld, i0, Tn);
     load_tile<HD, BN>(dOs(buf), dO_base, std::size_t(C), i0, Tn);
-    for (int ii = int(threadIdx.x); ii < BN; ii += 128) {
+    for (int ii = int(threadIdx.x); ii < BN; ii += int(blockDim.x)) {
       if (i0 + ii < Tn) {
         mma::cp_async<4>(lse_s(buf) + ii, lse + std::size_t(bh) * Tn + i0 + ii);
         mma::cp_async<4>(D_s(buf) + ii, Dv + std::size_t(bh) * Tn + i0 + ii);
@@ -430,54 +438,67 @@ __global__ void __launch_bounds__(128)
   load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
   load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
   load_q(0, k0);
-  float dk[HD / 8][4], dv[HD / 8][4];
+  float dk[MT][HD / 8][4], dv[MT][HD / 8][4];
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[mt][n][e] = dv[mt][n][e] = 0.0f;
 
   for (int i0 = k0, buf = 0; i0 < Tn; i0 += BN, buf ^= 1) {  // queries before k0 see none of the block's keys
     mma::cp_async_wait_all();
     __syncthreads();  // tile i0 is in; every warp is done with the other buffers (tile i0 − BN)
     if (i0 + BN < Tn) load_q(buf ^ 1, i0 + BN);
-    if (i0 + BN <= first) continue;  // every query of the tile precedes the warp's keys (warp-uniform)
-    // 16-query blocks before qb_begin see none of the warp's keys.
-    const int qb_begin = first > i0 ? (first - i0) / 16 : 0;
-    const bf16* const Q = Qs(buf);
-    const bf16* const dO = dOs(buf);
-    const float* const ls = lse_s(buf);
-    const float* const Ds = D_s(buf);
+#pragma unroll
+    for (int c0 = 0; c0 < BN; c0 += QC) {  // the queries ic .. ic + QC − 1 of the tile
+      const int ic = i0 + c0;
+      if (ic + QC <= first) continue;  // every query of the chunk precedes the warp's keys (warp-uniform)
+      // 16-query blocks before qb_begin see none of the warp's keys.
+      const int qb_begin = first > ic ? (first - ic) / 16 : 0;
+      const bf16* const Q = Qs(buf) + c0 * LDH;
+      const bf16* const dO = dOs(buf) + c0 * LDH;
+      const float* const ls = lse_s(buf) + c0;
+      const float* const Ds = D_s(buf) + c0;
 
-    float st[NT][4], dpt[NT][4];
-    warp_abt<HD>(st, Ks, wr, Q, NT / 2);   // Sᵀ = K·Qᵀ (blocks before qb_begin: computed, then masked)
-    warp_abt<HD>(dpt, Vs, wr, dO, NT / 2); // dPᵀ = V·dOᵀ
-    // Masks only where the tile crosses the warp's diagonal or the end (warp-uniform).
-    if (i0 < first + 15 || i0 + BN > Tn) mask_hidden<true>(st, i0, keys, Tn);
+      float st[MT][NQ][4], dpt[MT][NQ][4];
+      warp_abt<HD>(st, Ks, wr, Q, NQ / 2);   // Sᵀ = K·Qᵀ (blocks before qb_begin: computed, then masked)
+      warp_abt<HD>(dpt, Vs, wr, dO, NQ / 2); // dPᵀ = V·dOᵀ
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+      for (int mt = 0; mt < MT; ++mt) {
+        // Masks only where the chunk crosses the row tile's diagonal or the end (warp-uniform).
+        if (ic < first + 16 * mt + 15 || ic + QC > Tn) mask_hidden<true>(st[mt], ic, keys[mt], Tn);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = 8 * n + 2 * t + e % 2;
-        const float p = mma::exp2_approx(fmaf(st[n][e], scale_log2, -ls[c] * log2e));
-        st[n][e] = p;                          // Pᵀ
-        dpt[n][e] = p * (dpt[n][e] - Ds[c]);  // dSᵀ·√hd
+        for (int n = 0; n < NQ; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int c = 8 * n + 2 * t + e % 2;
+            const float p = mma::exp2_approx(fmaf(st[mt][n][e], scale_log2, -ls[c] * log2e));
+            st[mt][n][e] = p;                              // Pᵀ
+            dpt[mt][n][e] = p * (dpt[mt][n][e] - Ds[c]);  // dSᵀ·√hd
+          }
       }
-    warp_pm<HD>(dv, st, dO, qb_begin, NT / 2);  // dV += Pᵀ·dO
-    warp_pm<HD>(dk, dpt, Q, qb_begin, NT / 2);  // dK·√hd += dSᵀ·√hd·Q
+      warp_pm<HD>(dv, st, dO, qb_begin, NQ / 2);  // dV += Pᵀ·dO
+      warp_pm<HD>(dk, dpt, Q, qb_begin, NQ / 2);  // dK·√hd += dSᵀ·√hd·Q
+    }
   }
-#pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] *= scale;
 
   T* const dbase = dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
   float* const stage = reinterpret_cast<float*>(sm);  // [64][hd + 4], over K and V (no copy is in flight)
   __syncthreads();
-  stage_rows<HD>(stage, dk, wr);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[mt][n][e] *= scale;
+    stage_rows<HD>(stage, dk[mt], wr + 16 * mt);
+  }
   __syncthreads();
   store_rows<HD>(dbase + HD, ld, stage, k0, Tn, rot, rope_cos, rope_sin);
   __syncthreads();
-  stage_rows<HD>(stage, dv, wr);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) stage_rows<HD>(stage, dv[mt], wr + 16 * mt);
   __syncthreads();
   store_rows<HD>(dbase + 2 * HD, ld, stage, k0, Tn, 0, rope_cos, rope_sin);
 }
