@@ -271,15 +271,20 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// The warp's accumulators acc[HD/8][4] (rows wr .. wr + 15) into the float stage [64][HD + 4].
-template <int HD>
-__device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[HD / 8][4], int wr) {
+// The warp's accumulators acc[MT][HD/8][4] (rows wr .. wr + 16·MT − 1),
+// times `scale`, into the float stage [64][HD + 4].
+template <int HD, int MT>
+__device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[MT][HD / 8][4], int wr,
+                                           float scale = 1.0f) {
   constexpr int LDO = HD + 4;
   const int g = lane_id() / 4, t = lane_id() % 4;
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
+  for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) stage[(wr + g + 8 * (e / 2)) * LDO + 8 * n + 2 * t + e % 2] = acc[n][e];
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        stage[(wr + 16 * m + g + 8 * (e / 2)) * LDO + 8 * n + 2 * t + e % 2] = acc[m][n][e] * scale;
 }
 
 }  // namespace attention_mma
@@ -486,19 +491,11 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dkv_threads)
   T* const dbase = dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
   float* const stage = reinterpret_cast<float*>(sm);  // [64][hd + 4], over K and V (no copy is in flight)
   __syncthreads();
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dk[mt][n][e] *= scale;
-    stage_rows<HD>(stage, dk[mt], wr + 16 * mt);
-  }
+  stage_rows<HD>(stage, dk, wr, scale);
   __syncthreads();
   store_rows<HD>(dbase + HD, ld, stage, k0, Tn, rot, rope_cos, rope_sin);
   __syncthreads();
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) stage_rows<HD>(stage, dv[mt], wr + 16 * mt);
+  stage_rows<HD>(stage, dv, wr);
   __syncthreads();
   store_rows<HD>(dbase + 2 * HD, ld, stage, k0, Tn, 0, rope_cos, rope_sin);
 }
@@ -583,14 +580,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
 
   float* const stage = reinterpret_cast<float*>(sm);  // over Q and dO (no copy is in flight)
   __syncthreads();
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dq[mt][n][e] *= scale;
-    stage_rows<HD>(stage, dq[mt], wr + 16 * mt);
-  }
+  stage_rows<HD>(stage, dq, wr, scale);
   __syncthreads();
   store_rows<HD>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot, rope_cos,
                  rope_sin);
