@@ -258,6 +258,12 @@ TEST_CASE("cuda: attention on tensor cores (MatmulPrecision::bf16, fp32 storage)
                                AttnShape{2, 256, 1, 128, 64}, AttnShape{1, 100, 2, 32, 8}, AttnShape{2, 37, 1, 16, 16},
                                AttnShape{1, 1, 1, 64, 16}, AttnShape{1, 65, 2, 64, 0}})
       tc_case(s);
+#ifndef DOREMI_CUDA_EMULATE
+    // On a GPU also doremi-120m's head shape at its full context: hundreds of
+    // blocks in flight at once, where small grids could hide a race. (Too
+    // slow for the CPU emulator, which runs blocks one at a time anyway.)
+    tc_case(AttnShape{2, 1024, 4, 64, 16});
+#endif
   });
 }
 
