@@ -15,9 +15,10 @@
 // of 32 rows: two 16-row tiles per warp, which share every fragment of the
 // streamed operand that ldmatrix reads from shared memory (with one row tile
 // per warp, that traffic, not the tensor cores, would bound the kernels).
-// The dK/dV kernel takes the streamed query tiles 32 queries at a time so
-// that its two tiles' dK and dV accumulators fit in registers; at hd = 128 it
-// keeps 4 warps of 16 keys (the accumulators would not fit). Streamed tiles of
+// The forward keeps its Q fragments in registers; the dK/dV kernel takes the
+// streamed query tiles 32 queries at a time so that its two tiles' dK and dV
+// accumulators fit in registers. At hd = 128 the forward and dK/dV kernels
+// keep 4 warps of 16 rows (two tiles' accumulators would not fit). Streamed tiles of
 // BN rows (keys; queries for dK/dV), BN = 64 (32 for hd = 128), go through
 // shared memory as bf16 (rounded from T when loaded), pitch hd + 8 (rows
 // 16-byte aligned for ldmatrix, no bank conflicts), double-buffered: bf16
@@ -61,7 +62,7 @@ struct AttentionMmaTiles {
   static constexpr int dkv_mt = HD <= 64 ? 2 : 1;  // the dK/dV kernel's 16-row (key) tiles per warp (hd 128: registers)
   static constexpr int dkv_qc = bn < 32 ? bn : 32;  // and the queries it takes at a time
   static constexpr int dkv_threads = 32 * rows / (16 * dkv_mt);
-  static constexpr int fwd_mt = 2;              // the forward's 16-row tiles per warp
+  static constexpr int fwd_mt = HD <= 64 ? 2 : 1;  // the forward's 16-row tiles per warp (hd 128: registers)
   static constexpr int fwd_threads = 32 * rows / (16 * fwd_mt);
   static constexpr int dq_mt = 2;               // the dQ kernel's 16-row tiles per warp
   static constexpr int dq_threads = 32 * rows / (16 * dq_mt);
@@ -174,32 +175,49 @@ __device__ __forceinline__ void load_b_cols(std::uint32_t (&b)[4], const bf16* t
 // a_row0 + 16m .. + 15 of tile A (k = its HD columns), B's rows from tile Bm
 // (rows = columns of the result). Each B fragment loaded serves the MT row
 // tiles (shared-memory reads per product fall as MT grows).
+// (One k block of it: a = the row tiles' A fragments for columns 16kk .. 16kk + 15.)
 template <int HD, int MT, int NT>
-__device__ __forceinline__ void warp_abt(float (&acc)[MT][NT][4], const bf16* A, int a_row0, const bf16* Bm,
-                                         int np_end) {
-  constexpr int LDH = HD + 8;
+__device__ __forceinline__ void abt_step(float (&acc)[MT][NT][4], const std::uint32_t (&a)[MT][4], const bf16* Bm,
+                                         int kk, int np_end) {
+#pragma unroll
+  for (int np = 0; np < NT / 2; ++np) {
+    if (np < np_end) {
+      std::uint32_t b[4];
+      load_b_rows(b, Bm, HD + 8, 16 * np, 16 * kk);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        mma::mma_bf16_16816(acc[m][2 * np], a[m], b[0], b[1]);
+        mma::mma_bf16_16816(acc[m][2 * np + 1], a[m], b[2], b[3]);
+      }
+    }
+  }
+}
+template <int MT, int NT>
+__device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int n = 0; n < NT; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+}
+template <int HD, int MT, int NT>
+__device__ __forceinline__ void warp_abt(float (&acc)[MT][NT][4], const bf16* A, int a_row0, const bf16* Bm,
+                                         int np_end) {
+  zero(acc);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
     std::uint32_t a[MT][4];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) load_a(a[m], A, LDH, a_row0 + 16 * m, 16 * kk);
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      if (np < np_end) {
-        std::uint32_t b[4];
-        load_b_rows(b, Bm, LDH, 16 * np, 16 * kk);
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          mma::mma_bf16_16816(acc[m][2 * np], a[m], b[0], b[1]);
-          mma::mma_bf16_16816(acc[m][2 * np + 1], a[m], b[2], b[3]);
-        }
-      }
-    }
+    for (int m = 0; m < MT; ++m) load_a(a[m], A, HD + 8, a_row0 + 16 * m, 16 * kk);
+    abt_step<HD>(acc, a, Bm, kk, np_end);
   }
+}
+// The same with A's fragments kept in registers: a[kk][m] for k block kk of row tile m.
+template <int HD, int MT, int NT>
+__device__ __forceinline__ void warp_abt(float (&acc)[MT][NT][4], const std::uint32_t (&a)[HD / 16][MT][4],
+                                         const bf16* Bm, int np_end) {
+  zero(acc);
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) abt_step<HD>(acc, a[kk], Bm, kk, np_end);
 }
 template <int HD, int NT>
 __device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int a_row0, const bf16* Bm, int np_end) {
@@ -330,6 +348,15 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
 
+  // The warp's Q fragments stay in registers (Q is read from shared memory once).
+  mma::cp_async_wait_all();
+  __syncthreads();
+  std::uint32_t qa[HD / 16][MT][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) load_a(qa[kk][mt], Qs, L::ldh, wr + 16 * mt, 16 * kk);
+
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
   for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
     mma::cp_async_wait_all();
@@ -340,7 +367,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
     const int kb_end = (last - k0) / 16 + 1;
 
     float s[MT][NT][4];
-    warp_abt<HD>(s, Qs, wr, Ks(buf), kb_end);
+    warp_abt<HD>(s, qa, Ks(buf), kb_end);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       // Masks only where the tile crosses the row tile's diagonal or the end (warp-uniform).
