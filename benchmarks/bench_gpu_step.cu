@@ -184,16 +184,10 @@ double time_attention(const Options& o, backend::cuda::AttentionTcKernels family
     return d;
   };
   const auto qkv = random_bf16(N * 3 * C, 0), dout = random_bf16(N * C, 1);
-  std::vector<float> cs(std::size_t(T) * (rot / 2)), sn(cs.size());
-  for (int t = 0; t < T; ++t)
-    for (int i = 0; i < rot / 2; ++i) {
-      const double a = t * std::pow(Cfg::rotary_base, -2.0 * i / rot);
-      cs[std::size_t(t) * (rot / 2) + i] = float(std::cos(a));
-      sn[std::size_t(t) * (rot / 2) + i] = float(std::sin(a));
-    }
-  cu::DeviceBuffer<float> rope_cos(cs.size()), rope_sin(sn.size());
-  cu::copy_to_device(gpu, rope_cos.data(), cs.data(), cs.size());
-  cu::copy_to_device(gpu, rope_sin.data(), sn.data(), sn.size());
+  const auto rope = rotary_tables<float>(T, rot, Cfg::rotary_base);
+  cu::DeviceBuffer<float> rope_cos(rope.cos.size()), rope_sin(rope.sin.size());
+  cu::copy_to_device(gpu, rope_cos.data(), rope.cos.data(), rope.cos.size());
+  cu::copy_to_device(gpu, rope_sin.data(), rope.sin.data(), rope.sin.size());
   cu::DeviceBuffer<float> qkvr(backend::attention_qkvr_size<P, float>(gpu, B, T, C, H));
   cu::DeviceBuffer<float> lse(backend::attention_state_size(gpu, B, H, T));
   cu::DeviceBuffer<bf16> out(N * C), dqkv(N * 3 * C);
@@ -372,20 +366,20 @@ int run(const Options& o) {
   const double att_flops = 3.5 * 2.0 * B * Cfg::n_head * double(T) * T * Cfg::head_dim;
   const double att_sdpa =
       !peer.is_null() && peer.contains("attention_alone") ? peer["attention_alone"].value("step_s_median", 0.0) : 0.0;
-  if (o.attention)
+  if (o.attention) {
     fmt::print("\nattention alone, one layer forward + backward (B={} H={} T={} hd={}, causal; ours with rotary and "
-             "the D pass, SDPA without):\n",
-             B, Cfg::n_head, T, Cfg::head_dim);
-  auto att_row = [&](const char* what, double sec) {
-    if (!o.attention) return;
-    if (!(sec > 0)) return fmt::print("  {:<22} -\n", what);
-    fmt::print("  {:<22} {:>8.3f} ms {:>7.1f} TFLOP/s{}\n", what, 1e3 * sec, att_flops / sec / 1e12,
-               att_sdpa > 0 ? fmt::format("   {:.2f}x SDPA's speed", att_sdpa / sec) : std::string());
-  };
-  att_row("doremi-cpp wmma", att_wmma);
-  att_row("doremi-cpp mma", att_mma);
-  att_row("pytorch SDPA", att_sdpa);
-  if (!att_error.empty()) fmt::print("  doremi-cpp: failed: {}\n", att_error);
+               "the D pass, SDPA without):\n",
+               B, Cfg::n_head, T, Cfg::head_dim);
+    auto att_row = [&](const char* what, double sec) {
+      if (!(sec > 0)) return fmt::print("  {:<22} -\n", what);
+      fmt::print("  {:<22} {:>8.3f} ms {:>7.1f} TFLOP/s{}\n", what, 1e3 * sec, att_flops / sec / 1e12,
+                 att_sdpa > 0 ? fmt::format("   {:.2f}x SDPA's speed", att_sdpa / sec) : std::string());
+    };
+    att_row("doremi-cpp wmma", att_wmma);
+    att_row("doremi-cpp mma", att_mma);
+    att_row("pytorch SDPA", att_sdpa);
+    if (!att_error.empty()) fmt::print("  doremi-cpp: failed: {}\n", att_error);
+  }
   fmt::print("goals (H100/H200): training-step MFU >= 45%: {}; training-step tokens/s >= 1.3x pytorch: {}\n",
              ran ? fmt::format("{} ({:.1f}%)", mfu_train >= 0.45 ? "met" : "NOT met", 100.0 * mfu_train)
                  : std::string("unknown (doremi-cpp failed)"),

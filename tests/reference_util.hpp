@@ -15,6 +15,7 @@
 
 #include "doremi/backend/cpu.hpp"  // backend::Cpu's attention: the reference
 #include "doremi/core/rng.hpp"        // Philox: inputs as pure functions of (seed, stream, index)
+#include "doremi/model/gpt.hpp"       // rotary_tables
 
 namespace cuda_test {
 
@@ -51,21 +52,9 @@ inline void check_close(const std::vector<float>& got, const std::vector<float>&
   check_within(got, want, [&](std::size_t i) { return atol + rtol * std::abs(double(want[i])); }, what);
 }
 
-// Rotary tables as Model builds them (model/gpt.hpp): cos/sin(t · 10000^(−2i/rot)) in double, rounded once.
-struct Rope {
-  std::vector<float> cos, sin;
-};
-inline Rope rope_tables(int n_ctx, int rot) {
-  const int half = rot / 2;
-  Rope r{std::vector<float>(std::size_t(n_ctx) * half), std::vector<float>(std::size_t(n_ctx) * half)};
-  for (int t = 0; t < n_ctx; ++t)
-    for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(10000.0, -2.0 * i / rot);
-      r.cos[std::size_t(t) * half + i] = float(std::cos(t * inv_freq));
-      r.sin[std::size_t(t) * half + i] = float(std::sin(t * inv_freq));
-    }
-  return r;
-}
+// Rotary tables as Model builds them (rotary_tables, model/gpt.hpp), base 10000.
+using Rope = doremi::RotaryTables<float>;
+inline Rope rope_tables(int n_ctx, int rot) { return doremi::rotary_tables<float>(n_ctx, rot, 10000.0); }
 
 inline std::vector<float> round_bf16(std::vector<float> v) {
   for (float& f : v) f = float(__nv_bfloat16(f));

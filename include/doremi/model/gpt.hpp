@@ -36,6 +36,26 @@ struct ForwardResult {
   double mean_loss() const { return tokens ? loss_sum / double(tokens) : 0.0; }
 };
 
+// Rotary tables [n_ctx, rot/2] (GPT-NeoX): cos and sin of t · base^(−2i/rot)
+// for position t and pair i, in double, rounded once to T.
+template <class T>
+struct RotaryTables {
+  std::vector<T> cos, sin;
+};
+template <class T>
+RotaryTables<T> rotary_tables(int n_ctx, int rot, double base) {
+  const int half = rot / 2;
+  const std::size_t n = std::size_t(n_ctx) * half;
+  RotaryTables<T> r{std::vector<T>(n), std::vector<T>(n)};
+  for (int t = 0; t < n_ctx; ++t)
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(base, -2.0 * i / rot);
+      r.cos[std::size_t(t) * half + i] = T(std::cos(t * inv_freq));
+      r.sin[std::size_t(t) * half + i] = T(std::sin(t * inv_freq));
+    }
+  return r;
+}
+
 template <class Cfg, class Backend = backend::Cpu>
 class Model {
  public:
@@ -60,21 +80,13 @@ class Model {
   static constexpr int D = Cfg::d_mlp;
 
   explicit Model(Backend be = {}) : be_(be), params_(layout().total, scalar(0)), grads_(layout().total, scalar(0)) {
-    // Rotary tables in double, rounded once: cos/sin(t · base^(−2i/rot)).
-    constexpr int half = Cfg::rotary_dim / 2;
     if constexpr (!Cfg::learned_positions) {
-      const std::size_t n = std::size_t(Cfg::n_ctx) * half;
-      std::vector<scalar> cos_t(n), sin_t(n);
-      for (int t = 0; t < Cfg::n_ctx; ++t)
-        for (int i = 0; i < half; ++i) {
-          const double inv_freq = std::pow(Cfg::rotary_base, -2.0 * i / Cfg::rotary_dim);
-          cos_t[std::size_t(t) * half + i] = scalar(std::cos(t * inv_freq));
-          sin_t[std::size_t(t) * half + i] = scalar(std::sin(t * inv_freq));
-        }
+      const auto rope = rotary_tables<scalar>(Cfg::n_ctx, Cfg::rotary_dim, Cfg::rotary_base);
+      const std::size_t n = rope.cos.size();
       rope_cos_.resize(n);
       rope_sin_.resize(n);
-      upload(be_, rope_cos_.data(), cos_t.data(), n);
-      upload(be_, rope_sin_.data(), sin_t.data(), n);
+      upload(be_, rope_cos_.data(), rope.cos.data(), n);
+      upload(be_, rope_sin_.data(), rope.sin.data(), n);
     }
   }
 
