@@ -170,12 +170,8 @@ __device__ __forceinline__ void load_b_cols(std::uint32_t (&b)[4], const bf16* t
   mma::ldmatrix_x4_trans(b, tile + (k0 + l % 8 + 8 * ((l / 8) % 2)) * ld + n0 + 8 * (l / 16));
 }
 
-// acc[m][n] = (A·Bᵀ)[16 rows, 8n .. 8n + 7] of row tile m for the n8 tiles
-// of the first 16·np_end columns (the rest are left 0): A = rows
-// a_row0 + 16m .. + 15 of tile A (k = its HD columns), B's rows from tile Bm
-// (rows = columns of the result). Each B fragment loaded serves the MT row
-// tiles (shared-memory reads per product fall as MT grows).
-// (One k block of it: a = the row tiles' A fragments for columns 16kk .. 16kk + 15.)
+// One k block of warp_abt below: a = the row tiles' A fragments for
+// columns 16kk .. 16kk + 15.
 template <int HD, int MT, int NT>
 __device__ __forceinline__ void abt_step(float (&acc)[MT][NT][4], const std::uint32_t (&a)[MT][4], const bf16* Bm,
                                          int kk, int np_end) {
@@ -192,6 +188,7 @@ __device__ __forceinline__ void abt_step(float (&acc)[MT][NT][4], const std::uin
     }
   }
 }
+// acc = 0 (MT tiles of NT accumulators).
 template <int MT, int NT>
 __device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
 #pragma unroll
@@ -199,6 +196,11 @@ __device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
 #pragma unroll
     for (int n = 0; n < NT; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
 }
+// acc[m][n] = (A·Bᵀ)[16 rows, 8n .. 8n + 7] of row tile m for the n8 tiles
+// of the first 16·np_end columns (the rest are left 0): A = rows
+// a_row0 + 16m .. + 15 of tile A (k = its HD columns), B's rows from tile Bm
+// (rows = columns of the result). Each B fragment loaded serves the MT row
+// tiles (shared-memory reads per product fall as MT grows).
 template <int HD, int MT, int NT>
 __device__ __forceinline__ void warp_abt(float (&acc)[MT][NT][4], const bf16* A, int a_row0, const bf16* Bm,
                                          int np_end) {
@@ -218,10 +220,6 @@ __device__ __forceinline__ void warp_abt(float (&acc)[MT][NT][4], const std::uin
   zero(acc);
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) abt_step<HD>(acc, a[kk], Bm, kk, np_end);
-}
-template <int HD, int NT>
-__device__ __forceinline__ void warp_abt(float (&acc)[NT][4], const bf16* A, int a_row0, const bf16* Bm, int np_end) {
-  warp_abt<HD>(*reinterpret_cast<float(*)[1][NT][4]>(&acc), A, a_row0, Bm, np_end);
 }
 
 // out[m][n] += (P·M)[16 rows, 8n .. 8n + 7] of row tile m over all HD
@@ -255,12 +253,6 @@ __device__ __forceinline__ void warp_pm(float (&out)[MT][HD / 8][4], const float
       }
     }
   }
-}
-template <int HD, int NT>
-__device__ __forceinline__ void warp_pm(float (&out)[HD / 8][4], const float (&p)[NT][4], const bf16* M, int kb_begin,
-                                        int kb_end) {
-  warp_pm<HD>(*reinterpret_cast<float(*)[1][HD / 8][4]>(&out), *reinterpret_cast<const float(*)[1][NT][4]>(&p), M,
-              kb_begin, kb_end);
 }
 
 // Sets the hidden entries of a score tile s (the warp's rows; this lane's
@@ -339,10 +331,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
   load_tile<HD, 64>(Qs, base, ld, q0, Tn);
   load_kv(0, 0);
   float o[MT][HD / 8][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+  zero(o);
   // Per row: running max (score units; −∞ until a key is seen) and sum.
   float m[MT][2], l[MT][2];
 #pragma unroll
@@ -471,12 +460,8 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dkv_threads)
   load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
   load_q(0, k0);
   float dk[MT][HD / 8][4], dv[MT][HD / 8][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dk[mt][n][e] = dv[mt][n][e] = 0.0f;
+  zero(dk);
+  zero(dv);
 
   for (int i0 = k0, buf = 0; i0 < Tn; i0 += BN, buf ^= 1) {  // queries before k0 see none of the block's keys
     mma::cp_async_wait_all();
@@ -572,10 +557,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
       D_r[mt][r] = in ? Dv[std::size_t(bh) * Tn + rows[mt][r]] : 0.0f;
     }
   float dq[MT][HD / 8][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) dq[mt][n][0] = dq[mt][n][1] = dq[mt][n][2] = dq[mt][n][3] = 0.0f;
+  zero(dq);
 
   const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
   for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
