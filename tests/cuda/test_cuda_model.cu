@@ -164,6 +164,48 @@ TEST_CASE("cuda model: a short training run and a DRO run follow the CPU's") {
   }
 }
 
+TEST_CASE("cuda model: after their first step, training and DRO steps allocate no device memory") {
+  REQUIRE_GPU();
+  // Everything a step needs (activations, operand copies, scratch, cuBLASLt
+  // plans and workspace) is laid out by the first step of a shape and reused:
+  // no cudaMalloc (and no cudaFree) in the steady state, as the issue asks.
+  // Free device memory is the witness (the emulator's runtime counts bytes;
+  // on a GPU, a step that allocated would move it by the driver's page).
+  using Cfg = Config<bf16_matmul(neox_small), float>;
+  const auto free_bytes = [] {
+    std::size_t free = 0, total = 0;
+    DOREMI_CUDA_CHECK(cudaStreamSynchronize(gpu().stream()));
+    DOREMI_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return free;
+  };
+  TrainConfig c;
+  c.steps = 4;
+  c.progress = false;
+  const auto batches = make_batches(4, 3, 48, Cfg::vocab);
+  Model<Cfg, Cuda> proxy(gpu()), ref(gpu());
+  proxy.init(1);
+  ref.init(2);
+  ListSampler s{batches};
+  Trainer trainer(proxy, s, c);
+  DROTrainer dro(proxy, ref, s, c,
+                 DomainWeights({"random", "repeat", "pattern"}, {1, 1, 1}, {1, 1, 1},
+                               std::log(double(Cfg::padded_vocab)), DroConfig{1.0, 1e-3}));
+  trainer.train_step();
+  dro.train_step();
+  const std::size_t before = free_bytes();
+#ifdef DOREMI_CUDA_EMULATE
+  const std::size_t calls = emu::device_allocations();  // also no buffer freed and made again at its size
+#endif
+  for (int k = 0; k < 3; ++k) {
+    trainer.train_step();
+    dro.train_step();
+  }
+  CHECK(free_bytes() == before);
+#ifdef DOREMI_CUDA_EMULATE
+  CHECK(emu::device_allocations() == calls);
+#endif
+}
+
 TEST_CASE("cuda model: checkpoints written from the GPU load on the CPU and back") {
   REQUIRE_GPU();
   using Cfg = Config<neox_small, float>;

@@ -49,6 +49,9 @@
 
 namespace emu {
 
+// cudaMalloc calls so far (fake_cudart.cpp).
+std::size_t device_allocations();
+
 struct Dim {
   unsigned x = 1, y = 1, z = 1;
   Dim(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <cublasLt.h>
@@ -50,12 +51,36 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+// Device memory is host memory; cudaMemGetInfo reports a 16 GiB device less
+// the bytes live in cudaMalloc allocations, and emu::device_allocations()
+// (cuda_emu.hpp) counts the cudaMalloc calls, so tests can see allocations.
+namespace {
+constexpr std::size_t fake_device_bytes = std::size_t(16) << 30;
+std::unordered_map<void*, std::size_t>& live_allocations() {
+  static std::unordered_map<void*, std::size_t> m;
+  return m;
+}
+std::size_t live_bytes = 0, malloc_calls = 0;
+}  // namespace
 cudaError_t cudaMalloc(void** p, size_t n) {
   *p = std::malloc(n);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (!*p) return cudaErrorMemoryAllocation;
+  live_allocations()[*p] = n;
+  live_bytes += n;
+  ++malloc_calls;
+  return cudaSuccess;
 }
 cudaError_t cudaFree(void* p) {
+  if (const auto it = live_allocations().find(p); it != live_allocations().end()) {
+    live_bytes -= it->second;
+    live_allocations().erase(it);
+  }
   std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
+  *total = fake_device_bytes;
+  *free = fake_device_bytes - live_bytes;
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind) {
@@ -72,6 +97,10 @@ cudaError_t cudaMemset(void* p, int v, size_t n) {
 }
 
 }  // extern "C"
+
+namespace emu {
+std::size_t device_allocations() { return malloc_calls; }
+}  // namespace emu
 
 namespace {
 
