@@ -6,7 +6,7 @@
 // utilisation of both, and their ratio; then one layer's attention alone
 // (forward + backward at the same shape) with each of our tensor-core kernel
 // families beside PyTorch's scaled_dot_product_attention (FlashAttention on
-// these GPUs), in ms and TFLOP/s.
+// these GPUs), in ms and TFLOP/s, and the mma kernels at several tilings.
 //
 //   bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] [--domains 8]
 //                  [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args "--no-compile"]
@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <span>
 #include <string>
@@ -159,11 +160,36 @@ Ours time_ours(const Options& o) {
   return r;
 }  // GPU memory of both models and the optimiser freed here, before the twin runs
 
+// N(0, 1) values rounded to bf16 on the device (q, k, v: softmax rows neither flat nor one-hot).
+backend::cuda::DeviceBuffer<__nv_bfloat16> random_bf16(const backend::Cuda& gpu, std::size_t n, std::uint64_t stream) {
+  namespace cu = backend::cuda;
+  std::vector<float> h(n);
+  for (std::size_t i = 0; i < n; ++i) h[i] = float(Philox::normal(7, stream, i));
+  cu::DeviceBuffer<float> f(n);
+  cu::copy_to_device(gpu, f.data(), h.data(), n);
+  cu::DeviceBuffer<__nv_bfloat16> d(n);
+  backend::convert(gpu, d.data(), static_cast<const float*>(f.data()), n);
+  gpu.synchronize();
+  return d;
+}
+
+// The rotary tables of the preset on the device (cos, sin).
+struct DeviceRope {
+  backend::cuda::DeviceBuffer<float> cos, sin;
+};
+DeviceRope device_rope(const backend::Cuda& gpu, int T) {
+  namespace cu = backend::cuda;
+  const auto rope = rotary_tables<float>(T, Cfg::rotary_dim, Cfg::rotary_base);
+  DeviceRope r{cu::DeviceBuffer<float>(rope.cos.size()), cu::DeviceBuffer<float>(rope.sin.size())};
+  cu::copy_to_device(gpu, r.cos.data(), rope.cos.data(), rope.cos.size());
+  cu::copy_to_device(gpu, r.sin.data(), rope.sin.data(), rope.sin.size());
+  return r;
+}
+
 // One layer's attention alone, as the model calls it (bf16 qkv in; rotary on
 // the first rot dims; bf16 output, output gradient and qkv gradient; the
 // backward's D pass): the median seconds of a forward + backward with the
-// given tensor-core kernel family. Random inputs (N(0, 1) q, k, v: softmax
-// rows neither flat nor one-hot).
+// given tensor-core kernel family.
 double time_attention(const Options& o, backend::cuda::AttentionTcKernels family) {
   namespace cu = backend::cuda;
   using bf16 = __nv_bfloat16;
@@ -173,21 +199,8 @@ double time_attention(const Options& o, backend::cuda::AttentionTcKernels family
   backend::Cuda gpu(o.device);
   const cu::AttentionTcKernels before = cu::attention_tc_kernels();
   cu::attention_tc_kernels() = family;
-  auto random_bf16 = [&](std::size_t n, std::uint64_t stream) {
-    std::vector<float> h(n);
-    for (std::size_t i = 0; i < n; ++i) h[i] = float(Philox::normal(7, stream, i));
-    cu::DeviceBuffer<float> f(n);
-    cu::copy_to_device(gpu, f.data(), h.data(), n);
-    cu::DeviceBuffer<bf16> d(n);
-    backend::convert(gpu, d.data(), static_cast<const float*>(f.data()), n);
-    gpu.synchronize();
-    return d;
-  };
-  const auto qkv = random_bf16(N * 3 * C, 0), dout = random_bf16(N * C, 1);
-  const auto rope = rotary_tables<float>(T, rot, Cfg::rotary_base);
-  cu::DeviceBuffer<float> rope_cos(rope.cos.size()), rope_sin(rope.sin.size());
-  cu::copy_to_device(gpu, rope_cos.data(), rope.cos.data(), rope.cos.size());
-  cu::copy_to_device(gpu, rope_sin.data(), rope.sin.data(), rope.sin.size());
+  const auto qkv = random_bf16(gpu, N * 3 * C, 0), dout = random_bf16(gpu, N * C, 1);
+  const DeviceRope rope = device_rope(gpu, T);
   cu::DeviceBuffer<float> qkvr(backend::attention_qkvr_size<P, float>(gpu, B, T, C, H));
   cu::DeviceBuffer<float> lse(backend::attention_state_size(gpu, B, H, T));
   cu::DeviceBuffer<bf16> out(N * C), dqkv(N * 3 * C);
@@ -195,16 +208,80 @@ double time_attention(const Options& o, backend::cuda::AttentionTcKernels family
   for (int s = 0; s < o.warmup + o.steps; ++s) {
     gpu.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
-    backend::attention_forward<P>(gpu, out.data(), qkvr.data(), lse.data(), qkv.data(), rope_cos.data(),
-                                  rope_sin.data(), B, T, C, H, rot);
+    backend::attention_forward<P>(gpu, out.data(), qkvr.data(), lse.data(), qkv.data(), rope.cos.data(),
+                                  rope.sin.data(), B, T, C, H, rot);
     backend::attention_backward<P>(gpu, dqkv.data(), dout.data(), static_cast<const bf16*>(out.data()),
                                    static_cast<const float*>(qkvr.data()), static_cast<const float*>(lse.data()),
-                                   rope_cos.data(), rope_sin.data(), B, T, C, H, rot);
+                                   rope.cos.data(), rope.sin.data(), B, T, C, H, rot);
     gpu.synchronize();
     if (s >= o.warmup) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   cu::attention_tc_kernels() = before;
   return median(times);
+}
+
+// The mma attention kernels alone (forward, dK/dV, dQ; no rotary pass, no D
+// pass) at several tilings (AttentionMmaTiles: rows per block, rows per warp
+// in each kernel), the library's default first, so that one GPU run says
+// which tiling to make the default. Each tiling's outputs are compared with
+// the default's (the emulator tests hold them bit-identical).
+struct TilingTime {
+  std::string name;
+  int rows = 0, fwd_mt = 0, dq_mt = 0, dkv_mt = 0;
+  double seconds = 0;
+  bool same_bits = false;
+};
+std::vector<TilingTime> time_mma_tilings(const Options& o) {
+  namespace cu = backend::cuda;
+  using bf16 = __nv_bfloat16;
+  constexpr int HD = Cfg::head_dim;
+  const int B = o.batch, T = o.seq, C = Cfg::n_embd, H = Cfg::n_head, rot = Cfg::rotary_dim;
+  const std::size_t N = std::size_t(B) * T;
+  backend::Cuda gpu(o.device);
+  const auto qkvr = random_bf16(gpu, N * 3 * C, 2), dout = random_bf16(gpu, N * C, 3);
+  const DeviceRope rope = device_rope(gpu, T);
+  cu::DeviceBuffer<float> Dv(std::size_t(B) * H * T, 0.1f), lse(std::size_t(B) * H * T);
+  cu::DeviceBuffer<bf16> out(N * C), dqkv(N * 3 * C);
+  std::vector<bf16> first_out, first_dqkv;
+  std::vector<float> first_lse;
+  std::vector<TilingTime> r;
+  // The kernels' types spelled as attention.hpp spells them (plain_t): nvcc's
+  // host stubs spell a kernel by the alias of its first instantiation.
+  using Bf = cu::plain_t<bf16>;
+  auto run = [&]<class L>(L) {
+    std::vector<double> times;
+    for (int s = 0; s < o.warmup + o.steps; ++s) {
+      gpu.synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      cu::attention_mma_forward_launch<L, Bf, Bf>(gpu, out.data(), lse.data(), qkvr.data(), B, T, C, H);
+      cu::attention_mma_backward_launch<L, Bf, Bf>(gpu, dqkv.data(), dout.data(), qkvr.data(),
+                                                   static_cast<const float*>(lse.data()),
+                                                   static_cast<const float*>(Dv.data()), rope.cos.data(),
+                                                   rope.sin.data(), B, T, C, H, rot);
+      gpu.synchronize();
+      if (s >= o.warmup) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::vector<bf16> h_out(out.size()), h_dqkv(dqkv.size());
+    std::vector<float> h_lse(lse.size());
+    cu::copy_to_host(gpu, h_out.data(), out.data(), out.size());
+    cu::copy_to_host(gpu, h_dqkv.data(), dqkv.data(), dqkv.size());
+    cu::copy_to_host(gpu, h_lse.data(), lse.data(), lse.size());
+    if (r.empty()) first_out = h_out, first_dqkv = h_dqkv, first_lse = h_lse;
+    const bool same = std::memcmp(h_out.data(), first_out.data(), h_out.size() * sizeof(bf16)) == 0 &&
+                      std::memcmp(h_dqkv.data(), first_dqkv.data(), h_dqkv.size() * sizeof(bf16)) == 0 &&
+                      std::memcmp(h_lse.data(), first_lse.data(), h_lse.size() * sizeof(float)) == 0;
+    r.push_back({fmt::format("{} rows/block, rows/warp fwd {} dq {} dkv {}{}", L::rows, 16 * L::fwd_mt,
+                             16 * L::dq_mt, 16 * L::dkv_mt, r.empty() ? " (default)" : ""),
+                 L::rows, L::fwd_mt, L::dq_mt, L::dkv_mt, median(times), same});
+  };
+  run(cu::AttentionMmaTiles<HD>{});
+  if constexpr (HD == 64) {
+    run(cu::AttentionMmaTiles<64, 128, 2, 2, 2>{});  // FlashAttention-2's forward: 4 warps of 32 rows
+    run(cu::AttentionMmaTiles<64, 64, 1, 1, 1>{});   // 4 warps of 16 rows (more warps per SM)
+    run(cu::AttentionMmaTiles<64, 128, 1, 1, 1>{});  // 8 warps of 16 rows
+    run(cu::AttentionMmaTiles<64, 64, 2, 2, 1>{});   // dK/dV in 16-row warps (fewer registers)
+  }
+  return r;
 }
 
 // The twin's JSON line (null when it did not run; `why` says what happened).
@@ -296,11 +373,13 @@ int run(const Options& o) {
 
   // One layer's attention alone, both tensor-core kernel families (the twin times SDPA beside them).
   double att_wmma = 0, att_mma = 0;
+  std::vector<TilingTime> tilings;
   std::string att_error;
   try {
     if (o.attention) {
       att_wmma = time_attention(o, backend::cuda::AttentionTcKernels::wmma);
       att_mma = time_attention(o, backend::cuda::AttentionTcKernels::mma);
+      tilings = time_mma_tilings(o);
     }
   } catch (const std::exception& e) {
     att_error = e.what();
@@ -379,6 +458,13 @@ int run(const Options& o) {
     att_row("doremi-cpp mma", att_mma);
     att_row("pytorch SDPA", att_sdpa);
     if (!att_error.empty()) fmt::print("  doremi-cpp: failed: {}\n", att_error);
+    if (!tilings.empty()) {
+      fmt::print("mma kernels alone (no rotary, no D pass) by tiling (AttentionMmaTiles):\n");
+      for (const TilingTime& t : tilings)
+        fmt::print("  {:<52} {:>8.3f} ms {:>7.1f} TFLOP/s  {:.2f}x the default  {}\n", t.name, 1e3 * t.seconds,
+                   att_flops / t.seconds / 1e12, tilings.front().seconds / t.seconds,
+                   t.same_bits ? "same bits" : "OUTPUTS DIFFER from the default's");
+    }
   }
   fmt::print("goals (H100/H200): training-step MFU >= 45%: {}; training-step tokens/s >= 1.3x pytorch: {}\n",
              ran ? fmt::format("{} ({:.1f}%)", mfu_train >= 0.45 ? "met" : "NOT met", 100.0 * mfu_train)
@@ -403,6 +489,10 @@ int run(const Options& o) {
                                   {"train_step_s", ours.train.times}, {"dro_step_s", ours.dro.times}}},
                       {"attention_alone", {{"flops", att_flops}, {"wmma_s", att_wmma}, {"mma_s", att_mma},
                                            {"sdpa_s", att_sdpa}}}};
+  for (const TilingTime& t : tilings)
+    j["attention_alone"]["mma_tilings"].push_back({{"rows", t.rows}, {"fwd_mt", t.fwd_mt}, {"dq_mt", t.dq_mt},
+                                                   {"dkv_mt", t.dkv_mt}, {"s", t.seconds},
+                                                   {"same_bits", t.same_bits}});
   if (!ran) j["doremi"] = {{"error", our_error}};
   if (!peer.is_null())
     j["pytorch"] = {{"train_tokens_per_s", theirs_train}, {"train_mfu", theirs_train * fpt / peak},

@@ -64,14 +64,21 @@ void launch_both_orders(emu::Dim grid, unsigned threads, std::size_t smem,
   }
 }
 
-template <int HD>
-void run_case(const Shape& s) {
+struct Outputs {
+  std::vector<float> out, lse, dqkv;
+};
+
+template <int HD, class L = backend::cuda::AttentionMmaTiles<HD>>
+Outputs run_case(const Shape& s) {
   CAPTURE(s.B);
   CAPTURE(s.T);
   CAPTURE(s.H);
   CAPTURE(s.hd);
   CAPTURE(s.rot);
-  using L = backend::cuda::AttentionMmaTiles<HD>;
+  CAPTURE(L::rows);
+  CAPTURE(L::fwd_mt);
+  CAPTURE(L::dq_mt);
+  CAPTURE(L::dkv_mt);
   const int C = s.H * HD;
   const std::size_t N = std::size_t(s.B) * s.T;
   const Rope rope = rope_tables(s.T, s.rot);
@@ -81,10 +88,10 @@ void run_case(const Shape& s) {
 
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float scale = 1.0f / std::sqrt(float(HD)), scale_log2 = 1.4426950408889634f * scale;
-  const emu::Dim grid{unsigned(s.B * s.H), unsigned((s.T + 63) / 64)};
+  const emu::Dim grid{unsigned(s.B * s.H), unsigned((s.T + L::rows - 1) / L::rows)};
   std::vector<float> g_out(N * C, nan), g_lse(std::size_t(s.B) * s.H * s.T, nan), g_dqkv(N * 3 * C, nan);
   launch_both_orders(grid, L::fwd_threads, L::fwd_bytes, {&g_out, &g_lse}, [&] {
-    backend::cuda::attention_mma_forward_kernel<HD, float>(g_out.data(), g_lse.data(), qkvr.data(), s.T, C, s.H,
+    backend::cuda::attention_mma_forward_kernel<L, float>(g_out.data(), g_lse.data(), qkvr.data(), s.T, C, s.H,
                                                            scale_log2);
   }, "forward: the same out and lse in both thread orders");
   const auto all = [](std::size_t) { return true; };
@@ -102,12 +109,12 @@ void run_case(const Shape& s) {
         Dv[(std::size_t(b) * s.H + h) * s.T + t] = acc;
       }
   launch_both_orders(grid, L::dkv_threads, L::bwd_bytes, {&g_dqkv}, [&] {
-    backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(),
+    backend::cuda::attention_mma_backward_dkv_kernel<L, float>(g_dqkv.data(), dout.data(), qkvr.data(),
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
   }, "dK, dV: the same bits in both thread orders");
   launch_both_orders(grid, L::dq_threads, L::bwd_bytes, {&g_dqkv}, [&] {
-    backend::cuda::attention_mma_backward_dq_kernel<HD, float>(g_dqkv.data(), dout.data(), qkvr.data(), g_lse.data(),
+    backend::cuda::attention_mma_backward_dq_kernel<L, float>(g_dqkv.data(), dout.data(), qkvr.data(), g_lse.data(),
                                                                Dv.data(), rope.cos.data(), rope.sin.data(), s.T, C,
                                                                s.H, s.rot, scale, scale_log2);
   }, "dQ: the same bits in both thread orders");
@@ -121,22 +128,34 @@ void run_case(const Shape& s) {
   const std::vector<__nv_bfloat16> qkvr_b = to_bf16(qkvr), dout_b = to_bf16(dout);
   std::vector<float> b_out(N * C, nan), b_lse(g_lse.size(), nan), b_dqkv(N * 3 * C, nan);
   emu::launch(grid, {L::fwd_threads}, L::fwd_bytes, [&] {
-    backend::cuda::attention_mma_forward_kernel<HD, float>(b_out.data(), b_lse.data(), qkvr_b.data(), s.T, C, s.H,
+    backend::cuda::attention_mma_forward_kernel<L, float>(b_out.data(), b_lse.data(), qkvr_b.data(), s.T, C, s.H,
                                                            scale_log2);
   });
   emu::launch(grid, {L::dkv_threads}, L::bwd_bytes, [&] {
-    backend::cuda::attention_mma_backward_dkv_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
+    backend::cuda::attention_mma_backward_dkv_kernel<L, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
                                                                 g_lse.data(), Dv.data(), rope.cos.data(),
                                                                 rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
   });
   emu::launch(grid, {L::dq_threads}, L::bwd_bytes, [&] {
-    backend::cuda::attention_mma_backward_dq_kernel<HD, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
+    backend::cuda::attention_mma_backward_dq_kernel<L, float>(b_dqkv.data(), dout_b.data(), qkvr_b.data(),
                                                                g_lse.data(), Dv.data(), rope.cos.data(),
                                                                rope.sin.data(), s.T, C, s.H, s.rot, scale, scale_log2);
   });
   CHECK(std::memcmp(b_out.data(), g_out.data(), g_out.size() * sizeof(float)) == 0);
   CHECK(std::memcmp(b_lse.data(), g_lse.data(), g_lse.size() * sizeof(float)) == 0);
   CHECK(std::memcmp(b_dqkv.data(), g_dqkv.data(), g_dqkv.size() * sizeof(float)) == 0);
+  return {g_out, g_lse, g_dqkv};
+}
+
+// Another tiling on shape s: within bf16 error of the CPU (run_case) and the
+// same bits as the default tiling (each row's arithmetic does not depend on
+// how rows are grouped into warps and blocks).
+template <class L>
+void same_as_default(const Shape& s) {
+  const Outputs a = run_case<L::hd>(s), b = run_case<L::hd, L>(s);
+  CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * sizeof(float)) == 0);
 }
 
 }  // namespace
@@ -150,4 +169,11 @@ TEST_CASE("cuda (emulated): register-resident tensor-core attention matches the 
   run_case<128>({2, 65, 1, 128, 32});
   run_case<32>({1, 100, 2, 32, 8});
   run_case<16>({2, 37, 1, 16, 16});
+}
+
+TEST_CASE("cuda (emulated): other tilings of the mma attention kernels give the default's bits (bench_gpu_step times them)") {
+  using backend::cuda::AttentionMmaTiles;
+  same_as_default<AttentionMmaTiles<64, 128, 2, 2, 2>>({1, 130, 2, 64, 16});  // 4 warps of 32 rows
+  same_as_default<AttentionMmaTiles<64, 64, 1, 1, 1>>({1, 100, 1, 64, 64});   // 4 warps of 16 rows
+  same_as_default<AttentionMmaTiles<64, 128, 1, 2, 1>>({2, 65, 1, 64, 0});    // mixed: 8 and 4 warps
 }

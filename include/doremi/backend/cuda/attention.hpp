@@ -501,31 +501,30 @@ AttentionPath attention_path(int hd) {
   }
 }
 
-template <int HD, class T, class In>
+// The register-resident kernels with tiling L (AttentionMmaTiles).
+template <class L, class T, class In>
 void attention_mma_forward_launch(const Cuda& be, T* out, float* lse, const In* qkvr, int B, int Tn, int C, int H) {
-  using L = AttentionMmaTiles<HD>;
-  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
-  const float scale_log2 = 1.4426950408889634f / std::sqrt(float(HD));
-  attention_tc_allow_smem(attention_mma_forward_kernel<HD, T, In>, L::fwd_bytes);
-  DOREMI_CUDA_LAUNCH(grid, L::fwd_threads, L::fwd_bytes, be.stream(), attention_mma_forward_kernel<HD, T, In>)(out, lse,
+  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + L::rows - 1) / L::rows));
+  const float scale_log2 = 1.4426950408889634f / std::sqrt(float(L::hd));
+  attention_tc_allow_smem(attention_mma_forward_kernel<L, T, In>, L::fwd_bytes);
+  DOREMI_CUDA_LAUNCH(grid, L::fwd_threads, L::fwd_bytes, be.stream(), attention_mma_forward_kernel<L, T, In>)(out, lse,
       qkvr, Tn, C, H, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_forward_kernel");
 }
 
-template <int HD, class T, class In>
+template <class L, class T, class In>
 void attention_mma_backward_launch(const Cuda& be, T* dqkv, const In* dout, const In* qkvr, const float* lse,
                                    const float* Dv, const float* rope_cos, const float* rope_sin, int B, int Tn, int C,
                                    int H, int rot) {
-  using L = AttentionMmaTiles<HD>;
-  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + 63) / 64));
-  const float scale = 1.0f / std::sqrt(float(HD));
+  const dim3 grid(unsigned(B) * unsigned(H), unsigned((Tn + L::rows - 1) / L::rows));
+  const float scale = 1.0f / std::sqrt(float(L::hd));
   const float scale_log2 = 1.4426950408889634f * scale;
-  attention_tc_allow_smem(attention_mma_backward_dkv_kernel<HD, T, In>, L::bwd_bytes);
-  DOREMI_CUDA_LAUNCH(grid, L::dkv_threads, L::bwd_bytes, be.stream(), attention_mma_backward_dkv_kernel<HD, T, In>)(dqkv,
+  attention_tc_allow_smem(attention_mma_backward_dkv_kernel<L, T, In>, L::bwd_bytes);
+  DOREMI_CUDA_LAUNCH(grid, L::dkv_threads, L::bwd_bytes, be.stream(), attention_mma_backward_dkv_kernel<L, T, In>)(dqkv,
       dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dkv_kernel");
-  attention_tc_allow_smem(attention_mma_backward_dq_kernel<HD, T, In>, L::bwd_bytes);
-  DOREMI_CUDA_LAUNCH(grid, L::dq_threads, L::bwd_bytes, be.stream(), attention_mma_backward_dq_kernel<HD, T, In>)(dqkv,
+  attention_tc_allow_smem(attention_mma_backward_dq_kernel<L, T, In>, L::bwd_bytes);
+  DOREMI_CUDA_LAUNCH(grid, L::dq_threads, L::bwd_bytes, be.stream(), attention_mma_backward_dq_kernel<L, T, In>)(dqkv,
       dout, qkvr, lse, Dv, rope_cos, rope_sin, Tn, C, H, rot, scale, scale_log2);
   DOREMI_CUDA_CHECK_LAUNCH("attention_mma_backward_dq_kernel");
 }
@@ -581,7 +580,9 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qk
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     switch (path) {
-      case cuda::AttentionPath::mma: cuda::attention_mma_forward_launch<HD, Out>(be, out, lse, q, B, Tn, C, H); break;
+      case cuda::AttentionPath::mma:
+        cuda::attention_mma_forward_launch<cuda::AttentionMmaTiles<HD>, Out>(be, out, lse, q, B, Tn, C, H);
+        break;
       case cuda::AttentionPath::wmma: cuda::attention_tc_forward_launch<HD, Out>(be, out, lse, q, B, Tn, C, H); break;
       case cuda::AttentionPath::fp32:
         if constexpr (std::is_same_v<Out, T>) {
@@ -663,7 +664,8 @@ void attention_backward(const Cuda& be, DQ* dqkv, const DO* dout, const O* out, 
   cuda::dispatch_head_dim(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     if (path == cuda::AttentionPath::mma)
-      cuda::attention_mma_backward_launch<HD>(be, dq, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
+      cuda::attention_mma_backward_launch<cuda::AttentionMmaTiles<HD>>(be, dq, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn,
+                                                                      C, H, rot);
     else
       cuda::attention_tc_backward_launch<HD>(be, dq, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn, C, H, rot);
   });

@@ -11,7 +11,8 @@
 // accumulator of P (or dS) becomes the A operand of the next product without
 // leaving registers (an m16n8 accumulator pair is an m16k16 A fragment).
 //
-// A block owns 64 rows (queries; keys for dK/dV) of one (b, h), in 2 warps
+// By default (AttentionMmaTiles) a block owns 64 rows (queries; keys for
+// dK/dV) of one (b, h), in 2 warps
 // of 32 rows: two 16-row tiles per warp, which share every fragment of the
 // streamed operand that ldmatrix reads from shared memory (with one row tile
 // per warp, that traffic, not the tensor cores, would bound the kernels).
@@ -54,21 +55,27 @@
 
 namespace doremi::backend::cuda {
 
-template <int HD>
+// The kernels' tiling: a block owns ROWS rows (queries; keys for dK/dV) in
+// warps of 16·MT rows (one MT per kernel). The defaults are the library's;
+// the kernels are generic in them (benchmarks/bench_gpu_step.cu times others).
+template <int HD, int ROWS = 64, int FWD_MT = (HD <= 64 ? 2 : 1), int DQ_MT = 2, int DKV_MT = (HD <= 64 ? 2 : 1)>
 struct AttentionMmaTiles {
   static_assert(HD == 16 || HD == 32 || HD == 64 || HD == 128, "attention (mma): hd 16, 32, 64 or 128");
-  static constexpr int rows = 64;               // rows a block owns
+  static_assert(ROWS % (16 * FWD_MT) == 0 && ROWS % (16 * DQ_MT) == 0 && ROWS % (16 * DKV_MT) == 0,
+                "attention (mma): a block's rows must split into whole warps");
+  static constexpr int hd = HD;
+  static constexpr int rows = ROWS;             // rows a block owns
   static constexpr int bn = HD <= 64 ? 64 : 32; // rows of a streamed tile
-  static constexpr int dkv_mt = HD <= 64 ? 2 : 1;  // the dK/dV kernel's 16-row (key) tiles per warp (hd 128: registers)
+  static constexpr int dkv_mt = DKV_MT;         // the dK/dV kernel's 16-row (key) tiles per warp
   static constexpr int dkv_qc = bn < 32 ? bn : 32;  // and the queries it takes at a time
   static constexpr int dkv_threads = 32 * rows / (16 * dkv_mt);
-  static constexpr int fwd_mt = HD <= 64 ? 2 : 1;  // the forward's 16-row tiles per warp (hd 128: registers)
+  static constexpr int fwd_mt = FWD_MT;         // the forward's 16-row tiles per warp
   static constexpr int fwd_threads = 32 * rows / (16 * fwd_mt);
-  static constexpr int dq_mt = 2;               // the dQ kernel's 16-row tiles per warp
+  static constexpr int dq_mt = DQ_MT;           // the dQ kernel's 16-row tiles per warp
   static constexpr int dq_threads = 32 * rows / (16 * dq_mt);
   static constexpr int ldh = HD + 8;            // bf16 pitch of every tile
   static constexpr int ldo = HD + 4;            // float pitch of the output stage
-  static constexpr std::size_t own_bytes = std::size_t(rows) * ldh * 2;  // one [64][hd] tile
+  static constexpr std::size_t own_bytes = std::size_t(rows) * ldh * 2;  // one [rows][hd] tile
   static constexpr std::size_t bn_bytes = std::size_t(bn) * ldh * 2;     // one [BN][hd] tile
   static constexpr std::size_t stage_bytes = std::size_t(rows) * ldo * 4;
   // Q | (K V) ×2, and two own | (two streamed) ×2 | (lse D) ×2.
@@ -282,7 +289,7 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // The warp's accumulators acc[MT][HD/8][4] (rows wr .. wr + 16·MT − 1),
-// times `scale`, into the float stage [64][HD + 4].
+// times `scale`, into the float stage [rows][HD + 4].
 template <int HD, int MT>
 __device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[MT][HD / 8][4], int wr,
                                            float scale = 1.0f) {
@@ -303,11 +310,11 @@ __device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[MT][
 // 16·L::fwd_mt query rows, so every K and V fragment read from shared memory
 // serves fwd_mt row tiles. The longest (last) query tiles start first.
 // scale_log2 = log2(e)/√hd.
-template <int HD, class T, class In = T>
-__global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
+template <class L, class T, class In = T>
+__global__ void __launch_bounds__(L::fwd_threads)
     attention_mma_forward_kernel(T* out, float* lse, const In* qkvr, int Tn, int C, int H, float scale_log2) {
   using namespace attention_mma;
-  using L = AttentionMmaTiles<HD>;
+  constexpr int HD = L::hd, ROWS = L::rows;
   constexpr int BN = L::bn, NT = BN / 8, MT = L::fwd_mt;
   unsigned char* const sm = mma::dynamic_smem();
   bf16* const Qs = reinterpret_cast<bf16*>(sm);
@@ -315,7 +322,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
   auto Vs = [&](int buf) { return reinterpret_cast<bf16*>(sm + L::own_bytes + (buf * 2 + 1) * L::bn_bytes); };
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
-  const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
+  const int q0 = int(gridDim.y - 1 - blockIdx.y) * ROWS;
   const int warp = int(threadIdx.x) / 32, wr = 16 * MT * warp, g = lane_id() / 4, t = lane_id() % 4;
   const int last = q0 + wr + 16 * MT - 1;  // the warp's last query
   int rows[MT][2];                          // this lane's two query rows in each row tile
@@ -328,7 +335,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
     load_tile<HD, BN>(Vs(buf), base + 2 * HD, ld, k0, Tn);
   };
 
-  load_tile<HD, 64>(Qs, base, ld, q0, Tn);
+  load_tile<HD, ROWS>(Qs, base, ld, q0, Tn);
   load_kv(0, 0);
   float o[MT][HD / 8][4];
   zero(o);
@@ -346,7 +353,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) load_a(qa[kk][mt], Qs, L::ldh, wr + 16 * mt, 16 * kk);
 
-  const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
+  const int kend = Tn < q0 + ROWS ? Tn : q0 + ROWS;
   for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
     mma::cp_async_wait_all();
     __syncthreads();  // tile k0 is in; every warp is done with the other buffers (tile k0 − BN)
@@ -416,13 +423,13 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::fwd_threads)
 // first key tiles (which see the most queries) start first. Overwrites the k
 // and v parts of dqkv. Dv: the row dots D of attention.hpp. scale = 1/√hd,
 // scale_log2 = scale·log2(e).
-template <int HD, class T, class In = T>
-__global__ void __launch_bounds__(AttentionMmaTiles<HD>::dkv_threads)
+template <class L, class T, class In = T>
+__global__ void __launch_bounds__(L::dkv_threads)
     attention_mma_backward_dkv_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                       const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                       float scale, float scale_log2) {
   using namespace attention_mma;
-  using L = AttentionMmaTiles<HD>;
+  constexpr int HD = L::hd, ROWS = L::rows;
   constexpr int BN = L::bn, MT = L::dkv_mt, QC = L::dkv_qc, NQ = QC / 8, LDH = L::ldh;
   constexpr float log2e = 1.4426950408889634f;
   unsigned char* const sm = mma::dynamic_smem();
@@ -434,7 +441,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dkv_threads)
   auto D_s = [&](int buf) { return lse_s(buf) + BN; };
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
-  const int k0 = int(blockIdx.y) * 64;
+  const int k0 = int(blockIdx.y) * ROWS;
   const int warp = int(threadIdx.x) / 32, wr = 16 * MT * warp, g = lane_id() / 4, t = lane_id() % 4;
   const int first = k0 + wr;  // the warp's first key
   int keys[MT][2];            // this lane's two key rows in each row tile
@@ -456,8 +463,8 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dkv_threads)
     }
   };
 
-  load_tile<HD, 64>(Ks, base + HD, ld, k0, Tn);
-  load_tile<HD, 64>(Vs, base + 2 * HD, ld, k0, Tn);
+  load_tile<HD, ROWS>(Ks, base + HD, ld, k0, Tn);
+  load_tile<HD, ROWS>(Vs, base + 2 * HD, ld, k0, Tn);
   load_q(0, k0);
   float dk[MT][HD / 8][4], dv[MT][HD / 8][4];
   zero(dk);
@@ -501,27 +508,27 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dkv_threads)
   }
 
   T* const dbase = dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD;
-  float* const stage = reinterpret_cast<float*>(sm);  // [64][hd + 4], over K and V (no copy is in flight)
+  float* const stage = reinterpret_cast<float*>(sm);  // [ROWS][hd + 4], over K and V (no copy is in flight)
   __syncthreads();
   stage_rows<HD>(stage, dk, wr, scale);
   __syncthreads();
-  store_rows<HD>(dbase + HD, ld, stage, k0, Tn, rot, rope_cos, rope_sin);
+  store_rows<HD, ROWS>(dbase + HD, ld, stage, k0, Tn, rot, rope_cos, rope_sin);
   __syncthreads();
   stage_rows<HD>(stage, dv, wr);
   __syncthreads();
-  store_rows<HD>(dbase + 2 * HD, ld, stage, k0, Tn, 0, rope_cos, rope_sin);
+  store_rows<HD, ROWS>(dbase + 2 * HD, ld, stage, k0, Tn, 0, rope_cos, rope_sin);
 }
 
 // dQ. Grid (B·H, query tiles), L::dq_threads threads (16·L::dq_mt query
 // rows per warp, as the forward); the longest (last) query tiles start
 // first. Overwrites the q part of dqkv.
-template <int HD, class T, class In = T>
-__global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
+template <class L, class T, class In = T>
+__global__ void __launch_bounds__(L::dq_threads)
     attention_mma_backward_dq_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
                                      const float* rope_cos, const float* rope_sin, int Tn, int C, int H, int rot,
                                      float scale, float scale_log2) {
   using namespace attention_mma;
-  using L = AttentionMmaTiles<HD>;
+  constexpr int HD = L::hd, ROWS = L::rows;
   constexpr int BN = L::bn, NT = BN / 8, MT = L::dq_mt;
   constexpr float log2e = 1.4426950408889634f;
   unsigned char* const sm = mma::dynamic_smem();
@@ -531,7 +538,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
   auto Vs = [&](int buf) { return reinterpret_cast<bf16*>(sm + 2 * L::own_bytes + (buf * 2 + 1) * L::bn_bytes); };
 
   const int bh = int(blockIdx.x), b = bh / H, h = bh % H;
-  const int q0 = int(gridDim.y - 1 - blockIdx.y) * 64;
+  const int q0 = int(gridDim.y - 1 - blockIdx.y) * ROWS;
   const int warp = int(threadIdx.x) / 32, wr = 16 * MT * warp, g = lane_id() / 4;
   const int last = q0 + wr + 16 * MT - 1;
   int rows[MT][2];
@@ -544,8 +551,8 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
     load_tile<HD, BN>(Vs(buf), base + 2 * HD, ld, k0, Tn);
   };
 
-  load_tile<HD, 64>(Qs, base, ld, q0, Tn);
-  load_tile<HD, 64>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
+  load_tile<HD, ROWS>(Qs, base, ld, q0, Tn);
+  load_tile<HD, ROWS>(dOs, dout + std::size_t(b) * Tn * C + std::size_t(h) * HD, std::size_t(C), q0, Tn);
   load_kv(0, 0);
   float lse_r[MT][2], D_r[MT][2];  // lse·log2(e) and D of the lane's rows (0 past the end: their dS is 0)
 #pragma unroll
@@ -559,7 +566,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
   float dq[MT][HD / 8][4];
   zero(dq);
 
-  const int kend = Tn < q0 + 64 ? Tn : q0 + 64;
+  const int kend = Tn < q0 + ROWS ? Tn : q0 + ROWS;
   for (int k0 = 0, buf = 0; k0 < kend; k0 += BN, buf ^= 1) {
     mma::cp_async_wait_all();
     __syncthreads();  // tile k0 is in; every warp is done with the other buffers (tile k0 − BN)
@@ -591,7 +598,7 @@ __global__ void __launch_bounds__(AttentionMmaTiles<HD>::dq_threads)
   __syncthreads();
   stage_rows<HD>(stage, dq, wr, scale);
   __syncthreads();
-  store_rows<HD>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot, rope_cos,
+  store_rows<HD, ROWS>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot, rope_cos,
                  rope_sin);
 }
 
