@@ -1,8 +1,8 @@
 #pragma once
 // Deterministic column sums for parameter gradients (LayerNorm's dw, db and a
 // linear layer's db): no atomics, so a run repeats bit for bit. Stage 1: each
-// block sums a fixed chunk of rows for 256 columns into scratch; stage 2: one
-// thread per column adds the chunk partials in chunk order into the output.
+// block sums a fixed chunk of rows for 256 columns into scratch; stage 2 adds
+// the chunk partials in a fixed order into the output (column_finish_kernel).
 // Memory-bound; the fixed chunk length (not the GPU) fixes the summation order.
 // A functor may give M sums per column at once (LayerNorm: dw and db of each
 // of its LayerNorms), so the rows they share are read once.
@@ -47,16 +47,30 @@ __global__ void column_partials_kernel(A* partial, int rows, int width, F f) {
   for (int m = 0; m < M; ++m) partial[(std::size_t(chunk) * M + m) * width + j] = s[m];
 }
 
-// out.p[m][j] += Σ_chunks partial[chunk, m, j], in chunk order.
+// out.p[m][j] += Σ_chunks partial[chunk, m, j]. Block (32 columns, sum m) of
+// column_finish_threads: warp w adds the chunks w, w + W, w + 2W, ... (W warps;
+// a warp reads 32 adjacent columns of a chunk at once), then the W partial
+// sums are added in warp order. Fixed order, so deterministic; with one thread
+// per column walking all chunks (rows / 64 of them) the kernel was bound by
+// load latency on a few hundred threads.
+inline constexpr int column_finish_threads = 256;
+
 template <class A, int M, class T>
 __global__ void column_finish_kernel(ColumnOuts<T, M> out, const A* partial, int chunks, int width) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= width) return;
+  constexpr int W = column_finish_threads / 32;
+  __shared__ A sums[W][32];
+  const int lane = int(threadIdx.x) % 32, w = int(threadIdx.x) / 32, m = int(blockIdx.y);
+  const int j = int(blockIdx.x) * 32 + lane;
+  A s = 0;
+  if (j < width)
+    for (int c = w; c < chunks; c += W) s += partial[(std::size_t(c) * M + m) * width + j];
+  sums[w][lane] = s;
+  __syncthreads();
+  if (w == 0 && j < width) {
+    A t = sums[0][lane];
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    A s = 0;
-    for (int c = 0; c < chunks; ++c) s += partial[(std::size_t(c) * M + m) * width + j];
-    out.p[m][j] += T(s);
+    for (int k = 1; k < W; ++k) t += sums[k][lane];
+    out.p[m][j] += T(t);
   }
 }
 
@@ -70,8 +84,8 @@ void column_reduce_add(const Cuda& be, ColumnOuts<T, M> out, int rows, int width
   const dim3 grid((width + 255) / 256, chunks);
   DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), column_partials_kernel<A, M>)(partial, rows, width, f);
   DOREMI_CUDA_CHECK_LAUNCH("column_partials_kernel");
-  DOREMI_CUDA_LAUNCH((width + 255) / 256, 256, 0, be.stream(), column_finish_kernel<A, M>)(out, partial, chunks,
-                                                                                          width);
+  DOREMI_CUDA_LAUNCH(dim3((width + 31) / 32, M), column_finish_threads, 0, be.stream(),
+                     column_finish_kernel<A, M>)(out, partial, chunks, width);
   DOREMI_CUDA_CHECK_LAUNCH("column_finish_kernel");
 }
 
