@@ -45,6 +45,22 @@ TEST_CASE("cuda: error checks name the call and CUDA's message") {
   }
 }
 
+TEST_CASE("cuda: running out of GPU memory raises doremi::Error with the sizes and what to do") {
+  REQUIRE_GPU();
+  try {
+    DeviceBuffer<float> huge(std::size_t(1) << 50);  // 4 PiB
+    FAIL("a 4 PiB allocation did not throw");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("out of GPU memory") != std::string::npos);
+    CHECK(msg.find("4194304.00 GiB requested") != std::string::npos);
+    CHECK(msg.find("grad_accum") != std::string::npos);
+  }
+  DeviceBuffer<float> after(16, 1.0f);  // the device is still usable
+  CHECK(to_host(after) == std::vector<float>(16, 1.0f));
+}
+
 TEST_CASE("cuda: DeviceBuffer sizes, fills and keeps its contents across resize") {
   REQUIRE_GPU();
   DeviceBuffer<float> b(5, 0.0f);

@@ -113,7 +113,7 @@ class DeviceBuffer {
   void resize(std::size_t n) {
     if (n == n_) return;
     T* q = nullptr;
-    if (n) DOREMI_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&q), n * sizeof(T)));
+    if (n) allocate(reinterpret_cast<void**>(&q), n * sizeof(T));
     if (p_ && q) {
       // Kernels on a backend's (non-blocking) stream may still be writing the
       // old block: wait for the device before copying it (resizes are rare).
@@ -130,6 +130,21 @@ class DeviceBuffer {
   }
 
  private:
+  // cudaMalloc; out of memory raises doremi::Error with the sizes and what to do.
+  static void allocate(void** p, std::size_t bytes) {
+    const cudaError_t e = cudaMalloc(p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      std::size_t free = 0, total = 0;
+      if (cudaMemGetInfo(&free, &total) != cudaSuccess) (void)cudaGetLastError();
+      constexpr double gib = double(std::size_t(1) << 30);
+      fail("backend::Cuda: out of GPU memory: {:.2f} GiB requested, {:.2f} of {:.2f} GiB free on this device; "
+           "use fewer sequences per micro-batch (batch_size with a larger grad_accum keeps the batch) or a shorter "
+           "seq_len",
+           double(bytes) / gib, double(free) / gib, double(total) / gib);
+    }
+    check(e, "cudaMalloc (DeviceBuffer)", __FILE__, __LINE__);
+  }
   void release() noexcept {
     if (p_) cudaFree(p_);
     p_ = nullptr;
