@@ -91,6 +91,33 @@ TEST_CASE("pipeline: run configs are checked field by field") {
   CHECK(Device::parse("cuda", "x").index == 0);
 }
 
+TEST_CASE("pipeline: the bundled Pile run config has the public 120M runs' settings") {
+  const fs::path path = fs::path(DOREMI_SOURCE_DIR) / "examples" / "pile" / "pile-120m.json";
+  const RunConfig c = RunConfig::from_json(read_json_file(path), path.string());
+  CHECK(c.preset == "doremi-120m");
+  CHECK(c.main_preset == "doremi-120m");
+  CHECK(c.device.is_cuda());
+  CHECK(c.seq_len == 1024);
+  CHECK(c.reference_weights == "nopack");
+  CHECK(c.epochs == "pile");
+  CHECK(c.proxy_sampling == "uniform");
+  CHECK(c.rounds == 1);
+  for (const StageConfig* s : {&c.reference, &c.proxy, &c.main}) {
+    CHECK(s->steps == 200000);
+    CHECK(s->batch_size * s->grad_accum == 512);
+    CHECK(s->lr == 1e-3);
+    CHECK(s->end_lr == 1e-4);
+    CHECK(s->warmup == 0.06);
+    CHECK(s->schedule == "linear_warmup_exponential");
+    CHECK(s->weight_decay == 0.01);
+    CHECK(s->beta2 == 0.99);
+    CHECK(s->max_grad_norm == 1.0);
+  }
+  CHECK(c.proxy.dro.eta == 1.0);
+  CHECK(c.proxy.dro.smoothing == 1e-3);
+  CHECK(make_stages(c.preset) != nullptr);  // a compiled preset
+}
+
 TEST_CASE("pipeline: make_stages builds a compiled preset by name and lists them for an unknown one") {
   CHECK(make_stages("pythia-70m")->preset() == "pythia-70m");
   CHECK_THROWS_WITH_AS(make_stages("pythia-7b"), doctest::Contains("doremi-120m"), Error);
