@@ -1,7 +1,9 @@
 #pragma once
 // LayerNorm over the channel dimension. Memory-bound: one warp per row reads
 // the row twice (mean, then the centred variance: the two-pass form keeps
-// precision without fp64), then writes it. Forward keeps mean and 1/σ per row
+// precision without fp64), then writes it; each lane takes W = 4 adjacent
+// values at a time (16-byte loads of fp32 rows, 8-byte of bf16) where every
+// row starts aligned (fp32 models, C a multiple of 4), else W = 1. Forward keeps mean and 1/σ per row
 // for the backward. Backward, like the CPU's, accumulates into dx (the
 // residual stream's gradient) and into dw, db; the parameter sums over rows
 // go through the deterministic column reduction (reduce.hpp), dw and db in
@@ -10,6 +12,13 @@
 // The pair forms are two LayerNorms of one input (a parallel-residual
 // block's): one set of statistics, both outputs from one read of x, and one
 // backward pass for both (dx is linear in the output gradients: g = Σ dout·w).
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+#include <utility>
+
+#include <cuda_bf16.h>
+
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/cuda/reduce.hpp"
 
@@ -45,7 +54,50 @@ struct LayerNormGrads {
   }
 };
 
-template <class T, class O, int K>
+// W adjacent values from p as A (W = 4: one 16-byte fp32 or 8-byte bf16
+// load; p aligned to it), and W values of A to p as E.
+template <int W, class A, class E>
+__device__ inline void load_w(A (&v)[W], const E* p) {
+  if constexpr (W == 4 && std::is_same_v<E, float>) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+  } else if constexpr (W == 4 && std::is_same_v<E, __nv_bfloat16>) {
+    const uint2 t = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&t.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&t.y));
+    v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < W; ++i) v[i] = A(p[i]);
+  }
+}
+template <int W, class A, class E>
+__device__ inline void store_w(E* p, const A (&v)[W]) {
+  if constexpr (W == 4 && std::is_same_v<E, float>) {
+    *reinterpret_cast<float4*>(p) = float4{v[0], v[1], v[2], v[3]};
+  } else if constexpr (W == 4 && std::is_same_v<E, __nv_bfloat16>) {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
+    uint2 t;
+    t.x = *reinterpret_cast<const unsigned*>(&a);
+    t.y = *reinterpret_cast<const unsigned*>(&b);
+    *reinterpret_cast<uint2*>(p) = t;
+  } else {
+#pragma unroll
+    for (int i = 0; i < W; ++i) p[i] = E(v[i]);
+  }
+}
+
+// W = 4 where T is float, C a multiple of 4 and every row pointer (16-byte
+// rows of fp32, 8-byte of bf16) aligned for it.
+template <class T>
+bool layernorm_vectorizable(int C, std::initializer_list<std::pair<const void*, std::size_t>> rows) {
+  if (!std::is_same_v<T, float> || C % 4 != 0) return false;
+  for (const auto& [p, elem] : rows)
+    if (reinterpret_cast<std::uintptr_t>(p) % (4 * elem) != 0) return false;
+  return true;
+}
+
+template <int W, class T, class O, int K>
 __global__ void layernorm_forward_kernel(LayerNormOutputs<T, O, K> p, T* mean, T* rstd, const T* x, int N, int C,
                                          double eps) {
   using A = Acc<T>;
@@ -54,19 +106,35 @@ __global__ void layernorm_forward_kernel(LayerNormOutputs<T, O, K> p, T* mean, T
   if (row >= N) return;
   const T* xn = x + std::size_t(row) * C;
   A s = 0;
-  for (int c = lane; c < C; c += 32) s += A(xn[c]);
-  const A m = warp_sum(s) / A(C);
-  A v = 0;
-  for (int c = lane; c < C; c += 32) {
-    const A d = A(xn[c]) - m;
-    v += d * d;
-  }
-  const A r = A(1) / sqrt(warp_sum(v) / A(C) + A(eps));
-  const T mt = T(m), rt = T(r);
-  for (int c = lane; c < C; c += 32) {
-    const T xh = (xn[c] - mt) * rt;
+  for (int c = W * lane; c < C; c += 32 * W) {
+    A v[W];
+    load_w<W>(v, xn + c);
 #pragma unroll
-    for (int k = 0; k < K; ++k) p.out[k][std::size_t(row) * C + c] = O(T(xh * p.w[k][c] + p.b[k][c]));
+    for (int i = 0; i < W; ++i) s += v[i];
+  }
+  const A m = warp_sum(s) / A(C);
+  A var = 0;
+  for (int c = W * lane; c < C; c += 32 * W) {
+    A v[W];
+    load_w<W>(v, xn + c);
+#pragma unroll
+    for (int i = 0; i < W; ++i) {
+      const A d = v[i] - m;
+      var += d * d;
+    }
+  }
+  const A r = A(1) / sqrt(warp_sum(var) / A(C) + A(eps));
+  const T mt = T(m), rt = T(r);
+  for (int c = W * lane; c < C; c += 32 * W) {
+    T v[W];
+    load_w<W>(v, xn + c);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      T y[W];
+#pragma unroll
+      for (int i = 0; i < W; ++i) y[i] = T((v[i] - mt) * rt * p.w[k][c + i] + p.b[k][c + i]);
+      store_w<W>(p.out[k] + std::size_t(row) * C + c, y);
+    }
   }
   if (lane == 0) {
     mean[row] = mt;
@@ -75,7 +143,7 @@ __global__ void layernorm_forward_kernel(LayerNormOutputs<T, O, K> p, T* mean, T
 }
 
 // dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = Σ_k dout[k]·w[k], one warp per row.
-template <class T, int K, class D>
+template <int W, class T, int K, class D>
 __global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K, D> p, const T* x, const T* mean,
                                              const T* rstd, int N, int C) {
   using A = Acc<T>;
@@ -85,17 +153,42 @@ __global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K, D> p, c
   const std::size_t o = std::size_t(row) * C;
   const T* xn = x + o;
   const T m = mean[row], r = rstd[row];
-  A sg = 0, sgx = 0;
-  for (int c = lane; c < C; c += 32) {
-    A g = A(p.dout(0, o + c)) * A(p.w[0][c]);
+  // g = Σ_k dout[k]·w[k] for W adjacent channels, in T (the second pass) or A (the sums).
+  const auto g_of = [&]<class G>(G (&g)[W], int c) {
+    T d[W];
+    load_w<W>(d, p.douts[0] + o + c);
 #pragma unroll
-    for (int k = 1; k < K; ++k) g += A(p.dout(k, o + c)) * A(p.w[k][c]);
-    sg += g;
-    sgx += g * A((xn[c] - m) * r);
+    for (int i = 0; i < W; ++i) g[i] = G(d[i]) * G(p.w[0][c + i]);
+#pragma unroll
+    for (int k = 1; k < K; ++k) {
+      load_w<W>(d, p.douts[k] + o + c);
+#pragma unroll
+      for (int i = 0; i < W; ++i) g[i] += G(d[i]) * G(p.w[k][c + i]);
+    }
+  };
+  A sg = 0, sgx = 0;
+  for (int c = W * lane; c < C; c += 32 * W) {
+    A g[W];
+    T v[W];
+    g_of(g, c);
+    load_w<W>(v, xn + c);
+#pragma unroll
+    for (int i = 0; i < W; ++i) {
+      sg += g[i];
+      sgx += g[i] * A((v[i] - m) * r);
+    }
   }
   const T mg = T(warp_sum(sg) / A(C)), mgx = T(warp_sum(sgx) / A(C));
   T* dxn = dx + o;
-  for (int c = lane; c < C; c += 32) dxn[c] += r * (p.g(o + c, c) - mg - (xn[c] - m) * r * mgx);
+  for (int c = W * lane; c < C; c += 32 * W) {
+    T g[W], v[W], d[W];
+    g_of(g, c);
+    load_w<W>(v, xn + c);
+    load_w<W>(d, dxn + c);
+#pragma unroll
+    for (int i = 0; i < W; ++i) d[i] += r * (g[i] - mg - (v[i] - m) * r * mgx);
+    store_w<W>(dxn + c, d);
+  }
 }
 
 // Row n, column c of the parameters' sums: dout[k]·x̂ (dw[k]) and dout[k] (db[k]).
@@ -127,9 +220,14 @@ void layernorm_forward_k(const Cuda& be, LayerNormOutputs<T, O, K> p, T* mean, T
                          double eps) {
   if (N <= 0) return;
   constexpr int rows = layernorm_rows_per_block;
-  DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), layernorm_forward_kernel<T, O, K>)(
-      p, mean, rstd, x, N, C, eps);
-  DOREMI_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+  bool vec = layernorm_vectorizable<T>(C, {{x, sizeof(T)}});
+  for (int k = 0; k < K; ++k) vec = vec && layernorm_vectorizable<T>(C, {{p.out[k], sizeof(O)}});
+  const auto launch = [&](auto kernel) {
+    DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), kernel)(p, mean, rstd, x, N, C, eps);
+    DOREMI_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+  };
+  if (vec) launch(layernorm_forward_kernel<4, T, O, K>);
+  else launch(layernorm_forward_kernel<1, T, O, K>);
 }
 
 // dw and db are in order: dw[0], db[0], dw[1], ...
@@ -138,9 +236,14 @@ void layernorm_backward_k(const Cuda& be, T* dx, ColumnOuts<T, 2 * K> dwdb, Laye
                           const T* mean, const T* rstd, int N, int C) {
   if (N <= 0) return;
   constexpr int rows = layernorm_rows_per_block;
-  DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), layernorm_backward_dx_kernel<T, K, D>)(
-      dx, p, x, mean, rstd, N, C);
-  DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_dx_kernel");
+  bool vec = layernorm_vectorizable<T>(C, {{x, sizeof(T)}, {dx, sizeof(T)}});
+  for (int k = 0; k < K; ++k) vec = vec && layernorm_vectorizable<T>(C, {{p.douts[k], sizeof(D)}});
+  const auto launch = [&](auto kernel) {
+    DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), kernel)(dx, p, x, mean, rstd, N, C);
+    DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_dx_kernel");
+  };
+  if (vec) launch(layernorm_backward_dx_kernel<4, T, K, D>);
+  else launch(layernorm_backward_dx_kernel<1, T, K, D>);
   column_reduce_add<Acc<T>, 2 * K>(be, dwdb, N, C, LayerNormParamGrads<T, K, D>{p, x, mean, rstd, C});
 }
 
