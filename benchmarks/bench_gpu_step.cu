@@ -26,7 +26,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <ctime>
 #include <span>
 #include <string>
@@ -224,12 +223,13 @@ double time_attention(const Options& o, backend::cuda::AttentionTcKernels family
 // pass) at several tilings (AttentionMmaTiles: rows per block, rows per warp
 // in each kernel), the library's default first, so that one GPU run says
 // which tiling to make the default. Each tiling's outputs are compared with
-// the default's (the emulator tests hold them bit-identical).
+// the default's (the emulator tests hold them bit-identical; on a GPU the
+// compiler's FMA contraction could differ by instantiation).
 struct TilingTime {
   std::string name;
   int rows = 0, fwd_mt = 0, dq_mt = 0, dkv_mt = 0;
   double seconds = 0;
-  bool same_bits = false;
+  double max_diff = 0;  // largest |difference| from the default's out, lse and dqkv (0: the same bits)
 };
 std::vector<TilingTime> time_mma_tilings(const Options& o) {
   namespace cu = backend::cuda;
@@ -267,12 +267,16 @@ std::vector<TilingTime> time_mma_tilings(const Options& o) {
     cu::copy_to_host(gpu, h_dqkv.data(), dqkv.data(), dqkv.size());
     cu::copy_to_host(gpu, h_lse.data(), lse.data(), lse.size());
     if (r.empty()) first_out = h_out, first_dqkv = h_dqkv, first_lse = h_lse;
-    const bool same = std::memcmp(h_out.data(), first_out.data(), h_out.size() * sizeof(bf16)) == 0 &&
-                      std::memcmp(h_dqkv.data(), first_dqkv.data(), h_dqkv.size() * sizeof(bf16)) == 0 &&
-                      std::memcmp(h_lse.data(), first_lse.data(), h_lse.size() * sizeof(float)) == 0;
+    double diff = 0;
+    for (std::size_t i = 0; i < h_out.size(); ++i)
+      diff = std::max(diff, std::abs(double(float(h_out[i])) - double(float(first_out[i]))));
+    for (std::size_t i = 0; i < h_dqkv.size(); ++i)
+      diff = std::max(diff, std::abs(double(float(h_dqkv[i])) - double(float(first_dqkv[i]))));
+    for (std::size_t i = 0; i < h_lse.size(); ++i)
+      diff = std::max(diff, std::abs(double(h_lse[i]) - double(first_lse[i])));
     r.push_back({fmt::format("{} rows/block, rows/warp fwd {} dq {} dkv {}{}", L::rows, 16 * L::fwd_mt,
                              16 * L::dq_mt, 16 * L::dkv_mt, r.empty() ? " (default)" : ""),
-                 L::rows, L::fwd_mt, L::dq_mt, L::dkv_mt, median(times), same});
+                 L::rows, L::fwd_mt, L::dq_mt, L::dkv_mt, median(times), diff});
   };
   run(cu::AttentionMmaTiles<HD>{});
   if constexpr (HD == 64) {
@@ -463,7 +467,8 @@ int run(const Options& o) {
       for (const TilingTime& t : tilings)
         fmt::print("  {:<52} {:>8.3f} ms {:>7.1f} TFLOP/s  {:.2f}x the default  {}\n", t.name, 1e3 * t.seconds,
                    att_flops / t.seconds / 1e12, tilings.front().seconds / t.seconds,
-                   t.same_bits ? "same bits" : "OUTPUTS DIFFER from the default's");
+                   t.max_diff == 0 ? std::string("same bits")
+                                   : fmt::format("differs from the default's by up to {:.2g}", t.max_diff));
     }
   }
   fmt::print("goals (H100/H200): training-step MFU >= 45%: {}; training-step tokens/s >= 1.3x pytorch: {}\n",
@@ -492,7 +497,7 @@ int run(const Options& o) {
   for (const TilingTime& t : tilings)
     j["attention_alone"]["mma_tilings"].push_back({{"rows", t.rows}, {"fwd_mt", t.fwd_mt}, {"dq_mt", t.dq_mt},
                                                    {"dkv_mt", t.dkv_mt}, {"s", t.seconds},
-                                                   {"same_bits", t.same_bits}});
+                                                   {"max_diff", t.max_diff}});
   if (!ran) j["doremi"] = {{"error", our_error}};
   if (!peer.is_null())
     j["pytorch"] = {{"train_tokens_per_s", theirs_train}, {"train_mfu", theirs_train * fpt / peak},

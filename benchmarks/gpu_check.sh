@@ -30,7 +30,7 @@
 # The benchmark runs twice: with the default tensor-core attention kernels
 # (and the PyTorch twin; then one layer's attention alone with both kernel
 # families beside PyTorch's SDPA, and the mma kernels alone at several
-# tilings, AttentionMmaTiles, each checked against the default's bits), then the steps with
+# tilings, AttentionMmaTiles, each compared with the default's outputs), then the steps with
 # DOREMI_CUDA_ATTENTION=mma (ours only); set DOREMI_CUDA_ATTENTION yourself to
 # run one family only.
 #
