@@ -221,21 +221,18 @@ __global__ void __launch_bounds__(classifier_threads)
 template <class To, class From>
 __global__ void classifier_scale_rows_kernel(To* out, const From* in, const float* weights,
                                              const std::int32_t* targets, int N, int C) {
-  const std::size_t total = std::size_t(N) * C;
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < total;
-       i += std::size_t(gridDim.x) * blockDim.x) {
-    const std::size_t n = i / std::size_t(C);
+  for (int n = int(blockIdx.x); n < N; n += int(gridDim.x)) {  // a block per row: no division per element
     const float wn = targets[n] < 0 ? 0.0f : weights[n];
-    out[i] = To(wn * float(in[i]));
+    const std::size_t o = std::size_t(n) * C;
+    for (int c = int(threadIdx.x); c < C; c += int(blockDim.x)) out[o + c] = To(wn * float(in[o + c]));
   }
 }
 
 template <class To, class From>
 void classifier_scale_rows(const Cuda& be, To* out, const From* in, const float* weights,
                            const std::int32_t* targets, int N, int C, const char* what) {
-  const std::size_t total = std::size_t(N) * C;
-  DOREMI_CUDA_LAUNCH(blocks_for(total, 256), 256, 0, be.stream(), classifier_scale_rows_kernel)(out, in, weights,
-      targets, N, C);
+  DOREMI_CUDA_LAUNCH(blocks_for(std::size_t(N) * 256, 256), 256, 0, be.stream(), classifier_scale_rows_kernel)(out,
+      in, weights, targets, N, C);
   DOREMI_CUDA_CHECK_LAUNCH(what);
 }
 

@@ -1,6 +1,6 @@
 #pragma once
 // Token embedding plus, for GPT-2-style models, learned absolute positions.
-// Memory-bound gathers and scatters. Forward: one thread per output element.
+// Memory-bound gathers and scatters. Forward: a block per token row.
 // Backward, deterministic (no atomics: a run repeats bit for bit): position
 // rows are summed over the batch by one thread per (t, c) in batch order;
 // token rows, which several positions may share, go through a sort: CUB's
@@ -19,16 +19,16 @@ namespace doremi::backend {
 
 namespace cuda {
 
+// A block per row (grid-stride over rows), threads over the row's channels:
+// no index division per element.
 template <class T>
 __global__ void embedding_forward_kernel(T* out, const std::int32_t* tokens, const T* wte, const T* wpe, int Tn,
-                                         int C, std::size_t total) {
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < total;
-       i += std::size_t(gridDim.x) * blockDim.x) {
-    const std::size_t n = i / C;
-    const int c = int(i % C);
-    T v = wte[std::size_t(tokens[n]) * C + c];
-    if (wpe) v += wpe[std::size_t(n % Tn) * C + c];
-    out[i] = v;
+                                         int C, int N) {
+  for (int n = int(blockIdx.x); n < N; n += int(gridDim.x)) {
+    const T* e = wte + std::size_t(tokens[n]) * C;
+    const T* pos = wpe ? wpe + std::size_t(n % Tn) * C : nullptr;
+    T* o = out + std::size_t(n) * C;
+    for (int c = int(threadIdx.x); c < C; c += int(blockDim.x)) o[c] = pos ? e[c] + pos[c] : e[c];
   }
 }
 
@@ -84,8 +84,9 @@ void embedding_forward(const Cuda& be, T* out, const std::int32_t* tokens, const
                        int C) {
   const std::size_t total = std::size_t(B) * Tn * C;
   if (!total) return;
-  DOREMI_CUDA_LAUNCH(cuda::blocks_for(total, 256), 256, 0, be.stream(), cuda::embedding_forward_kernel)(out, tokens,
-      wte, wpe, Tn, C, total);
+  const int N = B * Tn;
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(std::size_t(N) * 256, 256), 256, 0, be.stream(), cuda::embedding_forward_kernel)(
+      out, tokens, wte, wpe, Tn, C, N);
   DOREMI_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
