@@ -294,7 +294,9 @@ __global__ void __launch_bounds__(AttentionTiles<HD>::threads)
 }
 
 // D[(b·H + h)·T + t] = Σ_d dO·O over the head's hd columns of row n = b·T + t:
-// one warp per (row, head), grid-stride. BF16_DOUT (the tensor-core path):
+// a block per row (grid-stride), a warp per head (no 64-bit index division
+// per (row, head): with one warp per (row, head) and a flat index those
+// divisions cost more than the 2·hd loads). BF16_DOUT (the tensor-core path):
 // dO rounded to bf16 first, as its products see it, so that D stays the row
 // sum of P ⊙ dP (Σ_j dS_ij ≈ 0) up to the rounding of P and V alone; the
 // rounded dO is also written to dout_bf16 ([B·T, C], the kernels' operand).
@@ -302,25 +304,25 @@ __global__ void __launch_bounds__(AttentionTiles<HD>::threads)
 template <class T, bool BF16_DOUT = false, class O = T>
 __global__ void attention_row_dot_kernel(float* Dv, __nv_bfloat16* dout_bf16, const T* dout, const O* out, int B,
                                          int Tn, int C, int H) {
-  const int hd = C / H, lane = threadIdx.x % 32;
-  const std::size_t rows = std::size_t(B) * Tn * H;
-  const std::size_t warps = std::size_t(gridDim.x) * blockDim.x / 32;
-  for (std::size_t w = (blockIdx.x * std::size_t(blockDim.x) + threadIdx.x) / 32; w < rows; w += warps) {
-    const std::size_t n = w / H;  // the whole warp has the same w: the shuffles below see all lanes
-    const int h = int(w % H);
-    const std::size_t off = n * C + std::size_t(h) * hd;
-    float acc = 0.0f;
-    for (int d = lane; d < hd; d += 32) {
-      float g = float(dout[off + d]);
-      if constexpr (BF16_DOUT) {
-        const __nv_bfloat16 gb = __float2bfloat16(g);
-        dout_bf16[off + d] = gb;
-        g = __bfloat162float(gb);
+  const int hd = C / H, lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32, warps = int(blockDim.x) / 32;
+  const int N = B * Tn;
+  for (int n = int(blockIdx.x); n < N; n += int(gridDim.x)) {
+    const int b = n / Tn, t = n - b * Tn;
+    for (int h = warp; h < H; h += warps) {  // warp-uniform: the shuffles below see all lanes
+      const std::size_t off = std::size_t(n) * C + std::size_t(h) * hd;
+      float acc = 0.0f;
+      for (int d = lane; d < hd; d += 32) {
+        float g = float(dout[off + d]);
+        if constexpr (BF16_DOUT) {
+          const __nv_bfloat16 gb = __float2bfloat16(g);
+          dout_bf16[off + d] = gb;
+          g = __bfloat162float(gb);
+        }
+        acc += g * float(out[off + d]);
       }
-      acc += g * float(out[off + d]);
+      acc = attention_row_sum<32>(acc);
+      if (lane == 0) Dv[(std::size_t(b) * H + h) * Tn + t] = acc;
     }
-    acc = attention_row_sum<32>(acc);
-    if (lane == 0) Dv[((n / Tn) * H + h) * Tn + n % Tn] = acc;
   }
 }
 
@@ -620,7 +622,7 @@ void attention_backward(const Cuda& be, DQ* dqkv, const DO* dout, const O* out, 
   const std::size_t rows = std::size_t(B) * H * Tn, n = std::size_t(B) * Tn * C;
   float* Dv = static_cast<float*>(be.ctx->scratch_bytes(rows * sizeof(float)));
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
-  const unsigned grid = cuda::blocks_for(rows * 32, 256);
+  const unsigned grid = cuda::blocks_for(std::size_t(B) * Tn * 256, 256);  // a block per row
   if (path == cuda::AttentionPath::fp32) {
     // The fp32 kernels read and write T: bf16 gradients through T copies.
     T* const copies = std::is_same_v<Dq, T> && std::is_same_v<Do, T>
