@@ -12,10 +12,10 @@
 // leaving registers (an m16n8 accumulator pair is an m16k16 A fragment).
 //
 // By default (AttentionMmaTiles) a block owns 64 rows (queries; keys for
-// dK/dV) of one (b, h), in 2 warps
-// of 32 rows: two 16-row tiles per warp, which share every fragment of the
-// streamed operand that ldmatrix reads from shared memory (with one row tile
-// per warp, that traffic, not the tensor cores, would bound the kernels).
+// dK/dV) of one (b, h), in 2 warps of 32 rows: two 16-row tiles per warp,
+// which share every fragment of the streamed operand that ldmatrix reads
+// from shared memory (with one row tile per warp, that traffic, not the
+// tensor cores, would bound the kernels).
 // The forward keeps its Q fragments in registers; the dK/dV kernel takes the
 // streamed query tiles 32 queries at a time so that its two tiles' dK and dV
 // accumulators fit in registers. At hd = 128 the forward and dK/dV kernels
@@ -599,7 +599,7 @@ __global__ void __launch_bounds__(L::dq_threads)
   stage_rows<HD>(stage, dq, wr, scale);
   __syncthreads();
   store_rows<HD, ROWS>(dqkv + std::size_t(b) * Tn * ld + std::size_t(h) * 3 * HD, ld, stage, q0, Tn, rot, rope_cos,
-                 rope_sin);
+                       rope_sin);
 }
 
 }  // namespace doremi::backend::cuda
