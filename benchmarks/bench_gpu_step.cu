@@ -159,6 +159,21 @@ Ours time_ours(const Options& o) {
   return r;
 }  // GPU memory of both models and the optimiser freed here, before the twin runs
 
+// The median seconds of `steps` runs of f after `warmup` untimed ones, each
+// timed on the host between two synchronisations of gpu's stream.
+template <class F>
+double median_seconds(const Options& o, const backend::Cuda& gpu, F&& f) {
+  std::vector<double> times;
+  for (int s = 0; s < o.warmup + o.steps; ++s) {
+    gpu.synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    gpu.synchronize();
+    if (s >= o.warmup) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return median(times);
+}
+
 // N(0, 1) values rounded to bf16 on the device (q, k, v: softmax rows neither flat nor one-hot).
 backend::cuda::DeviceBuffer<__nv_bfloat16> random_bf16(const backend::Cuda& gpu, std::size_t n, std::uint64_t stream) {
   namespace cu = backend::cuda;
@@ -203,20 +218,15 @@ double time_attention(const Options& o, backend::cuda::AttentionTcKernels family
   cu::DeviceBuffer<float> qkvr(backend::attention_qkvr_size<P, float>(gpu, B, T, C, H));
   cu::DeviceBuffer<float> lse(backend::attention_state_size(gpu, B, H, T));
   cu::DeviceBuffer<bf16> out(N * C), dqkv(N * 3 * C);
-  std::vector<double> times;
-  for (int s = 0; s < o.warmup + o.steps; ++s) {
-    gpu.synchronize();
-    const auto t0 = std::chrono::steady_clock::now();
+  const double t = median_seconds(o, gpu, [&] {
     backend::attention_forward<P>(gpu, out.data(), qkvr.data(), lse.data(), qkv.data(), rope.cos.data(),
                                   rope.sin.data(), B, T, C, H, rot);
     backend::attention_backward<P>(gpu, dqkv.data(), dout.data(), static_cast<const bf16*>(out.data()),
                                    static_cast<const float*>(qkvr.data()), static_cast<const float*>(lse.data()),
                                    rope.cos.data(), rope.sin.data(), B, T, C, H, rot);
-    gpu.synchronize();
-    if (s >= o.warmup) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
+  });
   cu::attention_tc_kernels() = before;
-  return median(times);
+  return t;
 }
 
 // The mma attention kernels alone (forward, dK/dV, dQ; no rotary pass, no D
@@ -249,18 +259,13 @@ std::vector<TilingTime> time_mma_tilings(const Options& o) {
   // host stubs spell a kernel by the alias of its first instantiation.
   using Bf = cu::plain_t<bf16>;
   auto run = [&]<class L>(L) {
-    std::vector<double> times;
-    for (int s = 0; s < o.warmup + o.steps; ++s) {
-      gpu.synchronize();
-      const auto t0 = std::chrono::steady_clock::now();
+    const double t = median_seconds(o, gpu, [&] {
       cu::attention_mma_forward_launch<L, Bf, Bf>(gpu, out.data(), lse.data(), qkvr.data(), B, T, C, H);
       cu::attention_mma_backward_launch<L, Bf, Bf>(gpu, dqkv.data(), dout.data(), qkvr.data(),
                                                    static_cast<const float*>(lse.data()),
                                                    static_cast<const float*>(Dv.data()), rope.cos.data(),
                                                    rope.sin.data(), B, T, C, H, rot);
-      gpu.synchronize();
-      if (s >= o.warmup) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
+    });
     std::vector<bf16> h_out(out.size()), h_dqkv(dqkv.size());
     std::vector<float> h_lse(lse.size());
     cu::copy_to_host(gpu, h_out.data(), out.data(), out.size());
@@ -276,7 +281,7 @@ std::vector<TilingTime> time_mma_tilings(const Options& o) {
       diff = std::max(diff, std::abs(double(h_lse[i]) - double(first_lse[i])));
     r.push_back({fmt::format("{} rows/block, rows/warp fwd {} dq {} dkv {}{}", L::rows, 16 * L::fwd_mt,
                              16 * L::dq_mt, 16 * L::dkv_mt, r.empty() ? " (default)" : ""),
-                 L::rows, L::fwd_mt, L::dq_mt, L::dkv_mt, median(times), diff});
+                 L::rows, L::fwd_mt, L::dq_mt, L::dkv_mt, t, diff});
   };
   run(cu::AttentionMmaTiles<HD>{});
   if constexpr (HD == 64) {
