@@ -4,6 +4,7 @@
 // DRO run follow the CPU's trajectory, and checkpoints move between the two.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -163,6 +164,63 @@ TEST_CASE("cuda model: a short training run and a DRO run follow the CPU's") {
     CHECK(dg.domain_weights().alpha()[d] == doctest::Approx(dc.domain_weights().alpha()[d]).epsilon(1e-3));
     CHECK(dg.domain_weights().average()[d] == doctest::Approx(dc.domain_weights().average()[d]).epsilon(1e-3));
   }
+}
+
+TEST_CASE("cuda model: DRO with 2 micro-batches follows one batch twice as large") {
+  REQUIRE_GPU();
+  // The DRO trainer's exact accumulation on the GPU: the scores of both
+  // micro-batches (padding included) set one update, and each micro-batch's
+  // forward is run again for its backward after the other's (the model's
+  // activation buffers reused between them).
+  using Cfg = Config<neox_small, float>;
+  const auto big = make_batches(3, 6, 32, Cfg::vocab);
+  ListSampler one{big}, two;
+  for (const Batch& b : big)
+    for (int h = 0; h < 2; ++h) {
+      Batch half;
+      half.B = 3;
+      half.T = 32;
+      half.inputs.assign(b.inputs.begin() + h * 96, b.inputs.begin() + (h + 1) * 96);
+      half.targets.assign(b.targets.begin() + h * 96, b.targets.begin() + (h + 1) * 96);
+      half.domain.assign(b.domain.begin() + h * 3, b.domain.begin() + (h + 1) * 3);
+      two.batches.push_back(half);
+    }
+  auto config = [](int accum) {
+    TrainConfig c;
+    c.steps = 3;
+    c.grad_accum = accum;
+    c.adam.lr = 3e-3;
+    c.schedule.kind = LrSchedule::Kind::constant;
+    c.schedule.peak_lr = 3e-3;
+    c.progress = false;
+    return c;
+  };
+  auto weights = [] {
+    return DomainWeights({"random", "repeat", "pattern"}, {1, 1, 1}, {1, 1, 1},
+                         std::log(double(Cfg::padded_vocab)), DroConfig{3.0, 1e-3});
+  };
+  Model<Cfg, Cuda> ref_a(gpu()), ref_b(gpu()), proxy_a(gpu()), proxy_b(gpu());
+  ref_a.init(5);
+  ref_b.init(5);
+  proxy_a.init(6);
+  proxy_b.init(6);
+  DROTrainer a(proxy_a, ref_a, one, config(1), weights());
+  DROTrainer b(proxy_b, ref_b, two, config(2), weights());
+  for (int step = 0; step < 3; ++step) {
+    INFO("step ", step);
+    const StepStats sa = a.train_step(), sb = b.train_step();
+    CHECK(sb.loss == doctest::Approx(sa.loss).epsilon(1e-4));
+    for (std::size_t d = 0; d < 3; ++d)
+      CHECK(b.domain_weights().alpha()[d] == doctest::Approx(a.domain_weights().alpha()[d]).epsilon(1e-4));
+  }
+  const auto pa = to_vector(proxy_a.host_parameters()), pb = to_vector(proxy_b.host_parameters());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    num += std::pow(double(pa[i]) - pb[i], 2);
+    den += std::pow(double(pa[i]), 2);
+  }
+  CHECK(std::sqrt(num / den) < 1e-4);
+  CHECK(a.domain_weights().alpha()[0] != doctest::Approx(1.0 / 3).epsilon(1e-3));  // the weights moved
 }
 
 TEST_CASE("cuda model: after their first step, training and DRO steps allocate no device memory") {
