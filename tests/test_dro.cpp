@@ -134,17 +134,7 @@ TEST_CASE("dro update: bad inputs are errors") {
 
 TEST_CASE("dro trainer: k micro-batches give the alpha trajectory of one batch k times larger") {
   const auto big = make_batches(4, 8, 32);
-  ListSampler one{big}, two;
-  for (const Batch& b : big)
-    for (int h = 0; h < 2; ++h) {
-      Batch half;
-      half.B = 4;
-      half.T = 32;
-      half.inputs.assign(b.inputs.begin() + h * 128, b.inputs.begin() + (h + 1) * 128);
-      half.targets.assign(b.targets.begin() + h * 128, b.targets.begin() + (h + 1) * 128);
-      half.domain.assign(b.domain.begin() + h * 4, b.domain.begin() + (h + 1) * 4);
-      two.batches.push_back(half);
-    }
+  ListSampler one{big}, two{test::halves(big)};
   Model<Tiny> ref_a, ref_b, proxy_a, proxy_b;
   ref_a.init(5);
   ref_b.init(5);

@@ -3,10 +3,12 @@
 #include <atomic>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <unistd.h>
 
 #include "doremi/core/error.hpp"
+#include "doremi/data/batch.hpp"
 
 namespace doremi::test {
 
@@ -37,6 +39,24 @@ std::string error_of(F&& f) {
     return e.what();
   }
   return "";
+}
+
+// Each batch split into its first and second half of sequences, in order:
+// the micro-batches of gradient accumulation 2 over the same data.
+inline std::vector<doremi::Batch> halves(const std::vector<doremi::Batch>& batches) {
+  std::vector<doremi::Batch> out;
+  for (const doremi::Batch& b : batches)
+    for (int h = 0; h < 2; ++h) {
+      const std::size_t rows = std::size_t(b.B / 2), n = rows * std::size_t(b.T), at = std::size_t(h);
+      doremi::Batch half;
+      half.B = b.B / 2;
+      half.T = b.T;
+      half.inputs.assign(b.inputs.begin() + at * n, b.inputs.begin() + (at + 1) * n);
+      half.targets.assign(b.targets.begin() + at * n, b.targets.begin() + (at + 1) * n);
+      half.domain.assign(b.domain.begin() + at * rows, b.domain.begin() + (at + 1) * rows);
+      out.push_back(std::move(half));
+    }
+  return out;
 }
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }

@@ -174,17 +174,7 @@ TEST_CASE("cuda model: DRO with 2 micro-batches follows one batch twice as large
   // activation buffers reused between them).
   using Cfg = Config<neox_small, float>;
   const auto big = make_batches(3, 6, 32, Cfg::vocab);
-  ListSampler one{big}, two;
-  for (const Batch& b : big)
-    for (int h = 0; h < 2; ++h) {
-      Batch half;
-      half.B = 3;
-      half.T = 32;
-      half.inputs.assign(b.inputs.begin() + h * 96, b.inputs.begin() + (h + 1) * 96);
-      half.targets.assign(b.targets.begin() + h * 96, b.targets.begin() + (h + 1) * 96);
-      half.domain.assign(b.domain.begin() + h * 3, b.domain.begin() + (h + 1) * 3);
-      two.batches.push_back(half);
-    }
+  ListSampler one{big}, two{test::halves(big)};
   auto config = [](int accum) {
     TrainConfig c;
     c.steps = 3;
