@@ -70,7 +70,12 @@ __global__ void column_finish_kernel(ColumnOuts<T, M> out, const A* partial, int
     A t = sums[0][lane];
 #pragma unroll
     for (int k = 1; k < W; ++k) t += sums[k][lane];
-    out.p[m][j] += T(t);
+    // out.p[m] by selects: indexing the parameter array with a run-time m
+    // would copy it to local memory.
+    T* dst = out.p[0];
+#pragma unroll
+    for (int k = 1; k < M; ++k) dst = m == k ? out.p[k] : dst;
+    dst[j] += T(t);
   }
 }
 
