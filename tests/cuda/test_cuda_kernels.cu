@@ -112,9 +112,11 @@ TEST_CASE("cuda: embedding forward and backward match the CPU") {
 
 TEST_CASE("cuda: layernorm forward and backward match the CPU") {
   REQUIRE_GPU();
-  for (int C : {40, 96, 771}) {
+  // One or four channel groups per thread in the backward: 4 or 1 channels
+  // at a time (C % 4 == 0 or not), G = 1 up to 1024 groups, else 4.
+  for (int C : {40, 96, 771, 1031, 4100}) {
     CAPTURE(C);
-    const int N = 133;
+    const int N = 133;  // two whole chunks of rows (reduce.hpp) and a part, the last round of 8 a part
     const auto x = randn(std::size_t(N) * C, 11, 2.0f, 0.5f), w = randn(C, 12, 0.5f, 1.0f), b = randn(C, 13, 0.1f);
     const auto dout = randn(std::size_t(N) * C, 14);
     const auto dx0 = randn(std::size_t(N) * C, 15);  // backward accumulates into dx

@@ -5,9 +5,9 @@
 // values at a time (16-byte loads of fp32 rows, 8-byte of bf16) where every
 // row starts aligned (fp32 models, C a multiple of 4), else W = 1. Forward keeps mean and 1/σ per row
 // for the backward. Backward, like the CPU's, accumulates into dx (the
-// residual stream's gradient) and into dw, db; the parameter sums over rows
-// go through the deterministic column reduction (reduce.hpp), dw and db in
-// one pass over the rows.
+// residual stream's gradient) and into dw, db, in one pass over the rows: a
+// block takes a chunk of rows of the deterministic column reduction
+// (reduce.hpp) and leaves its partial parameter sums for column_finish.
 //
 // The pair forms are two LayerNorms of one input (a parallel-residual
 // block's): one set of statistics, both outputs from one read of x, and one
@@ -41,19 +41,6 @@ struct LayerNormOutputs {
   const T* w[K];
   const T* b[K];
 };
-template <class T, int K, class D = T>
-struct LayerNormGrads {
-  const D* douts[K];
-  const T* w[K];
-  __device__ T dout(int k, std::size_t o) const { return T(douts[k][o]); }
-  __device__ T g(std::size_t o, int c) const {  // Σ_k dout[k]·w[k], as the CPU sums it
-    T s = dout(0, o) * w[0][c];
-#pragma unroll
-    for (int k = 1; k < K; ++k) s += dout(k, o) * w[k][c];
-    return s;
-  }
-};
-
 // W adjacent values from p as A (W = 4: one 16-byte fp32 or 8-byte bf16
 // load; p aligned to it), and W values of A to p as E.
 template <int W, class A, class E>
@@ -86,6 +73,28 @@ __device__ inline void store_w(E* p, const A (&v)[W]) {
     for (int i = 0; i < W; ++i) p[i] = E(v[i]);
   }
 }
+
+template <class T, int K, class D = T>
+struct LayerNormGrads {
+  const D* douts[K];
+  const T* w[K];
+  // The output gradients of the W channels from c of the row at offset o.
+  template <int W>
+  __device__ void load(T (&d)[K][W], std::size_t o, int c) const {
+#pragma unroll
+    for (int k = 0; k < K; ++k) load_w<W>(d[k], douts[k] + o + c);
+  }
+  // g = Σ_k dout[k]·w[k] (as the CPU sums it) from those, in S.
+  template <int W, class S>
+  __device__ void g(S (&out)[W], const T (&d)[K][W], int c) const {
+#pragma unroll
+    for (int i = 0; i < W; ++i) out[i] = S(d[0][i]) * S(w[0][c + i]);
+#pragma unroll
+    for (int k = 1; k < K; ++k)
+#pragma unroll
+      for (int i = 0; i < W; ++i) out[i] += S(d[k][i]) * S(w[k][c + i]);
+  }
+};
 
 // W = 4 where T is float, C a multiple of 4 and every row pointer (16-byte
 // rows of fp32, 8-byte of bf16) aligned for it.
@@ -142,84 +151,111 @@ __global__ void layernorm_forward_kernel(LayerNormOutputs<T, O, K> p, T* mean, T
   }
 }
 
-// dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = Σ_k dout[k]·w[k], one warp per row.
-template <int W, class T, int K, class D>
-__global__ void layernorm_backward_dx_kernel(T* dx, LayerNormGrads<T, K, D> p, const T* x, const T* mean,
-                                             const T* rstd, int N, int C) {
+// Rows whose statistics the backward reduces across its block at once.
+inline constexpr int layernorm_backward_round = 8;
+
+// The backward: dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = Σ_k
+// dout[k]·w[k], and the parameter sums dw[k] = Σ dout[k]·x̂, db[k] = Σ dout[k].
+// Block b takes the rows of column chunk b (reduce.hpp), thread t the
+// channels W·(t + blockDim·j), j < G. Per round of R rows: each row's Σg and
+// Σg·x̂ over the thread's channels, added across the block in a fixed order;
+// then, from the same rows (still in cache), dx, and the thread's sums of
+// dout[k]·x̂ and dout[k] over the chunk in row order, which it leaves in
+// partial[b, m, c] (m = 2k: dw[k], 2k + 1: db[k]) for column_finish.
+template <int W, int G, class T, int K, class D>
+__global__ void layernorm_backward_kernel(T* dx, Acc<T>* partial, LayerNormGrads<T, K, D> p, const T* x,
+                                          const T* mean, const T* rstd, int N, int C) {
   using A = Acc<T>;
-  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= N) return;
-  const std::size_t o = std::size_t(row) * C;
-  const T* xn = x + o;
-  const T m = mean[row], r = rstd[row];
-  // g = Σ_k dout[k]·w[k] for W adjacent channels, in T (the second pass) or A (the sums).
-  const auto g_of = [&]<class G>(G (&g)[W], int c) {
-    T d[W];
-    load_w<W>(d, p.douts[0] + o + c);
+  constexpr int R = layernorm_backward_round;
+  __shared__ A warp_sums[32][2 * R];
+  __shared__ A row_means[2 * R];
+  const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32, nwarps = int(blockDim.x) / 32;
+  const int lo = int(blockIdx.x) * column_chunk_rows, hi = min(N, lo + column_chunk_rows);
+  const auto channel = [&](int j) { return W * (tid + int(blockDim.x) * j); };
+  A acc[G][W][2 * K] = {};
+  for (int r0 = lo; r0 < hi; r0 += R) {  // block-uniform: every thread reaches the barriers
+    A s[2 * R];
 #pragma unroll
-    for (int i = 0; i < W; ++i) g[i] = G(d[i]) * G(p.w[0][c + i]);
+    for (int r = 0; r < R; ++r) {
+      s[2 * r] = s[2 * r + 1] = 0;
+      if (r0 + r >= hi) continue;
+      const std::size_t o = std::size_t(r0 + r) * C;
+      const T m = mean[r0 + r], rs = rstd[r0 + r];
 #pragma unroll
-    for (int k = 1; k < K; ++k) {
-      load_w<W>(d, p.douts[k] + o + c);
+      for (int j = 0; j < G; ++j) {
+        const int c = channel(j);
+        if (c >= C) continue;
+        T d[K][W], v[W];
+        A g[W];
+        p.load(d, o, c);
+        p.g(g, d, c);
+        load_w<W>(v, x + o + c);
 #pragma unroll
-      for (int i = 0; i < W; ++i) g[i] += G(d[i]) * G(p.w[k][c + i]);
+        for (int i = 0; i < W; ++i) {
+          s[2 * r] += g[i];
+          s[2 * r + 1] += g[i] * A((v[i] - m) * rs);
+        }
+      }
     }
-  };
-  A sg = 0, sgx = 0;
-  for (int c = W * lane; c < C; c += 32 * W) {
-    A g[W];
-    T v[W];
-    g_of(g, c);
-    load_w<W>(v, xn + c);
 #pragma unroll
-    for (int i = 0; i < W; ++i) {
-      sg += g[i];
-      sgx += g[i] * A((v[i] - m) * r);
+    for (int q = 0; q < 2 * R; ++q) {
+      const A t = warp_sum(s[q]);
+      if (lane == 0) warp_sums[warp][q] = t;
+    }
+    __syncthreads();
+    if (tid < 2 * R) {
+      A t = warp_sums[0][tid];
+      for (int w = 1; w < nwarps; ++w) t += warp_sums[w][tid];
+      row_means[tid] = t / A(C);
+    }
+    __syncthreads();  // (the next writes of warp_sums, row_means come after the next round's first barrier)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r0 + r >= hi) continue;
+      const std::size_t o = std::size_t(r0 + r) * C;
+      const T m = mean[r0 + r], rs = rstd[r0 + r];
+      const T mg = T(row_means[2 * r]), mgx = T(row_means[2 * r + 1]);
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        const int c = channel(j);
+        if (c >= C) continue;
+        T d[K][W], g[W], v[W], out[W];
+        p.load(d, o, c);
+        p.g(g, d, c);
+        load_w<W>(v, x + o + c);
+        load_w<W>(out, dx + o + c);
+#pragma unroll
+        for (int i = 0; i < W; ++i) {
+          const T xh = (v[i] - m) * rs;
+          out[i] += rs * (g[i] - mg - xh * mgx);
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            acc[j][i][2 * k] += A(d[k][i]) * A(xh);
+            acc[j][i][2 * k + 1] += A(d[k][i]);
+          }
+        }
+        store_w<W>(dx + o + c, out);
+      }
     }
   }
-  const T mg = T(warp_sum(sg) / A(C)), mgx = T(warp_sum(sgx) / A(C));
-  T* dxn = dx + o;
-  for (int c = W * lane; c < C; c += 32 * W) {
-    T g[W], v[W], d[W];
-    g_of(g, c);
-    load_w<W>(v, xn + c);
-    load_w<W>(d, dxn + c);
 #pragma unroll
-    for (int i = 0; i < W; ++i) d[i] += r * (g[i] - mg - (v[i] - m) * r * mgx);
-    store_w<W>(dxn + c, d);
+  for (int j = 0; j < G; ++j) {
+    const int c = channel(j);
+    if (c >= C) continue;
+#pragma unroll
+    for (int q = 0; q < 2 * K; ++q)
+#pragma unroll
+      for (int i = 0; i < W; ++i) partial[(std::size_t(blockIdx.x) * (2 * K) + q) * C + c + i] = acc[j][i][q];
   }
 }
 
-// Row n, column c of the parameters' sums: dout[k]·x̂ (dw[k]) and dout[k] (db[k]).
-template <class T, int K, class D>
-struct LayerNormParamGrads {
-  LayerNormGrads<T, K, D> p;
-  const T* x;
-  const T* mean;
-  const T* rstd;
-  int C;
-  __device__ ColumnSums<Acc<T>, 2 * K> operator()(int n, int c) const {
-    const std::size_t o = std::size_t(n) * C + c;
-    const Acc<T> xh = Acc<T>((x[o] - mean[n]) * rstd[n]);
-    ColumnSums<Acc<T>, 2 * K> s;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const Acc<T> d = Acc<T>(p.dout(k, o));
-      s.v[2 * k] = d * xh;
-      s.v[2 * k + 1] = d;
-    }
-    return s;
-  }
-};
-
-inline constexpr int layernorm_rows_per_block = 8;
+inline constexpr int layernorm_forward_rows_per_block = 8;  // a warp per row
 
 template <int K, class T, class O>
 void layernorm_forward_k(const Cuda& be, LayerNormOutputs<T, O, K> p, T* mean, T* rstd, const T* x, int N, int C,
                          double eps) {
   if (N <= 0) return;
-  constexpr int rows = layernorm_rows_per_block;
+  constexpr int rows = layernorm_forward_rows_per_block;
   bool vec = layernorm_vectorizable<T>(C, {{x, sizeof(T)}});
   for (int k = 0; k < K; ++k) vec = vec && layernorm_vectorizable<T>(C, {{p.out[k], sizeof(O)}});
   const auto launch = [&](auto kernel) {
@@ -235,16 +271,27 @@ template <int K, class T, class D>
 void layernorm_backward_k(const Cuda& be, T* dx, ColumnOuts<T, 2 * K> dwdb, LayerNormGrads<T, K, D> p, const T* x,
                           const T* mean, const T* rstd, int N, int C) {
   if (N <= 0) return;
-  constexpr int rows = layernorm_rows_per_block;
+  using A = Acc<T>;
   bool vec = layernorm_vectorizable<T>(C, {{x, sizeof(T)}, {dx, sizeof(T)}});
   for (int k = 0; k < K; ++k) vec = vec && layernorm_vectorizable<T>(C, {{p.douts[k], sizeof(D)}});
+  const int W = vec ? 4 : 1, groups = (C + W - 1) / W;  // a thread's channels: G groups of W
+  const int G = groups <= 1024 ? 1 : 4;  // 1024 threads at most
+  if (groups > 1024 * G)
+    fail("layernorm_backward(Cuda): C = {} channels; at most {} ({})", C, 1024 * G * W,
+         vec ? "16 channels for each of 1024 threads"
+             : "4 channels for each of 1024 threads where C is not a multiple of 4 or rows are unaligned");
+  const int threads = ((groups + G - 1) / G + 31) / 32 * 32;
+  A* partial = column_partials_scratch<A, 2 * K>(be, N, C);
   const auto launch = [&](auto kernel) {
-    DOREMI_CUDA_LAUNCH((N + rows - 1) / rows, 32 * rows, 0, be.stream(), kernel)(dx, p, x, mean, rstd, N, C);
-    DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_dx_kernel");
+    DOREMI_CUDA_LAUNCH((N + column_chunk_rows - 1) / column_chunk_rows, threads, 0, be.stream(), kernel)(dx, partial,
+        p, x, mean, rstd, N, C);
+    DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
   };
-  if (vec) launch(layernorm_backward_dx_kernel<4, T, K, D>);
-  else launch(layernorm_backward_dx_kernel<1, T, K, D>);
-  column_reduce_add<Acc<T>, 2 * K>(be, dwdb, N, C, LayerNormParamGrads<T, K, D>{p, x, mean, rstd, C});
+  if (vec && G == 1) launch(layernorm_backward_kernel<4, 1, T, K, D>);
+  else if (vec) launch(layernorm_backward_kernel<4, 4, T, K, D>);
+  else if (G == 1) launch(layernorm_backward_kernel<1, 1, T, K, D>);
+  else launch(layernorm_backward_kernel<1, 4, T, K, D>);
+  column_finish<A, 2 * K>(be, dwdb, partial, N, C);
 }
 
 }  // namespace cuda

@@ -79,19 +79,33 @@ __global__ void column_finish_kernel(ColumnOuts<T, M> out, const A* partial, int
   }
 }
 
+// Scratch for the chunk partials of M sums over `rows` rows of `width` columns.
+template <class A, int M>
+A* column_partials_scratch(const Cuda& be, int rows, int width) {
+  const int chunks = (rows + column_chunk_rows - 1) / column_chunk_rows;
+  return static_cast<A*>(be.ctx->scratch_bytes(std::size_t(chunks) * M * width * sizeof(A)));
+}
+
+// out.p[m][j] += Σ_chunks partial[chunk, m, j] (stage 2; partial from stage 1
+// or a kernel that leaves the same layout, such as LayerNorm's backward).
+template <class A, int M, class T>
+void column_finish(const Cuda& be, ColumnOuts<T, M> out, const A* partial, int rows, int width) {
+  const int chunks = (rows + column_chunk_rows - 1) / column_chunk_rows;
+  DOREMI_CUDA_LAUNCH(dim3((width + 31) / 32, M), column_finish_threads, 0, be.stream(),
+                     column_finish_kernel<A, M>)(out, partial, chunks, width);
+  DOREMI_CUDA_CHECK_LAUNCH("column_finish_kernel");
+}
+
 // out.p[m][j] += Σ_{n < rows} f(n, j).v[m] for j < width, deterministically.
 // f is a __device__ functor (n, j) -> ColumnSums<A, M>.
 template <class A, int M, class T, class F>
 void column_reduce_add(const Cuda& be, ColumnOuts<T, M> out, int rows, int width, F f) {
   if (rows <= 0 || width <= 0) return;
-  const int chunks = (rows + column_chunk_rows - 1) / column_chunk_rows;
-  A* partial = static_cast<A*>(be.ctx->scratch_bytes(std::size_t(chunks) * M * width * sizeof(A)));
-  const dim3 grid((width + 255) / 256, chunks);
+  A* partial = column_partials_scratch<A, M>(be, rows, width);
+  const dim3 grid((width + 255) / 256, (rows + column_chunk_rows - 1) / column_chunk_rows);
   DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), column_partials_kernel<A, M>)(partial, rows, width, f);
   DOREMI_CUDA_CHECK_LAUNCH("column_partials_kernel");
-  DOREMI_CUDA_LAUNCH(dim3((width + 31) / 32, M), column_finish_threads, 0, be.stream(),
-                     column_finish_kernel<A, M>)(out, partial, chunks, width);
-  DOREMI_CUDA_CHECK_LAUNCH("column_finish_kernel");
+  column_finish<A, M>(be, out, partial, rows, width);
 }
 
 // One sum per column: f(n, j) -> A.
