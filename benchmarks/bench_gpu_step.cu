@@ -372,8 +372,9 @@ int run(const Options& o) {
                fmt::join(ours.dro.alpha, ", "));
     const auto& g = ours.gemms;
     fmt::print("cuBLASLt: {} GEMM plans; bias epilogue found {}, refused {} (then a bias pass); GELU epilogue found "
-               "{}, refused {} (then a GELU pass)\n",
-               g.plans, g.bias_found, g.bias_refused, g.gelu_found, g.gelu_refused);
+               "{}, refused {} (then a GELU pass); bias-gradient epilogue found {}, refused {} (then a column-sum "
+               "pass)\n",
+               g.plans, g.bias_found, g.bias_refused, g.gelu_found, g.gelu_refused, g.bgrad_found, g.bgrad_refused);
   } catch (const std::exception& e) {
     our_error = e.what();
     fmt::print("doremi-cpp FAILED: {}\n", our_error);

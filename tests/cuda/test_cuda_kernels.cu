@@ -445,13 +445,16 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
       check_close(to_float(d_dx3), round_bf16(to_host_at(d_dx, off)), 1e-4, 1.0 / 128, "dx in bf16");
       // dout in bf16 as well (bf16 models keep the gradients of activations
       // that feed products so): the GEMMs read it as it is, the bias
-      // gradient sums the rounded values.
+      // gradient sums the rounded values, in the dW product's BGRADB
+      // epilogue where cuBLASLt has one (added to db, not written over it).
       const auto d_doutb = to_device_bf16(dout);
       DeviceBuffer<__nv_bfloat16> d_dx4(dx.size());
       auto d_dw4 = to_device(dw0), d_db4 = to_device(db0);
       backend::matmul_backward<MatmulPrecision::bf16>(gpu(), d_dx4.data(), d_dw4.data(),
                                                       with_bias ? d_db4.data() : nullptr, d_doutb.data(), d_xb.data(),
                                                       d_wb.data(), N, in, out);
+      const auto plans = backend::cuda::lt_plan_counts(gpu());
+      if (with_bias) CHECK(plans.bgrad_found + plans.bgrad_refused > 0);  // asked for (found or not)
       check_close(to_float(d_dx4), to_float(d_dx3), 0.0, 0.0, "dx in bf16 from a bf16 dout");
       check_close(to_host(d_dw4), to_host(d_dw3), 1e-6, 1e-6, "dW from a bf16 dout");
       if (with_bias) {

@@ -3,7 +3,7 @@
 // layer functions (kernels launched through cuda_emu.hpp) run on machines
 // without a GPU or driver. cuBLASLt's matrix products are computed here on
 // the host (plain loops, sums in double), with the descriptor attributes
-// matmul.hpp sets (transposes, bias, GELU_AUX(_BIAS) and DGELU epilogues).
+// matmul.hpp sets (transposes, bias, GELU_AUX(_BIAS), DGELU and BGRADB epilogues).
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -216,7 +216,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const v
   const bool gelu = d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX;
   const bool dgelu = d.epilogue == CUBLASLT_EPILOGUE_DGELU;
   const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-  if (!bias && !gelu && !dgelu && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  const bool bgradb = d.epilogue == CUBLASLT_EPILOGUE_BGRADB;
+  if (!bias && !gelu && !dgelu && !bgradb && d.epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (bgradb && !d.bias) return CUBLAS_STATUS_INVALID_VALUE;
   if ((gelu || dgelu) && (!d.aux || d.aux_ld < std::int64_t(m) || d.aux_ld % 8 != 0))
     return CUBLAS_STATUS_INVALID_VALUE;
   std::vector<double> rows(m * k), cols(n * k);  // op(A)'s rows and op(B)'s columns, contiguous
@@ -241,6 +243,12 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const v
         v *= 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * 0.79788456080286535588 * (1.0 + 3 * 0.044715 * x * x);
       }
       store(dl.type, D, j * dl.ld + i, v);
+    }
+  if (bgradb)  // bias[j] = Σ_p op(B)[p, j], overwritten
+    for (std::uint64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (std::uint64_t p = 0; p < k; ++p) s += cols[j * k + p];
+      store(d.bias_type, const_cast<void*>(d.bias), j, s);
     }
   return CUBLAS_STATUS_SUCCESS;
 }

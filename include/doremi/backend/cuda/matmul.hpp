@@ -85,23 +85,29 @@ inline std::uint32_t alignment_of(const void* p) {
 // fp32). gelu_aux (bf16 products, optional; D's layout): forward, D =
 // GELU_tanh(product + bias) with the GELU's input stored in gelu_aux
 // (cuBLASLt's GELU_AUX(_BIAS) epilogue); gelu_grad, D = product ⊙
-// GELU_tanh'(gelu_aux) (DGELU epilogue, no bias). Returns false, having done
-// nothing, when cuBLASLt has no algorithm for the call (lt_matmul below
-// raises an error instead).
+// GELU_tanh'(gelu_aux) (DGELU epilogue, no bias). bias_grad (optional, no
+// bias or GELU): also bias_grad[j] = Σ_k op(B)[k, j], overwritten (BGRADB
+// epilogue). Returns false, having done nothing, when cuBLASLt has no
+// algorithm for the call (lt_matmul below raises an error instead).
 template <class In, class Out = In>
 bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const In* A, int lda, const In* B, int ldb,
                    Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
                    const std::type_identity_t<Out>* bias, const std::type_identity_t<Out>* C = nullptr,
-                   const std::type_identity_t<Out>* gelu_aux = nullptr, bool gelu_grad = false) {
+                   const std::type_identity_t<Out>* gelu_aux = nullptr, bool gelu_grad = false,
+                   std::type_identity_t<Out>* bias_grad = nullptr) {
   using Ty = LtTypes<In>;
   if (!C) C = D;
   const std::size_t ws = be.ctx->workspace.size();
   // The descriptors and the heuristic's choice depend on the shape, the types
   // and the operands' alignments: made once per such key, then reused.
   const LtKey key{Ty::data, LtTypes<Out>::data, ta, tb, m, n, k, lda, ldb, ldd,
-                  (bias != nullptr) + 2 * (gelu_aux != nullptr) + 4 * gelu_grad, alignment_of(A), alignment_of(B),
-                  alignment_of(C),
-                  alignment_of(D) * 512 + (bias ? alignment_of(bias) : 0), gelu_aux ? alignment_of(gelu_aux) : 0};
+                  (bias != nullptr) + 2 * (gelu_aux != nullptr) + 4 * gelu_grad + 8 * (bias_grad != nullptr),
+                  alignment_of(A), alignment_of(B), alignment_of(C),
+                  alignment_of(D) * 512 + (bias ? alignment_of(bias) : bias_grad ? alignment_of(bias_grad) : 0),
+                  gelu_aux ? alignment_of(gelu_aux) : 0};
+  // The optional epilogues (GELU, bias gradient): any refusal means "no algorithm".
+  const bool optional = gelu_aux || bias_grad;
+  const void* bias_ptr = bias_grad ? static_cast<const void*>(bias_grad) : bias;
   std::unique_ptr<LtPlan>& slot = be.ctx->lt_plans[key];
   if (!slot) {
     auto p = std::make_unique<LtPlan>();
@@ -110,8 +116,9 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
     DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
-    if (bias || gelu_aux) {
-      const cublasLtEpilogue_t epi = !gelu_aux  ? CUBLASLT_EPILOGUE_BIAS
+    if (bias || gelu_aux || bias_grad) {
+      const cublasLtEpilogue_t epi = bias_grad  ? CUBLASLT_EPILOGUE_BGRADB
+                                     : !gelu_aux ? CUBLASLT_EPILOGUE_BIAS
                                      : gelu_grad ? CUBLASLT_EPILOGUE_DGELU
                                      : bias      ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                                                  : CUBLASLT_EPILOGUE_GELU_AUX;
@@ -124,9 +131,9 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
       DOREMI_CUDA_CHECK(
           cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
     }
-    if (bias) {
+    if (bias_ptr) {
       DOREMI_CUDA_CHECK(
-          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
       const cudaDataType_t bt = LtTypes<Out>::data;
       DOREMI_CUDA_CHECK(
           cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
@@ -155,8 +162,7 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     int found = 0;
     const cublasStatus_t st =
         cublasLtMatmulAlgoGetHeuristic(be.lt(), p->op, p->a, p->b, p->c, p->c, pref, 1, &heuristic, &found);
-    // (A GELU epilogue is optional: any refusal means "no algorithm".)
-    if (st != CUBLAS_STATUS_NOT_SUPPORTED && !gelu_aux) DOREMI_CUDA_CHECK(st);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && !optional) DOREMI_CUDA_CHECK(st);
     p->found = st == CUBLAS_STATUS_SUCCESS && found > 0;
     p->algo = heuristic.algo;
     slot = std::move(p);
@@ -164,14 +170,15 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
   LtPlan& p = *slot;
   if (!p.found) return false;
   // The plan's descriptor, pointed at this call's bias and aux (same alignments: part of the key).
-  if (bias)
-    DOREMI_CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  if (bias_ptr)
+    DOREMI_CUDA_CHECK(
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
   if (gelu_aux)
     DOREMI_CUDA_CHECK(
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_aux, sizeof(gelu_aux)));
   const cublasStatus_t st = cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, D, p.c, &p.algo,
                                            be.ctx->workspace.data(), ws, be.stream());
-  if (st != CUBLAS_STATUS_SUCCESS && gelu_aux) {  // the optional GELU epilogue refused at run time: never again
+  if (st != CUBLAS_STATUS_SUCCESS && optional) {  // an optional epilogue refused at run time: never again
     p.found = false;
     return false;
   }
@@ -180,17 +187,19 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
 }
 
 // What cuBLASLt answered for the GEMMs planned so far on this backend's
-// context: plans with a bias or a GELU epilogue that found an algorithm, and
-// those it refused (their callers then ran the fallback passes).
+// context: plans with a bias, GELU or bias-gradient epilogue that found an
+// algorithm, and those it refused (their callers then ran the fallback passes).
 struct LtPlanCounts {
-  int plans = 0, bias_found = 0, bias_refused = 0, gelu_found = 0, gelu_refused = 0;
+  int plans = 0, bias_found = 0, bias_refused = 0, gelu_found = 0, gelu_refused = 0, bgrad_found = 0,
+      bgrad_refused = 0;
 };
 inline LtPlanCounts lt_plan_counts(const Cuda& be) {
   LtPlanCounts c;
   for (const auto& [key, plan] : be.ctx->lt_plans) {
     ++c.plans;
-    const std::int64_t epilogue = key[10];  // bias + 2·gelu + 4·gelu_grad, as lt_matmul_try makes the key
-    if (epilogue & 2) ++(plan->found ? c.gelu_found : c.gelu_refused);
+    const std::int64_t epilogue = key[10];  // bias + 2·gelu + 4·gelu_grad + 8·bias_grad, as lt_matmul_try makes the key
+    if (epilogue & 8) ++(plan->found ? c.bgrad_found : c.bgrad_refused);
+    else if (epilogue & 2) ++(plan->found ? c.gelu_found : c.gelu_refused);
     else if (epilogue & 1) ++(plan->found ? c.bias_found : c.bias_refused);
   }
   return c;
@@ -399,16 +408,28 @@ void matmul_backward_bf16(const Cuda& be, DX* dx, float* dw, float* dbias, Bf16O
                           const X* x, const W* w, int N, int in, int out_dim) {
   if (dbias && !dout.b16) dout.f32 = nullptr;  // space for the copy the bias pass writes
   const auto [dyb, xb, wb] = to_bf16_operands<3>(be, {{dout, {x, std::size_t(N) * in}, {w, std::size_t(out_dim) * in}}});
-  if (dbias && dout.b16)
-    column_reduce_add<float>(be, dbias, N, out_dim, RowOf<__nv_bfloat16>{dout.b16, out_dim});
-  else if (dbias)
+  // dW += doutᵀ·x: column-major dWᵀ[in, out] += xᵀ[in, N]·dout[N, out].
+  bool dw_done = false;
+  if (dbias && dout.b16) {
+    // dout's column sums in that product's BGRADB epilogue where cuBLASLt
+    // has one (it overwrites: into scratch, then added), else in a pass.
+    auto* sums = static_cast<float*>(be.ctx->scratch_bytes(std::size_t(out_dim) * sizeof(float)));
+    dw_done = lt_matmul_try<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f,
+                                                  1.0f, nullptr, nullptr, nullptr, false, sums);
+    if (dw_done)
+      add_bias(be, dbias, static_cast<const float*>(dbias), sums, 1, out_dim);
+    else
+      column_reduce_add<float>(be, dbias, N, out_dim, RowOf<__nv_bfloat16>{dout.b16, out_dim});
+  } else if (dbias) {
     column_reduce_add<float>(be, dbias, N, out_dim,
                              DoutToBf16<Dout>{rows, out_dim, const_cast<__nv_bfloat16*>(dyb)});  // our copy's space
+  }
   if (dx)
     lt_matmul<__nv_bfloat16, DX>(be, false, false, in, N, out_dim, wb, in, dyb, out_dim, dx, in, 1.0f, 0.0f,
                                  static_cast<const DX*>(nullptr), "matmul_backward dx (bf16 operands)");
-  lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f, 1.0f,
-                                  static_cast<const float*>(nullptr), "matmul_backward dW (bf16 operands)");
+  if (!dw_done)
+    lt_matmul<__nv_bfloat16, float>(be, false, true, in, out_dim, N, xb, in, dyb, out_dim, dw, in, 1.0f, 1.0f,
+                                    static_cast<const float*>(nullptr), "matmul_backward dW (bf16 operands)");
 }
 
 }  // namespace cuda
