@@ -78,21 +78,22 @@ template <class T, int K, class D = T>
 struct LayerNormGrads {
   const D* douts[K];
   const T* w[K];
-  // The output gradients of the W channels from c of the row at offset o.
+  // The output gradients of W adjacent channels at offset o (row·C + channel).
   template <int W>
-  __device__ void load(T (&d)[K][W], std::size_t o, int c) const {
+  __device__ void load(T (&d)[K][W], std::size_t o) const {
 #pragma unroll
-    for (int k = 0; k < K; ++k) load_w<W>(d[k], douts[k] + o + c);
+    for (int k = 0; k < K; ++k) load_w<W>(d[k], douts[k] + o);
   }
-  // g = Σ_k dout[k]·w[k] (as the CPU sums it) from those, in S.
+  // g = Σ_k dout[k]·w[k] (as the CPU sums it) from those and the channels'
+  // weights wv, in S.
   template <int W, class S>
-  __device__ void g(S (&out)[W], const T (&d)[K][W], int c) const {
+  __device__ static void g(S (&out)[W], const T (&d)[K][W], const T (&wv)[K][W]) {
 #pragma unroll
-    for (int i = 0; i < W; ++i) out[i] = S(d[0][i]) * S(w[0][c + i]);
+    for (int i = 0; i < W; ++i) out[i] = S(d[0][i]) * S(wv[0][i]);
 #pragma unroll
     for (int k = 1; k < K; ++k)
 #pragma unroll
-      for (int i = 0; i < W; ++i) out[i] += S(d[k][i]) * S(w[k][c + i]);
+      for (int i = 0; i < W; ++i) out[i] += S(d[k][i]) * S(wv[k][i]);
   }
 };
 
@@ -151,52 +152,64 @@ __global__ void layernorm_forward_kernel(LayerNormOutputs<T, O, K> p, T* mean, T
   }
 }
 
-// Rows whose statistics the backward reduces across its block at once.
+// Rows whose statistics the backward reduces across its block at once (with
+// G channel groups per thread: 8 / G, so that a round's values fit in registers).
 inline constexpr int layernorm_backward_round = 8;
 
 // The backward: dx += (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = Σ_k
 // dout[k]·w[k], and the parameter sums dw[k] = Σ dout[k]·x̂, db[k] = Σ dout[k].
 // Block b takes the rows of column chunk b (reduce.hpp), thread t the
-// channels W·(t + blockDim·j), j < G. Per round of R rows: each row's Σg and
+// channels W·(t + blockDim·j), j < G. Per round of R = 8 / G rows: each row's Σg and
 // Σg·x̂ over the thread's channels, added across the block in a fixed order;
 // then, from the same rows (still in cache), dx, and the thread's sums of
 // dout[k]·x̂ and dout[k] over the chunk in row order, which it leaves in
 // partial[b, m, c] (m = 2k: dw[k], 2k + 1: db[k]) for column_finish.
+// Branch-free over rows and channels, so that a round's loads are in flight
+// together: rows past the chunk's end read its last row again, channels past
+// C read channel 0, and neither is used or stored.
 template <int W, int G, class T, int K, class D>
 __global__ void layernorm_backward_kernel(T* dx, Acc<T>* partial, LayerNormGrads<T, K, D> p, const T* x,
                                           const T* mean, const T* rstd, int N, int C) {
   using A = Acc<T>;
-  constexpr int R = layernorm_backward_round;
+  constexpr int R = layernorm_backward_round / G;
   __shared__ A warp_sums[32][2 * R];
   __shared__ A row_means[2 * R];
   const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32, nwarps = int(blockDim.x) / 32;
   const int lo = int(blockIdx.x) * column_chunk_rows, hi = min(N, lo + column_chunk_rows);
-  const auto channel = [&](int j) { return W * (tid + int(blockDim.x) * j); };
+  int c[G];
+  bool on[G];
+  T wv[G][K][W];  // the channels' LayerNorm weights
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    const int cj = W * (tid + int(blockDim.x) * j);
+    on[j] = cj < C;
+    c[j] = on[j] ? cj : 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int i = 0; i < W; ++i) wv[j][k][i] = p.w[k][c[j] + i];
+  }
   A acc[G][W][2 * K] = {};
   for (int r0 = lo; r0 < hi; r0 += R) {  // block-uniform: every thread reaches the barriers
-    A s[2 * R];
+    A s[2 * R] = {};
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      s[2 * r] = s[2 * r + 1] = 0;
-      if (r0 + r >= hi) continue;
-      const std::size_t o = std::size_t(r0 + r) * C;
-      const T m = mean[r0 + r], rs = rstd[r0 + r];
+    for (int j = 0; j < G; ++j)
 #pragma unroll
-      for (int j = 0; j < G; ++j) {
-        const int c = channel(j);
-        if (c >= C) continue;
+      for (int r = 0; r < R; ++r) {
+        const int n = min(r0 + r, hi - 1);
+        const std::size_t o = std::size_t(n) * C + c[j];
         T d[K][W], v[W];
         A g[W];
-        p.load(d, o, c);
-        p.g(g, d, c);
-        load_w<W>(v, x + o + c);
+        p.load(d, o);
+        p.g(g, d, wv[j]);
+        load_w<W>(v, x + o);
+        const T m = mean[n], rs = rstd[n];
 #pragma unroll
         for (int i = 0; i < W; ++i) {
-          s[2 * r] += g[i];
-          s[2 * r + 1] += g[i] * A((v[i] - m) * rs);
+          s[2 * r] += on[j] ? g[i] : A(0);
+          s[2 * r + 1] += on[j] ? g[i] * A((v[i] - m) * rs) : A(0);
         }
       }
-    }
 #pragma unroll
     for (int q = 0; q < 2 * R; ++q) {
       const A t = warp_sum(s[q]);
@@ -209,43 +222,45 @@ __global__ void layernorm_backward_kernel(T* dx, Acc<T>* partial, LayerNormGrads
       row_means[tid] = t / A(C);
     }
     __syncthreads();  // (the next writes of warp_sums, row_means come after the next round's first barrier)
+    // A channel group at a time: the round's rows of dx loaded together, updated, then stored.
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (r0 + r >= hi) continue;
-      const std::size_t o = std::size_t(r0 + r) * C;
-      const T m = mean[r0 + r], rs = rstd[r0 + r];
-      const T mg = T(row_means[2 * r]), mgx = T(row_means[2 * r + 1]);
+    for (int j = 0; j < G; ++j) {
+      T out[R][W];
 #pragma unroll
-      for (int j = 0; j < G; ++j) {
-        const int c = channel(j);
-        if (c >= C) continue;
-        T d[K][W], g[W], v[W], out[W];
-        p.load(d, o, c);
-        p.g(g, d, c);
-        load_w<W>(v, x + o + c);
-        load_w<W>(out, dx + o + c);
+      for (int r = 0; r < R; ++r) load_w<W>(out[r], dx + std::size_t(min(r0 + r, hi - 1)) * C + c[j]);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int n = min(r0 + r, hi - 1);
+        const bool use = on[j] && r0 + r < hi;
+        const std::size_t o = std::size_t(n) * C + c[j];
+        T d[K][W], g[W], v[W];
+        p.load(d, o);
+        p.g(g, d, wv[j]);
+        load_w<W>(v, x + o);
+        const T m = mean[n], rs = rstd[n], mg = T(row_means[2 * r]), mgx = T(row_means[2 * r + 1]);
 #pragma unroll
         for (int i = 0; i < W; ++i) {
           const T xh = (v[i] - m) * rs;
-          out[i] += rs * (g[i] - mg - xh * mgx);
+          out[r][i] += rs * (g[i] - mg - xh * mgx);
 #pragma unroll
           for (int k = 0; k < K; ++k) {
-            acc[j][i][2 * k] += A(d[k][i]) * A(xh);
-            acc[j][i][2 * k + 1] += A(d[k][i]);
+            acc[j][i][2 * k] += use ? A(d[k][i]) * A(xh) : A(0);
+            acc[j][i][2 * k + 1] += use ? A(d[k][i]) : A(0);
           }
         }
-        store_w<W>(dx + o + c, out);
       }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (on[j] && r0 + r < hi) store_w<W>(dx + std::size_t(r0 + r) * C + c[j], out[r]);
     }
   }
 #pragma unroll
   for (int j = 0; j < G; ++j) {
-    const int c = channel(j);
-    if (c >= C) continue;
+    if (!on[j]) continue;
 #pragma unroll
     for (int q = 0; q < 2 * K; ++q)
 #pragma unroll
-      for (int i = 0; i < W; ++i) partial[(std::size_t(blockIdx.x) * (2 * K) + q) * C + c + i] = acc[j][i][q];
+      for (int i = 0; i < W; ++i) partial[(std::size_t(blockIdx.x) * (2 * K) + q) * C + c[j] + i] = acc[j][i][q];
   }
 }
 
