@@ -677,14 +677,18 @@ TEST_CASE("cuda: AdamW over the flat buffer matches the CPU optimiser step for s
   auto p = randn(n, 51);
   auto d_p = to_device(p);
   DeviceBuffer<float> d_m(n, 0.0f), d_v(n, 0.0f);
-  for (int step = 1; step <= 3; ++step) {
+  // Steps 1-3 with these groups (runs of both kinds, one of 7 parameters),
+  // step 4 with others (the device's table of runs is replaced).
+  const std::vector<ParamGroup> groups4{{0, 5000, false}, {5000, 5007, true}};
+  for (int step = 1; step <= 4; ++step) {
+    const auto& groups_now = step <= 3 ? groups : groups4;
     const auto g = randn(n, 60 + std::uint64_t(step), 0.01f);
-    cpu_opt.step(p, g, groups);
+    cpu_opt.step(p, g, groups_now);
     const double bc1 = 1.0 - std::pow(cfg.beta1, step), bc2 = 1.0 - std::pow(cfg.beta2, step);
     const auto decayed = adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, bc1, bc2);
     const auto undecayed = adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, 0.0, bc1, bc2);
     auto d_g = to_device(g);
-    backend::adamw_step(gpu(), d_p.data(), d_g.data(), d_m.data(), d_v.data(), n, groups, decayed, undecayed);
+    backend::adamw_step(gpu(), d_p.data(), d_g.data(), d_m.data(), d_v.data(), n, groups_now, decayed, undecayed);
   }
   // Same arithmetic in the same order: equal up to the device's sqrt/division rounding.
   check_close(to_host(d_p), p, 1e-7, 1e-6, "parameters");

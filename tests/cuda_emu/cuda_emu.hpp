@@ -13,7 +13,7 @@
 // Blocks run one after another; a block's threads run as fibers on
 // the calling thread, switching only at the synchronising calls below, warp
 // by warp (see launch), so a run is deterministic. Emulated: threadIdx, blockIdx, blockDim, gridDim,
-// __syncthreads, __syncwarp, __shfl_xor_sync, atomicAdd, static __shared__
+// __syncthreads, __syncwarp, __shfl_xor_sync, __ldg, atomicAdd, static __shared__
 // arrays (one block's at a time), the dynamic shared
 // memory (filled with NaN bytes at each block's start, so reads of unwritten
 // memory show up), WMMA fragments (whole tiles per thread), and the primitives of doremi/backend/cuda/mma.hpp:
@@ -290,6 +290,11 @@ inline V __shfl_xor_sync(unsigned, V v, int lane_mask) {
   V r;
   std::memcpy(&r, &o, sizeof(V));
   return r;
+}
+
+template <class V>
+inline V __ldg(const V* p) {  // read-only loads: plain loads here
+  return *p;
 }
 
 template <class V>

@@ -21,6 +21,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -183,6 +184,10 @@ struct Context {
   DeviceBuffer<std::byte> scratch;    // column-reduction partials, CUB temp storage
   DeviceBuffer<std::byte> operands;   // bf16 copies of fp32 GEMM operands (MatmulPrecision::bf16)
   std::map<LtKey, std::unique_ptr<LtPlan>> lt_plans;  // per GEMM shape, types and alignments
+  // AdamW's runs of decayed and undecayed parameters as its last step had
+  // them (adamw.hpp: end << 1 | decayed), and their device copy.
+  std::vector<std::uint64_t> adamw_runs;
+  DeviceBuffer<std::uint64_t> adamw_runs_device;
 
   static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
 

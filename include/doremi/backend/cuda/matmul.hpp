@@ -223,7 +223,10 @@ struct RowOf {
 
 // dout[n, j] of a bf16-operand backward for the bias-gradient pass, which
 // also leaves its bf16 rounding in `copy` (the GEMMs' operand): one read of
-// dout for both. Dout maps the flat index to the fp32 value.
+// dout for both. Dout maps the flat index to the fp32 value, reading through
+// __ldg (read-only for the kernel): so the compiler may issue the loads of
+// several rows before the stores of the copy, which it could not otherwise
+// tell apart from them.
 template <class Dout>
 struct DoutToBf16 {
   Dout dout;
@@ -238,13 +241,15 @@ struct DoutToBf16 {
 };
 struct StoredDout {  // dout as stored
   const float* p;
-  __device__ float operator()(std::size_t o) const { return p[o]; }
+  __device__ float operator()(std::size_t o) const { return __ldg(p + o); }
 };
 template <Gelu G, class Pre = float, class Dy = float>
 struct GeluDout {  // dout = dy ⊙ gelu'(pre): the GELU's backward in the same pass (gelu_backward's arithmetic)
   const Dy* dy;    // fp32, or bf16 as bf16 models store it
   const Pre* pre;  // likewise
-  __device__ float operator()(std::size_t o) const { return float(dy[o]) * backend::gelu_grad<G>(float(pre[o])); }
+  __device__ float operator()(std::size_t o) const {
+    return float(__ldg(dy + o)) * backend::gelu_grad<G>(float(__ldg(pre + o)));
+  }
 };
 
 // y[n, j] = Y(acc[n, j] + bias[j]) in A's arithmetic; acc may be y itself

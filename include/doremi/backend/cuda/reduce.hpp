@@ -38,6 +38,7 @@ __global__ void column_partials_kernel(A* partial, int rows, int width, F f) {
   const int lo = chunk * column_chunk_rows;
   const int hi = min(rows, lo + column_chunk_rows);
   A s[M] = {};
+#pragma unroll 8
   for (int n = lo; n < hi; ++n) {
     const ColumnSums<A, M> t = f(n, j);
 #pragma unroll
