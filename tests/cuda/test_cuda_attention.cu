@@ -55,14 +55,14 @@ struct GpuAttention {
 };
 
 // Out: the output's storage (T, or bf16 as bf16 models keep it); Grad: dout's
-// and dqkv's (likewise).
-template <class T, MatmulPrecision P = MatmulPrecision::native, class Out = T, class Grad = T>
+// and dqkv's (likewise); In: qkv's (likewise).
+template <class T, MatmulPrecision P = MatmulPrecision::native, class Out = T, class Grad = T, class In = T>
 GpuAttention run_gpu(const AttnShape& s, const std::vector<float>& qkv, const std::vector<float>& dout,
                      const Rope& rope) {
   const int C = s.H * s.hd;
   const std::size_t N = std::size_t(s.B) * s.T;
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  auto d_qkv = upload_as<T>(qkv);
+  auto d_qkv = upload_as<In>(qkv);
   auto d_dout = upload_as<Grad>(dout);
   auto d_cos = to_device(rope.cos), d_sin = to_device(rope.sin);
   DeviceBuffer<Out> d_out(N * C);
@@ -176,6 +176,16 @@ void tc_case(const AttnShape& s) {
   const auto gg = run_gpu<float, MatmulPrecision::bf16, __nv_bfloat16, __nv_bfloat16>(s, qkv, dout, rope);
   check_close(gg.dqkv, round_bf16(gb.dqkv), 0.0, 0.0, "dqkv in bf16 from a bf16 dout (tensor cores)");
   CHECK(gg.backward_repeats);
+  // qkv in bf16 as well (bf16 models keep the product so; the rotary pass
+  // then moves 16-byte chunks where rot/2 is a multiple of 8): on bf16
+  // values, the same bits as from fp32 storage.
+  const auto qkv_b = round_bf16(qkv);
+  using bf16 = __nv_bfloat16;
+  const auto from_f32 = run_gpu<float, MatmulPrecision::bf16, bf16, bf16, float>(s, qkv_b, dout, rope);
+  const auto from_b16 = run_gpu<float, MatmulPrecision::bf16, bf16, bf16, bf16>(s, qkv_b, dout, rope);
+  check_close(from_b16.qkvr, from_f32.qkvr, 0.0, 0.0, "qkvr from a bf16 qkv");
+  check_close(from_b16.out, from_f32.out, 0.0, 0.0, "out from a bf16 qkv");
+  check_close(from_b16.dqkv, from_f32.dqkv, 0.0, 0.0, "dqkv from a bf16 qkv");
 }
 
 // The message of the doremi::Error that f throws ("" when none).

@@ -230,6 +230,50 @@ __global__ void attention_rotary_kernel(O* qkvr, const T* qkv, const float* rope
   }
 }
 
+// The same for bf16 in and out where every rotated half is whole 8-column
+// (16-byte) chunks (rot/2 a multiple of 8) and rows are 16-byte aligned: a
+// thread moves 8 columns with one 16-byte load and store (and, where they
+// rotate, one load of the partner chunk), with the same arithmetic. With 2
+// columns per thread and 2-byte loads, too few bytes were in flight to keep
+// the memory busy.
+template <int HD>
+__global__ void attention_rotary_bf16x8_kernel(__nv_bfloat16* qkvr, const __nv_bfloat16* qkv, const float* rope_cos,
+                                               const float* rope_sin, int Tn, int C, int rot) {
+  using bf16 = __nv_bfloat16;
+  const int half = rot / 2, width = 3 * C;
+  const std::size_t row = blockIdx.x;
+  const bf16* src = qkv + row * width;
+  bf16* dst = qkvr + row * width;
+  const float* cs = rope_cos + std::size_t(row % unsigned(Tn)) * half;
+  const float* sn = rope_sin + std::size_t(row % unsigned(Tn)) * half;
+  for (int c = 8 * int(threadIdx.x); c < width; c += 8 * int(blockDim.x)) {
+    const int w = c % (3 * HD), d = w % HD;  // as in attention_rotary_kernel; the chunk lies in one half
+    uint4 chunk = *reinterpret_cast<const uint4*>(src + c);
+    if (w < 2 * HD && d < rot) {
+      const bool first = d < half;  // this chunk holds x1 of its pairs, the partner x2 (or the reverse)
+      const int p0 = first ? d : d - half;
+      const uint4 partner = *reinterpret_cast<const uint4*>(src + (first ? c + half : c - half));
+      unsigned words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};  // two bf16 each, the lower column low
+      const unsigned other[4] = {partner.x, partner.y, partner.z, partner.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        unsigned out = 0;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float a = float(__ushort_as_bfloat16(static_cast<unsigned short>(words[q] >> (16 * h))));
+          const float b = float(__ushort_as_bfloat16(static_cast<unsigned short>(other[q] >> (16 * h))));
+          float x1 = first ? a : b, x2 = first ? b : a;
+          rotate(x1, x2, cs[p0 + 2 * q + h], sn[p0 + 2 * q + h]);
+          out |= unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(first ? x1 : x2))) << (16 * h);
+        }
+        words[q] = out;
+      }
+      chunk = uint4{words[0], words[1], words[2], words[3]};
+    }
+    *reinterpret_cast<uint4*>(dst + c) = chunk;
+  }
+}
+
 // Forward. Grid (B·H, query tiles); the longest (last) query tiles start first.
 template <int HD, class T>
 __global__ void __launch_bounds__(AttentionTiles<HD>::threads)
@@ -569,9 +613,15 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qk
     constexpr int HD = decltype(hdc)::value;
     const unsigned rows = unsigned(B) * unsigned(Tn);
     using Q = cuda::plain_t<In>;
+    const bool x8 = std::is_same_v<Q, __nv_bfloat16> && path != cuda::AttentionPath::fp32 && rot % 16 == 0 &&
+                    reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0 &&
+                    reinterpret_cast<std::uintptr_t>(qkvr) % 16 == 0;
     if (path == cuda::AttentionPath::fp32)
       DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, T, Q>)(qkvr, qkv, rope_cos,
                                                                                             rope_sin, Tn, C, rot);
+    else if (x8)
+      DOREMI_CUDA_LAUNCH(rows, 96, 0, be.stream(), cuda::attention_rotary_bf16x8_kernel<HD>)(
+          qkvr_bf16, reinterpret_cast<const __nv_bfloat16*>(qkv), rope_cos, rope_sin, Tn, C, rot);
     else
       DOREMI_CUDA_LAUNCH(rows, 128, 0, be.stream(), cuda::attention_rotary_kernel<HD, __nv_bfloat16, Q>)(
           qkvr_bf16, qkv, rope_cos, rope_sin, Tn, C, rot);
