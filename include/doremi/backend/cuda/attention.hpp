@@ -233,9 +233,9 @@ __global__ void attention_rotary_kernel(O* qkvr, const T* qkv, const float* rope
 // The same for bf16 in and out where every rotated half is whole 8-column
 // (16-byte) chunks (rot/2 a multiple of 8) and rows are 16-byte aligned: a
 // thread moves 8 columns with one 16-byte load and store (and, where they
-// rotate, one load of the partner chunk), with the same arithmetic. With 2
-// columns per thread and 2-byte loads, too few bytes were in flight to keep
-// the memory busy.
+// rotate, one load of the partner chunk), with the same arithmetic. (With 2
+// columns per thread and 2-byte loads, by our estimate too few bytes are in
+// flight to keep the memory busy; not measured.)
 template <int HD>
 __global__ void attention_rotary_bf16x8_kernel(__nv_bfloat16* qkvr, const __nv_bfloat16* qkv, const float* rope_cos,
                                                const float* rope_sin, int Tn, int C, int rot) {
