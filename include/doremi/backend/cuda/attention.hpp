@@ -192,6 +192,23 @@ __device__ void attention_store_rows(T* dst, std::size_t ld, float* stage, const
 
 // ---- kernels ----
 
+// The rotary kernels' row: block blockIdx.x's token, its [3C] input and
+// output, and the cos and sin tables (rot/2 each) of its position.
+template <class O, class T>
+struct RotaryRow {
+  const T* src;
+  O* dst;
+  const float* cs;
+  const float* sn;
+  __device__ RotaryRow(O* qkvr, const T* qkv, const float* rope_cos, const float* rope_sin, int Tn, int C, int rot) {
+    const std::size_t row = blockIdx.x, width = 3 * std::size_t(C), at = std::size_t(row % unsigned(Tn)) * (rot / 2);
+    src = qkv + row * width;
+    dst = qkvr + row * width;
+    cs = rope_cos + at;
+    sn = rope_sin + at;
+  }
+};
+
 // qkvr = qkv with the first rot dims of every q and k rotated by the angle of
 // the row's position. One block per row (token), two adjacent columns per
 // thread and step, stored together; the head dimension is a constant, so the
@@ -202,19 +219,15 @@ template <int HD, class O, class T>
 __global__ void attention_rotary_kernel(O* qkvr, const T* qkv, const float* rope_cos, const float* rope_sin, int Tn,
                                         int C, int rot) {
   const int half = rot / 2, width = 3 * C;
-  const std::size_t row = blockIdx.x;
-  const T* src = qkv + row * width;
-  O* dst = qkvr + row * width;
-  const float* cs = rope_cos + std::size_t(row % unsigned(Tn)) * half;
-  const float* sn = rope_sin + std::size_t(row % unsigned(Tn)) * half;
+  const RotaryRow<O, T> r(qkvr, qkv, rope_cos, rope_sin, Tn, C, rot);
   auto value = [&](int c) {
     const int w = c % (3 * HD), d = w % HD;  // within the head's [q | k | v]; w < 2·HD: q or k
-    float v = float(src[c]);
+    float v = float(r.src[c]);
     if (w < 2 * HD && d < rot) {
       const int p = d < half ? d : d - half;
       const int c1 = c - d + p;  // the pair (x1, x2) = (x[p], x[p + half])
-      float x1 = float(src[c1]), x2 = float(src[c1 + half]);
-      rotate(x1, x2, cs[p], sn[p]);
+      float x1 = float(r.src[c1]), x2 = float(r.src[c1 + half]);
+      rotate(x1, x2, r.cs[p], r.sn[p]);
       v = d < half ? x1 : x2;
     }
     return v;
@@ -222,11 +235,11 @@ __global__ void attention_rotary_kernel(O* qkvr, const T* qkv, const float* rope
   for (int c = 2 * int(threadIdx.x); c < width; c += 2 * int(blockDim.x)) {  // width is even (HD is)
     const float a = value(c), b = value(c + 1);
     if constexpr (std::is_same_v<O, __nv_bfloat16>)
-      *reinterpret_cast<__nv_bfloat162*>(dst + c) = __floats2bfloat162_rn(a, b);
+      *reinterpret_cast<__nv_bfloat162*>(r.dst + c) = __floats2bfloat162_rn(a, b);
     else if constexpr (std::is_same_v<O, float>)
-      *reinterpret_cast<float2*>(dst + c) = make_float2(a, b);
+      *reinterpret_cast<float2*>(r.dst + c) = make_float2(a, b);
     else
-      dst[c] = O(a), dst[c + 1] = O(b);
+      r.dst[c] = O(a), r.dst[c + 1] = O(b);
   }
 }
 
@@ -241,18 +254,14 @@ __global__ void attention_rotary_bf16x8_kernel(__nv_bfloat16* qkvr, const __nv_b
                                                const float* rope_sin, int Tn, int C, int rot) {
   using bf16 = __nv_bfloat16;
   const int half = rot / 2, width = 3 * C;
-  const std::size_t row = blockIdx.x;
-  const bf16* src = qkv + row * width;
-  bf16* dst = qkvr + row * width;
-  const float* cs = rope_cos + std::size_t(row % unsigned(Tn)) * half;
-  const float* sn = rope_sin + std::size_t(row % unsigned(Tn)) * half;
+  const RotaryRow<bf16, bf16> r(qkvr, qkv, rope_cos, rope_sin, Tn, C, rot);
   for (int c = 8 * int(threadIdx.x); c < width; c += 8 * int(blockDim.x)) {
     const int w = c % (3 * HD), d = w % HD;  // as in attention_rotary_kernel; the chunk lies in one half
-    uint4 chunk = *reinterpret_cast<const uint4*>(src + c);
+    uint4 chunk = *reinterpret_cast<const uint4*>(r.src + c);
     if (w < 2 * HD && d < rot) {
       const bool first = d < half;  // this chunk holds x1 of its pairs, the partner x2 (or the reverse)
       const int p0 = first ? d : d - half;
-      const uint4 partner = *reinterpret_cast<const uint4*>(src + (first ? c + half : c - half));
+      const uint4 partner = *reinterpret_cast<const uint4*>(r.src + (first ? c + half : c - half));
       unsigned words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};  // two bf16 each, the lower column low
       const unsigned other[4] = {partner.x, partner.y, partner.z, partner.w};
 #pragma unroll
@@ -263,14 +272,14 @@ __global__ void attention_rotary_bf16x8_kernel(__nv_bfloat16* qkvr, const __nv_b
           const float a = float(__ushort_as_bfloat16(static_cast<unsigned short>(words[q] >> (16 * h))));
           const float b = float(__ushort_as_bfloat16(static_cast<unsigned short>(other[q] >> (16 * h))));
           float x1 = first ? a : b, x2 = first ? b : a;
-          rotate(x1, x2, cs[p0 + 2 * q + h], sn[p0 + 2 * q + h]);
+          rotate(x1, x2, r.cs[p0 + 2 * q + h], r.sn[p0 + 2 * q + h]);
           out |= unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(first ? x1 : x2))) << (16 * h);
         }
         words[q] = out;
       }
       chunk = uint4{words[0], words[1], words[2], words[3]};
     }
-    *reinterpret_cast<uint4*>(dst + c) = chunk;
+    *reinterpret_cast<uint4*>(r.dst + c) = chunk;
   }
 }
 
