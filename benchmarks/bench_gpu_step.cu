@@ -200,6 +200,22 @@ DeviceRope device_rope(const backend::Cuda& gpu, int T) {
   return r;
 }
 
+// One layer's attention at the benchmark's shape (doremi-120m's heads,
+// --batch x --seq) on the GPU: random bf16 inputs (qkv, the output's gradient;
+// from `seed`), the rotary tables, and bf16 buffers for the output and qkv's
+// gradient. Both attention timers below start from it.
+struct AttentionSetup {
+  int B, T, C = Cfg::n_embd, H = Cfg::n_head, rot = Cfg::rotary_dim;
+  std::size_t N;
+  backend::Cuda gpu;
+  backend::cuda::DeviceBuffer<__nv_bfloat16> qkv, dout;
+  DeviceRope rope;
+  backend::cuda::DeviceBuffer<__nv_bfloat16> out, dqkv;
+  AttentionSetup(const Options& o, std::uint64_t seed)
+      : B(o.batch), T(o.seq), N(std::size_t(B) * T), gpu(o.device), qkv(random_bf16(gpu, N * 3 * C, seed)),
+        dout(random_bf16(gpu, N * C, seed + 1)), rope(device_rope(gpu, T)), out(N * C), dqkv(N * 3 * C) {}
+};
+
 // One layer's attention alone, as the model calls it (bf16 qkv in; rotary on
 // the first rot dims; bf16 output, output gradient and qkv gradient; the
 // backward's D pass): the median seconds of a forward + backward with the
@@ -208,16 +224,16 @@ double time_attention(const Options& o, backend::cuda::AttentionTcKernels family
   namespace cu = backend::cuda;
   using bf16 = __nv_bfloat16;
   constexpr auto P = MatmulPrecision::bf16;
-  const int B = o.batch, T = o.seq, C = Cfg::n_embd, H = Cfg::n_head, rot = Cfg::rotary_dim;
-  const std::size_t N = std::size_t(B) * T;
-  backend::Cuda gpu(o.device);
+  AttentionSetup s(o, 0);
+  const int B = s.B, T = s.T, C = s.C, H = s.H, rot = s.rot;
   const cu::AttentionTcKernels before = cu::attention_tc_kernels();
   cu::attention_tc_kernels() = family;
-  const auto qkv = random_bf16(gpu, N * 3 * C, 0), dout = random_bf16(gpu, N * C, 1);
-  const DeviceRope rope = device_rope(gpu, T);
+  const backend::Cuda& gpu = s.gpu;
+  const DeviceRope& rope = s.rope;
+  const auto &qkv = s.qkv, &dout = s.dout;
+  auto &out = s.out, &dqkv = s.dqkv;
   cu::DeviceBuffer<float> qkvr(backend::attention_qkvr_size<P, float>(gpu, B, T, C, H));
   cu::DeviceBuffer<float> lse(backend::attention_state_size(gpu, B, H, T));
-  cu::DeviceBuffer<bf16> out(N * C), dqkv(N * 3 * C);
   const double t = median_seconds(o, gpu, [&] {
     backend::attention_forward<P>(gpu, out.data(), qkvr.data(), lse.data(), qkv.data(), rope.cos.data(),
                                   rope.sin.data(), B, T, C, H, rot);
@@ -245,13 +261,13 @@ std::vector<TilingTime> time_mma_tilings(const Options& o) {
   namespace cu = backend::cuda;
   using bf16 = __nv_bfloat16;
   constexpr int HD = Cfg::head_dim;
-  const int B = o.batch, T = o.seq, C = Cfg::n_embd, H = Cfg::n_head, rot = Cfg::rotary_dim;
-  const std::size_t N = std::size_t(B) * T;
-  backend::Cuda gpu(o.device);
-  const auto qkvr = random_bf16(gpu, N * 3 * C, 2), dout = random_bf16(gpu, N * C, 3);
-  const DeviceRope rope = device_rope(gpu, T);
+  AttentionSetup s(o, 2);  // qkv stands for the rotated qkv the kernels read
+  const int B = s.B, T = s.T, C = s.C, H = s.H, rot = s.rot;
+  const backend::Cuda& gpu = s.gpu;
+  const DeviceRope& rope = s.rope;
+  const auto &qkvr = s.qkv, &dout = s.dout;
+  auto &out = s.out, &dqkv = s.dqkv;
   cu::DeviceBuffer<float> Dv(std::size_t(B) * H * T, 0.1f), lse(std::size_t(B) * H * T);
-  cu::DeviceBuffer<bf16> out(N * C), dqkv(N * 3 * C);
   std::vector<bf16> first_out, first_dqkv;
   std::vector<float> first_lse;
   std::vector<TilingTime> r;
