@@ -7,10 +7,13 @@
 // (forward + backward at the same shape) with each of our tensor-core kernel
 // families beside PyTorch's scaled_dot_product_attention (FlashAttention on
 // these GPUs), in ms and TFLOP/s, and the mma kernels at several tilings.
+// Our steps run twice: as the library's default has them, then with GEMM
+// tuning (cuBLASLt's candidate algorithms timed per GEMM shape; the table's
+// "tuned" rows; --no-tuned skips it).
 //
 //   bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] [--domains 8]
 //                  [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args "--no-compile"]
-//                  [--no-attention]
+//                  [--no-attention] [--no-tuned]
 //
 // Ours: bf16 GEMM operands with fp32 accumulation and fp32 master weights
 // (Config<bf16_matmul(doremi_120m), float>). Each step is timed on the host
@@ -57,6 +60,7 @@ struct Options {
   std::string twin_args;
   bool twin = true;
   bool attention = true;  // also time one layer's attention alone
+  bool tuned = true;      // also time our steps with GEMM tuning (Cuda::set_gemm_tuning)
 };
 
 std::string tail_lines(const std::string& s, int n) {
@@ -74,13 +78,16 @@ struct Timing {
 struct Ours {
   Timing train, dro;
   backend::cuda::LtPlanCounts gemms;  // which fused epilogues cuBLASLt took
+  bool gemm_tuning = false;           // whether the run tuned its GEMMs
 };
 
-// Both step kinds on one proxy model (plain steps first, then DRO steps).
-Ours time_ours(const Options& o) {
+// Both step kinds on one proxy model (plain steps first, then DRO steps);
+// tune_gemms: with GEMM tuning (else as DOREMI_CUDA_GEMM_TUNING says).
+Ours time_ours(const Options& o, bool tune_gemms = false) {
   const int B = o.batch, T = o.seq, N = B * T, k = o.domains;
   const auto Nz = static_cast<std::size_t>(N), Bz = static_cast<std::size_t>(B), kz = static_cast<std::size_t>(k);
   backend::Cuda gpu(o.device);
+  if (tune_gemms) gpu.set_gemm_tuning(true);
   GpuModel proxy(gpu), reference(gpu);
   proxy.init(1);
   reference.init(2);
@@ -156,6 +163,7 @@ Ours time_ours(const Options& o) {
   }
   r.dro.alpha = dw.alpha();
   r.gemms = backend::cuda::lt_plan_counts(gpu);
+  r.gemm_tuning = gpu.gemm_tuning();
   return r;
 }  // GPU memory of both models and the optimiser freed here, before the twin runs
 
@@ -397,6 +405,24 @@ int run(const Options& o) {
   }
   std::fflush(stdout);
 
+  // The same steps with GEMM tuning (cuBLASLt's candidates timed per GEMM shape on its first call).
+  Ours tuned;
+  std::string tuned_error = "not run (--no-tuned, or DOREMI_CUDA_GEMM_TUNING=1: the run above was tuned)";
+  if (o.tuned && our_error.empty() && !ours.gemm_tuning) {
+    try {
+      tuned = time_ours(o, true);
+      tuned_error.clear();
+      const auto& g = tuned.gemms;
+      fmt::print("GEMM tuning: {} of {} plans tuned, {} kept another algorithm than the heuristic's first; by the "
+                 "tuning's timings the tuned plans' calls take {:.3f}x the time of the heuristic's first\n",
+                 g.tuned, g.plans, g.switched, g.first_ms > 0 ? g.chosen_ms / g.first_ms : 0.0);
+    } catch (const std::exception& e) {
+      tuned_error = e.what();
+      fmt::print("doremi-cpp with GEMM tuning FAILED: {}\n", tuned_error);
+    }
+  }
+  std::fflush(stdout);
+
   // One layer's attention alone, both tensor-core kernel families (the twin times SDPA beside them).
   double att_wmma = 0, att_mma = 0;
   std::vector<TilingTime> tilings;
@@ -462,6 +488,15 @@ int run(const Options& o) {
   };
   row("training step", ours_train, theirs_train, fpt);
   row("DRO step", ours_dro, theirs_dro, fpt_dro);
+  const double tuned_train = tuned_error.empty() ? tokens / median(tuned.train.times) : 0.0;
+  const double tuned_dro = tuned_error.empty() ? tokens / median(tuned.dro.times) : 0.0;
+  if (tuned_error.empty()) {
+    row("training, tuned", tuned_train, theirs_train, fpt);
+    row("DRO, tuned", tuned_dro, theirs_dro, fpt_dro);
+    fmt::print("(tuned: GEMM tuning, DOREMI_CUDA_GEMM_TUNING=1; training step {:.3f}x, DRO step {:.3f}x the "
+               "untuned tokens/s)\n",
+               ran ? tuned_train / ours_train : 0.0, ran ? tuned_dro / ours_dro : 0.0);
+  }
   if (!ran) fmt::print("doremi-cpp: failed: {}\n", our_error);
   if (peer.is_null()) fmt::print("pytorch: not run: {}\n", why);
 
@@ -514,6 +549,13 @@ int run(const Options& o) {
                       {"doremi", {{"train_tokens_per_s", ours_train}, {"train_mfu", mfu_train},
                                   {"dro_tokens_per_s", ours_dro}, {"dro_mfu", mfu_dro},
                                   {"train_step_s", ours.train.times}, {"dro_step_s", ours.dro.times}}},
+                      {"doremi_tuned", tuned_error.empty()
+                                           ? nlohmann::json{{"train_tokens_per_s", tuned_train},
+                                                            {"dro_tokens_per_s", tuned_dro},
+                                                            {"plans", tuned.gemms.plans},
+                                                            {"tuned", tuned.gemms.tuned},
+                                                            {"switched", tuned.gemms.switched}}
+                                           : nlohmann::json{{"error", tuned_error}}},
                       {"attention_alone", {{"flops", att_flops}, {"wmma_s", att_wmma}, {"mma_s", att_mma},
                                            {"sdpa_s", att_sdpa}}}};
   for (const TilingTime& t : tilings)
@@ -554,11 +596,12 @@ int main(int argc, char** argv) {
     else if (a == "--twin-args") o.twin_args = next();
     else if (a == "--no-twin") o.twin = false;
     else if (a == "--no-attention") o.attention = false;
+    else if (a == "--no-tuned") o.tuned = false;
     else {
       fmt::print(stderr,
                  "usage: bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] "
                  "[--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args ARGS] "
-                 "[--no-attention]\n");
+                 "[--no-attention] [--no-tuned]\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }

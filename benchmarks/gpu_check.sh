@@ -28,7 +28,8 @@
 #                     benchmarked; the CSVs stay in BUILD_DIR
 #
 # The benchmark runs twice: with the default tensor-core attention kernels
-# (and the PyTorch twin; then one layer's attention alone with both kernel
+# (our steps untuned and with GEMM tuning, DOREMI_CUDA_GEMM_TUNING=1, and
+# the PyTorch twin; then one layer's attention alone with both kernel
 # families beside PyTorch's SDPA, and the mma kernels alone at several
 # tilings, AttentionMmaTiles, each compared with the default's outputs), then the steps with
 # DOREMI_CUDA_ATTENTION=mma (ours only); set DOREMI_CUDA_ATTENTION yourself to
@@ -231,7 +232,7 @@ main() {
     section "benchmark: the same steps with DOREMI_CUDA_ATTENTION=mma (register-resident attention kernels)"
     set +e
     "${run_env[@]}" env DOREMI_CUDA_ATTENTION=mma timeout 300 "$bench_bin" --batch "$batch" --steps "$steps" \
-      --peak-tflops "$peak" --no-twin --no-attention "${bench_extra[@]}"
+      --peak-tflops "$peak" --no-twin --no-attention --no-tuned "${bench_extra[@]}"
     mma_rc=$?
     set -e
     [[ $mma_rc == 0 ]] || { echo "bench_gpu_step with DOREMI_CUDA_ATTENTION=mma failed (exit status $mma_rc)"; status=1; }
@@ -254,7 +255,7 @@ main() {
         echo "--- attention kernels: $family ---"
         set +e
         "${run_env[@]}" "${family_env[@]}" timeout 300 "$ncu_bin" --csv --print-units base --clock-control none \
-          --metrics gpu__time_duration.sum "$bench_bin" --batch "$batch" --steps 1 --warmup 0 --no-twin --no-attention \
+          --metrics gpu__time_duration.sum "$bench_bin" --batch "$batch" --steps 1 --warmup 0 --no-twin --no-attention --no-tuned \
           > "$csv" 2> "${csv%.csv}.err"
         prof_rc=$?
         set -e

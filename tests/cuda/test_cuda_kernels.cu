@@ -5,6 +5,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda_test_util.hpp"
@@ -607,6 +608,89 @@ TEST_CASE("cuda: matmul reuses its cuBLASLt plan per shape with each call's own 
     check_close(y1, want1, 1e-5, 1e-5, "y with bias 1");
     check_close(y2, want2, 1e-5, 1e-5, "y with bias 2");
   }
+}
+
+// GEMM tuning (Context::gemm_tuning, lt_tune): forward with a bias
+// (epilogue), forward adding the residual in place (C = D), backward with
+// fp32 dout (dW accumulates: C = D) and with bf16 dout (dW and the bias
+// gradient's epilogue), on a fresh context (every plan made there).
+namespace {
+struct TunedProducts {
+  std::vector<float> y, r, dx, dw, db, dw16, db16;
+  backend::cuda::LtPlanCounts counts;
+};
+TunedProducts tuning_products(bool tuning) {
+  const Cuda be;
+  be.set_gemm_tuning(tuning);
+  const int N = 40, in = 24, out = 16;
+  const auto x = randn(std::size_t(N) * in, 1), w = randn(std::size_t(out) * in, 2, 0.2f), b = randn(out, 3);
+  const auto res = randn(std::size_t(N) * out, 4), dy = randn(std::size_t(N) * out, 5);
+  const auto dw0 = randn(w.size(), 6), db0 = randn(out, 7);
+  auto d_x = to_device(x), d_w = to_device(w), d_b = to_device(b), d_r = to_device(res), d_dy = to_device(dy);
+  auto d_dw = to_device(dw0), d_db = to_device(db0), d_dw16 = to_device(dw0), d_db16 = to_device(db0);
+  auto d_dyb = to_device_bf16(dy);
+  DeviceBuffer<float> d_y(std::size_t(N) * out), d_dx(x.size()), d_dx16(x.size());
+  gpu().synchronize();  // the inputs were made on the shared context's stream
+  backend::matmul_forward<MatmulPrecision::bf16>(be, d_y.data(), d_x.data(), d_w.data(), d_b.data(), N, in, out);
+  backend::matmul_forward<MatmulPrecision::bf16>(be, d_r.data(), d_x.data(), d_w.data(), d_b.data(), N, in, out,
+                                                 static_cast<const float*>(d_r.data()));
+  backend::matmul_backward<MatmulPrecision::bf16>(be, d_dx.data(), d_dw.data(), d_db.data(),
+                                                  static_cast<const float*>(d_dy.data()), d_x.data(), d_w.data(), N,
+                                                  in, out);
+  backend::matmul_backward<MatmulPrecision::bf16>(be, d_dx16.data(), d_dw16.data(), d_db16.data(),
+                                                  static_cast<const __nv_bfloat16*>(d_dyb.data()), d_x.data(),
+                                                  d_w.data(), N, in, out);
+  be.synchronize();
+  TunedProducts r;
+  r.counts = backend::cuda::lt_plan_counts(be);
+  r.y = to_host(d_y), r.r = to_host(d_r), r.dx = to_host(d_dx), r.dw = to_host(d_dw), r.db = to_host(d_db);
+  r.dw16 = to_host(d_dw16), r.db16 = to_host(d_db16);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("cuda: GEMM tuning keeps the fastest algorithm; its timing runs leave the results alone") {
+  REQUIRE_GPU();
+#ifdef DOREMI_CUDA_EMULATE
+  // The fake cuBLASLt offers 4 algorithms that compute alike; the third is the fast one.
+  emu::set_gemm_algorithms(4, 2);
+#endif
+  const TunedProducts plain = tuning_products(false);
+  const TunedProducts tuned = tuning_products(true);
+  CHECK(plain.counts.tuned == 0);
+  MESSAGE("GEMM tuning: " << tuned.counts.tuned << " of " << tuned.counts.plans << " plans tuned, "
+                          << tuned.counts.switched << " switched");
+#ifdef DOREMI_CUDA_EMULATE
+  emu::set_gemm_algorithms(1, -1);
+  CHECK(emu::last_gemm_algorithm() == 2);
+  CHECK(tuned.counts.tuned == tuned.counts.plans);
+  CHECK(tuned.counts.switched == tuned.counts.plans);
+  CHECK(tuned.counts.chosen_ms < tuned.counts.first_ms);
+  const double tol = 0;  // the same algorithm arithmetic: the same bits
+#else
+  const double tol = 1e-4;  // another algorithm may sum in another order
+#endif
+  // A timing run that added into an accumulated output (r, dW) would be far off.
+  check_close(tuned.y, plain.y, tol, tol, "y");
+  check_close(tuned.r, plain.r, tol, tol, "residual + y, in place");
+  check_close(tuned.dx, plain.dx, tol, tol, "dx");
+  check_close(tuned.dw, plain.dw, tol, tol, "dW (accumulated)");
+  check_close(tuned.db, plain.db, tol, tol, "db");
+  check_close(tuned.dw16, plain.dw16, tol, tol, "dW, bf16 dout (accumulated)");
+  check_close(tuned.db16, plain.db16, tol, tol, "db, bf16 dout (bias-gradient epilogue)");
+}
+
+TEST_CASE("cuda: GEMM tuning is off by default; DOREMI_CUDA_GEMM_TUNING takes 1 or 0") {
+  REQUIRE_GPU();
+  ::unsetenv("DOREMI_CUDA_GEMM_TUNING");
+  CHECK_FALSE(Cuda().gemm_tuning());
+  ::setenv("DOREMI_CUDA_GEMM_TUNING", "1", 1);
+  CHECK(Cuda().gemm_tuning());
+  ::setenv("DOREMI_CUDA_GEMM_TUNING", "0", 1);
+  CHECK_FALSE(Cuda().gemm_tuning());
+  ::setenv("DOREMI_CUDA_GEMM_TUNING", "yes", 1);
+  CHECK_THROWS_WITH_AS(Cuda(), doctest::Contains("DOREMI_CUDA_GEMM_TUNING = 'yes'"), Error);
+  ::unsetenv("DOREMI_CUDA_GEMM_TUNING");
 }
 
 // The fused GELU + linear backward of the bf16 models (the bias-gradient pass

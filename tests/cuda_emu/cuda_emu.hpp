@@ -51,6 +51,12 @@ namespace emu {
 
 // cudaMalloc calls so far (fake_cudart.cpp).
 std::size_t device_allocations();
+// The fake cuBLASLt's algorithms (fake_cudart.cpp): the heuristic offers up
+// to `count` (default 1), numbered 0, 1, ...; every one but `fastest` spends
+// an extra millisecond per call (none does when fastest < 0). And the number
+// of the algorithm its last matrix product ran with.
+void set_gemm_algorithms(int count, int fastest);
+int last_gemm_algorithm();
 
 struct Dim {
   unsigned x = 1, y = 1, z = 1;

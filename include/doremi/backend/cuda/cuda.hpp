@@ -16,9 +16,11 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -162,6 +164,13 @@ struct LtPlan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
   bool found = false;  // false: cuBLASLt has no algorithm for the shape
+  // GEMM tuning (Context::gemm_tuning; matmul.hpp): how many of the
+  // heuristic's algorithms were timed (0: not tuned), the index of the one
+  // kept (0: the heuristic's first) and the times per call of the first and
+  // of the one kept, in ms; calls counts the plan's calls.
+  int candidates = 0, chosen = 0;
+  float first_ms = 0, chosen_ms = 0;
+  std::int64_t calls = 0;
   LtPlan() = default;
   LtPlan(const LtPlan&) = delete;
   LtPlan& operator=(const LtPlan&) = delete;
@@ -184,6 +193,10 @@ struct Context {
   DeviceBuffer<std::byte> scratch;    // column-reduction partials, CUB temp storage
   DeviceBuffer<std::byte> operands;   // bf16 copies of fp32 GEMM operands (MatmulPrecision::bf16)
   std::map<LtKey, std::unique_ptr<LtPlan>> lt_plans;  // per GEMM shape, types and alignments
+  // Time the heuristic's candidate algorithms of each new GEMM plan and keep
+  // the fastest (matmul.hpp). Off by default: from DOREMI_CUDA_GEMM_TUNING
+  // (1 or 0), or Cuda::set_gemm_tuning.
+  bool gemm_tuning = false;
   // AdamW's runs of decayed and undecayed parameters as its last step had
   // them (adamw.hpp: end << 1 | decayed), and their device copy.
   std::vector<std::uint64_t> adamw_runs;
@@ -206,6 +219,11 @@ struct Context {
     DOREMI_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     DOREMI_CUDA_CHECK(cublasLtCreate(&lt));
     workspace.resize(workspace_bytes);
+    if (const char* v = std::getenv("DOREMI_CUDA_GEMM_TUNING")) {
+      const std::string_view t(v);
+      if (t != "0" && t != "1") fail("DOREMI_CUDA_GEMM_TUNING = '{}': use 1 (time cuBLASLt's candidates) or 0", t);
+      gemm_tuning = t == "1";
+    }
   }
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
@@ -266,6 +284,9 @@ struct Cuda {
   cudaStream_t stream() const { return ctx->stream; }
   cublasLtHandle_t lt() const { return ctx->lt; }
   void synchronize() const { DOREMI_CUDA_CHECK(cudaStreamSynchronize(ctx->stream)); }
+  // GEMM tuning for the plans made from now on (see Context::gemm_tuning).
+  void set_gemm_tuning(bool on) const { ctx->gemm_tuning = on; }
+  bool gemm_tuning() const { return ctx->gemm_tuning; }
 
   std::shared_ptr<cuda::Context> ctx;
 };

@@ -30,8 +30,9 @@
 #include <array>
 #include <cstdint>
 #include <memory>
-#include <utility>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include <cuda_bf16.h>
 
@@ -77,6 +78,57 @@ inline std::uint32_t alignment_of(const void* p) {
   return r;
 }
 
+// GEMM tuning (Context::gemm_tuning): a new plan asks the heuristic for up
+// to this many algorithms and times them (lt_tune).
+inline constexpr int lt_tuning_candidates = 8;
+
+// Times each candidate algorithm on the call's own operands (run(algo)
+// launches the call with it on `stream`): one warm-up run, then the fastest
+// of three timed runs. The plan keeps the fastest, but the heuristic's first
+// unless another beats it by more than 3 % (near ties would otherwise flip
+// between runs of a program, and with them the last bits of the results).
+// Candidates that fail to run are skipped; if all fail, the plan keeps the
+// first (its call then reports the failure as without tuning).
+template <class Run>
+void lt_tune(LtPlan& p, const std::vector<cublasLtMatmulHeuristicResult_t>& candidates, Run&& run,
+             cudaStream_t stream) {
+  cudaEvent_t ev[2] = {nullptr, nullptr};
+  struct Events {
+    cudaEvent_t* e;
+    ~Events() {
+      for (int i = 0; i < 2; ++i)
+        if (e[i]) cudaEventDestroy(e[i]);
+    }
+  } owner{ev};
+  DOREMI_CUDA_CHECK(cudaEventCreate(&ev[0]));
+  DOREMI_CUDA_CHECK(cudaEventCreate(&ev[1]));
+  constexpr float none = 3.0e38f;
+  float first = none, best = none;
+  int best_i = 0;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    if (candidates[i].state != CUBLAS_STATUS_SUCCESS || run(candidates[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+    float t = none;
+    for (int r = 0; r < 3; ++r) {
+      DOREMI_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+      (void)run(candidates[i].algo);  // ran once already
+      DOREMI_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+      DOREMI_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+      float ms = 0;
+      DOREMI_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+      t = ms < t ? ms : t;
+    }
+    if (i == 0) first = t;
+    if (t < best) best = t, best_i = int(i);
+  }
+  if (best == none) return;  // none ran: untuned
+  if (best_i != 0 && first != none && best > 0.97f * first) best = first, best_i = 0;
+  p.algo = candidates[std::size_t(best_i)].algo;
+  p.candidates = int(candidates.size());
+  p.chosen = best_i;
+  p.first_ms = first == none ? 0.0f : first;
+  p.chosen_ms = best;
+}
+
 // Column-major D[m,n] = alpha·op(A)·op(B) + beta·C (+ bias[m] broadcast over
 // columns when bias is given). A is stored [ta ? k : m, ta ? m : k] with
 // leading dimension lda, likewise B; C (D itself when null) and D have
@@ -109,6 +161,7 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
   const bool optional = gelu_aux || bias_grad;
   const void* bias_ptr = bias_grad ? static_cast<const void*>(bias_grad) : bias;
   std::unique_ptr<LtPlan>& slot = be.ctx->lt_plans[key];
+  std::vector<cublasLtMatmulHeuristicResult_t> candidates;  // a new plan's, to be timed (GEMM tuning)
   if (!slot) {
     auto p = std::make_unique<LtPlan>();
     const auto scale = std::is_same_v<typename Ty::scale, double> ? CUDA_R_64F : CUDA_R_32F;
@@ -158,13 +211,14 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
     set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, B);
     set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, C);
     set_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, D);
-    cublasLtMatmulHeuristicResult_t heuristic{};
+    std::vector<cublasLtMatmulHeuristicResult_t> heuristic(be.ctx->gemm_tuning ? lt_tuning_candidates : 1);
     int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(be.lt(), p->op, p->a, p->b, p->c, p->c, pref, 1, &heuristic, &found);
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(be.lt(), p->op, p->a, p->b, p->c, p->c, pref,
+                                                             int(heuristic.size()), heuristic.data(), &found);
     if (st != CUBLAS_STATUS_NOT_SUPPORTED && !optional) DOREMI_CUDA_CHECK(st);
     p->found = st == CUBLAS_STATUS_SUCCESS && found > 0;
-    p->algo = heuristic.algo;
+    p->algo = heuristic[0].algo;
+    if (p->found && found > 1) candidates.assign(heuristic.begin(), heuristic.begin() + found);
     slot = std::move(p);
   }
   LtPlan& p = *slot;
@@ -176,8 +230,20 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
   if (gelu_aux)
     DOREMI_CUDA_CHECK(
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_aux, sizeof(gelu_aux)));
-  const cublasStatus_t st = cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, D, p.c, &p.algo,
-                                           be.ctx->workspace.data(), ws, be.stream());
+  const auto run = [&](const cublasLtMatmulAlgo_t& algo, Out* d) {
+    return cublasLtMatmul(be.lt(), p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, d, p.c, &algo,
+                          be.ctx->workspace.data(), ws, be.stream());
+  };
+  if (!candidates.empty()) {
+    // The timing runs write D and the epilogue's outputs, which this call
+    // then overwrites; where D is also an input (accumulation), a temporary D.
+    const bool d_is_input = (beta != 0 && C == D) || (gelu_grad && gelu_aux == D);
+    DeviceBuffer<Out> tmp(d_is_input ? std::size_t(ldd) * std::size_t(n) : 0);
+    Out* const d = d_is_input ? tmp.data() : D;
+    lt_tune(p, candidates, [&](const cublasLtMatmulAlgo_t& algo) { return run(algo, d); }, be.stream());
+  }
+  ++p.calls;
+  const cublasStatus_t st = run(p.algo, D);
   if (st != CUBLAS_STATUS_SUCCESS && optional) {  // an optional epilogue refused at run time: never again
     p.found = false;
     return false;
@@ -188,15 +254,26 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
 
 // What cuBLASLt answered for the GEMMs planned so far on this backend's
 // context: plans with a bias, GELU or bias-gradient epilogue that found an
-// algorithm, and those it refused (their callers then ran the fallback passes).
+// algorithm, and those it refused (their callers then ran the fallback
+// passes); with GEMM tuning, the plans tuned, those that kept another
+// algorithm than the heuristic's first, and the tuned plans' time over all
+// their calls by the tuning's timings, with the first and the kept algorithms.
 struct LtPlanCounts {
   int plans = 0, bias_found = 0, bias_refused = 0, gelu_found = 0, gelu_refused = 0, bgrad_found = 0,
       bgrad_refused = 0;
+  int tuned = 0, switched = 0;
+  double first_ms = 0, chosen_ms = 0;
 };
 inline LtPlanCounts lt_plan_counts(const Cuda& be) {
   LtPlanCounts c;
   for (const auto& [key, plan] : be.ctx->lt_plans) {
     ++c.plans;
+    if (plan->candidates > 0) {
+      ++c.tuned;
+      c.switched += plan->chosen != 0;
+      c.first_ms += double(plan->calls) * plan->first_ms;
+      c.chosen_ms += double(plan->calls) * plan->chosen_ms;
+    }
     const std::int64_t epilogue = key[10];  // bias + 2·gelu + 4·gelu_grad + 8·bias_grad, as lt_matmul_try makes the key
     if (epilogue & 8) ++(plan->found ? c.bgrad_found : c.bgrad_refused);
     else if (epilogue & 2) ++(plan->found ? c.gelu_found : c.gelu_refused);
