@@ -75,9 +75,19 @@ struct Timing {
   std::vector<double> alpha;
 };
 
+// One GEMM plan of a run: its shape (cuBLASLt's column-major m, n, k), epilogue bits
+// (matmul.hpp: bias 1, GELU 2, GELU backward 4, bias gradient 8), calls, and with
+// tuning the times per call of the heuristic's first algorithm and of the one kept.
+struct GemmPlan {
+  std::int64_t m = 0, n = 0, k = 0, epilogue = 0, calls = 0;
+  int candidates = 0, chosen = 0;
+  double first_ms = 0, chosen_ms = 0;
+};
+
 struct Ours {
   Timing train, dro;
   backend::cuda::LtPlanCounts gemms;  // which fused epilogues cuBLASLt took
+  std::vector<GemmPlan> plans;
   bool gemm_tuning = false;           // whether the run tuned its GEMMs
 };
 
@@ -164,8 +174,33 @@ Ours time_ours(const Options& o, bool tune_gemms = false) {
   r.dro.alpha = dw.alpha();
   r.gemms = backend::cuda::lt_plan_counts(gpu);
   r.gemm_tuning = gpu.gemm_tuning();
+  for (const auto& [key, plan] : gpu.ctx->lt_plans)  // key: see lt_matmul_try
+    r.plans.push_back({key[4], key[5], key[6], key[10], plan->calls, plan->candidates, plan->chosen,
+                       plan->first_ms, plan->chosen_ms});
   return r;
 }  // GPU memory of both models and the optimiser freed here, before the twin runs
+
+// The tuned run's GEMM plans, most time per step first: shape, calls per
+// step (of both kinds), and the tuning's time per call and TFLOP/s for the
+// heuristic's first algorithm and the one kept.
+void print_gemm_plans(std::vector<GemmPlan> plans, int steps_per_kind) {
+  const auto per_step = [&](const GemmPlan& p) { return double(p.calls) / (2.0 * steps_per_kind); };
+  std::sort(plans.begin(), plans.end(), [&](const GemmPlan& a, const GemmPlan& b) {
+    return per_step(a) * a.first_ms > per_step(b) * b.first_ms;
+  });
+  fmt::print("GEMM plans (cuBLASLt's column-major m x n x k; epilogue: 1 bias, 2 GELU, 4 GELU backward, 8 bias "
+             "gradient), tuned run, by time per step:\n");
+  fmt::print("  {:>22} {:>4} {:>10} {:>12} {:>8} {:>12} {:>8} {:>10}\n", "m x n x k", "epi", "calls/step",
+             "first ms", "TFLOP/s", "kept ms", "TFLOP/s", "kept");
+  for (const GemmPlan& p : plans) {
+    const double flop = 2.0 * double(p.m) * double(p.n) * double(p.k);
+    auto tflops = [&](double ms) { return ms > 0 ? fmt::format("{:8.0f}", flop / ms / 1e9) : fmt::format("{:>8}", "-"); };
+    fmt::print("  {:>22} {:>4} {:>10.1f} {:>12.4f} {} {:>12.4f} {} {:>10}\n",
+               fmt::format("{} x {} x {}", p.m, p.n, p.k), p.epilogue, per_step(p), p.first_ms, tflops(p.first_ms),
+               p.chosen_ms, tflops(p.chosen_ms),
+               p.candidates ? fmt::format("{} of {}", p.chosen, p.candidates) : std::string("untuned"));
+  }
+}
 
 // The median seconds of `steps` runs of f after `warmup` untimed ones, each
 // timed on the host between two synchronisations of gpu's stream.
@@ -416,6 +451,7 @@ int run(const Options& o) {
       fmt::print("GEMM tuning: {} of {} plans tuned, {} kept another algorithm than the heuristic's first; by the "
                  "tuning's timings the tuned plans' calls take {:.3f}x the time of the heuristic's first\n",
                  g.tuned, g.plans, g.switched, g.first_ms > 0 ? g.chosen_ms / g.first_ms : 0.0);
+      print_gemm_plans(tuned.plans, o.warmup + o.steps);
     } catch (const std::exception& e) {
       tuned_error = e.what();
       fmt::print("doremi-cpp with GEMM tuning FAILED: {}\n", tuned_error);
