@@ -194,10 +194,11 @@ void print_gemm_plans(std::vector<GemmPlan> plans, int steps_per_kind) {
              "first ms", "TFLOP/s", "kept ms", "TFLOP/s", "kept");
   for (const GemmPlan& p : plans) {
     const double flop = 2.0 * double(p.m) * double(p.n) * double(p.k);
-    auto tflops = [&](double ms) { return ms > 0 ? fmt::format("{:8.0f}", flop / ms / 1e9) : fmt::format("{:>8}", "-"); };
-    fmt::print("  {:>22} {:>4} {:>10.1f} {:>12.4f} {} {:>12.4f} {} {:>10}\n",
-               fmt::format("{} x {} x {}", p.m, p.n, p.k), p.epilogue, per_step(p), p.first_ms, tflops(p.first_ms),
-               p.chosen_ms, tflops(p.chosen_ms),
+    auto ms_cells = [&](double ms) {  // ms per call and TFLOP/s; "-" where not timed
+      return ms > 0 ? fmt::format("{:>12.4f} {:>8.0f}", ms, flop / ms / 1e9) : fmt::format("{:>12} {:>8}", "-", "-");
+    };
+    fmt::print("  {:>22} {:>4} {:>10.1f} {} {} {:>10}\n", fmt::format("{} x {} x {}", p.m, p.n, p.k), p.epilogue,
+               per_step(p), ms_cells(p.first_ms), ms_cells(p.chosen_ms),
                p.candidates ? fmt::format("{} of {}", p.chosen, p.candidates) : std::string("untuned"));
   }
 }
@@ -448,9 +449,13 @@ int run(const Options& o) {
       tuned = time_ours(o, true);
       tuned_error.clear();
       const auto& g = tuned.gemms;
-      fmt::print("GEMM tuning: {} of {} plans tuned, {} kept another algorithm than the heuristic's first; by the "
-                 "tuning's timings the tuned plans' calls take {:.3f}x the time of the heuristic's first\n",
-                 g.tuned, g.plans, g.switched, g.first_ms > 0 ? g.chosen_ms / g.first_ms : 0.0);
+      fmt::print("GEMM tuning: {} of {} plans tuned (cuBLASLt offered more than one algorithm), {} kept another "
+                 "than the heuristic's first{}\n",
+                 g.tuned, g.plans, g.switched,
+                 g.first_ms > 0 ? fmt::format("; by the tuning's timings the tuned plans' calls take {:.3f}x the "
+                                              "time of the heuristic's first",
+                                              g.chosen_ms / g.first_ms)
+                                : std::string());
       print_gemm_plans(tuned.plans, o.warmup + o.steps);
     } catch (const std::exception& e) {
       tuned_error = e.what();
