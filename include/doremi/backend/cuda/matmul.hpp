@@ -236,11 +236,18 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
   };
   if (!candidates.empty()) {
     // The timing runs write D and the epilogue's outputs, which this call
-    // then overwrites; where D is also an input (accumulation), a temporary D.
+    // then overwrites; where D is also an input (accumulation), a temporary
+    // D (no memory for it: no tuning, the heuristic's first).
     const bool d_is_input = (beta != 0 && C == D) || (gelu_grad && gelu_aux == D);
-    DeviceBuffer<Out> tmp(d_is_input ? std::size_t(ldd) * std::size_t(n) : 0);
+    DeviceBuffer<Out> tmp;
+    try {
+      if (d_is_input) tmp.resize(std::size_t(ldd) * std::size_t(n));
+    } catch (const Error&) {
+      candidates.clear();
+    }
     Out* const d = d_is_input ? tmp.data() : D;
-    lt_tune(p, candidates, [&](const cublasLtMatmulAlgo_t& algo) { return run(algo, d); }, be.stream());
+    if (!candidates.empty())
+      lt_tune(p, candidates, [&](const cublasLtMatmulAlgo_t& algo) { return run(algo, d); }, be.stream());
   }
   ++p.calls;
   const cublasStatus_t st = run(p.algo, D);
