@@ -619,7 +619,8 @@ struct TunedProducts {
   std::vector<float> y, r, dx, dw, db, dw16, db16;
   backend::cuda::LtPlanCounts counts;
 };
-TunedProducts tuning_products(bool tuning) {
+// before_products (if given) runs once the inputs are on the device.
+TunedProducts tuning_products(bool tuning, void (*before_products)() = nullptr) {
   const Cuda be;
   be.set_gemm_tuning(tuning);
   const int N = 40, in = 24, out = 16;
@@ -631,6 +632,7 @@ TunedProducts tuning_products(bool tuning) {
   auto d_dyb = to_device_bf16(dy);
   DeviceBuffer<float> d_y(std::size_t(N) * out), d_dx(x.size()), d_dx16(x.size());
   gpu().synchronize();  // the inputs were made on the shared context's stream
+  if (before_products) before_products();
   backend::matmul_forward<MatmulPrecision::bf16>(be, d_y.data(), d_x.data(), d_w.data(), d_b.data(), N, in, out);
   backend::matmul_forward<MatmulPrecision::bf16>(be, d_r.data(), d_x.data(), d_w.data(), d_b.data(), N, in, out,
                                                  static_cast<const float*>(d_r.data()));
@@ -647,13 +649,24 @@ TunedProducts tuning_products(bool tuning) {
   r.dw16 = to_host(d_dw16), r.db16 = to_host(d_db16);
   return r;
 }
+
+#ifdef DOREMI_CUDA_EMULATE
+// The fake cuBLASLt offers 4 algorithms that compute alike; the third is the
+// fast one. Back to one (and every allocation granted) when the test ends.
+struct FakeGemmAlgorithms {
+  FakeGemmAlgorithms() { emu::set_gemm_algorithms(4, 2); }
+  ~FakeGemmAlgorithms() {
+    emu::set_gemm_algorithms(1, -1);
+    emu::refuse_allocations_of(0);
+  }
+};
+#endif
 }  // namespace
 
 TEST_CASE("cuda: GEMM tuning keeps the fastest algorithm; its timing runs leave the results alone") {
   REQUIRE_GPU();
 #ifdef DOREMI_CUDA_EMULATE
-  // The fake cuBLASLt offers 4 algorithms that compute alike; the third is the fast one.
-  emu::set_gemm_algorithms(4, 2);
+  const FakeGemmAlgorithms algorithms;
 #endif
   const TunedProducts plain = tuning_products(false);
   const TunedProducts tuned = tuning_products(true);
@@ -661,7 +674,6 @@ TEST_CASE("cuda: GEMM tuning keeps the fastest algorithm; its timing runs leave 
   MESSAGE("GEMM tuning: " << tuned.counts.tuned << " of " << tuned.counts.plans << " plans tuned, "
                           << tuned.counts.switched << " switched");
 #ifdef DOREMI_CUDA_EMULATE
-  emu::set_gemm_algorithms(1, -1);
   CHECK(emu::last_gemm_algorithm() == 2);
   CHECK(tuned.counts.tuned == tuned.counts.plans);
   CHECK(tuned.counts.switched == tuned.counts.plans);
@@ -679,6 +691,20 @@ TEST_CASE("cuda: GEMM tuning keeps the fastest algorithm; its timing runs leave 
   check_close(tuned.dw16, plain.dw16, tol, tol, "dW, bf16 dout (accumulated)");
   check_close(tuned.db16, plain.db16, tol, tol, "db, bf16 dout (bias-gradient epilogue)");
 }
+
+#ifdef DOREMI_CUDA_EMULATE
+TEST_CASE("cuda: GEMM tuning without memory for an accumulating call's temporary output leaves that plan untuned") {
+  const FakeGemmAlgorithms algorithms;
+  // After the inputs are made, no allocation of dW's size (16 × 24 fp32): the dW products' temporary D.
+  const TunedProducts plain = tuning_products(false);
+  const TunedProducts tuned = tuning_products(true, [] { emu::refuse_allocations_of(16 * 24 * sizeof(float)); });
+  CHECK(tuned.counts.tuned > 0);
+  CHECK(tuned.counts.tuned == tuned.counts.plans - 2);  // both dW plans (fp32 and bf16 dout) untuned
+  check_close(tuned.dw, plain.dw, 0, 0, "dW (accumulated)");
+  check_close(tuned.dw16, plain.dw16, 0, 0, "dW, bf16 dout (accumulated)");
+  check_close(tuned.r, plain.r, 0, 0, "residual + y, in place (tuned: its temporary is another size)");
+}
+#endif
 
 TEST_CASE("cuda: GEMM tuning is off by default; DOREMI_CUDA_GEMM_TUNING takes 1 or 0") {
   REQUIRE_GPU();

@@ -57,6 +57,8 @@ std::size_t device_allocations();
 // of the algorithm its last matrix product ran with.
 void set_gemm_algorithms(int count, int fastest);
 int last_gemm_algorithm();
+// cudaMalloc of exactly `bytes` fails as out of memory (0: none does).
+void refuse_allocations_of(std::size_t bytes);
 
 struct Dim {
   unsigned x = 1, y = 1, z = 1;

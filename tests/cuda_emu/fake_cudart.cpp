@@ -62,9 +62,13 @@ std::unordered_map<void*, std::size_t>& live_allocations() {
   static std::unordered_map<void*, std::size_t> m;
   return m;
 }
-std::size_t live_bytes = 0, malloc_calls = 0;
+std::size_t live_bytes = 0, malloc_calls = 0, refused_size = 0;
 }  // namespace
 cudaError_t cudaMalloc(void** p, size_t n) {
+  if (n == refused_size) {  // emu::refuse_allocations_of
+    *p = nullptr;
+    return cudaErrorMemoryAllocation;
+  }
   *p = std::malloc(n);
   if (!*p) return cudaErrorMemoryAllocation;
   live_allocations()[*p] = n;
@@ -135,6 +139,7 @@ void set_gemm_algorithms(int count, int fastest) {
   fastest_gemm = fastest;
 }
 int last_gemm_algorithm() { return last_gemm; }
+void refuse_allocations_of(std::size_t bytes) { refused_size = bytes; }
 }  // namespace emu
 
 namespace {
