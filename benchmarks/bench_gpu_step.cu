@@ -75,11 +75,11 @@ struct Timing {
   std::vector<double> alpha;
 };
 
-// One GEMM plan of a run: its shape (cuBLASLt's column-major m, n, k), epilogue bits
-// (matmul.hpp: bias 1, GELU 2, GELU backward 4, bias gradient 8), calls, and with
+// One GEMM plan of a run: its shape (matmul.hpp's LtShape), calls, and with
 // tuning the times per call of the heuristic's first algorithm and of the one kept.
 struct GemmPlan {
-  std::int64_t m = 0, n = 0, k = 0, epilogue = 0, calls = 0;
+  backend::cuda::LtShape shape{};
+  std::int64_t calls = 0;
   int candidates = 0, chosen = 0;
   double first_ms = 0, chosen_ms = 0;
 };
@@ -174,9 +174,9 @@ Ours time_ours(const Options& o, bool tune_gemms = false) {
   r.dro.alpha = dw.alpha();
   r.gemms = backend::cuda::lt_plan_counts(gpu);
   r.gemm_tuning = gpu.gemm_tuning();
-  for (const auto& [key, plan] : gpu.ctx->lt_plans)  // key: see lt_matmul_try
-    r.plans.push_back({key[4], key[5], key[6], key[10], plan->calls, plan->candidates, plan->chosen,
-                       plan->first_ms, plan->chosen_ms});
+  for (const auto& [key, plan] : gpu.ctx->lt_plans)
+    r.plans.push_back({backend::cuda::lt_shape(key), plan->calls, plan->candidates, plan->chosen, plan->first_ms,
+                       plan->chosen_ms});
   return r;
 }  // GPU memory of both models and the optimiser freed here, before the twin runs
 
@@ -193,11 +193,12 @@ void print_gemm_plans(std::vector<GemmPlan> plans, int steps_per_kind) {
   fmt::print("  {:>22} {:>4} {:>10} {:>12} {:>8} {:>12} {:>8} {:>10}\n", "m x n x k", "epi", "calls/step",
              "first ms", "TFLOP/s", "kept ms", "TFLOP/s", "kept");
   for (const GemmPlan& p : plans) {
-    const double flop = 2.0 * double(p.m) * double(p.n) * double(p.k);
+    const auto& [m, n, k, epilogue] = p.shape;
+    const double flop = 2.0 * double(m) * double(n) * double(k);
     auto ms_cells = [&](double ms) {  // ms per call and TFLOP/s; "-" where not timed
       return ms > 0 ? fmt::format("{:>12.4f} {:>8.0f}", ms, flop / ms / 1e9) : fmt::format("{:>12} {:>8}", "-", "-");
     };
-    fmt::print("  {:>22} {:>4} {:>10.1f} {} {} {:>10}\n", fmt::format("{} x {} x {}", p.m, p.n, p.k), p.epilogue,
+    fmt::print("  {:>22} {:>4} {:>10.1f} {} {} {:>10}\n", fmt::format("{} x {} x {}", m, n, k), epilogue,
                per_step(p), ms_cells(p.first_ms), ms_cells(p.chosen_ms),
                p.candidates ? fmt::format("{} of {}", p.chosen, p.candidates) : std::string("untuned"));
   }

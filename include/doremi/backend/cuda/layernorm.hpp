@@ -298,7 +298,7 @@ void layernorm_backward_k(const Cuda& be, T* dx, ColumnOuts<T, 2 * K> dwdb, Laye
   const int threads = ((groups + G - 1) / G + 31) / 32 * 32;
   A* partial = column_partials_scratch<A, 2 * K>(be, N, C);
   const auto launch = [&](auto kernel) {
-    DOREMI_CUDA_LAUNCH((N + column_chunk_rows - 1) / column_chunk_rows, threads, 0, be.stream(), kernel)(dx, partial,
+    DOREMI_CUDA_LAUNCH(column_chunks(N), threads, 0, be.stream(), kernel)(dx, partial,
         p, x, mean, rstd, N, C);
     DOREMI_CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
   };

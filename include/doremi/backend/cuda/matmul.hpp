@@ -259,6 +259,13 @@ bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const 
   return true;
 }
 
+// A plan's shape as lt_matmul_try keys it: cuBLASLt's column-major m, n, k
+// and the epilogue bits (bias 1, GELU 2, GELU backward 4, bias gradient 8).
+struct LtShape {
+  std::int64_t m, n, k, epilogue;
+};
+inline LtShape lt_shape(const LtKey& key) { return {key[4], key[5], key[6], key[10]}; }
+
 // What cuBLASLt answered for the GEMMs planned so far on this backend's
 // context: plans with a bias, GELU or bias-gradient epilogue that found an
 // algorithm, and those it refused (their callers then ran the fallback
@@ -281,7 +288,7 @@ inline LtPlanCounts lt_plan_counts(const Cuda& be) {
       c.first_ms += double(plan->calls) * plan->first_ms;
       c.chosen_ms += double(plan->calls) * plan->chosen_ms;
     }
-    const std::int64_t epilogue = key[10];  // bias + 2·gelu + 4·gelu_grad + 8·bias_grad, as lt_matmul_try makes the key
+    const std::int64_t epilogue = lt_shape(key).epilogue;
     if (epilogue & 8) ++(plan->found ? c.bgrad_found : c.bgrad_refused);
     else if (epilogue & 2) ++(plan->found ? c.gelu_found : c.gelu_refused);
     else if (epilogue & 1) ++(plan->found ? c.bias_found : c.bias_refused);

@@ -14,6 +14,8 @@
 namespace doremi::backend::cuda {
 
 inline constexpr int column_chunk_rows = 64;
+// The chunks (of column_chunk_rows rows) that `rows` rows make.
+inline int column_chunks(int rows) { return (rows + column_chunk_rows - 1) / column_chunk_rows; }
 
 // Accumulator type of sums: fp32 data sums in fp32, fp64 in fp64.
 template <class T>
@@ -83,17 +85,15 @@ __global__ void column_finish_kernel(ColumnOuts<T, M> out, const A* partial, int
 // Scratch for the chunk partials of M sums over `rows` rows of `width` columns.
 template <class A, int M>
 A* column_partials_scratch(const Cuda& be, int rows, int width) {
-  const int chunks = (rows + column_chunk_rows - 1) / column_chunk_rows;
-  return static_cast<A*>(be.ctx->scratch_bytes(std::size_t(chunks) * M * width * sizeof(A)));
+  return static_cast<A*>(be.ctx->scratch_bytes(std::size_t(column_chunks(rows)) * M * width * sizeof(A)));
 }
 
 // out.p[m][j] += Σ_chunks partial[chunk, m, j] (stage 2; partial from stage 1
 // or a kernel that leaves the same layout, such as LayerNorm's backward).
 template <class A, int M, class T>
 void column_finish(const Cuda& be, ColumnOuts<T, M> out, const A* partial, int rows, int width) {
-  const int chunks = (rows + column_chunk_rows - 1) / column_chunk_rows;
   DOREMI_CUDA_LAUNCH(dim3((width + 31) / 32, M), column_finish_threads, 0, be.stream(),
-                     column_finish_kernel<A, M>)(out, partial, chunks, width);
+                     column_finish_kernel<A, M>)(out, partial, column_chunks(rows), width);
   DOREMI_CUDA_CHECK_LAUNCH("column_finish_kernel");
 }
 
@@ -103,7 +103,7 @@ template <class A, int M, class T, class F>
 void column_reduce_add(const Cuda& be, ColumnOuts<T, M> out, int rows, int width, F f) {
   if (rows <= 0 || width <= 0) return;
   A* partial = column_partials_scratch<A, M>(be, rows, width);
-  const dim3 grid((width + 255) / 256, (rows + column_chunk_rows - 1) / column_chunk_rows);
+  const dim3 grid((width + 255) / 256, column_chunks(rows));
   DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), column_partials_kernel<A, M>)(partial, rows, width, f);
   DOREMI_CUDA_CHECK_LAUNCH("column_partials_kernel");
   column_finish<A, M>(be, out, partial, rows, width);
