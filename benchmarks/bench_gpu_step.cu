@@ -145,24 +145,22 @@ Ours time_ours(const Options& o, bool tune_gemms = false) {
   for (int s = 0; s < o.warmup + o.steps; ++s) {
     const auto t0 = clock();
     proxy.zero_grad();
-    const auto ref = reference.forward(inputs, targets, B, T);
+    const auto ref = reference.forward_losses(inputs, targets, B, T);
     const auto out = proxy.forward(inputs, targets, B, T);
     std::fill(excess.begin(), excess.end(), 0.0);
     std::fill(count.begin(), count.end(), 0.0);
-    for (int j = 0; j < N; ++j) {
-      if (!out.mask[std::size_t(j)]) continue;
-      const auto d = std::size_t(domain[std::size_t(j / T)]);
-      excess[d] += std::max(double(out.losses[std::size_t(j)]) - double(ref.losses[std::size_t(j)]), 0.0);
-      count[d] += 1;
+    const auto rows = row_loss_sums(gpu, out.losses.data(), out.mask.data(), B, T, ref.losses.data());
+    for (int b = 0; b < B; ++b) {
+      const auto d = std::size_t(domain[std::size_t(b)]);
+      excess[d] += rows[std::size_t(b)].excess;
+      count[d] += rows[std::size_t(b)].tokens;
     }
     dw.update(excess, count);
     const std::vector<double> w = dw.loss_weights();
     double denom = 0;
-    for (int j = 0; j < N; ++j)
-      if (out.mask[std::size_t(j)]) denom += w[std::size_t(domain[std::size_t(j / T)])];
-    for (int j = 0; j < N; ++j)
-      token_w[std::size_t(j)] =
-          out.mask[std::size_t(j)] ? float(w[std::size_t(domain[std::size_t(j / T)])] / denom) : 0.0f;
+    for (int d = 0; d < k; ++d) denom += w[std::size_t(d)] * count[std::size_t(d)];
+    for (int b = 0; b < B; ++b)
+      std::fill_n(token_w.begin() + std::ptrdiff_t(b) * T, T, float(w[std::size_t(domain[std::size_t(b)])] / denom));
     proxy.backward(token_w);
     adam.step(proxy.parameters(), proxy.gradients(), groups, lr);
     const auto t1 = clock();

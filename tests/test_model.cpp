@@ -111,6 +111,27 @@ TEST_CASE("model forward: padding targets give zero loss and no gradient, mask c
   CHECK(out.losses[3] == 0.0);
   CHECK(out.mask[3] == 0);
   CHECK(out.mask[0] == 1);
+  // The totals come from row_loss_sums: per sequence, in token order.
+  double sum = 0;
+  for (std::size_t j = 0; j < out.losses.size(); ++j) sum += out.losses[j];
+  CHECK(out.loss_sum == doctest::Approx(sum).epsilon(1e-14));
+  CHECK(m.host_losses().data() == out.losses.data());  // the CPU's buffers are host memory
+  // Against a reference's losses (the DRO step): per-row excess max(ℓ − ℓ_ref, 0) over real tokens only.
+  std::vector<double> ref(out.losses.begin(), out.losses.end());
+  for (std::size_t j = 0; j < ref.size(); ++j) ref[j] += (j % 2 ? 0.25 : -0.5);
+  const auto rows = backend::row_loss_sums(m.backend(), out.losses.data(), out.mask.data(), b.B, b.T, ref.data());
+  REQUIRE(rows.size() == std::size_t(b.B));
+  double tokens = 0, excess = 0, want_excess = 0;
+  for (const auto& r : rows) {
+    tokens += r.tokens;
+    excess += r.excess;
+  }
+  for (std::size_t j = 0; j < ref.size(); ++j)
+    if (out.mask[j]) want_excess += j % 2 ? 0.0 : 0.5;
+  CHECK(tokens == double(out.tokens));
+  CHECK(excess == doctest::Approx(want_excess).epsilon(1e-12));
+  CHECK(std::isnan(backend::excess_loss(std::nan(""), 1.0)));  // a diverged proxy is not scored 0
+  CHECK(backend::excess_loss(1.0, 2.0) == 0.0);
   // A fresh model predicts close to uniform over the padded vocabulary.
   CHECK(out.mean_loss() == doctest::Approx(std::log(double(Cfg::padded_vocab))).epsilon(0.05));
   // Weight on a padding position changes nothing.

@@ -307,3 +307,57 @@ TEST_CASE("cuda: classifier rejects non-positive shapes before any CUDA call, na
   CHECK(m.find("V = -1") != std::string::npos);
   gpu().synchronize();  // and the stream is still usable
 }
+
+// The per-row totals the trainers read of a forward (row_loss_sums): the GPU's
+// block reduction against the CPU's token-order sums, over rows longer than a
+// block (T = 300: every thread adds two or three tokens), a row with every
+// target padding, a row where the proxy is better everywhere (excess 0), and
+// a NaN loss, which must reach that row's loss and excess and no other row.
+TEST_CASE("cuda: row_loss_sums (DRO per-sequence totals) matches the CPU; masks, T past the block, NaN") {
+  REQUIRE_GPU();
+  const int B = 5, T = 300;
+  const std::size_t N = std::size_t(B) * T;
+  const auto a = randn(N, 77), b = randn(N, 78);
+  std::vector<float> losses(N), ref(N);
+  std::vector<std::uint8_t> mask(N);
+  for (std::size_t j = 0; j < N; ++j) {
+    const std::size_t row = j / T;
+    mask[j] = row != 1 && j % 11 != 4;  // row 1: all padding
+    losses[j] = mask[j] ? 3.0f + std::abs(a[j]) : 0.0f;
+    ref[j] = mask[j] ? (row == 2 ? losses[j] + 0.5f : 3.0f + std::abs(b[j])) : 0.0f;  // row 2: proxy better
+  }
+  losses[3 * std::size_t(T) + 18] = std::nanf("");  // row 3, a real token (918 % 11 != 4)
+  REQUIRE(mask[3 * std::size_t(T) + 18] == 1);
+  const auto d_losses = to_device(losses), d_ref = to_device(ref);
+  const auto d_mask = to_device(mask);
+  for (const bool with_ref : {true, false}) {
+    CAPTURE(with_ref);
+    const float* cref = with_ref ? ref.data() : nullptr;
+    const float* gref = with_ref ? d_ref.data() : nullptr;
+    const auto want = backend::row_loss_sums(Cpu{}, losses.data(), mask.data(), B, T, cref);
+    const auto got = backend::row_loss_sums(gpu(), d_losses.data(), d_mask.data(), B, T, gref);
+    REQUIRE(got.size() == std::size_t(B));
+    for (int r = 0; r < B; ++r) {
+      CAPTURE(r);
+      const auto& g = got[std::size_t(r)];
+      const auto& w = want[std::size_t(r)];
+      CHECK(g.tokens == w.tokens);  // counts are exact
+      const auto close = [](double x, double y) { return std::isnan(y) ? std::isnan(x) : std::abs(x - y) <= 1e-12 * std::abs(y); };
+      CHECK(close(g.loss, w.loss));
+      CHECK(close(g.reference, w.reference));
+      CHECK(close(g.excess, w.excess));
+    }
+    CHECK(got[1].tokens == 0);
+    CHECK(got[1].loss == 0);
+    CHECK(std::isnan(got[3].loss));
+    CHECK(std::isfinite(got[4].loss));
+    if (with_ref) {
+      CHECK(got[2].excess == 0);
+      CHECK(got[0].excess > 0);
+      CHECK(std::isnan(got[3].excess));
+    } else {
+      CHECK(got[0].excess == 0);  // nothing to compare with
+      CHECK(got[0].reference == 0);
+    }
+  }
+}

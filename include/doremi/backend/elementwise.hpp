@@ -1,7 +1,9 @@
 #pragma once
 // Elementwise math shared by every backend (plain inline functions on the CPU,
 // __host__ __device__ under nvcc): GELU in both flavours, the rotary
-// rotation of one (x1, x2) pair, and the arithmetic type of stored elements. Written once so the backends cannot drift.
+// rotation of one (x1, x2) pair, the arithmetic type of stored elements and
+// the per-row loss totals of the DRO step. Written once so the backends cannot
+// drift.
 #include <cmath>
 #include <type_traits>
 
@@ -62,5 +64,37 @@ DOREMI_HD void rotate(T& x1, T& x2, T c, T s) {
 }
 template <class T>
 DOREMI_HD void rotate_back(T& x1, T& x2, T c, T s) { rotate(x1, x2, c, -s); }
+
+// The DRO step's excess loss of one token, max(ℓ_θ − ℓ_ref, 0) (doremi.md,
+// step 3); a NaN stays NaN, so a diverged model cannot pass for a good one.
+DOREMI_HD double excess_loss(double proxy, double ref) {
+  const double d = proxy - ref;
+  return d < 0 ? 0.0 : d;
+}
+
+// One batch row's totals over its real (unmasked) tokens, in double: the
+// losses' sum and count and, against a reference model's losses of the same
+// tokens, theirs and the excess losses' (row_loss_sums in each backend). An
+// aggregate: zero it with `RowLossSums s{}`.
+struct RowLossSums {
+  double loss, tokens, reference, excess;
+
+  DOREMI_HD void add(double l) {
+    loss += l;
+    tokens += 1;
+  }
+  DOREMI_HD void add(double l, double ref) {
+    add(l);
+    reference += ref;
+    excess += excess_loss(l, ref);
+  }
+  DOREMI_HD RowLossSums& operator+=(const RowLossSums& o) {
+    loss += o.loss;
+    tokens += o.tokens;
+    reference += o.reference;
+    excess += o.excess;
+    return *this;
+  }
+};
 
 }  // namespace doremi::backend

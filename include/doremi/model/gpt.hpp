@@ -29,6 +29,9 @@ namespace doremi {
 
 template <class Scalar>
 struct ForwardResult {
+  // In the backend's memory, as Model::parameters() (device memory on CUDA:
+  // Model::host_losses() / host_mask() copy them; row_loss_sums reduces them
+  // where they are), valid until the model's next forward.
   std::span<const Scalar> losses;      // [B·T], per-token cross-entropy (0 where masked)
   std::span<const std::uint8_t> mask;  // [B·T], 1 where the target is a real token
   std::size_t tokens = 0;              // number of unmasked targets
@@ -109,15 +112,13 @@ class Model {
 
   // The parameters readable on the host: the buffer itself on the CPU, a
   // fresh copy (valid until the next call) on a device.
-  std::span<const scalar> host_parameters() const {
-    if constexpr (host_memory) {
-      return parameters();
-    } else {
-      params_host_.resize(params_.size());
-      download(be_, params_host_.data(), params_.data(), params_.size());
-      return {params_host_.data(), params_host_.size()};
-    }
-  }
+  std::span<const scalar> host_parameters() const { return host_view(params_, params_host_); }
+  // The last forward's per-token losses and mask readable on the host: the
+  // buffers themselves on the CPU, fresh copies (valid until the next call)
+  // on a device.
+  std::span<const scalar> host_losses() const { return host_view(losses_, losses_host_); }
+  std::span<const std::uint8_t> host_mask() const { return host_view(mask_, mask_host_); }
+
   // Replaces every parameter with host values.
   void upload_parameters(std::span<const scalar> values) {
     if (values.size() != params_.size())
@@ -233,6 +234,18 @@ class Model {
   Backend& backend() { return be_; }
 
  private:
+  // A backend buffer readable on the host: itself, or its copy in `host`.
+  template <class U>
+  std::span<const U> host_view(const Buffer<U>& b, std::vector<U>& host) const {
+    if constexpr (host_memory) {
+      return {b.data(), b.size()};
+    } else {
+      host.resize(b.size());
+      download(be_, host.data(), b.data(), b.size());
+      return {host.data(), host.size()};
+    }
+  }
+
   void check_batch(std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, int B, int T) const {
     if (B <= 0 || T <= 0 || T > Cfg::n_ctx)
       fail("Model<{}>::forward: batch {}x{} is invalid (need B > 0 and 0 < T <= context {})", Cfg::name, B, T,
@@ -312,22 +325,12 @@ class Model {
                       Cfg::ln_eps);
     classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
                                     targets_.data(), N, C, V, for_backward);
-    const scalar* losses = losses_.data();
-    const std::uint8_t* mask = mask_.data();
-    if constexpr (!host_memory) {  // the trainers read both on the host
-      losses_host_.resize(std::size_t(N));
-      mask_host_.resize(std::size_t(N));
-      download(be_, losses_host_.data(), losses, std::size_t(N));
-      download(be_, mask_host_.data(), mask, std::size_t(N));
-      losses = losses_host_.data();
-      mask = mask_host_.data();
-    }
     ForwardResult<scalar> r;
-    r.losses = {losses, std::size_t(N)};
-    r.mask = {mask, std::size_t(N)};
-    for (int n = 0; n < N; ++n) {
-      r.tokens += mask[n];
-      r.loss_sum += double(losses[n]);
+    r.losses = {losses_.data(), std::size_t(N)};
+    r.mask = {mask_.data(), std::size_t(N)};
+    for (const backend::RowLossSums& row : row_loss_sums(be_, losses_.data(), mask_.data(), B, T)) {
+      r.tokens += std::size_t(row.tokens);
+      r.loss_sum += row.loss;
     }
     has_forward_ = for_backward;
     return r;
@@ -425,8 +428,8 @@ class Model {
   Buffer<std::int32_t> tokens_, targets_;
   // Host mirrors for device backends (unused on the CPU).
   mutable std::vector<scalar> params_host_;
-  std::vector<scalar> losses_host_;
-  std::vector<std::uint8_t> mask_host_;
+  mutable std::vector<scalar> losses_host_;
+  mutable std::vector<std::uint8_t> mask_host_;
   int B_ = 0, T_ = 0;
   bool has_forward_ = false;
   std::size_t layer_stride_ = 0, op_layer_stride_ = 0;  // elements between layers' buffers (0: shared)

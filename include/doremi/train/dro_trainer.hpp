@@ -20,6 +20,7 @@
 //   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
 //   dro.run();
 //   dro.write_domain_weights("out");   // avg_domain_weights.json + domain_config.json
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -52,24 +53,23 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
 
   void accumulate_gradients(const std::vector<Batch>& micro, std::size_t tokens, StepStats& s) {
     const std::size_t k = dw_.names().size();
+    // Per-domain totals: excess loss, tokens, proxy and reference loss sums.
     std::vector<double> excess(k, 0.0), count(k, 0.0), proxy_sum(k, 0.0), ref_sum(k, 0.0);
-    std::vector<std::vector<scalar>> proxy_losses(micro.size());
-    std::vector<std::vector<std::uint8_t>> masks(micro.size());
-    // Pass 1: score every micro-batch (steps 2–4).
-    for (std::size_t m = 0; m < micro.size(); ++m) {
-      const Batch& b = micro[m];
+    // Pass 1: score every micro-batch (steps 2–4). The backend totals each
+    // sequence's tokens where the losses are (on a GPU: B totals reach the
+    // host, not B·T losses); a sequence belongs to one domain.
+    for (const Batch& b : micro) {
       check_domains(b, k);
       const auto ref = ref_.forward_losses(b.inputs, b.targets, b.B, b.T);  // no backward: one layer of activations
       const auto out = this->model_.forward(b.inputs, b.targets, b.B, b.T);
-      proxy_losses[m].assign(out.losses.begin(), out.losses.end());
-      masks[m].assign(out.mask.begin(), out.mask.end());
-      for (std::size_t j = 0; j < out.losses.size(); ++j) {
-        if (!out.mask[j]) continue;
-        const auto d = std::size_t(b.domain[j / std::size_t(b.T)]);
-        excess[d] += std::max(double(out.losses[j]) - double(ref.losses[j]), 0.0);
-        count[d] += 1;
-        proxy_sum[d] += double(out.losses[j]);
-        ref_sum[d] += double(ref.losses[j]);
+      const auto rows =
+          row_loss_sums(this->model_.backend(), out.losses.data(), out.mask.data(), b.B, b.T, ref.losses.data());
+      for (std::size_t r = 0; r < rows.size(); ++r) {
+        const auto d = std::size_t(b.domain[r]);
+        excess[d] += rows[r].excess;
+        count[d] += rows[r].tokens;
+        proxy_sum[d] += rows[r].loss;
+        ref_sum[d] += rows[r].reference;
       }
     }
     // Steps 5–6, once per step.
@@ -77,21 +77,20 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     // Step 7: L = Σ w[d]·ℓ / Σ w[d] over all the step's tokens.
     const std::vector<double> w = dw_.loss_weights();
     double denom = 0, weighted = 0;
-    for (std::size_t m = 0; m < micro.size(); ++m)
-      for (std::size_t j = 0; j < masks[m].size(); ++j)
-        if (masks[m][j]) {
-          const double wd = w[std::size_t(micro[m].domain[j / std::size_t(micro[m].T)])];
-          denom += wd;
-          weighted += wd * double(proxy_losses[m][j]);
-        }
+    for (std::size_t d = 0; d < k; ++d) {
+      denom += w[d] * count[d];
+      weighted += w[d] * proxy_sum[d];
+    }
     if (!(denom > 0))
       fail("DRO step {}: every token of the step belongs to a domain with loss weight 0", this->step_ + 1);
     for (std::size_t m = micro.size(); m-- > 0;) {
       const Batch& b = micro[m];
       if (m + 1 != micro.size()) this->model_.forward(b.inputs, b.targets, b.B, b.T);  // activations for backward
-      token_w_.assign(masks[m].size(), scalar(0));
-      for (std::size_t j = 0; j < masks[m].size(); ++j)
-        if (masks[m][j]) token_w_[j] = scalar(w[std::size_t(b.domain[j / std::size_t(b.T)])] / denom);
+      // A sequence's tokens share its domain's weight (padding's is ignored).
+      token_w_.resize(b.inputs.size());
+      for (int r = 0; r < b.B; ++r)
+        std::fill_n(token_w_.begin() + std::ptrdiff_t(r) * b.T, b.T,
+                    scalar(w[std::size_t(b.domain[std::size_t(r)])] / denom));
       this->model_.backward(token_w_);
     }
     s.loss = weighted / denom;

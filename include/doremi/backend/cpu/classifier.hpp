@@ -115,4 +115,22 @@ void classifier_backward(Cpu, T* dx, T* dw, const T* probs, const T* inv_sum, co
   }
 }
 
+// Per row r of a [B × Tn] batch, over its tokens whose mask is set: the
+// losses' sum and count and, with ref (another model's losses of the same
+// tokens: the DRO reference), ref's sum and the excess losses' (else 0); in
+// double, in token order. What the trainers read of a forward pass, so that
+// per-token losses need not leave the device on a GPU.
+template <class T>
+std::vector<RowLossSums> row_loss_sums(Cpu, const T* losses, const std::uint8_t* mask, int B, int Tn,
+                                       const T* ref = nullptr) {
+  std::vector<RowLossSums> out(static_cast<std::size_t>(B));
+  for (int b = 0; b < B; ++b)
+    for (std::size_t j = std::size_t(b) * Tn; j < std::size_t(b + 1) * Tn; ++j) {
+      if (!mask[j]) continue;
+      if (ref) out[std::size_t(b)].add(double(losses[j]), double(ref[j]));
+      else out[std::size_t(b)].add(double(losses[j]));
+    }
+  return out;
+}
+
 }  // namespace doremi::backend

@@ -37,11 +37,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include <cuda_bf16.h>
 
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/cuda/matmul.hpp"
+#include "doremi/backend/elementwise.hpp"
 
 namespace doremi::backend {
 
@@ -316,6 +318,55 @@ void classifier_backward(const Cuda& be, T* dx, G* dw, const T* probs, const flo
     cuda::classifier_scale_rows(be, dx, static_cast<const float*>(dx), weights, targets, N, C,
                                 "classifier_scale_rows_kernel (dx)");
   }
+}
+
+namespace cuda {
+
+// A block per batch row: each thread adds the row's tokens tid, tid + 128,
+// ..., then the 128 partial sums are added pairwise in a fixed order
+// (deterministic; the CPU adds in token order, so the two agree to rounding).
+inline constexpr int row_loss_threads = 128;
+
+template <class T>
+__global__ void row_loss_sums_kernel(RowLossSums* out, const T* losses, const std::uint8_t* mask, const T* ref,
+                                     int Tn) {
+  __shared__ double part[4][row_loss_threads];
+  const int tid = int(threadIdx.x);
+  const std::size_t row0 = std::size_t(blockIdx.x) * std::size_t(Tn);
+  RowLossSums s{};
+  for (int t = tid; t < Tn; t += row_loss_threads) {
+    const std::size_t j = row0 + std::size_t(t);
+    if (!mask[j]) continue;
+    if (ref) s.add(double(losses[j]), double(ref[j]));
+    else s.add(double(losses[j]));
+  }
+  part[0][tid] = s.loss, part[1][tid] = s.tokens, part[2][tid] = s.reference, part[3][tid] = s.excess;
+  __syncthreads();
+  for (int w = row_loss_threads / 2; w > 0; w /= 2) {
+    if (tid < w)
+      for (int q = 0; q < 4; ++q) part[q][tid] += part[q][tid + w];
+    __syncthreads();
+  }
+  if (tid == 0) out[blockIdx.x] = RowLossSums{part[0][0], part[1][0], part[2][0], part[3][0]};
+}
+
+}  // namespace cuda
+
+// Per batch row, the totals the trainers read of a forward pass (see the CPU
+// overload): reduced on the GPU, so only B of them, not the [B·Tn] losses and
+// mask, come to the host. losses, mask, ref: device pointers (ref may be
+// null). Blocks until the totals are on the host.
+template <class T>
+std::vector<RowLossSums> row_loss_sums(const Cuda& be, const T* losses, const std::uint8_t* mask, int B, int Tn,
+                                       const T* ref = nullptr) {
+  std::vector<RowLossSums> out(static_cast<std::size_t>(B));
+  if (B <= 0 || Tn <= 0) return out;
+  auto* d_out = static_cast<RowLossSums*>(be.ctx->scratch_bytes(out.size() * sizeof(RowLossSums)));
+  DOREMI_CUDA_LAUNCH(unsigned(B), cuda::row_loss_threads, 0, be.stream(), cuda::row_loss_sums_kernel<T>)(d_out,
+      losses, mask, ref, Tn);
+  DOREMI_CUDA_CHECK_LAUNCH("row_loss_sums_kernel");
+  cuda::copy_to_host(be, out.data(), d_out, out.size());
+  return out;
 }
 
 }  // namespace doremi::backend
