@@ -12,11 +12,13 @@
 // w_j = 1/tokens and the DRO trainer passes its domain weights. Parameters and
 // gradients each live in one flat buffer (see params.hpp for the table of
 // tensors with their HuggingFace GPT-NeoX names).
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "doremi/backend/cpu.hpp"
@@ -188,7 +190,7 @@ class Model {
       tw = weights_.data();
     }
     classifier_backward<Cfg::matmul>(be_, d_lnf(), G + lay.embed_out, probs(), inv_sum(), tw, lnf(),
-                        P + lay.embed_out, targets_.data(), N, C, V);
+                                     weight(lay.embed_out), targets_.data(), N, C, V);
     fill(be_, dres, scalar(0), std::size_t(N) * C);
     layernorm_backward(be_, dres, G + lay.lnf_w, G + lay.lnf_b, d_lnf(), res(L), P + lay.lnf_w, lnf_stats(),
                        lnf_stats() + N, N, C);
@@ -264,19 +266,26 @@ class Model {
     }
   }
 
-  // The blocks' weights as the products read them: the parameters
-  // themselves, or (operand_type not scalar) their copy, which the forward
-  // makes and the backward reuses. The blocks' tensors are contiguous, from
-  // the first block's to the final LayerNorm's; embeddings are not copied.
+  // The weights as the products read them: the parameters themselves, or
+  // (operand_type not scalar) their copy, which the forward makes and the
+  // backward reuses. It covers the blocks' tensors (contiguous, from the
+  // first block's to the final LayerNorm's) and the output embedding: with
+  // tied embeddings the input embedding, first in the layout (with learned
+  // positions after it), else the last tensor (after the final LayerNorm).
+  static std::pair<std::size_t, std::size_t> weight_copy_range() {
+    const ParamLayout& lay = layout();
+    const std::size_t out_end = lay.embed_out + std::size_t(V) * C;
+    return {std::min(lay.blocks.front().ln1_w, lay.embed_out), std::max(lay.lnf_w, out_end)};
+  }
   const operand_type* weight(std::size_t offset) const {
     if constexpr (std::is_same_v<operand_type, scalar>) return params_.data() + offset;
-    else return params_op_.data() + (offset - layout().blocks.front().ln1_w);
+    else return params_op_.data() + (offset - weight_copy_range().first);
   }
   void refresh_product_weights() {
     if constexpr (!std::is_same_v<operand_type, scalar>) {
-      const std::size_t first = layout().blocks.front().ln1_w, n = layout().lnf_w - first;
-      params_op_.resize(n);
-      convert(be_, params_op_.data(), params_.data() + first, n);
+      const auto [first, end] = weight_copy_range();
+      params_op_.resize(end - first);
+      convert(be_, params_op_.data(), params_.data() + first, end - first);
     }
   }
 
@@ -323,8 +332,8 @@ class Model {
     }
     layernorm_forward(be_, lnf(), lnf_stats(), lnf_stats() + N, res(L), P + lay.lnf_w, P + lay.lnf_b, N, C,
                       Cfg::ln_eps);
-    classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(), P + lay.embed_out,
-                                    targets_.data(), N, C, V, for_backward);
+    classifier_forward<Cfg::matmul>(be_, losses_.data(), mask_.data(), probs(), inv_sum(), lnf(),
+                                    weight(lay.embed_out), targets_.data(), N, C, V, for_backward);
     ForwardResult<scalar> r;
     r.losses = {losses_.data(), std::size_t(N)};
     r.mask = {mask_.data(), std::size_t(N)};
@@ -357,7 +366,10 @@ class Model {
     op_layer_stride_ = for_backward ? at : 0;
     at *= layers;
     o_qkv_ = take(3 * N * Cs);  // read only by the attention forward (its rotated copy, qkvr, is kept)
+    o_lnf_ = take(N * Cs);
+    o_probs_ = take(N * V);  // the classifier's [N, V] matrix (bf16 models: in bf16)
     if (for_backward) {  // the gradients of the activations above
+      o_dlnf_ = take(N * Cs);
       o_dfc_ = take(N * D);
       o_dln1_ = take(N * Cs);
       o_dln2_ = take(N * Cs);
@@ -377,16 +389,9 @@ class Model {
     layer_stride_ = for_backward ? at : 0;
     at *= layers;
     o_final_res_ = take(N * Cs);
-    o_lnf_ = take(N * Cs);
     o_lnfs_ = take(2 * N);
-    // The classifiers of bf16 models keep the [N, V] matrix in bf16 (in the
-    // first half of an fp32 one): half the elements.
-    o_probs_ = take((N * V * sizeof(operand_type) + sizeof(scalar) - 1) / sizeof(scalar));
     o_inv_sum_ = take(N);
-    if (for_backward) {
-      o_dres_ = take(N * Cs);
-      o_dlnf_ = take(N * Cs);
-    }
+    if (for_backward) o_dres_ = take(N * Cs);
     if (acts_.size() < at) acts_.resize(at);
     losses_.resize(N);
     mask_.resize(N);
@@ -407,12 +412,12 @@ class Model {
   scalar* ln2_stats(int l) { return layer(l, o_ln2s_); }
   operand_type* fc(int l) { return op_layer(l, o_fc_); }
   operand_type* gel(int l) { return op_layer(l, o_gel_); }
-  scalar* lnf() { return act(o_lnf_); }
+  operand_type* lnf() { return op_acts_.data() + o_lnf_; }
   scalar* lnf_stats() { return act(o_lnfs_); }
-  scalar* probs() { return act(o_probs_); }
+  operand_type* probs() { return op_acts_.data() + o_probs_; }
   scalar* inv_sum() { return act(o_inv_sum_); }
   scalar* d_res() { return act(o_dres_); }
-  scalar* d_lnf() { return act(o_dlnf_); }
+  operand_type* d_lnf() { return op_acts_.data() + o_dlnf_; }
   operand_type* d_ln1() { return op_acts_.data() + o_dln1_; }
   operand_type* d_ln2() { return op_acts_.data() + o_dln2_; }
   operand_type* d_atty() { return op_acts_.data() + o_datty_; }

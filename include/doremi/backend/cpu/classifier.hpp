@@ -19,6 +19,7 @@
 // twice in bf16 instead of rewritten in fp32.
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "doremi/backend/cpu/cpu.hpp"
@@ -46,17 +47,21 @@ T softmax_row(T* r, std::int32_t target, int V, T& inv_sum, std::uint8_t& mask) 
 
 }  // namespace cpu
 
-// `probs` receives E (the row-wise exp-shifted logits; bf16 in its first half
-// when P is bf16); `inv_sum` receives s. for_backward = false: only the
-// losses are wanted (no backward follows), and the bf16 path skips writing E.
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum, const T* x, const T* w,
+// `probs` receives E (the row-wise exp-shifted logits); `inv_sum` receives
+// s. for_backward = false: only the losses are wanted (no backward follows),
+// and the bf16 path skips writing E.
+//
+// P = bf16: E is kept in bf16 (E = cpu::bf16), x and w are bf16 or fp32
+// (rounded to bf16 copies here), as the model's bf16 copies of the final
+// LayerNorm's output and the output embedding are. Else every type is T.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class E, class X, class W>
+void classifier_forward(Cpu, T* losses, std::uint8_t* mask, E* probs, T* inv_sum, const X* x, const W* w,
                         const std::int32_t* targets, int N, int C, int V, bool for_backward = true) {
   using namespace cpu;
   if constexpr (P == MatmulPrecision::bf16) {
+    static_assert(std::is_same_v<E, bf16> && std::is_same_v<T, float>, "classifier (bf16): bf16 E, fp32 losses");
     const bf16* xb = operand<P, 0>(x, std::size_t(N) * C);
     const bf16* wb = operand<P, 1>(w, std::size_t(V) * C);
-    bf16* E = reinterpret_cast<bf16*>(probs);
     constexpr int rows = 256;  // smaller chunks cost GEMM speed (64 rows: +25 % here)
     float* logits = scratch<float, 3>(std::size_t(rows) * V);
     for (int r0 = 0; r0 < N; r0 += rows) {
@@ -68,12 +73,14 @@ void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum
         float* r = logits + std::size_t(i) * V;
         losses[n] = softmax_row(r, targets[n], V, inv_sum[n], mask[n]);
         if (!for_backward) continue;
-        bf16* e = E + std::size_t(n) * V;
+        bf16* e = probs + std::size_t(n) * V;
 #pragma omp simd
         for (int v = 0; v < V; ++v) e[v] = to_bf16(r[v]);
       }
     }
   } else {
+    static_assert(std::is_same_v<E, T> && std::is_same_v<X, T> && std::is_same_v<W, T>,
+                  "classifier: one element type without bf16 products");
     matmul_forward(Cpu{}, probs, x, w, static_cast<const T*>(nullptr), N, C, V);
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; ++n)
@@ -81,37 +88,46 @@ void classifier_forward(Cpu, T* losses, std::uint8_t* mask, T* probs, T* inv_sum
   }
 }
 
-// Overwrites dx; accumulates into dw.
-template <MatmulPrecision P = MatmulPrecision::native, class T>
-void classifier_backward(Cpu, T* dx, T* dw, const T* probs, const T* inv_sum, const T* weights, const T* x,
-                         const T* w, const std::int32_t* targets, int N, int C, int V) {
+// Overwrites dx; accumulates into dw. P = bf16: dx may be bf16 (the fp32
+// result rounded once), and probs, x, w as the forward had them.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class DX, class E, class X, class W>
+void classifier_backward(Cpu, DX* dx, T* dw, const E* probs, const T* inv_sum, const T* weights, const X* x,
+                         const W* w, const std::int32_t* targets, int N, int C, int V) {
   using namespace cpu;
+  static_assert(std::is_same_v<DX, T> || P == MatmulPrecision::bf16, "classifier: bf16 dx needs bf16 products");
   std::vector<T> scale(static_cast<std::size_t>(N), T(0)), wn(static_cast<std::size_t>(N), T(0));
   for (int n = 0; n < N; ++n) {
     wn[n] = targets[n] >= 0 ? weights[n] : T(0);
     scale[n] = wn[n] * inv_sum[n];
   }
-  const Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>> sv(scale.data(), N);
-  RowMat<T> xs = sv.asDiagonal() * CMatMap<T>(x, N, C);
+  // xs = diag(scale)·x, in T.
+  RowMat<T> xs(N, C);
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) xs(n, c) = scale[n] * cast_to<T>(x[std::size_t(n) * C + c]);
+  T* acc = nullptr;  // dx before its rounding to DX
+  if constexpr (std::is_same_v<DX, T>) acc = dx;
+  else acc = scratch<T, 4>(std::size_t(N) * C);
   if constexpr (P == MatmulPrecision::bf16) {
-    const bf16* E = reinterpret_cast<const bf16*>(probs);
-    gemm(false, false, N, C, V, E, V, operand<P, 1>(w, std::size_t(V) * C), C, dx, C, false);
-    gemm(true, false, V, C, N, E, V, operand<P, 0>(xs.data(), std::size_t(N) * C), C, dw, C, true);
+    static_assert(std::is_same_v<E, bf16>, "classifier (bf16): bf16 E");
+    gemm(false, false, N, C, V, probs, V, operand<P, 1>(w, std::size_t(V) * C), C, acc, C, false);
+    gemm(true, false, V, C, N, probs, V, operand<P, 0>(xs.data(), std::size_t(N) * C), C, dw, C, true);
   } else {
-    gemm(false, false, N, C, V, probs, V, w, C, dx, C, false);
+    gemm(false, false, N, C, V, probs, V, w, C, acc, C, false);
     gemm(true, false, V, C, N, probs, V, static_cast<const T*>(xs.data()), C, dw, C, true);
   }
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
-    const T* wt = w + std::size_t(targets[n] >= 0 ? targets[n] : 0) * C;
-    T* d = dx + std::size_t(n) * C;
-    for (int c = 0; c < C; ++c) d[c] = scale[n] * d[c] - wn[n] * wt[c];
+    const W* wt = w + std::size_t(targets[n] >= 0 ? targets[n] : 0) * C;
+    T* d = acc + std::size_t(n) * C;
+    for (int c = 0; c < C; ++c) d[c] = scale[n] * d[c] - wn[n] * cast_to<T>(wt[c]);
   }
+  if constexpr (!std::is_same_v<DX, T>) convert(Cpu{}, dx, static_cast<const T*>(acc), std::size_t(N) * C);
   for (int n = 0; n < N; ++n) {  // serial: several tokens may share a target row
     if (wn[n] == T(0)) continue;
     T* d = dw + std::size_t(targets[n]) * C;
-    const T* xn = x + std::size_t(n) * C;
-    for (int c = 0; c < C; ++c) d[c] -= wn[n] * xn[c];
+    const X* xn = x + std::size_t(n) * C;
+    for (int c = 0; c < C; ++c) d[c] -= wn[n] * cast_to<T>(xn[c]);
   }
 }
 

@@ -233,8 +233,8 @@ __global__ void classifier_scale_rows_kernel(To* out, const From* in, const floa
 template <class To, class From>
 void classifier_scale_rows(const Cuda& be, To* out, const From* in, const float* weights,
                            const std::int32_t* targets, int N, int C, const char* what) {
-  DOREMI_CUDA_LAUNCH(blocks_for(std::size_t(N) * 256, 256), 256, 0, be.stream(), classifier_scale_rows_kernel)(out,
-      in, weights, targets, N, C);
+  DOREMI_CUDA_LAUNCH(blocks_for(std::size_t(N) * 256, 256), 256, 0, be.stream(),
+                     classifier_scale_rows_kernel<plain_t<To>, plain_t<From>>)(out, in, weights, targets, N, C);
   DOREMI_CUDA_CHECK_LAUNCH(what);
 }
 
@@ -244,28 +244,22 @@ void classifier_scale_rows(const Cuda& be, To* out, const From* in, const float*
 // onehot, unweighted); x: [N, C]; w: [V, C]. All device pointers; inv_sum may
 // be nullptr.
 //
-// P = MatmulPrecision::bf16 with fp32 storage (Model<Cfg, Cuda> with
-// bf16_matmul): x and W are rounded to bf16 copies and the bf16 path runs,
-// with G kept in bf16 in the first half of `probs`. for_backward = false:
-// only the losses are wanted (no backward follows): G is not written.
+// T = __nv_bfloat16 is the path of P = MatmulPrecision::bf16 (Model<Cfg,
+// Cuda> with bf16_matmul passes the bf16 copies of the final LayerNorm's
+// output and of the output embedding). for_backward = false: only the losses
+// are wanted (no backward follows): G is not written.
 template <MatmulPrecision P = MatmulPrecision::native, class T>
 void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* probs, float* inv_sum, const T* x,
                         const T* w, const std::int32_t* targets, int N, int C, int V, bool for_backward = true) {
-  if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {
-    cuda::check_classifier_shape("classifier_forward(Cuda)", N, C, V);
-    const auto [xb, wb] = cuda::to_bf16_operands<2>(be, {{{x, std::size_t(N) * C}, {w, std::size_t(V) * C}}});
-    classifier_forward(be, losses, mask, reinterpret_cast<__nv_bfloat16*>(probs), inv_sum,
-                       static_cast<const __nv_bfloat16*>(xb), static_cast<const __nv_bfloat16*>(wb), targets, N, C, V,
-                       for_backward);
-    return;
-  }
+  static_assert(P != MatmulPrecision::bf16 || std::is_same_v<T, __nv_bfloat16>,
+                "classifier_forward(Cuda): bf16 products take bf16 operands");
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "classifier_forward(Cuda): float or __nv_bfloat16 storage");
   cuda::check_classifier_shape("classifier_forward(Cuda)", N, C, V);
   // logitsᵀ[V, N] = W[V, C]·xᵀ[C, N] (column-major view of row-major [N, V]).
   cuda::lt_matmul<T>(be, true, false, V, N, C, w, C, x, C, probs, V, 1.0f, 0.0f, nullptr,
                      "classifier_forward logits = x·Wᵀ");
-  DOREMI_CUDA_LAUNCH(unsigned(N), cuda::classifier_threads, 0, be.stream(), cuda::classifier_softmax_kernel<T>)(losses,
+  DOREMI_CUDA_LAUNCH(unsigned(N), cuda::classifier_threads, 0, be.stream(), cuda::classifier_softmax_kernel<cuda::plain_t<T>>)(losses,
       mask, probs, inv_sum, targets, V, for_backward);
   DOREMI_CUDA_CHECK_LAUNCH("classifier_softmax_kernel");
 }
@@ -276,18 +270,8 @@ void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* pr
 template <MatmulPrecision P = MatmulPrecision::native, class T, class G>
 void classifier_backward(const Cuda& be, T* dx, G* dw, const T* probs, const float* inv_sum, const float* weights,
                          const T* x, const T* w, const std::int32_t* targets, int N, int C, int V) {
-  if constexpr (P == MatmulPrecision::bf16 && std::is_same_v<T, float>) {  // see classifier_forward
-    cuda::check_classifier_shape("classifier_backward(Cuda)", N, C, V);
-    const std::size_t nc = std::size_t(N) * C;
-    const auto [xb, wb, dx_space] = cuda::to_bf16_operands<3>(
-        be, {{{x, nc}, {w, std::size_t(V) * C}, {static_cast<const float*>(nullptr), nc}}});
-    auto* dxb = const_cast<__nv_bfloat16*>(dx_space);  // space in the operand area, ours to write
-    classifier_backward(be, dxb, dw, reinterpret_cast<const __nv_bfloat16*>(probs), inv_sum, weights,
-                        static_cast<const __nv_bfloat16*>(xb), static_cast<const __nv_bfloat16*>(wb), targets, N, C,
-                        V);
-    convert(be, dx, static_cast<const __nv_bfloat16*>(dxb), nc);
-    return;
-  }
+  static_assert(P != MatmulPrecision::bf16 || std::is_same_v<T, __nv_bfloat16>,
+                "classifier_backward(Cuda): bf16 products take bf16 operands");
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
                 "classifier_backward(Cuda): float or __nv_bfloat16 storage");
   static_assert(std::is_same_v<G, float>, "classifier_backward(Cuda): dw is fp32 (the master gradient)");
@@ -362,7 +346,7 @@ std::vector<RowLossSums> row_loss_sums(const Cuda& be, const T* losses, const st
   std::vector<RowLossSums> out(static_cast<std::size_t>(B));
   if (B <= 0 || Tn <= 0) return out;
   auto* d_out = static_cast<RowLossSums*>(be.ctx->scratch_bytes(out.size() * sizeof(RowLossSums)));
-  DOREMI_CUDA_LAUNCH(unsigned(B), cuda::row_loss_threads, 0, be.stream(), cuda::row_loss_sums_kernel<T>)(d_out,
+  DOREMI_CUDA_LAUNCH(unsigned(B), cuda::row_loss_threads, 0, be.stream(), cuda::row_loss_sums_kernel<cuda::plain_t<T>>)(d_out,
       losses, mask, ref, Tn);
   DOREMI_CUDA_CHECK_LAUNCH("row_loss_sums_kernel");
   cuda::copy_to_host(be, out.data(), d_out, out.size());
