@@ -88,13 +88,6 @@ struct RowLossSums {
     reference += ref;
     excess += excess_loss(l, ref);
   }
-  DOREMI_HD RowLossSums& operator+=(const RowLossSums& o) {
-    loss += o.loss;
-    tokens += o.tokens;
-    reference += o.reference;
-    excess += o.excess;
-    return *this;
-  }
 };
 
 }  // namespace doremi::backend

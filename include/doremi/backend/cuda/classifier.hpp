@@ -259,8 +259,9 @@ void classifier_forward(const Cuda& be, float* losses, std::uint8_t* mask, T* pr
   // logitsᵀ[V, N] = W[V, C]·xᵀ[C, N] (column-major view of row-major [N, V]).
   cuda::lt_matmul<T>(be, true, false, V, N, C, w, C, x, C, probs, V, 1.0f, 0.0f, nullptr,
                      "classifier_forward logits = x·Wᵀ");
-  DOREMI_CUDA_LAUNCH(unsigned(N), cuda::classifier_threads, 0, be.stream(), cuda::classifier_softmax_kernel<cuda::plain_t<T>>)(losses,
-      mask, probs, inv_sum, targets, V, for_backward);
+  DOREMI_CUDA_LAUNCH(unsigned(N), cuda::classifier_threads, 0, be.stream(),
+                     cuda::classifier_softmax_kernel<cuda::plain_t<T>>)(losses, mask, probs, inv_sum, targets, V,
+                                                                        for_backward);
   DOREMI_CUDA_CHECK_LAUNCH("classifier_softmax_kernel");
 }
 
@@ -346,8 +347,8 @@ std::vector<RowLossSums> row_loss_sums(const Cuda& be, const T* losses, const st
   std::vector<RowLossSums> out(static_cast<std::size_t>(B));
   if (B <= 0 || Tn <= 0) return out;
   auto* d_out = static_cast<RowLossSums*>(be.ctx->scratch_bytes(out.size() * sizeof(RowLossSums)));
-  DOREMI_CUDA_LAUNCH(unsigned(B), cuda::row_loss_threads, 0, be.stream(), cuda::row_loss_sums_kernel<cuda::plain_t<T>>)(d_out,
-      losses, mask, ref, Tn);
+  DOREMI_CUDA_LAUNCH(unsigned(B), cuda::row_loss_threads, 0, be.stream(),
+                     cuda::row_loss_sums_kernel<cuda::plain_t<T>>)(d_out, losses, mask, ref, Tn);
   DOREMI_CUDA_CHECK_LAUNCH("row_loss_sums_kernel");
   cuda::copy_to_host(be, out.data(), d_out, out.size());
   return out;
