@@ -11,11 +11,12 @@
 //
 // Exact accumulation. The public implementation updates α lazily per
 // micro-batch, so k−1 of k micro-batches use stale weights. Here the update
-// needs every micro-batch's losses first, so the proxy's forward runs once per
-// micro-batch to score it, then again (except for the last micro-batch, whose
-// activations are still in place) right before its backward: k micro-batches
-// give the same α trajectory as one batch k times larger, at the cost of k−1
-// extra proxy forwards per step (none without accumulation).
+// needs every micro-batch's losses first, so the proxy scores every
+// micro-batch (forward_losses, no activations kept, except for the last
+// micro-batch, whose activations serve its backward), and every other
+// micro-batch runs its forward again right before its backward: k
+// micro-batches give the same α trajectory as one batch k times larger, at
+// the cost of k−1 extra proxy forwards per step (none without accumulation).
 //
 //   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
 //   dro.run();
@@ -58,10 +59,14 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     // Pass 1: score every micro-batch (steps 2–4). The backend totals each
     // sequence's tokens where the losses are (on a GPU: B totals reach the
     // host, not B·T losses); a sequence belongs to one domain.
-    for (const Batch& b : micro) {
+    for (std::size_t m = 0; m < micro.size(); ++m) {
+      const Batch& b = micro[m];
       check_domains(b, k);
       const auto ref = ref_.forward_losses(b.inputs, b.targets, b.B, b.T);  // no backward: one layer of activations
-      const auto out = this->model_.forward(b.inputs, b.targets, b.B, b.T);
+      // Only the last micro-batch's activations survive to its backward; the
+      // others are scored without keeping any (the same losses, bit for bit).
+      const auto out = m + 1 == micro.size() ? this->model_.forward(b.inputs, b.targets, b.B, b.T)
+                                             : this->model_.forward_losses(b.inputs, b.targets, b.B, b.T);
       const auto rows =
           row_loss_sums(this->model_.backend(), out.losses.data(), out.mask.data(), b.B, b.T, ref.losses.data());
       for (std::size_t r = 0; r < rows.size(); ++r) {
