@@ -342,7 +342,9 @@ TEST_CASE("cuda: row_loss_sums (DRO per-sequence totals) matches the CPU; masks,
       const auto& g = got[std::size_t(r)];
       const auto& w = want[std::size_t(r)];
       CHECK(g.tokens == w.tokens);  // counts are exact
-      const auto close = [](double x, double y) { return std::isnan(y) ? std::isnan(x) : std::abs(x - y) <= 1e-12 * std::abs(y); };
+      const auto close = [](double x, double y) {
+        return std::isnan(y) ? std::isnan(x) : std::abs(x - y) <= 1e-12 * std::abs(y);
+      };
       CHECK(close(g.loss, w.loss));
       CHECK(close(g.reference, w.reference));
       CHECK(close(g.excess, w.excess));
