@@ -65,7 +65,7 @@ std::unordered_map<void*, std::size_t>& live_allocations() {
 std::size_t live_bytes = 0, malloc_calls = 0, refused_size = 0;
 }  // namespace
 cudaError_t cudaMalloc(void** p, size_t n) {
-  if (n == refused_size) {  // emu::refuse_allocations_of
+  if (refused_size && n == refused_size) {  // emu::refuse_allocations_of
     *p = nullptr;
     return cudaErrorMemoryAllocation;
   }
