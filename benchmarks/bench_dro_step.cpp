@@ -2,9 +2,12 @@
 // backward, AdamW: DROTrainer) against a plain training step of the same model
 // (Trainer), in one run, alternating rounds. The ideal ratio is about 4/3: the
 // DRO step adds one forward of the reference model to forward + backward
-// (≈ 3 forwards) of the proxy. Goal: at most 1.4x.
+// (≈ 3 forwards) of the proxy. Goal: at most 1.4x. With --accum K, both steps
+// take K micro-batches: the DRO step's exact accumulation regroups the
+// sequences into passes of one domain (no forward runs twice), so the ideal
+// stays 4/3.
 //
-//   bench_dro_step [--steps 10] [--rounds 3] [--batch 4] [--seq 256]
+//   bench_dro_step [--steps 10] [--rounds 3] [--batch 4] [--seq 256] [--accum 1]
 //
 // Model: cpu-bench (fp32), 4 domains, random tokens, OpenMP threads as set
 // by OMP_NUM_THREADS. Prints the median milliseconds per step of each and
@@ -55,7 +58,7 @@ struct RandomBatches {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int steps = 10, rounds = 3, B = 4, T = 256;
+  int steps = 10, rounds = 3, B = 4, T = 256, accum = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -63,17 +66,20 @@ int main(int argc, char** argv) {
     else if (a == "--rounds") rounds = v;
     else if (a == "--batch") B = v;
     else if (a == "--seq") T = v;
+    else if (a == "--accum") accum = v;
     else {
-      fmt::print(stderr, "usage: bench_dro_step [--steps 10] [--rounds 3] [--batch 4] [--seq 256]\n");
+      fmt::print(stderr, "usage: bench_dro_step [--steps 10] [--rounds 3] [--batch 4] [--seq 256] [--accum 1]\n");
       return 2;
     }
   }
-  if (steps < 1 || rounds < 1 || B < 1 || T < 2 || T > Cfg::n_ctx) {
-    fmt::print(stderr, "bench_dro_step: need --steps, --rounds, --batch >= 1 and 2 <= --seq <= {}\n", Cfg::n_ctx);
+  if (steps < 1 || rounds < 1 || B < 1 || accum < 1 || T < 2 || T > Cfg::n_ctx) {
+    fmt::print(stderr, "bench_dro_step: need --steps, --rounds, --batch, --accum >= 1 and 2 <= --seq <= {}\n",
+               Cfg::n_ctx);
     return 2;
   }
   TrainConfig c;
   c.steps = long(steps) * rounds + 1;
+  c.grad_accum = accum;
   c.progress = false;
   M plain_model, proxy, reference;
   plain_model.init(1);
@@ -92,9 +98,11 @@ int main(int argc, char** argv) {
     for (int s = 0; s < steps; ++s) t_dro.push_back(dro.train_step().seconds);
   }
   const double p = median(t_plain), d = median(t_dro);
-  fmt::print("{} (fp32), batch {} x {}, {} rounds of {} steps each, medians:\n", Cfg::name, B, T, rounds, steps);
-  fmt::print("  plain training step  {:8.1f} ms  ({:.0f} tokens/s)\n", 1e3 * p, B * T / p);
-  fmt::print("  DRO step             {:8.1f} ms  ({:.0f} tokens/s)\n", 1e3 * d, B * T / d);
+  fmt::print("{} (fp32), {} micro-batch(es) of {} x {} per step, {} rounds of {} steps each, medians:\n", Cfg::name,
+             accum, B, T, rounds, steps);
+  const double tokens = double(accum) * B * T;
+  fmt::print("  plain training step  {:8.1f} ms  ({:.0f} tokens/s)\n", 1e3 * p, tokens / p);
+  fmt::print("  DRO step             {:8.1f} ms  ({:.0f} tokens/s)\n", 1e3 * d, tokens / d);
   fmt::print("  ratio DRO / plain    {:8.3f}   (ideal about 4/3 = 1.333; goal <= 1.4: {})\n", d / p,
              d / p <= 1.4 ? "met" : "NOT met");
   return 0;

@@ -110,7 +110,7 @@ Ours time_ours(const Options& o, bool tune_gemms = false) {
     in[std::size_t(i)] = std::int32_t(Philox::below(Cfg::vocab, 1, 0, std::uint64_t(i)));
     tg[std::size_t(i)] = std::int32_t(Philox::below(Cfg::vocab, 1, 1, std::uint64_t(i)));
   }
-  std::vector<int> domain(Bz);
+  std::vector<std::int32_t> domain(Bz);
   for (int b = 0; b < B; ++b) domain[std::size_t(b)] = b % k;  // round robin over the sequences
   const std::span<const std::int32_t> inputs(in), targets(tg);
   const std::vector<float> uniform(Nz, 1.0f / float(N));
@@ -135,30 +135,23 @@ Ours time_ours(const Options& o, bool tune_gemms = false) {
     if (s >= o.warmup) r.train.times.push_back(seconds(t0, t1));
   }
 
-  // DRO step (DROTrainer::accumulate_gradients with one micro-batch).
+  // DRO step (DROTrainer::one_batch).
   std::vector<std::string> names;
   for (int i = 0; i < k; ++i) names.push_back(fmt::format("domain{}", i));
   DomainWeights dw(names, std::vector<double>(kz, 1.0), std::vector<double>(kz, 1.0),
                    std::log(double(Cfg::padded_vocab)), DroConfig{});
-  std::vector<double> excess(kz), count(kz);
   std::vector<float> token_w(Nz);
   for (int s = 0; s < o.warmup + o.steps; ++s) {
     const auto t0 = clock();
     proxy.zero_grad();
     const auto ref = reference.forward_losses(inputs, targets, B, T);
     const auto out = proxy.forward(inputs, targets, B, T);
-    std::fill(excess.begin(), excess.end(), 0.0);
-    std::fill(count.begin(), count.end(), 0.0);
-    const auto rows = row_loss_sums(gpu, out.losses.data(), out.mask.data(), B, T, ref.losses.data());
-    for (int b = 0; b < B; ++b) {
-      const auto d = std::size_t(domain[std::size_t(b)]);
-      excess[d] += rows[std::size_t(b)].excess;
-      count[d] += rows[std::size_t(b)].tokens;
-    }
-    dw.update(excess, count);
+    DomainTotals totals(kz);
+    totals.add(row_loss_sums(gpu, out.losses.data(), out.mask.data(), B, T, ref.losses.data()), domain);
+    dw.update(totals.excess, totals.tokens);
     const std::vector<double> w = dw.loss_weights();
     double denom = 0;
-    for (int d = 0; d < k; ++d) denom += w[std::size_t(d)] * count[std::size_t(d)];
+    for (int d = 0; d < k; ++d) denom += w[std::size_t(d)] * totals.tokens[std::size_t(d)];
     for (int b = 0; b < B; ++b)
       std::fill_n(token_w.begin() + std::ptrdiff_t(b) * T, T, float(w[std::size_t(domain[std::size_t(b)])] / denom));
     proxy.backward(token_w);

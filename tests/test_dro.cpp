@@ -160,6 +160,53 @@ TEST_CASE("dro trainer: k micro-batches give the alpha trajectory of one batch k
   CHECK(a.domain_weights().alpha()[0] != doctest::Approx(1.0 / 3).epsilon(1e-3));
 }
 
+TEST_CASE("dro trainer: exact accumulation with non-uniform weights, smoothing, padding and split domains") {
+  // 4 micro-batches of 2 rows: a domain with 3+ sequences in a step takes
+  // several passes; non-uniform sampling and initial weights, a large c (so
+  // the c/k part of the weights matters), a fully padded sequence (its
+  // domain may have no tokens in that step) and a partly padded one.
+  auto big = make_batches(3, 8, 32);
+  std::fill_n(big[0].targets.begin() + 1 * 32, 32, -1);
+  std::fill_n(big[1].targets.begin() + 5 * 32 + 20, 12, -1);
+  const auto weights = [] {
+    return DomainWeights({"prose", "random", "repeat"}, {1, 2, 3}, {0.5, 0.3, 0.2},
+                         DROTrainer<Model<Tiny>, ListSampler>::initial_score(), DroConfig{2.0, 0.2});
+  };
+  ListSampler one{big}, four{test::split_rows(big, 4)};
+  Model<Tiny> ref_a, ref_b, proxy_a, proxy_b;
+  ref_a.init(7);
+  ref_b.init(7);
+  proxy_a.init(8);
+  proxy_b.init(8);
+  DROTrainer a(proxy_a, ref_a, one, dro_config(3, 1), weights());
+  DROTrainer b(proxy_b, ref_b, four, dro_config(3, 4), weights());
+  for (int step = 0; step < 3; ++step) {
+    INFO("step ", step);
+    const StepStats sa = a.train_step(), sb = b.train_step();
+    CHECK(sb.loss == doctest::Approx(sa.loss).epsilon(1e-5));
+    CHECK(sb.grad_norm == doctest::Approx(sa.grad_norm).epsilon(1e-4));
+    for (std::size_t i = 0; i < 3; ++i)
+      CHECK(b.domain_weights().alpha()[i] == doctest::Approx(a.domain_weights().alpha()[i]).epsilon(1e-5));
+  }
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < proxy_a.num_parameters(); ++i) {
+    num += std::pow(double(proxy_a.parameters()[i]) - proxy_b.parameters()[i], 2);
+    den += std::pow(double(proxy_a.parameters()[i]), 2);
+  }
+  CHECK(std::sqrt(num / den) < 1e-5);
+}
+
+TEST_CASE("dro trainer: micro-batches of one step with different lengths are an error") {
+  auto mixed = make_batches(1, 2, 32);
+  mixed.push_back(make_batches(1, 2, 16).front());
+  ListSampler sampler{mixed};
+  Model<Tiny> ref, proxy;
+  ref.init(1);
+  proxy.init(2);
+  DROTrainer t(proxy, ref, sampler, dro_config(1, 2), uniform_weights());
+  CHECK_THROWS_WITH_AS(t.train_step(), doctest::Contains("sequence lengths 32 and 16"), Error);
+}
+
 TEST_CASE("dro trainer: a run resumed from its checkpoint continues bit-identically") {
   const auto batches = make_batches(10, 4, 32);
   test::TempDir dir("dro-resume");

@@ -143,6 +143,13 @@ TEST_CASE("model forward: padding targets give zero loss and no gradient, mask c
   m.zero_grad();
   m.backward(b.weights);
   for (std::size_t i = 0; i < g1.size(); ++i) REQUIRE(m.gradients()[i] == g1[i]);
+  // A smaller batch after it (the buffers keep their size): the views have the batch's.
+  const auto row = m.forward(std::span(b.inputs).first(std::size_t(b.T)), std::span(b.targets).first(std::size_t(b.T)),
+                             1, b.T);
+  CHECK(row.losses.size() == std::size_t(b.T));
+  CHECK(m.host_losses().size() == std::size_t(b.T));
+  CHECK(m.host_mask().size() == std::size_t(b.T));
+  CHECK(row.losses[3] == 0.0);
 }
 
 // forward_losses (the DRO reference model, evaluation): every layer shares one

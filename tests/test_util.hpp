@@ -43,21 +43,23 @@ std::string error_of(F&& f) {
 
 // Each batch split into its first and second half of sequences, in order:
 // the micro-batches of gradient accumulation 2 over the same data.
-inline std::vector<doremi::Batch> halves(const std::vector<doremi::Batch>& batches) {
+// Each batch cut into `parts` batches of B/parts consecutive rows (micro-batches).
+inline std::vector<doremi::Batch> split_rows(const std::vector<doremi::Batch>& batches, int parts) {
   std::vector<doremi::Batch> out;
   for (const doremi::Batch& b : batches)
-    for (int h = 0; h < 2; ++h) {
-      const std::size_t rows = std::size_t(b.B / 2), n = rows * std::size_t(b.T), at = std::size_t(h);
-      doremi::Batch half;
-      half.B = b.B / 2;
-      half.T = b.T;
-      half.inputs.assign(b.inputs.begin() + at * n, b.inputs.begin() + (at + 1) * n);
-      half.targets.assign(b.targets.begin() + at * n, b.targets.begin() + (at + 1) * n);
-      half.domain.assign(b.domain.begin() + at * rows, b.domain.begin() + (at + 1) * rows);
-      out.push_back(std::move(half));
+    for (int h = 0; h < parts; ++h) {
+      const std::size_t rows = std::size_t(b.B / parts), n = rows * std::size_t(b.T), at = std::size_t(h);
+      doremi::Batch part;
+      part.B = b.B / parts;
+      part.T = b.T;
+      part.inputs.assign(b.inputs.begin() + at * n, b.inputs.begin() + (at + 1) * n);
+      part.targets.assign(b.targets.begin() + at * n, b.targets.begin() + (at + 1) * n);
+      part.domain.assign(b.domain.begin() + at * rows, b.domain.begin() + (at + 1) * rows);
+      out.push_back(std::move(part));
     }
   return out;
 }
+inline std::vector<doremi::Batch> halves(const std::vector<doremi::Batch>& batches) { return split_rows(batches, 2); }
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

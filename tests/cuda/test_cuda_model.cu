@@ -86,6 +86,14 @@ void compare_step(double atol, double rtol) {
   double scale = 0;  // gradients are compared relative to the largest one
   for (float g : gc) scale = std::max(scale, double(std::abs(g)));
   check_close(gg, gc, atol * scale, rtol, "gradients");
+  // A smaller batch after it reuses the per-token buffers; the host views have its size.
+  const std::span<const std::int32_t> in1(b.inputs.data(), std::size_t(b.T)), tg1(b.targets.data(), std::size_t(b.T));
+  cpu.forward(in1, tg1, 1, b.T);
+  gpu_model.forward(in1, tg1, 1, b.T);
+  REQUIRE(gpu_model.host_losses().size() == std::size_t(b.T));
+  check_close(to_vector(gpu_model.host_losses()), to_vector(cpu.host_losses()), atol, rtol, "losses, one row");
+  const auto mask_g = gpu_model.host_mask(), mask_c = cpu.host_mask();
+  CHECK(std::equal(mask_g.begin(), mask_g.end(), mask_c.begin(), mask_c.end()));
 }
 
 }  // namespace
@@ -169,9 +177,9 @@ TEST_CASE("cuda model: a short training run and a DRO run follow the CPU's") {
 TEST_CASE("cuda model: DRO with 2 micro-batches follows one batch twice as large") {
   REQUIRE_GPU();
   // The DRO trainer's exact accumulation on the GPU: the scores of both
-  // micro-batches (padding included) set one update, and each micro-batch's
-  // forward is run again for its backward after the other's (the model's
-  // activation buffers reused between them).
+  // micro-batches (padding included) set one update; the sequences run in
+  // passes of one domain each, whose gradients are folded into the two
+  // per-domain sums (axpby) and combined after the update.
   using Cfg = Config<neox_small, float>;
   const auto big = make_batches(3, 6, 32, Cfg::vocab);
   ListSampler one{big}, two{test::halves(big)};
@@ -228,7 +236,7 @@ TEST_CASE("cuda model: after their first step, training and DRO steps allocate n
     return free;
   };
   TrainConfig c;
-  c.steps = 4;
+  c.steps = 8;
   c.progress = false;
   const auto batches = make_batches(4, 3, 48, Cfg::vocab);
   Model<Cfg, Cuda> proxy(gpu()), ref(gpu());
@@ -236,11 +244,15 @@ TEST_CASE("cuda model: after their first step, training and DRO steps allocate n
   ref.init(2);
   ListSampler s{batches};
   Trainer trainer(proxy, s, c);
-  DROTrainer dro(proxy, ref, s, c,
-                 DomainWeights({"random", "repeat", "pattern"}, {1, 1, 1}, {1, 1, 1},
-                               std::log(double(Cfg::padded_vocab)), DroConfig{1.0, 1e-3}));
+  const DomainWeights weights({"random", "repeat", "pattern"}, {1, 1, 1}, {1, 1, 1},
+                              std::log(double(Cfg::padded_vocab)), DroConfig{1.0, 1e-3});
+  DROTrainer dro(proxy, ref, s, c, weights);
+  TrainConfig c2 = c;
+  c2.grad_accum = 2;  // passes of one domain (here 2 sequences each) and the per-domain sums
+  DROTrainer dro2(proxy, ref, s, c2, weights);
   trainer.train_step();
   dro.train_step();
+  dro2.train_step();
   const std::size_t before = free_bytes();
 #ifdef DOREMI_CUDA_EMULATE
   const std::size_t calls = emu::device_allocations();  // also no buffer freed and made again at its size
@@ -248,6 +260,7 @@ TEST_CASE("cuda model: after their first step, training and DRO steps allocate n
   for (int k = 0; k < 3; ++k) {
     trainer.train_step();
     dro.train_step();
+    dro2.train_step();
   }
   CHECK(free_bytes() == before);
 #ifdef DOREMI_CUDA_EMULATE

@@ -114,12 +114,12 @@ class Model {
 
   // The parameters readable on the host: the buffer itself on the CPU, a
   // fresh copy (valid until the next call) on a device.
-  std::span<const scalar> host_parameters() const { return host_view(params_, params_host_); }
+  std::span<const scalar> host_parameters() const { return host_view(params_, params_host_, params_.size()); }
   // The last forward's per-token losses and mask readable on the host: the
   // buffers themselves on the CPU, fresh copies (valid until the next call)
   // on a device.
-  std::span<const scalar> host_losses() const { return host_view(losses_, losses_host_); }
-  std::span<const std::uint8_t> host_mask() const { return host_view(mask_, mask_host_); }
+  std::span<const scalar> host_losses() const { return host_view(losses_, losses_host_, tokens_in_batch()); }
+  std::span<const std::uint8_t> host_mask() const { return host_view(mask_, mask_host_, tokens_in_batch()); }
 
   // Replaces every parameter with host values.
   void upload_parameters(std::span<const scalar> values) {
@@ -185,7 +185,7 @@ class Model {
     scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
     const scalar* tw = token_weights.data();
     if constexpr (!host_memory) {
-      weights_.resize(std::size_t(N));
+      grow(weights_, std::size_t(N));
       upload(be_, weights_.data(), tw, std::size_t(N));
       tw = weights_.data();
     }
@@ -236,16 +236,26 @@ class Model {
   Backend& backend() { return be_; }
 
  private:
-  // A backend buffer readable on the host: itself, or its copy in `host`.
+  // The first n elements of a backend buffer readable on the host: the
+  // buffer itself, or their copy in `host`.
   template <class U>
-  std::span<const U> host_view(const Buffer<U>& b, std::vector<U>& host) const {
+  std::span<const U> host_view(const Buffer<U>& b, std::vector<U>& host, std::size_t n) const {
     if constexpr (host_memory) {
-      return {b.data(), b.size()};
+      return {b.data(), n};
     } else {
-      host.resize(b.size());
-      download(be_, host.data(), b.data(), b.size());
-      return {host.data(), host.size()};
+      host.resize(n);
+      download(be_, host.data(), b.data(), n);
+      return {host.data(), n};
     }
+  }
+  std::size_t tokens_in_batch() const { return std::size_t(B_) * std::size_t(T_); }
+
+  // Per-token buffers hold the largest batch seen: batches of changing shape
+  // (a DRO step's passes, evaluation between training steps) reuse them
+  // instead of reallocating (on a GPU: a synchronisation and a cudaMalloc).
+  template <class U>
+  static void grow(Buffer<U>& b, std::size_t n) {
+    if (b.size() < n) b.resize(n);
   }
 
   void check_batch(std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, int B, int T) const {
@@ -297,8 +307,8 @@ class Model {
     T_ = T;
     const int N = B * T;
     allocate(B, T, for_backward);
-    tokens_.resize(std::size_t(N));
-    targets_.resize(std::size_t(N));
+    grow(tokens_, std::size_t(N));
+    grow(targets_, std::size_t(N));
     upload(be_, tokens_.data(), inputs.data(), std::size_t(N));
     upload(be_, targets_.data(), targets.data(), std::size_t(N));
     const scalar* P = params_.data();
@@ -393,8 +403,8 @@ class Model {
     o_inv_sum_ = take(N);
     if (for_backward) o_dres_ = take(N * Cs);
     if (acts_.size() < at) acts_.resize(at);
-    losses_.resize(N);
-    mask_.resize(N);
+    grow(losses_, N);
+    grow(mask_, N);
   }
 
   scalar* act(std::size_t o) { return acts_.data() + o; }

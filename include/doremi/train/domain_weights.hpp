@@ -60,17 +60,25 @@ class DomainWeights {
     for (std::size_t i = 0; i < k; ++i)
       if (tokens[i] > 0) scores_[i] = excess_sum[i] / tokens[i];
     std::vector<double> logits(k);
-    for (std::size_t i = 0; i < k; ++i)
-      logits[i] = (alpha_[i] > 0 ? std::log(alpha_[i]) : -INFINITY) + config_.eta * scores_[i];
+    for (std::size_t i = 0; i < k; ++i) logits[i] = logit(i, scores_[i]);
     const double mx = *std::max_element(logits.begin(), logits.end());
     double z = 0;
     for (double l : logits) z += std::exp(l - mx);
-    const double lse = mx + std::log(z);
+    lse_ = mx + std::log(z);
     for (std::size_t i = 0; i < k; ++i)
-      alpha_[i] = (1 - config_.smoothing) * std::exp(logits[i] - lse) + config_.smoothing / double(k);
+      alpha_[i] = (1 - config_.smoothing) * std::exp(logits[i] - lse_) + config_.smoothing / double(k);
     ++count_;
     for (std::size_t i = 0; i < k; ++i) average_[i] = (average_[i] * double(count_ - 1) + alpha_[i]) / double(count_);
   }
+
+  // Domain i's logit in the next update() if its score becomes `score`:
+  // log αᵢ + η·score (−∞ where αᵢ = 0). That update sets
+  // αᵢ = (1 − c)·exp(logitᵢ − log_normaliser()) + c/k.
+  double logit(std::size_t i, double score) const {
+    return (alpha_[i] > 0 ? std::log(alpha_[i]) : -INFINITY) + config_.eta * score;
+  }
+  // log Σᵢ exp(logitᵢ) of the last update() (0 before the first in this process).
+  double log_normaliser() const { return lse_; }
 
   // Step 7's per-domain loss weights wᵢ = (αᵢ/sᵢ)/Σⱼ(αⱼ/sⱼ) (0 where s is 0).
   std::vector<double> loss_weights() const {
@@ -121,6 +129,7 @@ class DomainWeights {
   std::vector<std::string> names_;
   std::vector<double> alpha_, sampling_, scores_, average_;
   long count_ = 1;  // ᾱ starts as α₀, one sample
+  double lse_ = 0;
   DroConfig config_;
 };
 

@@ -10,13 +10,22 @@
 //      total weight, and takes the AdamW step (via TrainerBase).
 //
 // Exact accumulation. The public implementation updates α lazily per
-// micro-batch, so k−1 of k micro-batches use stale weights. Here the update
-// needs every micro-batch's losses first, so the proxy scores every
-// micro-batch (forward_losses, no activations kept, except for the last
-// micro-batch, whose activations serve its backward), and every other
-// micro-batch runs its forward again right before its backward: k
-// micro-batches give the same α trajectory as one batch k times larger, at
-// the cost of k−1 extra proxy forwards per step (none without accumulation).
+// micro-batch, so k−1 of k micro-batches use stale weights. Here one update
+// uses the scores of all micro-batches, and every token's loss is weighted
+// with that same updated α: k micro-batches give the same α trajectory and
+// parameters as one batch k times larger (up to float rounding). Without a
+// second forward per micro-batch: a sequence's gradient scales with its
+// domain's weight, so the step's sequences are regrouped by domain into passes
+// of at most one micro-batch each, and every pass runs its backward at once
+// with unit weights. When a domain's passes are done its score λᵢ, hence its
+// logit ℓᵢ = log αᵢ + η·λᵢ, is known, and its gradient gᵢ joins two running
+// sums, A = Σ gᵢ/sᵢ and B = Σ exp(ℓᵢ − m)·gᵢ/sᵢ (m: the largest logit so far).
+// After the update, αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k gives the step's
+// gradient Σ (αᵢ/sᵢ)·gᵢ / Σ (αᵢ/sᵢ)·nᵢ from A and B alone. Cost: two extra
+// gradient-sized buffers and a few passes over them per domain, instead of
+// k−1 extra proxy forwards per step. (Data-parallel ranks would take the
+// domains in the same order and all-reduce each domain's totals before its
+// logit, and the combined gradient once.)
 //
 //   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
 //   dro.run();
@@ -24,11 +33,14 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <iterator>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "doremi/backend/elementwise.hpp"
 #include "doremi/core/atomic_file.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/data/domain_config.hpp"
@@ -36,6 +48,22 @@
 #include "doremi/train/trainer.hpp"
 
 namespace doremi {
+
+// A step's per-domain totals: excess loss, target tokens, proxy and reference loss sums.
+struct DomainTotals {
+  std::vector<double> excess, tokens, loss, reference;
+  explicit DomainTotals(std::size_t k) : excess(k, 0.0), tokens(k, 0.0), loss(k, 0.0), reference(k, 0.0) {}
+  // Adds a batch's per-sequence totals (row_loss_sums) to their sequences' domains.
+  void add(std::span<const backend::RowLossSums> rows, std::span<const std::int32_t> domain) {
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const auto d = std::size_t(domain[r]);
+      excess[d] += rows[r].excess;
+      tokens[d] += rows[r].tokens;
+      loss[d] += rows[r].loss;
+      reference[d] += rows[r].reference;
+    }
+  }
+};
 
 template <class M, class S, class Ref = M>
 class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
@@ -54,65 +82,29 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
 
   void accumulate_gradients(const std::vector<Batch>& micro, std::size_t tokens, StepStats& s) {
     const std::size_t k = dw_.names().size();
-    // Per-domain totals: excess loss, tokens, proxy and reference loss sums.
-    std::vector<double> excess(k, 0.0), count(k, 0.0), proxy_sum(k, 0.0), ref_sum(k, 0.0);
-    // Pass 1: score every micro-batch (steps 2–4). The backend totals each
-    // sequence's tokens where the losses are (on a GPU: B totals reach the
-    // host, not B·T losses); a sequence belongs to one domain.
-    for (std::size_t m = 0; m < micro.size(); ++m) {
-      const Batch& b = micro[m];
-      check_domains(b, k);
-      const auto ref = ref_.forward_losses(b.inputs, b.targets, b.B, b.T);  // no backward: one layer of activations
-      // Only the last micro-batch's activations survive to its backward; the
-      // others are scored without keeping any (the same losses, bit for bit).
-      const auto out = m + 1 == micro.size() ? this->model_.forward(b.inputs, b.targets, b.B, b.T)
-                                             : this->model_.forward_losses(b.inputs, b.targets, b.B, b.T);
-      const auto rows =
-          row_loss_sums(this->model_.backend(), out.losses.data(), out.mask.data(), b.B, b.T, ref.losses.data());
-      for (std::size_t r = 0; r < rows.size(); ++r) {
-        const auto d = std::size_t(b.domain[r]);
-        excess[d] += rows[r].excess;
-        count[d] += rows[r].tokens;
-        proxy_sum[d] += rows[r].loss;
-        ref_sum[d] += rows[r].reference;
-      }
-    }
-    // Steps 5–6, once per step.
-    dw_.update(excess, count);
-    // Step 7: L = Σ w[d]·ℓ / Σ w[d] over all the step's tokens.
+    for (const Batch& b : micro) check_domains(b, k);
+    DomainTotals totals(k);
+    if (micro.size() == 1) one_batch(micro.front(), totals);
+    else by_domain(micro, tokens, totals);
+    // L = Σ w[d]·ℓ / Σ w[d] over all the step's tokens (the loss the gradient is of).
     const std::vector<double> w = dw_.loss_weights();
-    double denom = 0, weighted = 0;
-    for (std::size_t d = 0; d < k; ++d) {
-      denom += w[d] * count[d];
-      weighted += w[d] * proxy_sum[d];
-    }
-    if (!(denom > 0))
-      fail("DRO step {}: every token of the step belongs to a domain with loss weight 0", this->step_ + 1);
-    for (std::size_t m = micro.size(); m-- > 0;) {
-      const Batch& b = micro[m];
-      if (m + 1 != micro.size()) this->model_.forward(b.inputs, b.targets, b.B, b.T);  // activations for backward
-      // A sequence's tokens share its domain's weight (padding's is ignored).
-      token_w_.resize(b.inputs.size());
-      for (int r = 0; r < b.B; ++r)
-        std::fill_n(token_w_.begin() + std::ptrdiff_t(r) * b.T, b.T,
-                    scalar(w[std::size_t(b.domain[std::size_t(r)])] / denom));
-      this->model_.backward(token_w_);
-    }
-    s.loss = weighted / denom;
-    double psum = 0, rsum = 0;
+    double denom = 0, weighted = 0, psum = 0, rsum = 0;
     std::vector<double> proxy_mean(k, 0.0), ref_mean(k, 0.0);
     for (std::size_t i = 0; i < k; ++i) {
-      psum += proxy_sum[i];
-      rsum += ref_sum[i];
-      if (count[i] > 0) {
-        proxy_mean[i] = proxy_sum[i] / count[i];
-        ref_mean[i] = ref_sum[i] / count[i];
+      denom += w[i] * totals.tokens[i];
+      weighted += w[i] * totals.loss[i];
+      psum += totals.loss[i];
+      rsum += totals.reference[i];
+      if (totals.tokens[i] > 0) {
+        proxy_mean[i] = totals.loss[i] / totals.tokens[i];
+        ref_mean[i] = totals.reference[i] / totals.tokens[i];
       }
     }
+    s.loss = weighted / denom;
     s.extra = {{"mean_loss", psum / double(tokens)},     {"reference_loss", rsum / double(tokens)},
                {"domains", dw_.names()},                {"scores", dw_.scores()},
                {"alpha", dw_.alpha()},                  {"avg_alpha", dw_.average()},
-               {"domain_tokens", count},                {"domain_loss", proxy_mean},
+               {"domain_tokens", totals.tokens},        {"domain_loss", proxy_mean},
                {"domain_reference_loss", ref_mean}};
   }
 
@@ -141,9 +133,126 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
       if (d < 0 || std::size_t(d) >= k) fail("DRO: batch domain id {} outside [0, {})", d, k);
   }
 
+  // Steps 2–4 for one batch: the reference's and the proxy's losses (the
+  // proxy keeps its activations for a backward), totalled per sequence where
+  // the losses are (on a GPU: B totals reach the host, not B·T losses).
+  void score(const Batch& b, DomainTotals& totals) {
+    const auto ref = ref_.forward_losses(b.inputs, b.targets, b.B, b.T);  // no backward: one layer of activations
+    const auto out = this->model_.forward(b.inputs, b.targets, b.B, b.T);
+    totals.add(row_loss_sums(this->model_.backend(), out.losses.data(), out.mask.data(), b.B, b.T, ref.losses.data()),
+               b.domain);
+  }
+
+  // The step's loss normaliser Σᵢ (αᵢ/sᵢ)·nᵢ with the updated α (the loss
+  // weights up to their common factor).
+  double weight_normaliser(const DomainTotals& totals) const {
+    double u = 0;
+    for (std::size_t i = 0; i < totals.tokens.size(); ++i)
+      if (dw_.sampling()[i] > 0) u += dw_.alpha()[i] / dw_.sampling()[i] * totals.tokens[i];
+    if (!(u > 0))
+      fail("DRO step {}: every token of the step belongs to a domain with loss weight 0", this->step_ + 1);
+    return u;
+  }
+
+  // One micro-batch: score, update, backward with the updated weights.
+  void one_batch(const Batch& b, DomainTotals& totals) {
+    score(b, totals);
+    dw_.update(totals.excess, totals.tokens);
+    const double u = weight_normaliser(totals);
+    // A sequence's tokens share its domain's weight (padding's is ignored).
+    token_w_.resize(b.inputs.size());
+    for (int r = 0; r < b.B; ++r) {
+      const auto d = std::size_t(b.domain[std::size_t(r)]);
+      std::fill_n(token_w_.begin() + std::ptrdiff_t(r) * b.T, b.T,
+                  scalar(dw_.alpha()[d] / dw_.sampling()[d] / u));  // a drawn domain has s > 0
+    }
+    this->model_.backward(token_w_);
+  }
+
+  // Several micro-batches: passes of one domain each, gradients folded per
+  // domain into A and B (see the comment at the top), combined after the update.
+  void by_domain(const std::vector<Batch>& micro, std::size_t tokens, DomainTotals& totals) {
+    auto& be = this->model_.backend();
+    const std::size_t n = this->model_.num_parameters();
+    scalar* g = this->model_.gradients().data();
+    const double c = dw_.config().smoothing;
+    const auto& s = dw_.sampling();
+    sum_a_.resize(c > 0 ? n : 0);
+    sum_b_.resize(n);
+    fill(be, sum_a_.data(), scalar(0), sum_a_.size());
+    fill(be, sum_b_.data(), scalar(0), n);
+    double m = -INFINITY;  // B's scale: its terms are exp(ℓᵢ − m)·gᵢ/sᵢ
+    for (const DomainPasses& group : group_by_domain(micro)) {
+      for (const Batch& b : group.passes) {
+        score(b, totals);
+        token_w_.assign(b.inputs.size(), scalar(1.0 / double(tokens)));  // gᵢ/tokens: the usual magnitudes
+        this->model_.backward(token_w_);
+      }
+      const auto i = std::size_t(group.domain);
+      if (s[i] > 0 && totals.tokens[i] > 0) {  // else the domain's weight or gradient is 0
+        if (c > 0) axpby(be, sum_a_.data(), scalar(1), g, scalar(1 / s[i]), n);
+        const double l = dw_.logit(i, totals.excess[i] / totals.tokens[i]);
+        if (l > -INFINITY) {
+          if (l > m) {
+            if (m > -INFINITY) axpby(be, sum_b_.data(), scalar(std::exp(m - l)), g, scalar(0), n);
+            m = l;
+          }
+          axpby(be, sum_b_.data(), scalar(1), g, scalar(std::exp(l - m) / s[i]), n);
+        }
+      }
+      this->model_.zero_grad();
+    }
+    dw_.update(totals.excess, totals.tokens);
+    // Σ (αᵢ/sᵢ)·gᵢ / u with αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k, the sums holding gᵢ/tokens.
+    const double f = double(tokens) / weight_normaliser(totals);
+    if (m > -INFINITY) axpby(be, g, scalar(0), sum_b_.data(), scalar(f * (1 - c) * std::exp(m - dw_.log_normaliser())), n);
+    if (c > 0) axpby(be, g, scalar(1), sum_a_.data(), scalar(f * c / double(s.size())), n);
+  }
+
+  // A domain's sequences of the step, in passes of at most one micro-batch.
+  struct DomainPasses {
+    std::int32_t domain = 0;
+    std::vector<Batch> passes;
+  };
+  // Domains in order of their largest pass (so a step's largest pass comes
+  // first and buffers grow before any other), full passes first.
+  static std::vector<DomainPasses> group_by_domain(const std::vector<Batch>& micro) {
+    int rows = 0;
+    for (const Batch& b : micro) {
+      if (b.T != micro.front().T)
+        fail("DRO: the micro-batches of one step have sequence lengths {} and {} (they must agree)", micro.front().T,
+             b.T);
+      rows = std::max(rows, b.B);
+    }
+    const int T = micro.front().T;
+    std::vector<DomainPasses> groups;
+    for (const Batch& b : micro)
+      for (int r = 0; r < b.B; ++r) {
+        const std::int32_t d = b.domain[std::size_t(r)];
+        auto it = std::find_if(groups.begin(), groups.end(), [&](const DomainPasses& p) { return p.domain == d; });
+        if (it == groups.end()) {
+          groups.emplace_back();
+          it = std::prev(groups.end());
+          it->domain = d;
+        }
+        if (it->passes.empty() || it->passes.back().B == rows) it->passes.emplace_back().T = T;
+        Batch& p = it->passes.back();
+        const auto at = std::ptrdiff_t(r) * T;
+        p.inputs.insert(p.inputs.end(), b.inputs.begin() + at, b.inputs.begin() + at + T);
+        p.targets.insert(p.targets.end(), b.targets.begin() + at, b.targets.begin() + at + T);
+        p.domain.push_back(d);
+        ++p.B;
+      }
+    std::stable_sort(groups.begin(), groups.end(), [](const DomainPasses& a, const DomainPasses& b) {
+      return a.passes.front().B > b.passes.front().B;
+    });
+    return groups;
+  }
+
   Ref& ref_;
   DomainWeights dw_;
   std::vector<scalar> token_w_;
+  typename M::template Buffer<scalar> sum_a_, sum_b_;  // A and B of by_domain
 };
 
 }  // namespace doremi

@@ -91,4 +91,11 @@ void fill(Cpu, T* dst, T value, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) dst[i] = value;
 }
 
+// y = a·y + b·x (the DRO trainer's per-domain gradient sums).
+template <class T>
+void axpby(Cpu, T* y, T a, const T* x, T b, std::size_t n) {
+#pragma omp parallel for schedule(static)
+  for (std::size_t i = 0; i < n; ++i) y[i] = a * y[i] + b * x[i];
+}
+
 }  // namespace doremi::backend

@@ -62,6 +62,11 @@ __global__ void scale_kernel(T* x, T factor, std::size_t n) {
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
     x[i] = x[i] * factor;
 }
+template <class T>
+__global__ void axpby_kernel(T* y, T a, const T* x, T b, std::size_t n) {
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
+    y[i] = a * y[i] + b * x[i];
+}
 }  // namespace cuda
 
 // x[i] *= factor (gradient clipping).
@@ -70,6 +75,14 @@ void scale(const Cuda& be, T* x, T factor, std::size_t n) {
   if (!n) return;
   DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::scale_kernel)(x, factor, n);
   DOREMI_CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
+// y = a·y + b·x (the DRO trainer's per-domain gradient sums).
+template <class T>
+void axpby(const Cuda& be, T* y, T a, const T* x, T b, std::size_t n) {
+  if (!n) return;
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::axpby_kernel)(y, a, x, b, n);
+  DOREMI_CUDA_CHECK_LAUNCH("axpby_kernel");
 }
 
 template <class T>
