@@ -163,8 +163,8 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     token_w_.resize(b.inputs.size());
     for (int r = 0; r < b.B; ++r) {
       const auto d = std::size_t(b.domain[std::size_t(r)]);
-      std::fill_n(token_w_.begin() + std::ptrdiff_t(r) * b.T, b.T,
-                  scalar(dw_.alpha()[d] / dw_.sampling()[d] / u));  // a drawn domain has s > 0
+      const double s = dw_.sampling()[d];
+      std::fill_n(token_w_.begin() + std::ptrdiff_t(r) * b.T, b.T, scalar(s > 0 ? dw_.alpha()[d] / s / u : 0.0));
     }
     this->model_.backward(token_w_);
   }
@@ -205,7 +205,8 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     dw_.update(totals.excess, totals.tokens);
     // Σ (αᵢ/sᵢ)·gᵢ / u with αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k, the sums holding gᵢ/tokens.
     const double f = double(tokens) / weight_normaliser(totals);
-    if (m > -INFINITY) axpby(be, g, scalar(0), sum_b_.data(), scalar(f * (1 - c) * std::exp(m - dw_.log_normaliser())), n);
+    if (m > -INFINITY)
+      axpby(be, g, scalar(0), sum_b_.data(), scalar(f * (1 - c) * std::exp(m - dw_.log_normaliser())), n);
     if (c > 0) axpby(be, g, scalar(1), sum_a_.data(), scalar(f * c / double(s.size())), n);
   }
 
