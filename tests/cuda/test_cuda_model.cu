@@ -104,7 +104,7 @@ TEST_CASE("cuda model: without a device, Model<Cfg, Cuda> raises doremi::Error n
     return;
   }
   CHECK_THROWS_AS((Model<Config<neox_small, float>, Cuda>()), Error);
-  CHECK_THROWS_WITH_AS(make_stages("tiny", Cuda()), doctest::Contains("--device cpu"), Error);
+  CHECK_THROWS_WITH_AS(Cuda(), doctest::Contains("--device cpu"), Error);
 }
 
 TEST_CASE("cuda model: forward losses and gradients match the CPU (fp32)") {
@@ -321,10 +321,13 @@ TEST_CASE("cuda pipeline: make_stages on the GPU gives the CPU's domain weights 
                                  {"eval_max_tokens", 2000}},
                                 device);
   };
-  const auto cpu_stages = make_stages("tiny");
-  const auto gpu_stages = make_stages("tiny", Cuda());  // bf16 matrix products
-  const PipelineResult c = run_pipeline(config("cpu"), *cpu_stages, *cpu_stages);
-  const PipelineResult g = run_pipeline(config("cuda"), *gpu_stages, *gpu_stages);
+  // The stages make_stages("tiny") and make_stages("tiny", Cuda()) give (bf16
+  // products on the GPU), named directly: make_stages instantiates every
+  // preset's stages, the heaviest compile of the suite.
+  StagesFor<presets::Tiny<float>, Cpu> cpu_stages;
+  StagesFor<Config<bf16_matmul(presets::tiny), float>, Cuda> gpu_stages(gpu());
+  const PipelineResult c = run_pipeline(config("cpu"), cpu_stages, cpu_stages);
+  const PipelineResult g = run_pipeline(config("cuda"), gpu_stages, gpu_stages);
   REQUIRE(g.domains == c.domains);
   for (std::size_t d = 0; d < c.domains.size(); ++d) {
     INFO("domain ", c.domains[d]);
