@@ -89,20 +89,12 @@ void load_transformers_checkpoint(const std::string& flags) {
   m.zero_grad();
   const auto out = m.forward(in, tg, 2, 24);
   m.backward(w);
-  auto rel = [](std::span<const float> a, std::span<const float> b) {
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      num += std::pow(double(a[i]) - b[i], 2);
-      den += double(b[i]) * b[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-300));
-  };
   const auto ref_losses = ref.read<float>("losses", {2, 24});
-  CHECK(rel(out.losses, ref_losses) < 1e-5);
+  CHECK(test::relative_distance(out.losses, ref_losses) < 1e-5);
   for (const TensorInfo& t : Model<Cfg>::tensors()) {
     const auto g = ref.read<float>(t.name, t.shape);
     INFO(t.name);
-    CHECK(rel(m.gradients().subspan(t.offset, t.size), g) < 1e-5);
+    CHECK(test::relative_distance(m.gradients().subspan(t.offset, t.size), g) < 1e-5);
   }
 }
 

@@ -1,6 +1,9 @@
 #pragma once
 // Helpers shared by the tests: scratch directories and fixture paths.
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstddef>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -60,6 +63,17 @@ inline std::vector<doremi::Batch> split_rows(const std::vector<doremi::Batch>& b
   return out;
 }
 inline std::vector<doremi::Batch> halves(const std::vector<doremi::Batch>& batches) { return split_rows(batches, 2); }
+
+// ‖x − ref‖ / ‖ref‖ over two equally long ranges of numbers, in double.
+template <class X, class R>
+double relative_distance(const X& x, const R& ref) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < std::size(ref); ++i) {
+    num += std::pow(double(x[i]) - double(ref[i]), 2);
+    den += std::pow(double(ref[i]), 2);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
