@@ -23,9 +23,9 @@
 // After the update, αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k gives the step's
 // gradient Σ (αᵢ/sᵢ)·gᵢ / Σ (αᵢ/sᵢ)·nᵢ from A and B alone. Cost: two extra
 // gradient-sized buffers and a few passes over them per domain, instead of
-// k−1 extra proxy forwards per step. (Data-parallel ranks would take the
-// domains in the same order and all-reduce each domain's totals before its
-// logit, and the combined gradient once.)
+// k−1 extra proxy forwards per step. (Data-parallel ranks, taking the
+// domains in id order as here, would all-reduce each domain's totals before
+// its logit, and the combined gradient once.)
 //
 //   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
 //   dro.run();
@@ -33,7 +33,6 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <iterator>
 #include <span>
 #include <string>
 #include <vector>
@@ -182,13 +181,14 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     fill(be, sum_a_.data(), scalar(0), sum_a_.size());
     fill(be, sum_b_.data(), scalar(0), n);
     double m = -INFINITY;  // B's scale: its terms are exp(ℓᵢ − m)·gᵢ/sᵢ
-    for (const DomainPasses& group : group_by_domain(micro)) {
-      for (const Batch& b : group.passes) {
+    const std::vector<std::vector<Batch>> passes = passes_by_domain(micro, s.size());
+    for (std::size_t i = 0; i < passes.size(); ++i) {
+      if (passes[i].empty()) continue;
+      for (const Batch& b : passes[i]) {
         score(b, totals);
         token_w_.assign(b.inputs.size(), scalar(1.0 / double(tokens)));  // gᵢ/tokens: the usual magnitudes
         this->model_.backward(token_w_);
       }
-      const auto i = std::size_t(group.domain);
       if (s[i] > 0 && totals.tokens[i] > 0) {  // else the domain's weight or gradient is 0
         if (c > 0) axpby(be, sum_a_.data(), scalar(1), g, scalar(1 / s[i]), n);
         const double l = dw_.logit(i, totals.excess[i] / totals.tokens[i]);
@@ -210,14 +210,9 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     if (c > 0) axpby(be, g, scalar(1), sum_a_.data(), scalar(f * c / double(s.size())), n);
   }
 
-  // A domain's sequences of the step, in passes of at most one micro-batch.
-  struct DomainPasses {
-    std::int32_t domain = 0;
-    std::vector<Batch> passes;
-  };
-  // Domains in order of their largest pass (so a step's largest pass comes
-  // first and buffers grow before any other), full passes first.
-  static std::vector<DomainPasses> group_by_domain(const std::vector<Batch>& micro) {
+  // Each domain's sequences of the step (by domain id), in passes of at most
+  // one micro-batch (the per-token buffers never outgrow a micro-batch).
+  static std::vector<std::vector<Batch>> passes_by_domain(const std::vector<Batch>& micro, std::size_t k) {
     int rows = 0;
     for (const Batch& b : micro) {
       if (b.T != micro.front().T)
@@ -226,28 +221,20 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
       rows = std::max(rows, b.B);
     }
     const int T = micro.front().T;
-    std::vector<DomainPasses> groups;
+    std::vector<std::vector<Batch>> passes(k);
     for (const Batch& b : micro)
       for (int r = 0; r < b.B; ++r) {
         const std::int32_t d = b.domain[std::size_t(r)];
-        auto it = std::find_if(groups.begin(), groups.end(), [&](const DomainPasses& p) { return p.domain == d; });
-        if (it == groups.end()) {
-          groups.emplace_back();
-          it = std::prev(groups.end());
-          it->domain = d;
-        }
-        if (it->passes.empty() || it->passes.back().B == rows) it->passes.emplace_back().T = T;
-        Batch& p = it->passes.back();
+        std::vector<Batch>& own = passes[std::size_t(d)];
+        if (own.empty() || own.back().B == rows) own.emplace_back().T = T;
+        Batch& p = own.back();
         const auto at = std::ptrdiff_t(r) * T;
         p.inputs.insert(p.inputs.end(), b.inputs.begin() + at, b.inputs.begin() + at + T);
         p.targets.insert(p.targets.end(), b.targets.begin() + at, b.targets.begin() + at + T);
         p.domain.push_back(d);
         ++p.B;
       }
-    std::stable_sort(groups.begin(), groups.end(), [](const DomainPasses& a, const DomainPasses& b) {
-      return a.passes.front().B > b.passes.front().B;
-    });
-    return groups;
+    return passes;
   }
 
   Ref& ref_;
