@@ -26,6 +26,9 @@
 #                     print the time per kernel and per part of the step
 #                     (benchmarks/ncu_summary.py), for each attention family
 #                     benchmarked; the CSVs stay in BUILD_DIR
+#   --profile-only    build the benchmark and run the profile only (no tests, no
+#                     timed benchmark): a second run after one without --profile,
+#                     where one command may not run long enough for both
 #
 # The benchmark runs twice: with the default tensor-core attention kernels
 # (our steps untuned and with GEMM tuning, DOREMI_CUDA_GEMM_TUNING=1, and
@@ -59,6 +62,7 @@ twin_args=
 skip_tests=0
 quickstart=0
 profile=0
+bench=1
 jobs=$(nproc 2>/dev/null || echo 4)
 bench_extra=()
 
@@ -76,6 +80,7 @@ while [[ $# -gt 0 ]]; do
     --skip-tests) skip_tests=1; shift ;;
     --quickstart) quickstart=1; shift ;;
     --profile) profile=1; shift ;;
+    --profile-only) profile=1; skip_tests=1; bench=0; shift ;;
     --jobs) jobs=$2; shift 2 ;;
     --) shift; bench_extra=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -143,7 +148,7 @@ main() {
   missing=()
   have_header() {
     local d
-    for d in ${CPLUS_INCLUDE_PATH//:/ } /usr/include /usr/local/include; do
+    for d in ${CPLUS_INCLUDE_PATH:+${CPLUS_INCLUDE_PATH//:/ }} /usr/include /usr/local/include; do
       [[ -e $d/$1 ]] && return 0
     done
     return 1
@@ -219,16 +224,19 @@ main() {
     [[ $tests_rc == 0 ]] || status=1
   fi
 
-  section "benchmark: doremi-120m, batch $batch x 1024, training step and DRO step"
-  set +e
-  "${run_env[@]}" timeout 600 "$bench_bin" --batch "$batch" --steps "$steps" --peak-tflops "$peak" --python "$python" \
-    ${twin_args:+--twin-args "$twin_args"} "${bench_extra[@]}"
-  bench_rc=$?
-  set -e
-  [[ $bench_rc == 0 ]] || { echo "bench_gpu_step failed (exit status $bench_rc)"; status=1; }
+  bench_rc=0
+  if [[ $bench == 1 ]]; then
+    section "benchmark: doremi-120m, batch $batch x 1024, training step and DRO step"
+    set +e
+    "${run_env[@]}" timeout 600 "$bench_bin" --batch "$batch" --steps "$steps" --peak-tflops "$peak" --python "$python" \
+      ${twin_args:+--twin-args "$twin_args"} "${bench_extra[@]}"
+    bench_rc=$?
+    set -e
+    [[ $bench_rc == 0 ]] || { echo "bench_gpu_step failed (exit status $bench_rc)"; status=1; }
+  fi
 
   # The other tensor-core attention family (attention_mma.hpp), ours only, beside the default's figures above.
-  if [[ -z ${DOREMI_CUDA_ATTENTION:-} ]]; then
+  if [[ $bench == 1 && -z ${DOREMI_CUDA_ATTENTION:-} ]]; then
     section "benchmark: the same steps with DOREMI_CUDA_ATTENTION=mma (register-resident attention kernels)"
     set +e
     "${run_env[@]}" env DOREMI_CUDA_ATTENTION=mma timeout 300 "$bench_bin" --batch "$batch" --steps "$steps" \
@@ -280,7 +288,8 @@ main() {
 
   section "done"
   [[ $skip_tests == 1 ]] || echo "CUDA tests: $([[ ${tests_rc:-1} == 0 ]] && echo passed || echo FAILED)"
-  echo "benchmark: $([[ $bench_rc == 0 ]] && echo ran || echo FAILED); log: $log"
+  [[ $bench == 0 ]] || echo "benchmark: $([[ $bench_rc == 0 ]] && echo ran || echo FAILED)"
+  echo "log: $log"
   [[ $quickstart == 0 ]] || echo "quickstart on the GPU: $([[ $qs_rc == 0 ]] && echo ran || echo FAILED)"
   total=$(( $(date +%s) - start ))
   elapsed
