@@ -303,7 +303,7 @@ TEST_CASE("cuda model: checkpoints written from the GPU load on the CPU and back
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("cuda pipeline: make_stages on the GPU gives the CPU's domain weights and perplexities") {
+TEST_CASE("cuda pipeline: the tiny stages on the GPU give the CPU's domain weights and perplexities") {
   REQUIRE_GPU();
   test::TempDir dir("cuda-pipeline");
   const auto data = test::make_corpus(dir.path);
