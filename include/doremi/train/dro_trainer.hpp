@@ -83,15 +83,12 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     const std::size_t k = dw_.names().size();
     for (const Batch& b : micro) check_domains(b, k);
     DomainTotals totals(k);
-    if (micro.size() == 1) one_batch(micro.front(), totals);
-    else by_domain(micro, tokens, totals);
+    const double u = micro.size() == 1 ? one_batch(micro.front(), totals) : by_domain(micro, tokens, totals);
     // L = Σ w[d]·ℓ / Σ w[d] over all the step's tokens (the loss the gradient is of).
-    const std::vector<double> w = dw_.loss_weights();
-    double denom = 0, weighted = 0, psum = 0, rsum = 0;
+    double weighted = 0, psum = 0, rsum = 0;
     std::vector<double> proxy_mean(k, 0.0), ref_mean(k, 0.0);
     for (std::size_t i = 0; i < k; ++i) {
-      denom += w[i] * totals.tokens[i];
-      weighted += w[i] * totals.loss[i];
+      weighted += loss_weight(i) * totals.loss[i];
       psum += totals.loss[i];
       rsum += totals.reference[i];
       if (totals.tokens[i] > 0) {
@@ -99,7 +96,7 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
         ref_mean[i] = totals.reference[i] / totals.tokens[i];
       }
     }
-    s.loss = weighted / denom;
+    s.loss = weighted / u;
     s.extra = {{"mean_loss", psum / double(tokens)},     {"reference_loss", rsum / double(tokens)},
                {"domains", dw_.names()},                {"scores", dw_.scores()},
                {"alpha", dw_.alpha()},                  {"avg_alpha", dw_.average()},
@@ -142,35 +139,42 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
                b.domain);
   }
 
-  // The step's loss normaliser Σᵢ (αᵢ/sᵢ)·nᵢ with the updated α (the loss
-  // weights up to their common factor).
+  // Domain i's loss weight αᵢ/sᵢ with the updated α, up to the factor
+  // common to all domains (0 where s is 0; DomainWeights::loss_weights
+  // divides by Σⱼ αⱼ/sⱼ).
+  double loss_weight(std::size_t i) const {
+    const double s = dw_.sampling()[i];
+    return s > 0 ? dw_.alpha()[i] / s : 0.0;
+  }
+
+  // The step loss's normaliser Σᵢ (αᵢ/sᵢ)·nᵢ.
   double weight_normaliser(const DomainTotals& totals) const {
     double u = 0;
-    for (std::size_t i = 0; i < totals.tokens.size(); ++i)
-      if (dw_.sampling()[i] > 0) u += dw_.alpha()[i] / dw_.sampling()[i] * totals.tokens[i];
+    for (std::size_t i = 0; i < totals.tokens.size(); ++i) u += loss_weight(i) * totals.tokens[i];
     if (!(u > 0))
       fail("DRO step {}: every token of the step belongs to a domain with loss weight 0", this->step_ + 1);
     return u;
   }
 
   // One micro-batch: score, update, backward with the updated weights.
-  void one_batch(const Batch& b, DomainTotals& totals) {
+  // Returns the step loss's normaliser.
+  double one_batch(const Batch& b, DomainTotals& totals) {
     score(b, totals);
     dw_.update(totals.excess, totals.tokens);
     const double u = weight_normaliser(totals);
     // A sequence's tokens share its domain's weight (padding's is ignored).
     token_w_.resize(b.inputs.size());
-    for (int r = 0; r < b.B; ++r) {
-      const auto d = std::size_t(b.domain[std::size_t(r)]);
-      const double s = dw_.sampling()[d];
-      std::fill_n(token_w_.begin() + std::ptrdiff_t(r) * b.T, b.T, scalar(s > 0 ? dw_.alpha()[d] / s / u : 0.0));
-    }
+    for (int r = 0; r < b.B; ++r)
+      std::fill_n(token_w_.begin() + std::ptrdiff_t(r) * b.T, b.T,
+                  scalar(loss_weight(std::size_t(b.domain[std::size_t(r)])) / u));
     this->model_.backward(token_w_);
+    return u;
   }
 
   // Several micro-batches: passes of one domain each, gradients folded per
-  // domain into A and B (see the comment at the top), combined after the update.
-  void by_domain(const std::vector<Batch>& micro, std::size_t tokens, DomainTotals& totals) {
+  // domain into A and B (see the comment at the top), combined after the
+  // update. Returns the step loss's normaliser.
+  double by_domain(const std::vector<Batch>& micro, std::size_t tokens, DomainTotals& totals) {
     auto& be = this->model_.backend();
     const std::size_t n = this->model_.num_parameters();
     scalar* g = this->model_.gradients().data();
@@ -192,22 +196,21 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
       if (s[i] > 0 && totals.tokens[i] > 0) {  // else the domain's weight or gradient is 0
         if (c > 0) axpby(be, sum_a_.data(), scalar(1), g, scalar(1 / s[i]), n);
         const double l = dw_.logit(i, totals.excess[i] / totals.tokens[i]);
-        if (l > -INFINITY) {
-          if (l > m) {
-            if (m > -INFINITY) axpby(be, sum_b_.data(), scalar(std::exp(m - l)), g, scalar(0), n);
-            m = l;
-          }
-          axpby(be, sum_b_.data(), scalar(1), g, scalar(std::exp(l - m) / s[i]), n);
+        if (l > -INFINITY) {  // B = exp(m − m')·B + exp(ℓᵢ − m')·gᵢ/sᵢ with m' = max(m, ℓᵢ)
+          const double shrink = l > m ? std::exp(m - l) : 1.0;
+          m = std::max(m, l);
+          axpby(be, sum_b_.data(), scalar(shrink), g, scalar(std::exp(l - m) / s[i]), n);
         }
       }
       this->model_.zero_grad();
     }
     dw_.update(totals.excess, totals.tokens);
     // Σ (αᵢ/sᵢ)·gᵢ / u with αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k, the sums holding gᵢ/tokens.
-    const double f = double(tokens) / weight_normaliser(totals);
+    const double u = weight_normaliser(totals), f = double(tokens) / u;
     if (m > -INFINITY)
       axpby(be, g, scalar(0), sum_b_.data(), scalar(f * (1 - c) * std::exp(m - dw_.log_normaliser())), n);
     if (c > 0) axpby(be, g, scalar(1), sum_a_.data(), scalar(f * c / double(s.size())), n);
+    return u;
   }
 
   // Each domain's sequences of the step (by domain id), in passes of at most
