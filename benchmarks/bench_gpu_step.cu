@@ -1,8 +1,9 @@
 // The doremi-120m preset on one GPU: a plain training step (forward, backward,
-// AdamW) and a DoReMi DRO step (reference forward, proxy forward, domain-weight
-// update, weighted backward, AdamW), beside a PyTorch twin of the same model on
-// the same GPU (benchmarks/torch_gpu_twin.py: SDPA attention, bf16 autocast,
-// torch.compile, fused AdamW). Prints tokens per second and model-FLOPs
+// clipping, AdamW: Trainer) and a DoReMi DRO step (reference forward, proxy
+// forward, domain-weight update, weighted backward, clipping, AdamW:
+// DROTrainer), beside a PyTorch twin of the same model on the same GPU
+// (benchmarks/torch_gpu_twin.py: SDPA attention, bf16 autocast, torch.compile,
+// fused AdamW, clip_grad_norm_ at 1.0). Prints tokens per second and model-FLOPs
 // utilisation of both, and their ratio; then one layer's attention alone
 // (forward + backward at the same shape) with each of our tensor-core kernel
 // families beside PyTorch's scaled_dot_product_attention (FlashAttention on
@@ -11,13 +12,16 @@
 // tuning (cuBLASLt's candidate algorithms timed per GEMM shape; the table's
 // "tuned" rows; --no-tuned skips it).
 //
-//   bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] [--domains 8]
-//                  [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args "--no-compile"]
+//   bench_gpu_step [--batch 16] [--seq 1024] [--accum 1] [--steps 20] [--warmup 3] [--device 0]
+//                  [--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args "--no-compile"]
 //                  [--no-attention] [--no-tuned]
 //
 // Ours: bf16 GEMM operands with fp32 accumulation and fp32 master weights
-// (Config<bf16_matmul(doremi_120m), float>). Each step is timed on the host
-// between two synchronisations of the backend's stream; the table gives the
+// (Config<bf16_matmul(doremi_120m), float>). A step takes --accum
+// micro-batches of --batch x --seq tokens (the DRO step's exact accumulation
+// against the twin's per-micro-batch update, as the public implementation
+// does). Each step is timed on the host between two synchronisations of the
+// backend's stream; the table gives the
 // median of `steps` steps after `warmup` untimed ones. The twin runs after ours
 // (our GPU memory freed first) as a subprocess; if it fails, ours are printed
 // with the reason, and if ours fail, the twin still runs (exit status 1). The
@@ -50,11 +54,16 @@ namespace {
 using bench::median;
 using bench::run_command;
 
-using Cfg = Config<bf16_matmul(presets::doremi_120m), float>;  // bf16 GEMM operands, fp32 master weights
+// bf16 GEMM operands, fp32 master weights. DOREMI_BENCH_GPU_SPEC: another
+// preset (the emulator's smoke run of this program takes a small one).
+#ifndef DOREMI_BENCH_GPU_SPEC
+#define DOREMI_BENCH_GPU_SPEC presets::doremi_120m
+#endif
+using Cfg = Config<bf16_matmul(DOREMI_BENCH_GPU_SPEC), float>;
 using GpuModel = Model<Cfg, backend::Cuda>;
 
 struct Options {
-  int batch = 16, seq = 1024, steps = 20, warmup = 3, device = 0, domains = 8;
+  int batch = 16, seq = 1024, accum = 1, steps = 20, warmup = 3, device = 0, domains = 8;
   double peak_tflops = 989;  // dense bf16, H100 SXM (and H200: the same compute die)
   std::string python = "python3";
   std::string twin_args;
@@ -91,78 +100,68 @@ struct Ours {
   bool gemm_tuning = false;           // whether the run tuned its GEMMs
 };
 
-// Both step kinds on one proxy model (plain steps first, then DRO steps);
+// The same batch at every draw: the benchmark times the trainers' steps, not
+// data loading (the twin's batch is fixed too).
+struct FixedBatch {
+  Batch batch;
+  Batch next() const { return batch; }
+};
+
+// Both step kinds as the library's trainers take them (Trainer, then
+// DROTrainer; AdamW, clipping at 1.0, the DRO update), on one proxy model;
 // tune_gemms: with GEMM tuning (else as DOREMI_CUDA_GEMM_TUNING says).
 Ours time_ours(const Options& o, bool tune_gemms = false) {
-  const int B = o.batch, T = o.seq, N = B * T, k = o.domains;
-  const auto Nz = static_cast<std::size_t>(N), Bz = static_cast<std::size_t>(B), kz = static_cast<std::size_t>(k);
+  const int B = o.batch, T = o.seq, k = o.domains;
   backend::Cuda gpu(o.device);
   if (tune_gemms) gpu.set_gemm_tuning(true);
   GpuModel proxy(gpu), reference(gpu);
   proxy.init(1);
   reference.init(2);
-  AdamW<float, backend::Cuda> adam(proxy.num_parameters(), AdamWConfig{}, gpu);
-  const auto groups = param_groups<GpuModel>();
-  const double lr = 1e-4;
 
-  std::vector<std::int32_t> in(Nz), tg(Nz);
-  for (int i = 0; i < N; ++i) {
-    in[std::size_t(i)] = std::int32_t(Philox::below(Cfg::vocab, 1, 0, std::uint64_t(i)));
-    tg[std::size_t(i)] = std::int32_t(Philox::below(Cfg::vocab, 1, 1, std::uint64_t(i)));
+  FixedBatch data{{B, T, {}, {}, {}}};
+  for (int i = 0; i < B * T; ++i) {
+    data.batch.inputs.push_back(std::int32_t(Philox::below(Cfg::vocab, 1, 0, std::uint64_t(i))));
+    data.batch.targets.push_back(std::int32_t(Philox::below(Cfg::vocab, 1, 1, std::uint64_t(i))));
   }
-  std::vector<std::int32_t> domain(Bz);
-  for (int b = 0; b < B; ++b) domain[std::size_t(b)] = b % k;  // round robin over the sequences
-  const std::span<const std::int32_t> inputs(in), targets(tg);
-  const std::vector<float> uniform(Nz, 1.0f / float(N));
+  for (int b = 0; b < B; ++b) data.batch.domain.push_back(b % k);  // round robin over the sequences
 
+  TrainConfig tc;
+  tc.steps = o.warmup + o.steps;
+  tc.grad_accum = o.accum;
+  tc.schedule = {.kind = LrSchedule::Kind::constant, .peak_lr = 1e-4};
+  tc.progress = false;
   auto clock = [&] {
     gpu.synchronize();
     return std::chrono::steady_clock::now();
   };
-  auto seconds = [](auto t0, auto t1) { return std::chrono::duration<double>(t1 - t0).count(); };
+  // Runs the trainer's steps, timing each; loss(s) is what the table reports of step s.
+  auto time_steps = [&](auto& trainer, Timing& t, auto loss) {
+    for (int s = 0; s < o.warmup + o.steps; ++s) {
+      const auto t0 = clock();
+      const StepStats st = trainer.train_step();
+      const auto t1 = clock();
+      if (s == 0) t.loss_first = loss(st);
+      t.loss_last = loss(st);
+      if (s >= o.warmup) t.times.push_back(std::chrono::duration<double>(t1 - t0).count());
+    }
+  };
 
   Ours r;
-  // Plain step: mean loss over all tokens.
-  for (int s = 0; s < o.warmup + o.steps; ++s) {
-    const auto t0 = clock();
-    proxy.zero_grad();
-    const auto out = proxy.forward(inputs, targets, B, T);
-    proxy.backward(uniform);
-    adam.step(proxy.parameters(), proxy.gradients(), groups, lr);
-    const auto t1 = clock();
-    if (s == 0) r.train.loss_first = out.mean_loss();
-    r.train.loss_last = out.mean_loss();
-    if (s >= o.warmup) r.train.times.push_back(seconds(t0, t1));
+  {
+    Trainer train(proxy, data, tc);
+    time_steps(train, r.train, [](const StepStats& st) { return st.loss; });
   }
-
-  // DRO step (DROTrainer::one_batch).
   std::vector<std::string> names;
   for (int i = 0; i < k; ++i) names.push_back(fmt::format("domain{}", i));
-  DomainWeights dw(names, std::vector<double>(kz, 1.0), std::vector<double>(kz, 1.0),
-                   std::log(double(Cfg::padded_vocab)), DroConfig{});
-  std::vector<float> token_w(Nz);
-  for (int s = 0; s < o.warmup + o.steps; ++s) {
-    const auto t0 = clock();
-    proxy.zero_grad();
-    const auto ref = reference.forward_losses(inputs, targets, B, T);
-    const auto out = proxy.forward(inputs, targets, B, T);
-    DomainTotals totals(kz);
-    totals.add(row_loss_sums(gpu, out.losses.data(), out.mask.data(), B, T, ref.losses.data()), domain);
-    dw.update(totals.excess, totals.tokens);
-    const std::vector<double> w = dw.loss_weights();
-    double denom = 0;
-    for (int d = 0; d < k; ++d) denom += w[std::size_t(d)] * totals.tokens[std::size_t(d)];
-    for (int b = 0; b < B; ++b)
-      std::fill_n(token_w.begin() + std::ptrdiff_t(b) * T, T, float(w[std::size_t(domain[std::size_t(b)])] / denom));
-    proxy.backward(token_w);
-    adam.step(proxy.parameters(), proxy.gradients(), groups, lr);
-    const auto t1 = clock();
-    if (s == 0) r.dro.loss_first = out.mean_loss();
-    r.dro.loss_last = out.mean_loss();
-    r.dro.ref_loss = ref.mean_loss();
-    if (s >= o.warmup) r.dro.times.push_back(seconds(t0, t1));
-  }
-  r.dro.alpha = dw.alpha();
+  const auto kz = std::size_t(k);
+  DROTrainer dro(proxy, reference, data, tc,
+                 DomainWeights(names, std::vector<double>(kz, 1.0), std::vector<double>(kz, 1.0),
+                               std::log(double(Cfg::padded_vocab)), DroConfig{}));
+  time_steps(dro, r.dro, [&](const StepStats& st) {
+    r.dro.ref_loss = st.extra.at("reference_loss").get<double>();
+    return st.extra.at("mean_loss").get<double>();
+  });
+  r.dro.alpha = dro.domain_weights().alpha();
   r.gemms = backend::cuda::lt_plan_counts(gpu);
   r.gemm_tuning = gpu.gemm_tuning();
   for (const auto& [key, plan] : gpu.ctx->lt_plans)
@@ -236,7 +235,7 @@ DeviceRope device_rope(const backend::Cuda& gpu, int T) {
   return r;
 }
 
-// One layer's attention at the benchmark's shape (doremi-120m's heads,
+// One layer's attention at the benchmark's shape (the preset's heads,
 // --batch x --seq) on the GPU: random bf16 inputs (qkv, the output's gradient;
 // from `seed`), the rotary tables, and bf16 buffers for the output and qkv's
 // gradient. Both attention timers below start from it.
@@ -348,8 +347,8 @@ std::vector<TilingTime> time_mma_tilings(const Options& o) {
 // The twin's JSON line (null when it did not run; `why` says what happened).
 nlohmann::json run_twin(const Options& o, std::string& why) {
   const std::string cmd =
-      fmt::format("{} {}/torch_gpu_twin.py --batch {} --seq {} --steps {} --warmup {} --domains {} {} 2>&1", o.python,
-                  DOREMI_BENCH_DIR, o.batch, o.seq, o.steps, o.warmup, o.domains, o.twin_args);
+      fmt::format("{} {}/torch_gpu_twin.py --batch {} --seq {} --accum {} --steps {} --warmup {} --domains {} {} 2>&1",
+                  o.python, DOREMI_BENCH_DIR, o.batch, o.seq, o.accum, o.steps, o.warmup, o.domains, o.twin_args);
   fmt::print("running the PyTorch twin: {}\n", cmd);
   std::fflush(stdout);
   const auto t0 = std::chrono::steady_clock::now();
@@ -395,7 +394,7 @@ int run(const Options& o) {
   cudaDriverGetVersion(&driver);
   cudaRuntimeGetVersion(&runtime);
   const int B = o.batch, T = o.seq;
-  const double tokens = double(B) * T;
+  const double tokens = double(B) * T * o.accum;
   const double fpt = bench::flops_per_token<Cfg>(T), fpt_dro = fpt * 4.0 / 3.0;
   const double peak = o.peak_tflops * 1e12;
 
@@ -407,8 +406,8 @@ int run(const Options& o) {
              Cfg::name, Cfg::n_layer, Cfg::n_embd, Cfg::n_head, Cfg::vocab, Cfg::padded_vocab,
              100.0 * Cfg::spec.rotary_pct, Cfg::parallel_residual ? "parallel" : "sequential",
              Cfg::tied ? "tied" : "untied", GpuModel::layout().total);
-  fmt::print("batch {} x {} = {} tokens per step; median of {} steps after {} warm-up steps\n", B, T, B * T, o.steps,
-             o.warmup);
+  fmt::print("{} micro-batch{} of {} x {}: {} tokens per step; median of {} steps after {} warm-up steps\n", o.accum,
+             o.accum == 1 ? "" : "es", B, T, tokens, o.steps, o.warmup);
   std::fflush(stdout);
 
   // Ours; on failure the twin still runs (its numbers are the baseline) and the exit status is 1.
@@ -501,7 +500,8 @@ int run(const Options& o) {
     theirs_dro = tokens / peer["dro"].at("step_s_median").get<double>();
   }
 
-  fmt::print("\n=== doremi-120m on {}, B={} T={}, {} ===\n", prop.name, B, T, now_utc());
+  fmt::print("\n=== {} on {}, B={} T={}{}, {} ===\n", Cfg::name, prop.name, B, T,
+             o.accum == 1 ? std::string() : fmt::format(" x {} micro-batches", o.accum), now_utc());
   fmt::print("model FLOPs per token: training step 6*(12*L*C^2 + V*C) + 12*L*T*C = {:.1f} MFLOP "
              "(L={}, C={}, V={}, T={}); DRO step adds the reference forward (1/3 of that): {:.1f} MFLOP\n",
              fpt / 1e6, Cfg::n_layer, Cfg::n_embd, Cfg::padded_vocab, T, fpt_dro / 1e6);
@@ -574,6 +574,7 @@ int run(const Options& o) {
                       {"gpu", prop.name},
                       {"date", now_utc()},
                       {"batch", B},
+                      {"accum", o.accum},
                       {"seq", T},
                       {"steps", o.steps},
                       {"peak_tflops", o.peak_tflops},
@@ -620,6 +621,7 @@ int main(int argc, char** argv) {
     };
     if (a == "--batch") o.batch = std::atoi(next().c_str());
     else if (a == "--seq") o.seq = std::atoi(next().c_str());
+    else if (a == "--accum") o.accum = std::atoi(next().c_str());
     else if (a == "--steps") o.steps = std::max(1, std::atoi(next().c_str()));
     else if (a == "--warmup") o.warmup = std::max(0, std::atoi(next().c_str()));
     else if (a == "--device") o.device = std::atoi(next().c_str());
@@ -632,14 +634,15 @@ int main(int argc, char** argv) {
     else if (a == "--no-tuned") o.tuned = false;
     else {
       fmt::print(stderr,
-                 "usage: bench_gpu_step [--batch 16] [--seq 1024] [--steps 20] [--warmup 3] [--device 0] "
+                 "usage: bench_gpu_step [--batch 16] [--seq 1024] [--accum 1] [--steps 20] [--warmup 3] [--device 0] "
                  "[--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args ARGS] "
                  "[--no-attention] [--no-tuned]\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
-  if (o.batch <= 0 || o.seq <= 0 || o.seq > Cfg::n_ctx || !(o.peak_tflops > 0)) {
-    fmt::print(stderr, "bench_gpu_step: need --batch > 0, 0 < --seq <= {} and --peak-tflops > 0\n", Cfg::n_ctx);
+  if (o.batch <= 0 || o.accum <= 0 || o.seq <= 0 || o.seq > Cfg::n_ctx || !(o.peak_tflops > 0)) {
+    fmt::print(stderr, "bench_gpu_step: need --batch > 0, --accum > 0, 0 < --seq <= {} and --peak-tflops > 0\n",
+               Cfg::n_ctx);
     return 2;
   }
   try {

@@ -13,24 +13,30 @@ eps 1e-5, biases everywhere, tied input/output embedding, no dropout.
 Attention is F.scaled_dot_product_attention(is_causal=True); matrix products
 run under torch.autocast(bfloat16) with fp32 master weights; AdamW (lr 1e-4,
 betas 0.9/0.99, eps 1e-8, weight decay 0.01 on matrices only, as the library's
-param groups) is fused where this torch has it; the model is torch.compile'd
-unless --no-compile (compilation happens in the warm-up steps, not timed).
+param groups) is fused where this torch has it; the gradient norm is clipped
+at 1.0 (torch.nn.utils.clip_grad_norm_, as the public runs and the library's
+trainers do; --max-grad-norm 0: off); the model is torch.compile'd unless
+--no-compile (compilation happens in the warm-up steps, not timed).
 
-One step:
-  train: forward -> per-token losses -> mean -> backward -> AdamW
-  dro:   reference forward (a second model, no_grad) + proxy forward ->
-         per-domain mean excess loss max(l_proxy - l_ref, 0) (8 domains, round
-         robin over the sequences) -> DoReMi update of the domain weights
-         (log a += eta * score, softmax, smoothing c = 1e-4; on the GPU) ->
-         per-token weights w[domain] / sum -> backward of sum(w * l) -> AdamW
+One step, over --accum micro-batches (the same fixed batch each time):
+  train: per micro-batch forward -> per-token losses -> mean / accum ->
+         backward; then clipping -> AdamW
+  dro:   per micro-batch reference forward (a second model, no_grad) + proxy
+         forward -> per-domain mean excess loss max(l_proxy - l_ref, 0)
+         (8 domains, round robin over the sequences) -> DoReMi update of the
+         domain weights (log a += eta * score, softmax, smoothing c = 1e-4; on
+         the GPU; once per micro-batch, as the public implementation) ->
+         per-token weights w[domain] / sum -> backward of sum(w * l) / accum;
+         then clipping -> AdamW
 Each timed step ends with torch.cuda.synchronize(); the JSON reports medians.
 
-usage: torch_gpu_twin.py [--batch 16] [--seq 1024] [--steps 20] [--warmup 3]
+usage: torch_gpu_twin.py [--batch 16] [--seq 1024] [--accum 1] [--steps 20] [--warmup 3] [--max-grad-norm 1]
                          [--mode both|train|dro] [--no-compile] [--compile-mode MODE]
                          [--impl manual|hf] [--device cuda|cpu] [--tiny] [--seed 0]
 
---tiny shrinks the model (2 layers, width 64, vocabulary 512, context 64) to
-check the code path on a CPU (--device cpu --tiny --batch 2 --seq 32).
+--tiny shrinks the model (1 layer, width 128, 2 heads of 64, vocabulary 509,
+context 64: the shape of the emulator's smoke run of bench_gpu_step) to check
+the code path on a CPU (--device cpu --tiny --batch 2 --seq 32).
 --impl hf builds transformers' GPTNeoXForCausalLM (attn_implementation="sdpa")
 from the same shape instead of the hand-written module (a cross-check).
 
@@ -55,7 +61,7 @@ def build_model_classes(tiny=False):
 
     # doremi-120m (include/doremi/model/config.hpp), or a tiny model of the same kind.
     if tiny:
-        n_layer, n_embd, n_head, n_ctx, vocab, vocab_multiple = 2, 64, 4, 64, 509, 8
+        n_layer, n_embd, n_head, n_ctx, vocab, vocab_multiple = 1, 128, 2, 64, 509, 8
     else:
         n_layer, n_embd, n_head, n_ctx, vocab, vocab_multiple = 12, 768, 12, 1024, 50277, 8
     padded_vocab = (vocab + vocab_multiple - 1) // vocab_multiple * vocab_multiple
@@ -214,6 +220,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches per step (default 1)")
+    ap.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clip (default 1; 0: off)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps of each kind (default 20)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compilation happens here)")
     ap.add_argument("--mode", choices=["both", "train", "dro"], default="both")
@@ -240,6 +248,8 @@ def main():
     have_sdpa = shape["have_sdpa"]
     if args.seq > n_ctx:
         ap.error(f"--seq {args.seq} exceeds the context {n_ctx}")
+    if args.accum < 1:
+        ap.error(f"--accum must be at least 1 (got {args.accum})")
     B, T = args.batch, args.seq
 
     Net = HFWrapper if args.impl == "hf" else GPTNeoX
@@ -296,18 +306,33 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    def clip_and_step():
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        opt.step()
+
     def train_step():
         opt.zero_grad(set_to_none=True)
-        with autocast():
-            losses = fwd(x, y)
-        loss = losses.mean()
-        loss.backward()
-        opt.step()
-        return loss
+        total = 0.0
+        for _ in range(args.accum):
+            with autocast():
+                losses = fwd(x, y)
+            loss = losses.mean() / args.accum
+            loss.backward()
+            total = total + loss.detach()
+        clip_and_step()
+        return total
 
     def dro_step():
-        nonlocal alpha, scores, avg_alpha
         opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(args.accum):
+            total = total + dro_micro_batch().detach() / args.accum
+        clip_and_step()
+        return total
+
+    def dro_micro_batch():
+        nonlocal alpha, scores, avg_alpha
         with torch.no_grad(), autocast():
             ref_losses = ref_fwd(x, y)
         with autocast():
@@ -325,8 +350,7 @@ def main():
             seq_w = w[domain]
             token_w = (seq_w / (seq_w.sum() * T)).to(torch.float32)  # sum over all tokens = 1
         loss = (losses * token_w[:, None]).sum()
-        loss.backward()
-        opt.step()
+        (loss / args.accum).backward()
         return loss
 
     def timed(step, n_warm, n_steps):
@@ -349,7 +373,7 @@ def main():
         return {
             "step_s_median": round(med, 6),
             "step_s_min": round(min(times), 6),
-            "tokens_per_s_median": round(B * T / med, 1),
+            "tokens_per_s_median": round(args.accum * B * T / med, 1),
             "warmup_s": round(t_warm, 2),
             "loss_first": round(losses[0], 4),
             "loss_last": round(losses[-1], 4),
@@ -367,6 +391,8 @@ def main():
         "fused_adamw": fused,
         "batch": B,
         "seq": T,
+        "accum": args.accum,
+        "max_grad_norm": args.max_grad_norm,
         "steps": args.steps,
         "warmup": args.warmup,
         "params": n_params,

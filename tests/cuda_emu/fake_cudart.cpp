@@ -42,6 +42,22 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
   }
   return cudaSuccess;
 }
+// What bench_gpu_step prints of the device (the emulator's smoke run of it).
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  *prop = cudaDeviceProp{};
+  std::strncpy(prop->name, "CPU emulator", sizeof prop->name - 1);
+  prop->multiProcessorCount = 1;
+  prop->totalGlobalMem = std::size_t(16) << 30;
+  return cudaDeviceGetAttribute(&prop->major, cudaDevAttrComputeCapabilityMajor, device);
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
 cudaError_t cudaGetLastError() { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t) { return "error (emulated runtime)"; }
