@@ -21,12 +21,13 @@
 // micro-batches of --batch x --seq tokens (the DRO step's exact accumulation
 // against the twin's per-micro-batch update, as the public implementation
 // does). Each step is timed on the host between two synchronisations of the
-// backend's stream; the table gives the
-// median of `steps` steps after `warmup` untimed ones. The twin runs after ours
-// (our GPU memory freed first) as a subprocess; if it fails, ours are printed
-// with the reason, and if ours fail, the twin still runs (exit status 1). The
-// last line is the whole result as JSON. Built when DOREMI_CUDA is ON;
-// benchmarks/gpu_check.sh builds it, runs the CUDA tests, then this.
+// backend's stream; the table gives the median of `steps` steps after
+// `warmup` untimed ones. The twin runs after ours (our GPU memory freed
+// first) as a subprocess; if it fails, ours are printed with the reason, and
+// if ours fail, the twin still runs (exit status 1). The last line is the
+// whole result as JSON. Built when DOREMI_CUDA is ON; benchmarks/gpu_check.sh
+// builds it, runs the CUDA tests, then this. CI runs it under the CPU
+// emulator on a small model (tests/cuda_emu/emu_bench_gpu_step.cpp).
 #include <algorithm>
 #include <chrono>
 #include <cmath>

@@ -44,6 +44,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #define __launch_bounds__(...)
 
@@ -160,6 +163,11 @@ inline std::array<std::uint64_t, 4>& lane_slot(int l) {
 
 // A fresh fiber on `stack` that starts in fiber_entry.
 inline void make_fiber(FiberContext& c, char* stack, std::size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  // Under AddressSanitizer: a finished fiber never returns from its frames,
+  // so their redzones stay poisoned in the reused stack.
+  ASAN_UNPOISON_MEMORY_REGION(stack, bytes);
+#endif
 #if defined(__x86_64__)
   // As emu_switch_stack leaves a suspended fiber: six callee-saved registers,
   // then the address it returns to; fiber_entry then sees a 16-byte-aligned
