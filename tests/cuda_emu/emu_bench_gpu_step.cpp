@@ -1,8 +1,9 @@
 // benchmarks/bench_gpu_step.cu under the CPU emulator (see cuda_emu.hpp), with
 // a one-layer model of doremi-120m's kind (head size 64, so the mma tilings
-// run too; the PyTorch twin's --tiny model has its shape): a smoke run of every path of the GPU benchmark (the trainers'
-// steps with and without GEMM tuning, the attention timings, the twin's
-// result read back, the table and JSON), which otherwise runs only on a GPU.
+// run too; the PyTorch twin's --tiny model has its shape): a smoke run of
+// every path of the GPU benchmark (the trainers' steps with and without GEMM
+// tuning, the attention timings, the twin's result read back, the table and
+// JSON), which otherwise runs only on a GPU.
 #include "cuda_emu.hpp"  // first: the emulated CUDA names
 
 #include "doremi/model/config.hpp"

@@ -42,14 +42,6 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
   }
   return cudaSuccess;
 }
-// What bench_gpu_step prints of the device (the emulator's smoke run of it).
-cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  *prop = cudaDeviceProp{};
-  std::strncpy(prop->name, "CPU emulator", sizeof prop->name - 1);
-  prop->multiProcessorCount = 1;
-  prop->totalGlobalMem = std::size_t(16) << 30;
-  return cudaDeviceGetAttribute(&prop->major, cudaDevAttrComputeCapabilityMajor, device);
-}
 cudaError_t cudaDriverGetVersion(int* v) {
   *v = CUDART_VERSION;
   return cudaSuccess;
@@ -99,6 +91,14 @@ cudaError_t cudaFree(void* p) {
   }
   std::free(p);
   return cudaSuccess;
+}
+// What bench_gpu_step prints of the device (the emulator's smoke run of it).
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  *prop = cudaDeviceProp{};
+  std::strncpy(prop->name, "CPU emulator", sizeof prop->name - 1);
+  prop->multiProcessorCount = 1;
+  prop->totalGlobalMem = fake_device_bytes;
+  return cudaDeviceGetAttribute(&prop->major, cudaDevAttrComputeCapabilityMajor, device);
 }
 cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   *total = fake_device_bytes;
