@@ -157,7 +157,7 @@ Ours time_ours(const Options& o, bool tune_gemms = false) {
   const auto kz = std::size_t(k);
   DROTrainer dro(proxy, reference, data, tc,
                  DomainWeights(names, std::vector<double>(kz, 1.0), std::vector<double>(kz, 1.0),
-                               std::log(double(Cfg::padded_vocab)), DroConfig{}));
+                               DROTrainer<GpuModel, FixedBatch>::initial_score(), DroConfig{}));
   time_steps(dro, r.dro, [&](const StepStats& st) {
     r.dro.ref_loss = st.extra.at("reference_loss").get<double>();
     return st.extra.at("mean_loss").get<double>();
