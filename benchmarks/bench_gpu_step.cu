@@ -10,11 +10,13 @@
 // these GPUs), in ms and TFLOP/s, and the mma kernels at several tilings.
 // Our steps run twice: as the library's default has them, then with GEMM
 // tuning (cuBLASLt's candidate algorithms timed per GEMM shape; the table's
-// "tuned" rows; --no-tuned skips it).
+// "tuned" rows; --no-tuned skips it). --attention-only times one layer's
+// attention alone and nothing else (gpu_check.sh --profile runs it under
+// Nsight Compute for the attention kernels' hardware counters).
 //
 //   bench_gpu_step [--batch 16] [--seq 1024] [--accum 1] [--steps 20] [--warmup 3] [--device 0]
 //                  [--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args "--no-compile"]
-//                  [--no-attention] [--no-tuned]
+//                  [--no-attention] [--no-tuned] [--attention-only]
 //
 // Ours: bf16 GEMM operands with fp32 accumulation and fp32 master weights
 // (Config<bf16_matmul(doremi_120m), float>). A step takes --accum
@@ -70,6 +72,7 @@ struct Options {
   std::string twin_args;
   bool twin = true;
   bool attention = true;  // also time one layer's attention alone
+  bool run_steps = true;  // time our training and DRO steps (--attention-only: no)
   bool tuned = true;      // also time our steps with GEMM tuning (Cuda::set_gemm_tuning)
 };
 
@@ -415,21 +418,25 @@ int run(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
   Ours ours;
   std::string our_error;
-  try {
-    ours = time_ours(o);
-    fmt::print("doremi-cpp done in {:.0f} s; loss (fixed batch): training steps {:.3f} -> {:.3f}, DRO steps "
-               "{:.3f} -> {:.3f} (reference {:.3f}), domain weights after DRO [{:.3f}]\n",
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ours.train.loss_first,
-               ours.train.loss_last, ours.dro.loss_first, ours.dro.loss_last, ours.dro.ref_loss,
-               fmt::join(ours.dro.alpha, ", "));
-    const auto& g = ours.gemms;
-    fmt::print("cuBLASLt: {} GEMM plans; bias epilogue found {}, refused {} (then a bias pass); GELU epilogue found "
-               "{}, refused {} (then a GELU pass); bias-gradient epilogue found {}, refused {} (then a column-sum "
-               "pass)\n",
-               g.plans, g.bias_found, g.bias_refused, g.gelu_found, g.gelu_refused, g.bgrad_found, g.bgrad_refused);
-  } catch (const std::exception& e) {
-    our_error = e.what();
-    fmt::print("doremi-cpp FAILED: {}\n", our_error);
+  if (!o.run_steps) {
+    our_error = "not run (--attention-only)";
+  } else {
+    try {
+      ours = time_ours(o);
+      fmt::print("doremi-cpp done in {:.0f} s; loss (fixed batch): training steps {:.3f} -> {:.3f}, DRO steps "
+                 "{:.3f} -> {:.3f} (reference {:.3f}), domain weights after DRO [{:.3f}]\n",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), ours.train.loss_first,
+                 ours.train.loss_last, ours.dro.loss_first, ours.dro.loss_last, ours.dro.ref_loss,
+                 fmt::join(ours.dro.alpha, ", "));
+      const auto& g = ours.gemms;
+      fmt::print("cuBLASLt: {} GEMM plans; bias epilogue found {}, refused {} (then a bias pass); GELU epilogue found "
+                 "{}, refused {} (then a GELU pass); bias-gradient epilogue found {}, refused {} (then a column-sum "
+                 "pass)\n",
+                 g.plans, g.bias_found, g.bias_refused, g.gelu_found, g.gelu_refused, g.bgrad_found, g.bgrad_refused);
+    } catch (const std::exception& e) {
+      our_error = e.what();
+      fmt::print("doremi-cpp FAILED: {}\n", our_error);
+    }
   }
   std::fflush(stdout);
 
@@ -531,7 +538,7 @@ int run(const Options& o) {
                "untuned tokens/s)\n",
                ran ? tuned_train / ours_train : 0.0, ran ? tuned_dro / ours_dro : 0.0);
   }
-  if (!ran) fmt::print("doremi-cpp: failed: {}\n", our_error);
+  if (!ran) fmt::print("doremi-cpp: {}{}\n", o.run_steps ? "failed: " : "", our_error);
   if (peer.is_null()) fmt::print("pytorch: not run: {}\n", why);
 
   // Attention alone: FLOPs as FlashAttention counts them for a causal layer
@@ -562,13 +569,14 @@ int run(const Options& o) {
                                    : fmt::format("differs from the default's by up to {:.2g}", t.max_diff));
     }
   }
-  fmt::print("goals (H100/H200): training-step MFU >= 45%: {}; training-step tokens/s >= 1.3x pytorch: {}\n",
-             ran ? fmt::format("{} ({:.1f}%)", mfu_train >= 0.45 ? "met" : "NOT met", 100.0 * mfu_train)
-                 : std::string("unknown (doremi-cpp failed)"),
-             ran && theirs_train > 0
-                 ? fmt::format("{} ({:.2f}x)", ours_train >= 1.3 * theirs_train ? "met" : "NOT met",
-                               ours_train / theirs_train)
-                 : std::string("unknown"));
+  if (o.run_steps)
+    fmt::print("goals (H100/H200): training-step MFU >= 45%: {}; training-step tokens/s >= 1.3x pytorch: {}\n",
+               ran ? fmt::format("{} ({:.1f}%)", mfu_train >= 0.45 ? "met" : "NOT met", 100.0 * mfu_train)
+                   : std::string("unknown (doremi-cpp failed)"),
+               ran && theirs_train > 0
+                   ? fmt::format("{} ({:.2f}x)", ours_train >= 1.3 * theirs_train ? "met" : "NOT met",
+                                 ours_train / theirs_train)
+                   : std::string("unknown"));
 
   // One machine-readable line for logs.
   nlohmann::json j = {{"bench", "bench_gpu_step"},
@@ -604,7 +612,7 @@ int run(const Options& o) {
   else
     j["pytorch"] = {{"error", why}};
   fmt::print("{}\n", j.dump());
-  return ran && att_error.empty() ? 0 : 1;
+  return (ran || !o.run_steps) && att_error.empty() ? 0 : 1;
 }
 
 }  // namespace
@@ -633,11 +641,12 @@ int main(int argc, char** argv) {
     else if (a == "--no-twin") o.twin = false;
     else if (a == "--no-attention") o.attention = false;
     else if (a == "--no-tuned") o.tuned = false;
+    else if (a == "--attention-only") o.run_steps = o.twin = o.tuned = false, o.attention = true;
     else {
       fmt::print(stderr,
                  "usage: bench_gpu_step [--batch 16] [--seq 1024] [--accum 1] [--steps 20] [--warmup 3] [--device 0] "
                  "[--domains 8] [--peak-tflops 989] [--python python3] [--no-twin] [--twin-args ARGS] "
-                 "[--no-attention] [--no-tuned]\n");
+                 "[--no-attention] [--no-tuned] [--attention-only]\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }

@@ -25,7 +25,11 @@
 #                     with Nsight Compute (ncu: GPU time of every kernel) and
 #                     print the time per kernel and per part of the step
 #                     (benchmarks/ncu_summary.py), for each attention family
-#                     benchmarked; the CSVs stay in BUILD_DIR
+#                     benchmarked; the CSVs stay in BUILD_DIR. Then the hardware
+#                     counters of both families' attention kernels (one launch
+#                     of each: ncu's "full" set, tensor-pipe use): a few
+#                     lines each in the log, the whole report beside the log
+#                     (LOG without .log, + .attention-ncu.txt)
 #   --profile-only    build the benchmark and run the profile only (no tests, no
 #                     timed benchmark): a second run after one without --profile,
 #                     where one command may not run long enough for both
@@ -273,6 +277,39 @@ main() {
           echo "profile failed (ncu exit status $prof_rc):"; tail -n 20 "${csv%.csv}.err"; status=1
         fi
       done
+
+      # Why the attention kernels take the time they do: one launch of each
+      # kernel of each family (forward, dK/dV, dQ) during bench_gpu_step's
+      # attention-alone timing, with ncu's "full" set of sections (throughputs,
+      # occupancy and its limits, warp stalls, shared-memory bank conflicts,
+      # ncu's own hints) and the tensor pipe's share of the cycles.
+      section "profile: the attention kernels' hardware counters (ncu, one launch of each)"
+      details=${log%.log}.attention-ncu.txt
+      : > "$details"
+      hmma=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
+      for kernels in attention_tc_ attention_mma_; do
+        ncu_args=(--set full --clock-control none --kernel-name "regex:${kernels}(forward|backward)"
+                  --launch-count 3)
+        set +e
+        for metrics in "--metrics $hmma" ""; do  # without the extra metric if this ncu does not know it
+          # shellcheck disable=SC2086
+          "${run_env[@]}" timeout 300 "$ncu_bin" "${ncu_args[@]}" $metrics "$bench_bin" --batch "$batch" \
+            --steps 2 --warmup 1 --attention-only > "$details.part" 2>&1
+          prof_rc=$?
+          [[ $prof_rc != 0 ]] || break
+        done
+        set -e
+        cat "$details.part" >> "$details"
+        echo "--- ${kernels%_} kernels (ncu exit status $prof_rc) ---"
+        # Each kernel's header line and the counters that say what bounds it.
+        grep -iE "${kernels}[a-z_]+kernel.*context|duration|compute \(sm\) throughput|memory throughput|\
+registers per thread|achieved occupancy|theoretical occupancy|block limit (registers|shared mem)|\
+warp cycles per issued|issue slots busy|bank conflict|$hmma" "$details.part" | grep -v "^==" \
+          || echo "(no counters: see $details)"
+        [[ $prof_rc == 0 ]] || status=1
+      done
+      rm -f "$details.part"
+      echo "(ncu's whole report, hints included: $details)"
     fi
   fi
 
