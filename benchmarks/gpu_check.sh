@@ -335,4 +335,5 @@ warp cycles per issued|issue slots busy|bank conflict|$hmma" "$details.part" | g
 }
 
 # Everything to the terminal and the log; the exit status is main's (pipefail).
+mkdir -p "$(dirname "$log")"
 main 2>&1 | tee "$log"
