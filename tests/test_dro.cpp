@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "doremi/data/byte_tokenizer.hpp"
 #include "doremi/doremi.hpp"
@@ -151,6 +152,7 @@ TEST_CASE("dro trainer: k micro-batches give the alpha trajectory of one batch k
     }
   }
   CHECK(test::relative_distance(proxy_b.parameters(), proxy_a.parameters()) < 1e-5);
+  CHECK(std::as_const(ref_b).gradients().empty());  // the reference only runs forward: no gradient buffer
   // The weights moved: the update is not trivially the identity.
   CHECK(a.domain_weights().alpha()[0] != doctest::Approx(1.0 / 3).epsilon(1e-3));
 }

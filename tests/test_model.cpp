@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "doremi/doremi.hpp"
@@ -153,7 +154,8 @@ TEST_CASE("model forward: padding targets give zero loss and no gradient, mask c
 }
 
 // forward_losses (the DRO reference model, evaluation): every layer shares one
-// set of activation buffers and no gradient buffers are laid out.
+// set of activation buffers and no gradient buffers are laid out; a model
+// that never runs a backward holds no parameter gradients either.
 template <class Cfg>
 void forward_losses_case() {
   const TokenBatch b = make_batch<Cfg>(5);
@@ -170,12 +172,15 @@ void forward_losses_case() {
           trains.activation_elements(), " (forward)");
   CHECK(evaluates.activation_elements() < trains.activation_elements());
   CHECK_THROWS_WITH_AS(evaluates.backward(w), doctest::Contains("forward_losses"), Error);
+  CHECK(std::as_const(evaluates).gradients().empty());
+  CHECK(std::as_const(trains).gradients().empty());
   // The training model evaluates too (its buffers are reused), and then needs a forward again to differentiate.
   const auto again = trains.forward_losses(b.inputs, b.targets, b.B, b.T);
   for (std::size_t i = 0; i < a.losses.size(); ++i) REQUIRE(again.losses[i] == e.losses[i]);
   CHECK_THROWS_AS(trains.backward(w), Error);
   trains.forward(b.inputs, b.targets, b.B, b.T);
   CHECK_NOTHROW(trains.backward(w));
+  CHECK(std::as_const(trains).gradients().size() == trains.num_parameters());
 }
 
 TEST_CASE("model forward_losses: forward's losses bit for bit with one layer of activations, no backward") {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include "../test_corpus.hpp"
 #include "../test_util.hpp"
@@ -260,6 +261,7 @@ TEST_CASE("cuda model: after their first step, training and DRO steps allocate n
 #ifdef DOREMI_CUDA_EMULATE
   CHECK(emu::device_allocations() == calls);
 #endif
+  CHECK(std::as_const(ref).gradients().empty());  // the reference only runs forward: no gradient buffer
 }
 
 TEST_CASE("cuda model: GPU training repeats bit for bit") {

@@ -84,7 +84,7 @@ class Model {
   static constexpr int C = Cfg::n_embd, H = Cfg::n_head, L = Cfg::n_layer, V = Cfg::padded_vocab;
   static constexpr int D = Cfg::d_mlp;
 
-  explicit Model(Backend be = {}) : be_(be), params_(layout().total, scalar(0)), grads_(layout().total, scalar(0)) {
+  explicit Model(Backend be = {}) : be_(be), params_(layout().total, scalar(0)) {
     if constexpr (!Cfg::learned_positions) {
       const auto rope = rotary_tables<scalar>(Cfg::n_ctx, Cfg::rotary_dim, Cfg::rotary_base);
       const std::size_t n = rope.cos.size();
@@ -108,9 +108,19 @@ class Model {
   static constexpr bool host_memory = Backend::host_memory;
   std::span<scalar> parameters() { return {params_.data(), params_.size()}; }
   std::span<const scalar> parameters() const { return {params_.data(), params_.size()}; }
-  std::span<scalar> gradients() { return {grads_.data(), grads_.size()}; }
+  // The gradient buffer is made (zeroed) when first needed, by backward,
+  // zero_grad or this non-const gradients(): a model that only runs forward
+  // (the DRO reference, evaluation) holds none, and the const gradients() is
+  // empty until then.
+  std::span<scalar> gradients() {
+    Buffer<scalar>& g = grads();
+    return {g.data(), g.size()};
+  }
   std::span<const scalar> gradients() const { return {grads_.data(), grads_.size()}; }
-  void zero_grad() { fill(be_, grads_.data(), scalar(0), grads_.size()); }
+  void zero_grad() {
+    Buffer<scalar>& g = grads();
+    fill(be_, g.data(), scalar(0), g.size());
+  }
 
   // The parameters readable on the host: the buffer itself on the CPU, a
   // fresh copy (valid until the next call) on a device.
@@ -147,7 +157,7 @@ class Model {
       }
     }
     upload_parameters(host);
-    zero_grad();
+    if (grads_.size() != 0) zero_grad();  // else made (zeroed) when first needed
   }
 
   // inputs, targets: [B·T] token ids; a target < 0 marks padding (ignored).
@@ -180,7 +190,7 @@ class Model {
     if (token_weights.size() != std::size_t(N))
       fail("Model::backward: {} token weights for a batch of {} tokens", token_weights.size(), N);
     const scalar* P = params_.data();
-    scalar* G = grads_.data();
+    scalar* G = grads().data();
     const auto& lay = layout();
     scalar* dres = d_res();  // the residual stream's gradient, carried down through the blocks
     const scalar* tw = token_weights.data();
@@ -434,6 +444,14 @@ class Model {
   operand_type* d_qkv() { return op_acts_.data() + o_dqkv_; }
   operand_type* d_fc() { return op_acts_.data() + o_dfc_; }
   operand_type* d_res_op() { return op_acts_.data() + o_dres_op_; }  // dres as the products read it
+
+  Buffer<scalar>& grads() {
+    if (grads_.size() == 0) {
+      grads_.resize(layout().total);
+      fill(be_, grads_.data(), scalar(0), grads_.size());
+    }
+    return grads_;
+  }
 
   Backend be_;
   Buffer<scalar> params_, grads_, acts_;

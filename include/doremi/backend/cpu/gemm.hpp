@@ -7,8 +7,9 @@
 // CPUs measured here it runs the LM head's shapes about 10 % faster than
 // OpenBLAS in fp32 and, where the CPU has AVX512-BF16, twice as fast again in
 // bf16 (benchmarks/bench_train_step.cpp; neither Eigen nor Debian's OpenBLAS
-// has a bf16 GEMM). Without oneDNN, bf16 operands are widened to fp32 and
-// multiplied by Eigen: the same numbers up to summation order, slower.
+// has a bf16 GEMM). Without oneDNN, or where oneDNN has no bf16 kernel for
+// the CPU (oneDNN 2.6 needs AVX-512 for bf16), bf16 operands are widened to
+// fp32 and multiplied in fp32: the same numbers up to summation order, slower.
 //
 // bf16 here is storage only (round to nearest even from fp32); the products
 // accumulate in fp32, as on GPUs.
@@ -66,6 +67,8 @@ inline dnnl_engine_t engine() {
 
 // One primitive per shape with its operand descriptions, created once
 // (creation JIT-compiles code: milliseconds) and kept for the program's life.
+// prim stays null where oneDNN has no implementation for the shape and types
+// on this CPU (bf16 on CPUs without AVX-512): gemm() then widens to fp32.
 struct Matmul {
   dnnl_memory_desc_t a, b, c;
   dnnl_primitive_t prim = nullptr;
@@ -99,6 +102,7 @@ const Matmul& primitive(bool ta, bool tb, int M, int N, int K, int lda, int ldb,
   const dnnl_status_t st = dnnl_primitive_desc_create(&pd, &desc, attr, engine(), nullptr);
   dnnl_post_ops_destroy(ops);
   dnnl_primitive_attr_destroy(attr);
+  if (st == dnnl_unimplemented) return cache.emplace(key, m).first->second;  // no kernel here: prim stays null
   check(st, "dnnl_primitive_desc_create (matmul)");
   const dnnl_status_t st2 = dnnl_primitive_create(&m.prim, pd);
   dnnl_primitive_desc_destroy(pd);
@@ -147,11 +151,14 @@ void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In*
   }
 #ifdef DOREMI_GEMM_ONEDNN
   if constexpr (!std::is_same_v<In, double>) {
-    onednn::execute(onednn::primitive<In>(ta, tb, M, N, K, lda, ldb, ldc, accumulate), A, B, C);
-    return;
+    const onednn::Matmul& p = onednn::primitive<In>(ta, tb, M, N, K, lda, ldb, ldc, accumulate);
+    if (p.prim) {
+      onednn::execute(p, A, B, C);
+      return;
+    }  // else no oneDNN kernel for it on this CPU (bf16 without AVX-512): as without oneDNN
   }
 #endif
-  if constexpr (std::is_same_v<In, bf16>) {  // no bf16 GEMM without oneDNN: widen, then Eigen
+  if constexpr (std::is_same_v<In, bf16>) {  // no bf16 GEMM: widen, then the fp32 GEMM
     const std::size_t na = std::size_t((ta ? K : M) - 1) * lda + (ta ? M : K);
     const std::size_t nb = std::size_t((tb ? N : K) - 1) * ldb + (tb ? K : N);
     std::vector<float> a(na), b(nb);
