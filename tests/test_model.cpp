@@ -252,7 +252,8 @@ TEST_CASE("cpu gemm: every transpose, strides and accumulation against a double 
       std::vector<bf16> Ab(A.size()), Bb(B.size());
       backend::convert(backend::Cpu{}, Ab.data(), A.data(), A.size());
       backend::convert(backend::Cpu{}, Bb.data(), B.data(), B.size());
-      for (const bool use_bf16 : {false, true}) {
+      for (const int path : {0, 1, 2}) {  // fp32; bf16 (oneDNN's kernel where the CPU has one); bf16 widened
+        const bool use_bf16 = path > 0;
         auto a = [&](int i, int k) {
           const std::size_t at = ta ? std::size_t(k) * lda + i : std::size_t(i) * lda + k;
           return use_bf16 ? double(backend::cpu::from_bf16(Ab[at])) : double(A[at]);
@@ -262,7 +263,9 @@ TEST_CASE("cpu gemm: every transpose, strides and accumulation against a double 
           return use_bf16 ? double(backend::cpu::from_bf16(Bb[at])) : double(B[at]);
         };
         std::vector<float> C = C0;
-        if (use_bf16)
+        if (path == 2)
+          backend::cpu::gemm_widened(ta, tb, s.M, s.N, s.K, Ab.data(), lda, Bb.data(), ldb, C.data(), ldc, acc);
+        else if (use_bf16)
           backend::cpu::gemm(ta, tb, s.M, s.N, s.K, Ab.data(), lda, Bb.data(), ldb, C.data(), ldc, acc);
         else
           backend::cpu::gemm(ta, tb, s.M, s.N, s.K, A.data(), lda, B.data(), ldb, C.data(), ldc, acc);
@@ -278,7 +281,7 @@ TEST_CASE("cpu gemm: every transpose, strides and accumulation against a double 
             for (int k = 0; k < s.K; ++k) ref += a(i, k) * b(k, j);
             worst = std::max(worst, std::abs(double(C[at]) - ref) / (1.0 + std::abs(ref)));
           }
-        INFO("M N K ", s.M, " ", s.N, " ", s.K, " ta ", ta, " tb ", tb, " accumulate ", acc, " bf16 ", use_bf16);
+        INFO("M N K ", s.M, " ", s.N, " ", s.K, " ta ", ta, " tb ", tb, " accumulate ", acc, " path ", path);
         CHECK(worst < 2e-5);  // fp32 accumulation of exactly representable products
       }
     }

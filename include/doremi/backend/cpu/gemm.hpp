@@ -133,6 +133,22 @@ void execute(const Matmul& p, const In* A, const In* B, Out* C) {
 }  // namespace onednn
 #endif
 
+template <class In, class Out>
+void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In* B, int ldb, Out* C, int ldc,
+          bool accumulate);
+
+// gemm's bf16 product where there is no bf16 kernel (no oneDNN, or none for
+// this CPU): the operands widened to fp32, then the fp32 product.
+inline void gemm_widened(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, const bf16* B, int ldb,
+                         float* C, int ldc, bool accumulate) {
+  const std::size_t na = std::size_t((ta ? K : M) - 1) * lda + (ta ? M : K);
+  const std::size_t nb = std::size_t((tb ? N : K) - 1) * ldb + (tb ? K : N);
+  std::vector<float> a(na), b(nb);
+  for (std::size_t i = 0; i < na; ++i) a[i] = from_bf16(A[i]);
+  for (std::size_t i = 0; i < nb; ++i) b[i] = from_bf16(B[i]);
+  gemm(ta, tb, M, N, K, a.data(), lda, b.data(), ldb, C, ldc, accumulate);
+}
+
 // C[M, N] = op(A)·op(B) (accumulate: C +=), op(X) = Xᵀ when the flag is set;
 // A is [M, K] (or [K, M] when ta), B is [K, N] (or [N, K] when tb), row-major
 // with leading dimensions lda, ldb, ldc. Uses every OpenMP thread; call it
@@ -158,13 +174,8 @@ void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In*
     }  // else no oneDNN kernel for it on this CPU (bf16 without AVX-512): as without oneDNN
   }
 #endif
-  if constexpr (std::is_same_v<In, bf16>) {  // no bf16 GEMM: widen, then the fp32 GEMM
-    const std::size_t na = std::size_t((ta ? K : M) - 1) * lda + (ta ? M : K);
-    const std::size_t nb = std::size_t((tb ? N : K) - 1) * ldb + (tb ? K : N);
-    std::vector<float> a(na), b(nb);
-    for (std::size_t i = 0; i < na; ++i) a[i] = from_bf16(A[i]);
-    for (std::size_t i = 0; i < nb; ++i) b[i] = from_bf16(B[i]);
-    gemm(ta, tb, M, N, K, a.data(), lda, b.data(), ldb, C, ldc, accumulate);
+  if constexpr (std::is_same_v<In, bf16>) {
+    gemm_widened(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   } else {
     using Map = Eigen::Map<const RowMat<In>, 0, Eigen::OuterStride<>>;
     Eigen::Map<RowMat<Out>, 0, Eigen::OuterStride<>> c(C, M, N, Eigen::OuterStride<>(ldc));
