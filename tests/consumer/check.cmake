@@ -1,6 +1,7 @@
 # ctest driver: install the library into a scratch prefix, then build and run
-# the consumer with find_package and with add_subdirectory (and its CUDA
-# program when CUDA is ON: built, and run, which without a GPU only says so).
+# the consumer with find_package and with add_subdirectory (and, when CUDA is
+# ON, its CUDA program: configured both ways, which checks that doremi::cuda
+# exists, built and run with find_package; without a GPU it only says so).
 set(prefix ${WORK}/prefix)
 file(REMOVE_RECURSE ${WORK})
 execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD} --prefix ${prefix} RESULT_VARIABLE rc)
@@ -24,13 +25,14 @@ foreach(mode find_package add_subdirectory)
   if(rc)
     message(FATAL_ERROR "${mode}: configure failed")
   endif()
-  execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/${mode} RESULT_VARIABLE rc OUTPUT_QUIET)
+  set(programs consumer)
+  if(CUDA AND mode STREQUAL find_package)
+    list(APPEND programs consumer_cuda)
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/${mode} --parallel --target ${programs}
+                  RESULT_VARIABLE rc OUTPUT_QUIET)
   if(rc)
     message(FATAL_ERROR "${mode}: build failed")
-  endif()
-  set(programs consumer)
-  if(CUDA)
-    list(APPEND programs consumer_cuda)
   endif()
   foreach(program ${programs})
     execute_process(COMMAND ${WORK}/${mode}/${program} RESULT_VARIABLE rc)
