@@ -274,11 +274,12 @@ double time_attention(const Options& o, backend::cuda::AttentionTcKernels family
   cu::DeviceBuffer<float> qkvr(backend::attention_qkvr_size<P, float>(gpu, B, T, C, H));
   cu::DeviceBuffer<float> lse(backend::attention_state_size(gpu, B, H, T));
   const double t = median_seconds(o, gpu, [&] {
-    backend::attention_forward<P>(gpu, out.data(), qkvr.data(), lse.data(), qkv.data(), rope.cos.data(),
-                                  rope.sin.data(), B, T, C, H, rot);
-    backend::attention_backward<P>(gpu, dqkv.data(), dout.data(), static_cast<const bf16*>(out.data()),
-                                   static_cast<const float*>(qkvr.data()), static_cast<const float*>(lse.data()),
-                                   rope.cos.data(), rope.sin.data(), B, T, C, H, rot);
+    backend::attention_forward<P, Cfg::head_dim>(gpu, out.data(), qkvr.data(), lse.data(), qkv.data(),
+                                                 rope.cos.data(), rope.sin.data(), B, T, C, H, rot);
+    backend::attention_backward<P, Cfg::head_dim>(gpu, dqkv.data(), dout.data(), static_cast<const bf16*>(out.data()),
+                                                  static_cast<const float*>(qkvr.data()),
+                                                  static_cast<const float*>(lse.data()), rope.cos.data(),
+                                                  rope.sin.data(), B, T, C, H, rot);
   });
   cu::attention_tc_kernels() = before;
   return t;
@@ -508,38 +509,40 @@ int run(const Options& o) {
     theirs_dro = tokens / peer["dro"].at("step_s_median").get<double>();
   }
 
-  fmt::print("\n=== {} on {}, B={} T={}{}, {} ===\n", Cfg::name, prop.name, B, T,
-             o.accum == 1 ? std::string() : fmt::format(" x {} micro-batches", o.accum), now_utc());
-  fmt::print("model FLOPs per token: training step 6*(12*L*C^2 + V*C) + 12*L*T*C = {:.1f} MFLOP "
-             "(L={}, C={}, V={}, T={}); DRO step adds the reference forward (1/3 of that): {:.1f} MFLOP\n",
-             fpt / 1e6, Cfg::n_layer, Cfg::n_embd, Cfg::padded_vocab, T, fpt_dro / 1e6);
-  fmt::print("MFU against a bf16 dense peak of {:.0f} TFLOP/s (nominal; --peak-tflops)\n", o.peak_tflops);
-  fmt::print("doremi-cpp attention: {} tensor-core kernels (DOREMI_CUDA_ATTENTION)\n",
-             backend::cuda::attention_tc_kernels() == backend::cuda::AttentionTcKernels::mma ? "mma" : "wmma");
-  fmt::print("{:<15} {:>14} {:>7} {:>9}   {:>14} {:>7} {:>9}   {:>6}\n", "", "doremi-cpp t/s", "MFU", "ms/step",
-             "pytorch t/s", "MFU", "ms/step", "ratio");
-  // "-" where a side did not run.
-  auto cells = [&](double tps, double f) {
-    if (!(tps > 0)) return fmt::format("{:>14} {:>7} {:>9}", "-", "-", "-");
-    return fmt::format("{:>14.0f} {:>6.1f}% {:>9.2f}", tps, 100.0 * tps * f / peak, 1e3 * tokens / tps);
-  };
-  auto row = [&](const char* what, double a, double b, double f) {
-    fmt::print("{:<15} {}   {}   {:>6}\n", what, cells(a, f), cells(b, f),
-               a > 0 && b > 0 ? fmt::format("{:.2f}x", a / b) : std::string("-"));
-  };
-  row("training step", ours_train, theirs_train, fpt);
-  row("DRO step", ours_dro, theirs_dro, fpt_dro);
   const double tuned_train = tuned_error.empty() ? tokens / median(tuned.train.times) : 0.0;
   const double tuned_dro = tuned_error.empty() ? tokens / median(tuned.dro.times) : 0.0;
-  if (tuned_error.empty()) {
-    row("training, tuned", tuned_train, theirs_train, fpt);
-    row("DRO, tuned", tuned_dro, theirs_dro, fpt_dro);
-    fmt::print("(tuned: GEMM tuning, DOREMI_CUDA_GEMM_TUNING=1; training step {:.3f}x, DRO step {:.3f}x the "
-               "untuned tokens/s)\n",
-               ran ? tuned_train / ours_train : 0.0, ran ? tuned_dro / ours_dro : 0.0);
+  fmt::print("\n=== {} on {}, B={} T={}{}, {} ===\n", Cfg::name, prop.name, B, T,
+             o.accum == 1 ? std::string() : fmt::format(" x {} micro-batches", o.accum), now_utc());
+  if (o.run_steps) {  // the step table (--attention-only: none)
+    fmt::print("model FLOPs per token: training step 6*(12*L*C^2 + V*C) + 12*L*T*C = {:.1f} MFLOP "
+               "(L={}, C={}, V={}, T={}); DRO step adds the reference forward (1/3 of that): {:.1f} MFLOP\n",
+               fpt / 1e6, Cfg::n_layer, Cfg::n_embd, Cfg::padded_vocab, T, fpt_dro / 1e6);
+    fmt::print("MFU against a bf16 dense peak of {:.0f} TFLOP/s (nominal; --peak-tflops)\n", o.peak_tflops);
+    fmt::print("doremi-cpp attention: {} tensor-core kernels (DOREMI_CUDA_ATTENTION)\n",
+               backend::cuda::attention_tc_kernels() == backend::cuda::AttentionTcKernels::mma ? "mma" : "wmma");
+    fmt::print("{:<15} {:>14} {:>7} {:>9}   {:>14} {:>7} {:>9}   {:>6}\n", "", "doremi-cpp t/s", "MFU", "ms/step",
+               "pytorch t/s", "MFU", "ms/step", "ratio");
+    // "-" where a side did not run.
+    auto cells = [&](double tps, double f) {
+      if (!(tps > 0)) return fmt::format("{:>14} {:>7} {:>9}", "-", "-", "-");
+      return fmt::format("{:>14.0f} {:>6.1f}% {:>9.2f}", tps, 100.0 * tps * f / peak, 1e3 * tokens / tps);
+    };
+    auto row = [&](const char* what, double a, double b, double f) {
+      fmt::print("{:<15} {}   {}   {:>6}\n", what, cells(a, f), cells(b, f),
+                 a > 0 && b > 0 ? fmt::format("{:.2f}x", a / b) : std::string("-"));
+    };
+    row("training step", ours_train, theirs_train, fpt);
+    row("DRO step", ours_dro, theirs_dro, fpt_dro);
+    if (tuned_error.empty()) {
+      row("training, tuned", tuned_train, theirs_train, fpt);
+      row("DRO, tuned", tuned_dro, theirs_dro, fpt_dro);
+      fmt::print("(tuned: GEMM tuning, DOREMI_CUDA_GEMM_TUNING=1; training step {:.3f}x, DRO step {:.3f}x the "
+                 "untuned tokens/s)\n",
+                 ran ? tuned_train / ours_train : 0.0, ran ? tuned_dro / ours_dro : 0.0);
+    }
+    if (!ran) fmt::print("doremi-cpp: failed: {}\n", our_error);
+    if (peer.is_null()) fmt::print("pytorch: not run: {}\n", why);
   }
-  if (!ran) fmt::print("doremi-cpp: {}{}\n", o.run_steps ? "failed: " : "", our_error);
-  if (peer.is_null()) fmt::print("pytorch: not run: {}\n", why);
 
   // Attention alone: FLOPs as FlashAttention counts them for a causal layer
   // (forward 2 products, backward 5, each half of the T×T square), not

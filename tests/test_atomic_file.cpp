@@ -16,11 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 std::vector<std::string> entries(const fs::path& dir) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
@@ -34,12 +29,12 @@ TEST_CASE("atomic_file: write_file_atomic writes and replaces") {
   doremi::test::TempDir dir("atomic");
   const fs::path path = dir.path / "state.json";
   doremi::write_file_atomic(path, std::string_view("first"));
-  CHECK(slurp(path) == "first");
+  CHECK(doremi::test::read_bytes(path) == "first");
   doremi::write_file_atomic(path, [](std::ostream& os) { os << "second " << 2; });
-  CHECK(slurp(path) == "second 2");
+  CHECK(doremi::test::read_bytes(path) == "second 2");
   const std::byte raw[3] = {std::byte{0}, std::byte{255}, std::byte{7}};
   doremi::write_file_atomic(path, std::span<const std::byte>(raw));
-  CHECK(slurp(path) == std::string("\0\xff\x07", 3));
+  CHECK(doremi::test::read_bytes(path) == std::string("\0\xff\x07", 3));
   CHECK(entries(dir.path) == std::vector<std::string>{"state.json"});
 }
 
@@ -65,7 +60,7 @@ TEST_CASE("atomic_file: a failed write leaves the old file intact") {
     CHECK_THROWS_AS(doremi::write_file_atomic(path, [](std::ostream& os) { os.setstate(std::ios::badbit); }),
                     doremi::Error);
   }
-  CHECK(slurp(path) == "old contents");
+  CHECK(doremi::test::read_bytes(path) == "old contents");
   CHECK(entries(dir.path) == std::vector<std::string>{"weights.bin"});  // no temporary left
 }
 
@@ -97,17 +92,17 @@ TEST_CASE("atomic_file: AtomicDirectory commit creates or replaces a folder") {
     staged.commit();
     CHECK(staged.committed());
   }
-  CHECK(slurp(final_path / "a.txt") == "A1");
-  CHECK(slurp(final_path / "sub" / "c.txt") == "C1");
+  CHECK(doremi::test::read_bytes(final_path / "a.txt") == "A1");
+  CHECK(doremi::test::read_bytes(final_path / "sub" / "c.txt") == "C1");
 
   {  // second commit replaces the whole folder: files not rewritten disappear
     doremi::AtomicDirectory staged(final_path / "");  // a trailing slash names the same folder
     doremi::write_file_atomic(staged.path() / "a.txt", std::string_view("A2"));
-    CHECK(slurp(final_path / "a.txt") == "A1");  // the old one is untouched until commit
+    CHECK(doremi::test::read_bytes(final_path / "a.txt") == "A1");  // the old one is untouched until commit
     staged.commit();
     CHECK_THROWS_AS(staged.commit(), doremi::Error);
   }
-  CHECK(slurp(final_path / "a.txt") == "A2");
+  CHECK(doremi::test::read_bytes(final_path / "a.txt") == "A2");
   CHECK_FALSE(fs::exists(final_path / "b.txt"));
   CHECK_FALSE(fs::exists(final_path / "sub"));
   CHECK(entries(dir.path) == std::vector<std::string>{"checkpoint-10"});  // nothing set aside remains
@@ -134,7 +129,7 @@ TEST_CASE("atomic_file: an uncommitted AtomicDirectory leaves nothing behind") {
     } catch (const std::runtime_error&) {
     }
     CHECK(entries(dir.path) == std::vector<std::string>{"ckpt"});
-    CHECK(slurp(final_path / "model.safetensors") == "old");
+    CHECK(doremi::test::read_bytes(final_path / "model.safetensors") == "old");
   }
 }
 
@@ -146,6 +141,6 @@ TEST_CASE("atomic_file: AtomicDirectory::recover restores a folder moved aside")
   fs::create_directory(aside);
   std::ofstream(aside / "x.txt") << "kept";
   CHECK(doremi::AtomicDirectory::recover(final_path));
-  CHECK(slurp(final_path / "x.txt") == "kept");
+  CHECK(doremi::test::read_bytes(final_path / "x.txt") == "kept");
   CHECK_FALSE(fs::exists(aside));
 }

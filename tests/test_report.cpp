@@ -25,11 +25,6 @@ using namespace doremi;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 void spit(const fs::path& p, std::string_view text) {
   std::ofstream out(p, std::ios::binary);
   out << text;
@@ -154,7 +149,7 @@ std::optional<bool> python_parses(const std::vector<fs::path>& files) {
 void check_well_formed(const std::vector<fs::path>& files) {
   for (const auto& file : files) {
     INFO(file.string());
-    CHECK(xml_problem(slurp(file)) == "");
+    CHECK(xml_problem(doremi::test::read_bytes(file)) == "");
   }
   if (const auto ok = python_parses(files)) CHECK(*ok);
   else MESSAGE("python3 is unavailable: the files were checked by the test's own XML parser only");
@@ -405,8 +400,8 @@ TEST_CASE("report: write_report writes the charts and a page with all tables") {
     }
     check_well_formed(files);  // the page is XHTML-compatible, so XML parsers accept it too
   }
-  CHECK(count(slurp(out / "weights_over_steps.svg"), "<polyline") == k);
-  const std::string html = slurp(out / "report.html");
+  CHECK(count(doremi::test::read_bytes(out / "weights_over_steps.svg"), "<polyline") == k);
+  const std::string html = doremi::test::read_bytes(out / "report.html");
   CHECK(count(html, "<svg ") == 4);  // every chart inlined
   for (const char* f :
        {"weights_over_steps.svg", "average_weights_over_steps.svg", "final_weights.svg", "perplexity.svg"})
@@ -441,7 +436,7 @@ TEST_CASE("report: write_report writes the charts and a page with all tables") {
     CHECK_FALSE(fs::exists(out / "perplexity.svg"));
     CHECK_FALSE(fs::exists(out / "weights_over_steps.svg"));
     CHECK(fs::exists(out / "final_weights.svg"));
-    const std::string h2 = slurp(out / "report.html");
+    const std::string h2 = doremi::test::read_bytes(out / "report.html");
     CHECK(count(h2, "<svg ") == 1);
     CHECK(h2.find("log-perplexity") == std::string::npos);
     check_well_formed({out / "report.html"});
@@ -452,7 +447,7 @@ TEST_CASE("report: write_report writes the charts and a page with all tables") {
     ReportData r3 = r;
     r3.baseline_log_perplexity.reset();
     write_report(out, r3);
-    const std::string h3 = slurp(out / "report.html");
+    const std::string h3 = doremi::test::read_bytes(out / "report.html");
     CHECK(h3.find(">difference<") == std::string::npos);
     CHECK(h3.find("uniform average") != std::string::npos);
     check_well_formed({out / "perplexity.svg"});

@@ -25,15 +25,8 @@ using doremi::SafetensorsWriter;
 
 namespace {
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
+using doremi::test::read_bytes;
+using doremi::test::write_bytes;
 
 // A file with this exact header text and `data_len` zero bytes of data (no padding).
 void write_raw(const fs::path& p, const std::string& header, std::size_t data_len) {

@@ -36,15 +36,8 @@ using Seqs = std::vector<std::vector<std::int32_t>>;
 
 namespace {
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
+using doremi::test::read_bytes;
+using doremi::test::write_bytes;
 
 using doremi::test::contains;
 using doremi::test::error_of;

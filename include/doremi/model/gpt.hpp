@@ -118,8 +118,8 @@ class Model {
   }
   std::span<const scalar> gradients() const { return {grads_.data(), grads_.size()}; }
   void zero_grad() {
-    Buffer<scalar>& g = grads();
-    fill(be_, g.data(), scalar(0), g.size());
+    if (grads_.size() == 0) grads();  // made zeroed
+    else fill(be_, grads_.data(), scalar(0), grads_.size());
   }
 
   // The parameters readable on the host: the buffer itself on the CPU, a
@@ -228,8 +228,8 @@ class Model {
       }
       // Attention branch.
       matmul_backward<Cfg::matmul>(be_, d_atty(), G + w.proj_w, no_bias, dr, atty(l), weight(w.proj_w), N, C, C);
-      attention_backward<Cfg::matmul>(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l), rope_cos_.data(),
-                                      rope_sin_.data(), B, T, C, H, Cfg::rotary_dim);
+      attention_backward<Cfg::matmul, Cfg::head_dim>(be_, d_qkv(), d_atty(), atty(l), qkvr(l), att(l),
+                                                      rope_cos_.data(), rope_sin_.data(), B, T, C, H, Cfg::rotary_dim);
       matmul_backward<Cfg::matmul>(be_, d_ln1(), G + w.qkv_w, G + w.qkv_b, d_qkv(), ln1(l), weight(w.qkv_w), N, C,
                                    3 * C);
       if constexpr (Cfg::parallel_residual)  // both LayerNorms' shares of d/dx in one pass
@@ -336,8 +336,8 @@ class Model {
         layernorm_forward(be_, ln1(l), ln1_stats(l), ln1_stats(l) + N, x, P + w.ln1_w, P + w.ln1_b, N, C,
                           Cfg::ln_eps);
       matmul_forward<Cfg::matmul>(be_, qkv(), ln1(l), weight(w.qkv_w), weight(w.qkv_b), N, C, 3 * C);
-      attention_forward<Cfg::matmul>(be_, atty(l), qkvr(l), att(l), qkv(), rope_cos_.data(), rope_sin_.data(), B, T,
-                                     C, H, Cfg::rotary_dim);
+      attention_forward<Cfg::matmul, Cfg::head_dim>(be_, atty(l), qkvr(l), att(l), qkv(), rope_cos_.data(),
+                                                     rope_sin_.data(), B, T, C, H, Cfg::rotary_dim);
       // The residual adds happen in the products (x + branch: the GEMM's C
       // matrix): parallel, res(l+1) = x + attn(x), then += mlp(x); else
       // h = x + attn(x), res(l+1) = h + mlp(h).

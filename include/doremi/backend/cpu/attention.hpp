@@ -24,8 +24,10 @@ namespace doremi::backend {
 // accepted for the backends' common signature; on the CPU attention's
 // products always run in T (its FLOPs are small beside the GEMMs here).
 // out may be bf16 (Cpu::operand: it only feeds the output projection),
-// rounded once here; qkv may be bf16 (as bf16 models store it).
-template <MatmulPrecision Precision = MatmulPrecision::native, class T, class O, class In>
+// rounded once here; qkv may be bf16 (as bf16 models store it). HeadDim (the
+// head dimension when known at compile time, for the backends' common
+// signature): the CPU kernels take any C / H.
+template <MatmulPrecision Precision = MatmulPrecision::native, int HeadDim = 0, class T, class O, class In>
 void attention_forward(Cpu, O* out, T* qkvr, T* att, const In* qkv, const T* rope_cos, const T* rope_sin, int B,
                        int Tn, int C, int H, int rot) {
   using namespace cpu;
@@ -143,7 +145,7 @@ void attention_backward_t(T* dqkv, const T* dout, const T* qkvr, const T* att, c
 // dqkv and dout may be bf16 with bf16 products (bf16 models keep the
 // gradients of activations that feed products so): computed in T from
 // dout's values, dqkv rounded once.
-template <MatmulPrecision Precision = MatmulPrecision::native, class T, class DQ, class DO, class O>
+template <MatmulPrecision Precision = MatmulPrecision::native, int HeadDim = 0, class T, class DQ, class DO, class O>
 void attention_backward(Cpu, DQ* dqkv, const DO* dout, const O* /*out*/, const T* qkvr, const T* att,
                         const T* rope_cos, const T* rope_sin, int B, int Tn, int C, int H, int rot) {
   using namespace cpu;

@@ -506,9 +506,18 @@ void attention_backward_launch(const Cuda& be, T* dqkv, const T* dout, const T* 
   DOREMI_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
 }
 
-// f(std::integral_constant<int, hd>{}) for the supported head dimensions.
-template <class F>
+// f(std::integral_constant<int, hd>{}) for the supported head dimensions;
+// with HD > 0 (known at compile time, as a model's Cfg::head_dim) only for
+// HD, so only its kernels are compiled (hd must equal it).
+template <int HD = 0, class F>
 void dispatch_head_dim(int hd, F&& f) {
+  static_assert(HD == 0 || HD == 16 || HD == 32 || HD == 64 || HD == 128,
+                "attention (cuda): head dimension 16, 32, 64 or 128");
+  if constexpr (HD > 0) {
+    if (hd != HD) fail("attention (cuda): head dimension C / H = {} but the kernels were chosen for {}", hd, HD);
+    f(std::integral_constant<int, HD>{});
+    return;
+  }
   switch (hd) {
     case 16: f(std::integral_constant<int, 16>{}); return;
     case 32: f(std::integral_constant<int, 32>{}); return;
@@ -607,8 +616,10 @@ std::size_t attention_qkvr_size(const Cuda&, int B, int Tn, int C, int H) {
 // to bf16, in its first half (the same values they would round it to). out
 // is T, or bf16 (Cuda::operand: it only feeds the output projection; the
 // backward's D then sums dO·O over the rounded O, as FlashAttention does);
-// qkv is T, or bf16 as bf16 models store it.
-template <MatmulPrecision P = MatmulPrecision::native, class T, class O, class In>
+// qkv is T, or bf16 as bf16 models store it. HeadDim: the head dimension C / H
+// when known at compile time (models pass Cfg::head_dim: only its kernels are
+// compiled); 0: chosen at run time among 16, 32, 64 and 128.
+template <MatmulPrecision P = MatmulPrecision::native, int HeadDim = 0, class T, class O, class In>
 void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qkv, const float* rope_cos,
                        const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
@@ -618,7 +629,7 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qk
     fail("attention_forward (cuda): qkvr must be 8-byte aligned");
   const cuda::AttentionPath path = cuda::attention_path<P, T>(hd);
   auto* const qkvr_bf16 = reinterpret_cast<__nv_bfloat16*>(qkvr);
-  cuda::dispatch_head_dim(hd, [&](auto hdc) {
+  cuda::dispatch_head_dim<HeadDim>(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     const unsigned rows = unsigned(B) * unsigned(Tn);
     using Q = cuda::plain_t<In>;
@@ -638,7 +649,7 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qk
   DOREMI_CUDA_CHECK_LAUNCH("attention_rotary_kernel");
   const __nv_bfloat16* q = qkvr_bf16;
   using Out = cuda::plain_t<O>;
-  cuda::dispatch_head_dim(hd, [&](auto hdc) {
+  cuda::dispatch_head_dim<HeadDim>(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     switch (path) {
       case cuda::AttentionPath::mma:
@@ -667,7 +678,7 @@ void attention_forward(const Cuda& be, O* out, T* qkvr, float* lse, const In* qk
 // P = bf16 (bf16 models keep the gradients of activations that feed products
 // so): the tensor-core kernels read that dout as it is and write dqkv rounded
 // once; the fp32 kernels go through fp32 copies in the operand area.
-template <MatmulPrecision P = MatmulPrecision::native, class T, class DQ, class DO, class O>
+template <MatmulPrecision P = MatmulPrecision::native, int HeadDim = 0, class T, class DQ, class DO, class O>
 void attention_backward(const Cuda& be, DQ* dqkv, const DO* dout, const O* out, const T* qkvr, const float* lse,
                         const float* rope_cos, const float* rope_sin, int B, int Tn, int C, int H, int rot) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>,
@@ -700,7 +711,7 @@ void attention_backward(const Cuda& be, DQ* dqkv, const DO* dout, const O* out, 
     DOREMI_CUDA_LAUNCH(grid, 256, 0, be.stream(), cuda::attention_row_dot_kernel<T, false, Out>)(Dv, nullptr, d, out,
                                                                                               B, Tn, C, H);
     DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
-    cuda::dispatch_head_dim(hd, [&](auto hdc) {
+    cuda::dispatch_head_dim<HeadDim>(hd, [&](auto hdc) {
       cuda::attention_backward_launch<decltype(hdc)::value>(be, dq, d, qkvr, lse, Dv, rope_cos, rope_sin, B, Tn, C, H,
                                                             rot);
     });
@@ -722,7 +733,7 @@ void attention_backward(const Cuda& be, DQ* dqkv, const DO* dout, const O* out, 
   DOREMI_CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
   const auto* q = reinterpret_cast<const __nv_bfloat16*>(qkvr);
   auto* const dq = static_cast<Dq*>(dqkv);
-  cuda::dispatch_head_dim(hd, [&](auto hdc) {
+  cuda::dispatch_head_dim<HeadDim>(hd, [&](auto hdc) {
     constexpr int HD = decltype(hdc)::value;
     if (path == cuda::AttentionPath::mma)
       cuda::attention_mma_backward_launch<cuda::AttentionMmaTiles<HD>>(be, dq, dO, q, lse, Dv, rope_cos, rope_sin, B, Tn,
