@@ -119,8 +119,8 @@ TEST_CASE("pipeline: the bundled Pile run config has the public 120M runs' setti
 }
 
 // (make_stages is this dispatch around StagesFor: the command-line program
-// builds every preset's stages through it and tests/cli_smoke.sh runs them;
-// instantiating all six here would double that compile.)
+// compiles every preset's stages through it, and tests/cli_smoke.sh runs it,
+// the unknown preset's error included; all six here would double that compile.)
 TEST_CASE("pipeline: presets are dispatched by name, and an unknown one's error lists them") {
   CHECK(dispatch_preset<float>("pythia-70m", []<class Cfg>() { return Cfg::name; }) == std::string_view("pythia-70m"));
   CHECK_THROWS_WITH_AS(dispatch_preset<float>("pythia-7b", []<class Cfg>() { return 0; }),
