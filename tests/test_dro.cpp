@@ -30,15 +30,6 @@ std::vector<double> direct_update(const std::vector<double>& a, const std::vecto
   return out;
 }
 
-// A sampler replaying a fixed list of batches (state: the position).
-struct ListSampler {
-  std::vector<Batch> batches;
-  std::size_t next_index = 0;
-  Batch next() { return batches.at(next_index++ % batches.size()); }
-  nlohmann::json state() const { return {{"next", next_index}}; }
-  void restore(const nlohmann::json& j) { next_index = j.at("next").get<std::size_t>(); }
-};
-
 // Three domains of known character: real text, random bytes, a repeated phrase.
 std::vector<Batch> make_batches(int count, int B, int T) {
   std::ifstream in(test::source_dir() / "examples/data/licenses.txt", std::ios::binary);
@@ -82,7 +73,7 @@ TrainConfig dro_config(long steps, int accum) {
 
 DomainWeights uniform_weights(double eta = 1.0, double c = 1e-3) {
   return DomainWeights({"prose", "random", "repeat"}, {1, 1, 1}, {1, 1, 1},
-                       DROTrainer<Model<Tiny>, ListSampler>::initial_score(), DroConfig{eta, c});
+                       DROTrainer<Model<Tiny>, test::ListSampler>::initial_score(), DroConfig{eta, c});
 }
 
 }  // namespace
@@ -135,7 +126,7 @@ TEST_CASE("dro update: bad inputs are errors") {
 
 TEST_CASE("dro trainer: k micro-batches give the alpha trajectory of one batch k times larger") {
   const auto big = make_batches(4, 8, 32);
-  ListSampler one{big}, two{test::halves(big)};
+  test::ListSampler one{big}, two{test::halves(big)};
   Model<Tiny> ref_a, ref_b, proxy_a, proxy_b;
   ref_a.init(5);
   ref_b.init(5);
@@ -167,9 +158,9 @@ TEST_CASE("dro trainer: exact accumulation with non-uniform weights, smoothing, 
   std::fill_n(big[1].targets.begin() + 5 * 32 + 20, 12, -1);
   const auto weights = [] {
     return DomainWeights({"prose", "random", "repeat"}, {1, 2, 3}, {0.5, 0.3, 0.2},
-                         DROTrainer<Model<Tiny>, ListSampler>::initial_score(), DroConfig{2.0, 0.2});
+                         DROTrainer<Model<Tiny>, test::ListSampler>::initial_score(), DroConfig{2.0, 0.2});
   };
-  ListSampler one{big}, four{test::split_rows(big, 4)};
+  test::ListSampler one{big}, four{test::split_rows(big, 4)};
   Model<Tiny> ref_a, ref_b, proxy_a, proxy_b;
   ref_a.init(7);
   ref_b.init(7);
@@ -191,7 +182,7 @@ TEST_CASE("dro trainer: exact accumulation with non-uniform weights, smoothing, 
 TEST_CASE("dro trainer: micro-batches of one step with different lengths are an error") {
   auto mixed = make_batches(1, 2, 32);
   mixed.push_back(make_batches(1, 2, 16).front());
-  ListSampler sampler{mixed};
+  test::ListSampler sampler{mixed};
   Model<Tiny> ref, proxy;
   ref.init(1);
   proxy.init(2);
@@ -207,7 +198,7 @@ TEST_CASE("dro trainer: a run resumed from its checkpoint continues bit-identica
     Model<Tiny> ref, proxy;
     ref.init(1);
     proxy.init(2);
-    ListSampler sampler{batches};
+    test::ListSampler sampler{batches};
     DROTrainer t(proxy, ref, sampler, dro_config(8, 2), uniform_weights());
     t.run([&](const StepStats& s) { full.push_back(s.to_json()); });
   }
@@ -215,7 +206,7 @@ TEST_CASE("dro trainer: a run resumed from its checkpoint continues bit-identica
     Model<Tiny> ref, proxy;
     ref.init(1);
     proxy.init(2);
-    ListSampler sampler{batches};
+    test::ListSampler sampler{batches};
     auto cfg = dro_config(8, 2);
     cfg.output_dir = dir.path;
     cfg.checkpoint_every = 5;
@@ -229,7 +220,7 @@ TEST_CASE("dro trainer: a run resumed from its checkpoint continues bit-identica
   Model<Tiny> ref, proxy;
   ref.init(1);
   proxy.init(99);
-  ListSampler sampler{batches};
+  test::ListSampler sampler{batches};
   auto cfg = dro_config(8, 2);
   cfg.output_dir = dir.path;
   DROTrainer t(proxy, ref, sampler, cfg, uniform_weights());

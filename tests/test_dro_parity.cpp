@@ -59,15 +59,6 @@ const std::vector<std::string> kDomains{"counting", "prose", "random", "repeat"}
 const std::vector<double> kSampling{0.15, 0.45, 0.25, 0.15};  // s: what batches are drawn from
 const std::vector<double> kAlpha0{1, 2, 2, 1};                // α₀ before normalisation
 
-// A sampler replaying a fixed list of batches (state: the position).
-struct ReplaySampler {
-  std::vector<Batch> batches;
-  std::size_t next_index = 0;
-  Batch next() { return batches.at(next_index++ % batches.size()); }
-  nlohmann::json state() const { return {{"next", next_index}}; }
-  void restore(const nlohmann::json& j) { next_index = j.at("next").get<std::size_t>(); }
-};
-
 int draw_domain(std::uint64_t seed, std::uint64_t n, std::uint64_t r) {
   const double u = Philox::uniform(seed, n, r);
   double acc = 0;
@@ -166,7 +157,7 @@ TrainConfig proxy_config() {
 // The reference: a few steps of plain training on batches drawn with the
 // sampling weights, so excess losses are positive on some domains only.
 void train_reference(M& ref) {
-  ReplaySampler sampler{make_batches(900, 30, 8, kT)};
+  test::ListSampler sampler{make_batches(900, 30, 8, kT)};
   TrainConfig c;
   c.steps = 30;
   c.adam.lr = 4e-3;
@@ -236,7 +227,7 @@ TEST_CASE("dro parity: whole DRO steps agree with a PyTorch twin (transformers, 
   // later steps would barely depend on the scores; 0.2 keeps α inside the
   // simplex for all 24 steps. c = 1e-3 as in the public 120M run.
   const DroConfig dro{.eta = 0.2, .smoothing = 1e-3};
-  const double lambda0 = DROTrainer<M, ReplaySampler>::initial_score();
+  const double lambda0 = DROTrainer<M, test::ListSampler>::initial_score();
   std::vector<double> lrs;
   for (long t = 0; t < kSteps; ++t) lrs.push_back(cfg.schedule.at(t));
   const nlohmann::json run{
@@ -266,7 +257,7 @@ TEST_CASE("dro parity: whole DRO steps agree with a PyTorch twin (transformers, 
       {"max_grad_norm", cfg.max_grad_norm}};
   write_file_atomic(dir / "run.json", run.dump(2) + "\n");
 
-  ReplaySampler sampler{batches};
+  test::ListSampler sampler{batches};
   DROTrainer trainer(proxy, reference, sampler, cfg, DomainWeights(kDomains, kAlpha0, kSampling, lambda0, dro));
   std::ofstream metrics(dir / "library_metrics.jsonl");
   trainer.run([&](const StepStats& s) { metrics << s.to_json().dump() << "\n"; });

@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -25,10 +24,7 @@ using namespace doremi;
 
 namespace {
 
-void spit(const fs::path& p, std::string_view text) {
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-}
+using doremi::test::write_bytes;
 
 std::size_t count(std::string_view hay, std::string_view needle) {
   std::size_t n = 0;
@@ -247,7 +243,7 @@ TEST_CASE("report: svg_line_chart draws one polyline per domain with an escaped 
   o.guide_label = "uniform";
   const std::string svg = svg_line_chart(steps, m, pile, o);
   SUBCASE("well-formed XML") {
-    spit(dir.path / "line.svg", svg);
+    write_bytes(dir.path / "line.svg", svg);
     check_well_formed({dir.path / "line.svg"});
   }
 
@@ -328,7 +324,7 @@ TEST_CASE("report: svg_bar_chart groups series per domain, labels values, sorts"
   o.value_format = "{:.3f}";
   const std::string svg = svg_bar_chart(cats, series, o);
   SUBCASE("well-formed XML") {
-    spit(dir.path / "bar.svg", svg);
+    write_bytes(dir.path / "bar.svg", svg);
     check_well_formed({dir.path / "bar.svg"});
   }
   // A rect per bar plus the background, the legend swatches and the bands.
@@ -475,7 +471,7 @@ TEST_CASE("report: read_weight_trajectory reads a DRO metrics.jsonl") {
         R"("domain_tokens":[10,20],"domain_loss":[3,3],"domain_reference_loss":[3,3]}})",
         step, a0, 1 - a0, avg0, 1 - avg0);
   };
-  spit(p, line(1, 0.4, 0.45) + "\n\n" + line(2, 0.3, 0.4) + "\n" + line(3, 0.2, 0.35) + "\r\n" +
+  write_bytes(p, line(1, 0.4, 0.45) + "\n\n" + line(2, 0.3, 0.4) + "\n" + line(3, 0.2, 0.35) + "\r\n" +
               // a resumed run re-logs step 3 (and goes on): the later values win
               line(3, 0.25, 0.36) + "\n" + line(4, 0.1, 0.3) + "\n");
   const auto t = read_weight_trajectory(p);
@@ -493,7 +489,7 @@ TEST_CASE("report: read_weight_trajectory reads a DRO metrics.jsonl") {
   SUBCASE("errors name the file and the line") {
     const fs::path bad = dir.path / "bad.jsonl";
     auto expect = [&](const std::string& text, const std::string& what) {
-      spit(bad, text);
+      write_bytes(bad, text);
       CAPTURE(text);
       CHECK_THROWS_WITH_AS(read_weight_trajectory(bad), doctest::Contains(what.c_str()), Error);
     };

@@ -52,12 +52,8 @@ std::vector<std::string> split(std::string_view s) {
   return out;
 }
 
-void write_file(const fs::path& p, std::string_view text) {
-  std::ofstream f(p, std::ios::binary);
-  f << text;
-}
-
 using doremi::test::error_of;
+using doremi::test::write_bytes;
 
 // A tiny tokenizer.json: the 256 byte symbols, then `merges` (strings "a b")
 // with their results appended to the vocabulary in order.
@@ -171,7 +167,7 @@ TEST_CASE("tokenizer: a tiny tokenizer.json (merge order, both merge formats, sp
   // Ranks decide: "a b" (rank 0) applies before "a a" (rank 1).
   const std::vector<std::string> merges = {"a b", "a a", "aa b", "Ġ a"};
   const nlohmann::json j = tiny_tokenizer(merges);
-  write_file(dir.path / "tokenizer.json", j.dump());
+  write_bytes(dir.path / "tokenizer.json", j.dump());
   const auto tok = BpeTokenizer::from_file(dir.path);  // the folder form
   auto id = [&](std::string_view t) { return *tok.token_to_id(t); };
   CHECK(tok.encode("ab") == std::vector<std::int32_t>{id("ab")});
@@ -188,7 +184,7 @@ TEST_CASE("tokenizer: a tiny tokenizer.json (merge order, both merge formats, sp
   nlohmann::json jp = j;
   jp["model"]["merges"] = nlohmann::json::array();
   for (const auto& m : merges) jp["model"]["merges"].push_back({m.substr(0, m.find(' ')), m.substr(m.find(' ') + 1)});
-  write_file(dir.path / "pairs.json", jp.dump());
+  write_bytes(dir.path / "pairs.json", jp.dump());
   const auto tp = BpeTokenizer::from_file(dir.path / "pairs.json");
   for (const char* s : {"ab", "aab", "aaa", " a<|endoftext|>b", "baab aaab"}) CHECK(tp.encode(s) == tok.encode(s));
 }
@@ -307,7 +303,7 @@ TEST_CASE("tokenizer: load_tokenizer for bytes and paths") {
 TEST_CASE("tokenizer: errors name the offset, file and field") {
   test::TempDir dir("tokerr");
   const nlohmann::json good = tiny_tokenizer({"a b"});
-  write_file(dir.path / "tokenizer.json", good.dump());
+  write_bytes(dir.path / "tokenizer.json", good.dump());
   const auto tok = BpeTokenizer::from_file(dir.path / "tokenizer.json");
 
   // Invalid UTF-8 names the byte offset.
@@ -328,7 +324,7 @@ TEST_CASE("tokenizer: errors name the offset, file and field") {
   CHECK(e.find("neither tokenizer.json nor vocab.json") != std::string::npos);
 
   // Malformed JSON names the file.
-  write_file(dir.path / "broken.json", "{\"model\": {\"vocab\": {\"a\": 0,}}");
+  write_bytes(dir.path / "broken.json", "{\"model\": {\"vocab\": {\"a\": 0,}}");
   e = error_of([&] { BpeTokenizer::from_file(dir.path / "broken.json"); });
   CHECK(e.find("broken.json") != std::string::npos);
   CHECK(e.find("invalid JSON") != std::string::npos);
@@ -337,7 +333,7 @@ TEST_CASE("tokenizer: errors name the offset, file and field") {
   auto field_error = [&](auto edit) {
     nlohmann::json j = good;
     edit(j);
-    write_file(dir.path / "bad.json", j.dump());
+    write_bytes(dir.path / "bad.json", j.dump());
     return error_of([&] { BpeTokenizer::from_file(dir.path / "bad.json"); });
   };
   e = field_error([](nlohmann::json& j) { j.erase("model"); });
@@ -367,16 +363,16 @@ TEST_CASE("tokenizer: errors name the offset, file and field") {
   fs::create_directories(dir.path / "classic");
   nlohmann::json classic_vocab = good["model"]["vocab"];
   classic_vocab["<|endoftext|>"] = 257;
-  write_file(dir.path / "classic/vocab.json", classic_vocab.dump());
-  write_file(dir.path / "classic/merges.txt", "#version: 0.2\na b\na b c\n");
+  write_bytes(dir.path / "classic/vocab.json", classic_vocab.dump());
+  write_bytes(dir.path / "classic/merges.txt", "#version: 0.2\na b\na b c\n");
   e = error_of([&] { BpeTokenizer::from_file(dir.path / "classic"); });
   CHECK(e.find("merges.txt") != std::string::npos);
   CHECK(e.find("line 3") != std::string::npos);
-  write_file(dir.path / "classic/merges.txt", "#version: 0.2\na b\n");
+  write_bytes(dir.path / "classic/merges.txt", "#version: 0.2\na b\n");
   const auto classic = BpeTokenizer::from_file(dir.path / "classic");
   CHECK(classic.encode("ab<|endoftext|>") == std::vector<std::int32_t>{256, 257});
   CHECK(classic.end_of_text_id() == 257);
-  write_file(dir.path / "classic/vocab.json", "[1, 2");
+  write_bytes(dir.path / "classic/vocab.json", "[1, 2");
   e = error_of([&] { BpeTokenizer::from_file(dir.path / "classic"); });
   CHECK(e.find("vocab.json") != std::string::npos);
 }

@@ -8,9 +8,12 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "doremi/core/error.hpp"
 #include "doremi/data/batch.hpp"
@@ -46,9 +49,8 @@ std::string error_of(F&& f) {
   return "";
 }
 
-// Each batch split into its first and second half of sequences, in order:
-// the micro-batches of gradient accumulation 2 over the same data.
-// Each batch cut into `parts` batches of B/parts consecutive rows (micro-batches).
+// Each batch cut into `parts` batches of B/parts consecutive rows, in order:
+// the micro-batches of gradient accumulation `parts` over the same data.
 inline std::vector<doremi::Batch> split_rows(const std::vector<doremi::Batch>& batches, int parts) {
   std::vector<doremi::Batch> out;
   for (const doremi::Batch& b : batches)
@@ -65,6 +67,15 @@ inline std::vector<doremi::Batch> split_rows(const std::vector<doremi::Batch>& b
   return out;
 }
 inline std::vector<doremi::Batch> halves(const std::vector<doremi::Batch>& batches) { return split_rows(batches, 2); }
+
+// A sampler replaying a fixed list of batches, round and round (state: the position).
+struct ListSampler {
+  std::vector<doremi::Batch> batches;
+  std::size_t next_index = 0;
+  doremi::Batch next() { return batches.at(next_index++ % batches.size()); }
+  nlohmann::json state() const { return {{"next", next_index}}; }
+  void restore(const nlohmann::json& j) { next_index = j.at("next").get<std::size_t>(); }
+};
 
 // ‖x − ref‖ / ‖ref‖ over two equally long ranges of numbers, in double.
 template <class X, class R>
@@ -84,7 +95,7 @@ inline std::string read_bytes(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
-inline void write_bytes(const std::filesystem::path& p, const std::string& bytes) {
+inline void write_bytes(const std::filesystem::path& p, std::string_view bytes) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), std::streamsize(bytes.size()));
 }

@@ -54,12 +54,6 @@ std::vector<Batch> make_batches(int count, int B, int T, int vocab) {
   return out;
 }
 
-struct ListSampler {
-  std::vector<Batch> batches;
-  std::size_t next_index = 0;
-  Batch next() { return batches.at(next_index++ % batches.size()); }
-};
-
 std::vector<float> to_vector(std::span<const float> s) { return {s.begin(), s.end()}; }
 
 template <Spec S>
@@ -138,7 +132,7 @@ TEST_CASE("cuda model: a short training run and a DRO run follow the CPU's") {
   Model<Cfg, Cuda> gpu_model(gpu());
   cpu.init(9);
   gpu_model.init(9);
-  ListSampler sc{batches}, sg{batches};
+  test::ListSampler sc{batches}, sg{batches};
   Trainer tc(cpu, sc, c);
   Trainer tg(gpu_model, sg, c);
   double first = 0, last = 0;
@@ -183,7 +177,7 @@ TEST_CASE("cuda model: DRO with 2 micro-batches follows one batch twice as large
   // per-domain sums (axpby) and combined after the update.
   using Cfg = Config<neox_small, float>;
   const auto big = make_batches(3, 6, 32, Cfg::vocab);
-  ListSampler one{big}, two{test::halves(big)};
+  test::ListSampler one{big}, two{test::halves(big)};
   auto config = [](int accum) {
     TrainConfig c;
     c.steps = 3;
@@ -237,7 +231,7 @@ TEST_CASE("cuda model: after their first step, training and DRO steps allocate n
   Model<Cfg, Cuda> proxy(gpu()), ref(gpu());
   proxy.init(1);
   ref.init(2);
-  ListSampler s{batches};
+  test::ListSampler s{batches};
   Trainer trainer(proxy, s, c);
   const DomainWeights weights({"random", "repeat", "pattern"}, {1, 1, 1}, {1, 1, 1},
                               std::log(double(Cfg::padded_vocab)), DroConfig{1.0, 1e-3});
@@ -278,7 +272,7 @@ TEST_CASE("cuda model: GPU training repeats bit for bit") {
   auto run = [&] {
     Model<Cfg, Cuda> m(gpu());
     m.init(4);
-    ListSampler s{batches};
+    test::ListSampler s{batches};
     Trainer t(m, s, c);
     for (long k = 0; k < c.steps; ++k) t.train_step();
     return to_vector(m.host_parameters());
