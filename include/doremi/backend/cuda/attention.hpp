@@ -516,14 +516,14 @@ void dispatch_head_dim(int hd, F&& f) {
   if constexpr (HD > 0) {
     if (hd != HD) fail("attention (cuda): head dimension C / H = {} but the kernels were chosen for {}", hd, HD);
     f(std::integral_constant<int, HD>{});
-    return;
-  }
-  switch (hd) {
-    case 16: f(std::integral_constant<int, 16>{}); return;
-    case 32: f(std::integral_constant<int, 32>{}); return;
-    case 64: f(std::integral_constant<int, 64>{}); return;
-    case 128: f(std::integral_constant<int, 128>{}); return;
-    default: attention_unsupported_head_dim(hd);
+  } else {  // (an else: statements after an `if constexpr` are instantiated too)
+    switch (hd) {
+      case 16: f(std::integral_constant<int, 16>{}); return;
+      case 32: f(std::integral_constant<int, 32>{}); return;
+      case 64: f(std::integral_constant<int, 64>{}); return;
+      case 128: f(std::integral_constant<int, 128>{}); return;
+      default: attention_unsupported_head_dim(hd);
+    }
   }
 }
 
