@@ -24,6 +24,7 @@ using namespace doremi;
 
 namespace {
 
+using doremi::test::read_bytes;
 using doremi::test::write_bytes;
 
 std::size_t count(std::string_view hay, std::string_view needle) {
@@ -145,7 +146,7 @@ std::optional<bool> python_parses(const std::vector<fs::path>& files) {
 void check_well_formed(const std::vector<fs::path>& files) {
   for (const auto& file : files) {
     INFO(file.string());
-    CHECK(xml_problem(doremi::test::read_bytes(file)) == "");
+    CHECK(xml_problem(read_bytes(file)) == "");
   }
   if (const auto ok = python_parses(files)) CHECK(*ok);
   else MESSAGE("python3 is unavailable: the files were checked by the test's own XML parser only");
@@ -396,8 +397,8 @@ TEST_CASE("report: write_report writes the charts and a page with all tables") {
     }
     check_well_formed(files);  // the page is XHTML-compatible, so XML parsers accept it too
   }
-  CHECK(count(doremi::test::read_bytes(out / "weights_over_steps.svg"), "<polyline") == k);
-  const std::string html = doremi::test::read_bytes(out / "report.html");
+  CHECK(count(read_bytes(out / "weights_over_steps.svg"), "<polyline") == k);
+  const std::string html = read_bytes(out / "report.html");
   CHECK(count(html, "<svg ") == 4);  // every chart inlined
   for (const char* f :
        {"weights_over_steps.svg", "average_weights_over_steps.svg", "final_weights.svg", "perplexity.svg"})
@@ -432,7 +433,7 @@ TEST_CASE("report: write_report writes the charts and a page with all tables") {
     CHECK_FALSE(fs::exists(out / "perplexity.svg"));
     CHECK_FALSE(fs::exists(out / "weights_over_steps.svg"));
     CHECK(fs::exists(out / "final_weights.svg"));
-    const std::string h2 = doremi::test::read_bytes(out / "report.html");
+    const std::string h2 = read_bytes(out / "report.html");
     CHECK(count(h2, "<svg ") == 1);
     CHECK(h2.find("log-perplexity") == std::string::npos);
     check_well_formed({out / "report.html"});
@@ -443,7 +444,7 @@ TEST_CASE("report: write_report writes the charts and a page with all tables") {
     ReportData r3 = r;
     r3.baseline_log_perplexity.reset();
     write_report(out, r3);
-    const std::string h3 = doremi::test::read_bytes(out / "report.html");
+    const std::string h3 = read_bytes(out / "report.html");
     CHECK(h3.find(">difference<") == std::string::npos);
     CHECK(h3.find("uniform average") != std::string::npos);
     check_well_formed({out / "perplexity.svg"});
@@ -472,8 +473,8 @@ TEST_CASE("report: read_weight_trajectory reads a DRO metrics.jsonl") {
         step, a0, 1 - a0, avg0, 1 - avg0);
   };
   write_bytes(p, line(1, 0.4, 0.45) + "\n\n" + line(2, 0.3, 0.4) + "\n" + line(3, 0.2, 0.35) + "\r\n" +
-              // a resumed run re-logs step 3 (and goes on): the later values win
-              line(3, 0.25, 0.36) + "\n" + line(4, 0.1, 0.3) + "\n");
+                     // a resumed run re-logs step 3 (and goes on): the later values win
+                     line(3, 0.25, 0.36) + "\n" + line(4, 0.1, 0.3) + "\n");
   const auto t = read_weight_trajectory(p);
   CHECK(t.kind == TrajectoryWeights::alpha);
   CHECK(t.domains == std::vector<std::string>{"a", "b & c"});
