@@ -254,6 +254,31 @@ TEST_CASE("optim: AdamW's shared elementwise adamw_update is what AdamW::step co
   CHECK(same_bits(v, std::vector<float>(opt.state_v().begin(), opt.state_v().end())));
 }
 
+TEST_CASE("optim: AdamW's grad_scale is the step on gradients clip_grad_norm scaled, bit for bit") {
+  const std::size_t n = 501;
+  const std::vector<ParamGroup> groups{{0, 300, true}, {300, 201, false}};
+  const AdamWConfig cfg{.lr = 3e-3, .weight_decay = 0.1};
+  AdamW<float> folded(n, cfg), scaled(n, cfg);
+  std::vector<float> p(n), q;
+  for (std::size_t i = 0; i < n; ++i) p[i] = float(std::cos(0.3 * double(i)));
+  q = p;
+  for (int t = 1; t <= 3; ++t) {
+    std::vector<float> g(n);
+    for (std::size_t i = 0; i < n; ++i) g[i] = float(std::sin(0.7 * double(i) * t)) * float(t);
+    const double max_norm = t == 2 ? 1e3 : 0.5;  // step 2 is not clipped
+    const double coef = doremi::clip_coefficient(doremi::global_grad_norm(std::span<const float>(g)), max_norm);
+    CHECK((coef == 1.0) == (t == 2));
+    folded.step(p, g, groups, 1e-3 * t, coef);
+    doremi::clip_grad_norm(std::span<float>(g), max_norm);
+    scaled.step(q, g, groups, 1e-3 * t);
+  }
+  CHECK(same_bits(p, q));
+  CHECK(same_bits(std::vector<float>(folded.state_m().begin(), folded.state_m().end()),
+                  std::vector<float>(scaled.state_m().begin(), scaled.state_m().end())));
+  CHECK(same_bits(std::vector<float>(folded.state_v().begin(), folded.state_v().end()),
+                  std::vector<float>(scaled.state_v().begin(), scaled.state_v().end())));
+}
+
 TEST_CASE("optim: AdamW float and double agree") {
   const std::size_t n = 1000;
   const std::vector<ParamGroup> groups{{0, 600, true}, {600, 400, false}};
@@ -328,6 +353,9 @@ TEST_CASE("optim: AdamW rejects bad configs, sizes and groups with messages nami
   CHECK(contains(error_of([&] { opt.step(p, short_, all, 1e-3); }), "3 gradients given"));
   CHECK(contains(error_of([&] { opt.step(p, g, all, -1e-3); }), "lr = -0.001 at step 1"));
   CHECK(contains(error_of([&] { opt.step(p, g, all, NAN); }), "lr = nan"));
+  CHECK(contains(error_of([&] { opt.step(p, g, all, 1e-3, 0.0); }), "grad_scale = 0 at step 1"));
+  CHECK(contains(error_of([&] { opt.step(p, g, all, 1e-3, -0.5); }), "grad_scale = -0.5"));
+  CHECK(contains(error_of([&] { opt.step(p, g, all, 1e-3, NAN); }), "grad_scale = nan"));
   const std::vector<ParamGroup> gap{{0, 1, true}, {2, 2, false}};
   CHECK(contains(error_of([&] { opt.step(p, g, gap, 1e-3); }), "parameters [1, 2) belong to no"));
   const std::vector<ParamGroup> tail{{0, 3, true}};
@@ -395,6 +423,13 @@ TEST_CASE("optim: clip_grad_norm scales by max_norm/(norm + 1e-6) and returns th
   // Empty buffer: norm 0.
   std::vector<float> none;
   CHECK(doremi::clip_grad_norm(std::span<float>(none), 1.0) == 0.0);
+
+  // The factor alone (what the trainers pass to AdamW::step).
+  CHECK(doremi::clip_coefficient(5.0, 1.0) == 1.0 / (5.0 + 1e-6));
+  CHECK(doremi::clip_coefficient(0.5, 1.0) == 1.0);
+  CHECK(doremi::clip_coefficient(50.0, 0.0) == 1.0);
+  CHECK(doremi::clip_coefficient(INFINITY, 1.0) == 1.0);
+  CHECK(doremi::clip_coefficient(NAN, 1.0) == 1.0);
 }
 
 TEST_CASE("optim: clip_grad_norm leaves non-finite gradients to the caller and rejects a NaN max_norm") {

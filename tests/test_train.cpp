@@ -3,6 +3,7 @@
 // bit-identically; accumulation equals one big batch; failures are named.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -140,6 +141,34 @@ TEST_CASE("train: k accumulated micro-batches equal one batch k times larger") {
     b.backward(std::vector<float>(128, 1.0f / 256));
   }
   CHECK(test::relative_distance(b.gradients(), a.gradients()) < 1e-5);
+}
+
+TEST_CASE("train: a clipped step is clip_grad_norm then AdamW, bit for bit") {
+  // The trainer applies the clipping factor in AdamW's reads of the gradients;
+  // the result must be that of PyTorch's order (scale the buffer, then step).
+  const auto tokens = corpus();
+  Model<Tiny> a, b;
+  a.init(6);
+  b.init(6);
+  WindowSampler sa(tokens, 4, 32, 9), sb(tokens, 4, 32, 9);
+  TrainConfig c = small_config(2);
+  c.max_grad_norm = 0.05;  // far below the first steps' norms
+  Trainer trainer(a, sa, c);
+  AdamW<float> adam(b.num_parameters(), c.adam);
+  const auto groups = param_groups<Model<Tiny>>();
+  for (long step = 0; step < 2; ++step) {
+    const StepStats st = trainer.train_step();
+    const Batch batch = sb.next();
+    b.zero_grad();
+    b.forward(batch.inputs, batch.targets, batch.B, batch.T);
+    b.backward(std::vector<float>(batch.inputs.size(), 1.0f / float(batch.target_tokens())));
+    const double norm = clip_grad_norm(b.gradients(), c.max_grad_norm);
+    CHECK(norm == st.grad_norm);
+    CHECK(norm > 10 * c.max_grad_norm);
+    adam.step(b.parameters(), b.gradients(), groups, c.schedule.at(step));
+    const auto pa = a.parameters(), pb = b.parameters();
+    CHECK(std::equal(pa.begin(), pa.end(), pb.begin(), pb.end()));
+  }
 }
 
 TEST_CASE("train: a diverging run stops with an error naming the step") {

@@ -788,15 +788,18 @@ TEST_CASE("cuda: AdamW over the flat buffer matches the CPU optimiser step for s
   auto d_p = to_device(p);
   DeviceBuffer<float> d_m(n, 0.0f), d_v(n, 0.0f);
   // Steps 1-3 with these groups (runs of both kinds, one of 7 parameters),
-  // step 4 with others (the device's table of runs is replaced).
+  // step 4 with others (the device's table of runs is replaced); steps 2
+  // and 4 with clipping's gradient factor.
   const std::vector<ParamGroup> groups4{{0, 5000, false}, {5000, 5007, true}};
   for (int step = 1; step <= 4; ++step) {
     const auto& groups_now = step <= 3 ? groups : groups4;
+    const double grad_scale = step % 2 == 0 ? 0.37 : 1.0;
     const auto g = randn(n, 60 + std::uint64_t(step), 0.01f);
-    cpu_opt.step(p, g, groups_now);
+    cpu_opt.step(p, g, groups_now, cfg.lr, grad_scale);
     const double bc1 = 1.0 - std::pow(cfg.beta1, step), bc2 = 1.0 - std::pow(cfg.beta2, step);
-    const auto decayed = adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, bc1, bc2);
-    const auto undecayed = adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, 0.0, bc1, bc2);
+    const auto decayed =
+        adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, bc1, bc2, grad_scale);
+    const auto undecayed = adamw_coefficients<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, 0.0, bc1, bc2, grad_scale);
     auto d_g = to_device(g);
     backend::adamw_step(gpu(), d_p.data(), d_g.data(), d_m.data(), d_v.data(), n, groups_now, decayed, undecayed);
   }

@@ -30,21 +30,23 @@ struct AdamWCoefficients {
   T sqrt_bc2;         // √(1 − β₂ᵗ)
   T eps;
   T neg_step_size;    // −lr / (1 − β₁ᵗ)
+  T grad_scale;       // each gradient's factor as it is read (gradient clipping's)
 };
 
 // bias_correction1/2 = 1 − β₁ᵗ, 1 − β₂ᵗ for the 1-based step t; scalars
 // are combined in S before rounding to T.
 template <class T, class S>
 DOREMI_HD AdamWCoefficients<T> adamw_coefficients(S lr, S beta1, S beta2, S eps, S weight_decay,
-                                                  S bias_correction1, S bias_correction2) {
+                                                  S bias_correction1, S bias_correction2, S grad_scale = S(1)) {
   using std::sqrt;
   return {T(S(1) - lr * weight_decay), T(beta1),         T(S(1) - beta1),
           T(beta2),                    T(S(1) - beta2),  T(sqrt(bias_correction2)),
-          T(eps),                      T(-(lr / bias_correction1))};
+          T(eps),                      T(-(lr / bias_correction1)), T(grad_scale)};
 }
 
 // One AdamW update of one parameter θ with gradient g and moments m, v.
-// Mirrors torch.optim.AdamW (single-tensor path) operation by operation:
+// Mirrors torch.optim.AdamW (single-tensor path) operation by operation,
+// after clip_grad_norm_'s scaling g ← g·s (s = 1 without clipping: exact):
 //   θ ← θ·(1 − lr·wd)
 //   m ← β₁·m + (1 − β₁)·g
 //   v ← β₂·v + (1 − β₂)·g²
@@ -54,6 +56,7 @@ DOREMI_HD AdamWCoefficients<T> adamw_coefficients(S lr, S beta1, S beta2, S eps,
 template <class T>
 DOREMI_HD void adamw_update(T& p, T g, T& m, T& v, const AdamWCoefficients<T>& c) {
   using std::sqrt;
+  g = g * c.grad_scale;
   p = p * c.decay;
   m = m * c.beta1 + c.one_minus_beta1 * g;
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
@@ -141,11 +144,13 @@ class AdamW {
   }
 
   // One optimiser step at learning rate lr (the schedule's value for this
-  // step; config().lr is only its default). Elementwise, so the result does
-  // not depend on the thread count. Non-finite gradients are not checked here:
-  // clip_grad_norm returns the norm for the trainer to test once.
+  // step; config().lr is only its default), each gradient taken times
+  // grad_scale (gradient clipping's clip_coefficient: bit for bit the step
+  // on gradients scaled by clip_grad_norm, without a pass to scale them).
+  // Elementwise, so the result does not depend on the thread count.
+  // Non-finite gradients are not checked here: the trainer tests the norm.
   void step(std::span<T> params, std::span<const T> grads, std::span<const ParamGroup> groups,
-            double lr) {
+            double lr, double grad_scale = 1.0) {
     const std::size_t n = m_.size();
     if (params.size() != n)
       fail("AdamW::step: {} parameters given, the optimiser holds state for {}", params.size(), n);
@@ -153,6 +158,8 @@ class AdamW {
       fail("AdamW::step: {} gradients given for {} parameters", grads.size(), n);
     if (!std::isfinite(lr) || lr < 0)
       fail("AdamW::step: lr = {} at step {} must be finite and >= 0", lr, steps_ + 1);
+    if (!std::isfinite(grad_scale) || grad_scale <= 0)
+      fail("AdamW::step: grad_scale = {} at step {} must be finite and > 0", grad_scale, steps_ + 1);
     validate_param_groups(groups, n);
 
     ++steps_;
@@ -161,7 +168,7 @@ class AdamW {
     const double bc1 = 1.0 - std::pow(config_.beta1, t);
     const double bc2 = 1.0 - std::pow(config_.beta2, t);
     const auto coefficients = [&](double wd) {
-      return adamw_coefficients<T>(lr, config_.beta1, config_.beta2, config_.eps, wd, bc1, bc2);
+      return adamw_coefficients<T>(lr, config_.beta1, config_.beta2, config_.eps, wd, bc1, bc2, grad_scale);
     };
     const AdamWCoefficients<T> decayed = coefficients(config_.weight_decay);
     const AdamWCoefficients<T> undecayed = coefficients(0.0);

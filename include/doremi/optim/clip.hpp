@@ -51,19 +51,27 @@ double global_grad_norm(std::span<const T> grads) {
   return std::sqrt(sum);
 }
 
-// Scales grads by max_norm / (‖g‖ + 1e-6) when that factor is below 1, as
-// torch.nn.utils.clip_grad_norm_ does (so clipping starts at ‖g‖ > max_norm
-// − 1e-6), and returns the pre-clip norm ‖g‖. max_norm <= 0 disables clipping
-// (the norm is still returned). A non-finite norm leaves grads untouched: the
-// caller sees it in the return value and decides (PyTorch would instead turn
-// every gradient into NaN or zero).
+// The factor torch.nn.utils.clip_grad_norm_ scales gradients of norm `norm`
+// by: max_norm / (norm + 1e-6) where that is below 1 (so clipping starts at
+// ‖g‖ > max_norm − 1e-6), else 1. max_norm <= 0 disables clipping and a
+// non-finite norm gives 1: the caller sees the norm and decides (PyTorch
+// would instead turn every gradient into NaN or zero).
+inline double clip_coefficient(double norm, double max_norm) {
+  if (std::isnan(max_norm)) fail("clip_grad_norm: max_norm is NaN");
+  if (max_norm <= 0 || !std::isfinite(norm)) return 1.0;
+  const double coef = max_norm / (norm + 1e-6);
+  return coef < 1.0 ? coef : 1.0;
+}
+
+// Scales grads in place by clip_coefficient(‖g‖, max_norm), as
+// torch.nn.utils.clip_grad_norm_ does, and returns the pre-clip norm ‖g‖.
+// (The trainers do not call this: they pass the coefficient to AdamW::step,
+// which applies it as it reads each gradient, one pass over the buffer less.)
 template <class T>
 double clip_grad_norm(std::span<T> grads, double max_norm) {
-  if (std::isnan(max_norm)) fail("clip_grad_norm: max_norm is NaN");
   const double norm = global_grad_norm(std::span<const T>(grads));
-  if (max_norm <= 0 || !std::isfinite(norm)) return norm;
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef >= 1.0) return norm;
+  const double coef = clip_coefficient(norm, max_norm);
+  if (coef == 1.0) return norm;
   const T scale = T(coef);
   T* g = grads.data();
   const auto n = std::ptrdiff_t(grads.size());
@@ -72,20 +80,13 @@ double clip_grad_norm(std::span<T> grads, double max_norm) {
   return norm;
 }
 
-// The same on a model's buffers, wherever the backend keeps them: the CPU
-// loops above, or the device's norm and scaling kernels.
+// ‖g‖₂ of a model's gradient buffer wherever the backend keeps it: the CPU
+// loop above, or the device's reduction (which blocks until the norm is on
+// the host).
 template <class Backend, class T>
-double clip_grad_norm(const Backend& be, std::span<T> grads, double max_norm) {
-  if constexpr (Backend::host_memory) {
-    return clip_grad_norm(grads, max_norm);
-  } else {
-    if (std::isnan(max_norm)) fail("clip_grad_norm: max_norm is NaN");
-    const double norm = global_grad_norm(be, grads.data(), grads.size());
-    if (max_norm <= 0 || !std::isfinite(norm)) return norm;
-    const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1.0) scale(be, grads.data(), T(coef), grads.size());
-    return norm;
-  }
+double global_grad_norm(const Backend& be, std::span<const T> grads) {
+  if constexpr (Backend::host_memory) return global_grad_norm(grads);
+  else return global_grad_norm(be, grads.data(), grads.size());
 }
 
 }  // namespace doremi

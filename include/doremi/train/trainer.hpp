@@ -141,11 +141,14 @@ class TrainerBase {
     if (!std::isfinite(s.loss))
       fail("training step {}: the loss is not finite ({}); lower the learning rate or check the data", step_ + 1,
            s.loss);
-    s.grad_norm = clip_grad_norm(model_.backend(), model_.gradients(), config_.max_grad_norm);
+    s.grad_norm = global_grad_norm(model_.backend(), std::span<const scalar>(model_.gradients()));
     if (!std::isfinite(s.grad_norm))
       fail("training step {}: the gradient norm is not finite ({})", step_ + 1, s.grad_norm);
     s.lr = config_.schedule.at(step_);
-    adam_.step(model_.parameters(), model_.gradients(), groups_, s.lr);
+    // Clipping happens in AdamW's reads of the gradients (clip_grad_norm's
+    // arithmetic, without a pass that scales the buffer).
+    adam_.step(model_.parameters(), model_.gradients(), groups_, s.lr,
+               clip_coefficient(s.grad_norm, config_.max_grad_norm));
     ++step_;
     s.step = step_;
     s.tokens = tokens;

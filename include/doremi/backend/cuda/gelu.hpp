@@ -58,24 +58,11 @@ void copy(const Cuda& be, T* dst, const T* src, std::size_t n) {
 
 namespace cuda {
 template <class T>
-__global__ void scale_kernel(T* x, T factor, std::size_t n) {
-  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
-    x[i] = x[i] * factor;
-}
-template <class T>
 __global__ void axpby_kernel(T* y, T a, const T* x, T b, std::size_t n) {
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
     y[i] = a * y[i] + b * x[i];
 }
 }  // namespace cuda
-
-// x[i] *= factor (gradient clipping).
-template <class T>
-void scale(const Cuda& be, T* x, T factor, std::size_t n) {
-  if (!n) return;
-  DOREMI_CUDA_LAUNCH(cuda::blocks_for(n, 256), 256, 0, be.stream(), cuda::scale_kernel)(x, factor, n);
-  DOREMI_CUDA_CHECK_LAUNCH("scale_kernel");
-}
 
 // y = a·y + b·x (the DRO trainer's per-domain gradient sums).
 template <class T>
