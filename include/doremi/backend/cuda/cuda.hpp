@@ -119,9 +119,13 @@ class DeviceBuffer {
     if (n) allocate(reinterpret_cast<void**>(&q), n * sizeof(T));
     if (p_ && q) {
       // Kernels on a backend's (non-blocking) stream may still be writing the
-      // old block: wait for the device before copying it (resizes are rare).
+      // old block: wait for the device before copying it, and after (a
+      // device-to-device cudaMemcpy may return before it is done, and the
+      // backend's stream does not wait for the legacy default stream's
+      // work). Resizes are rare.
       cudaError_t e = cudaDeviceSynchronize();
       if (e == cudaSuccess) e = cudaMemcpy(q, p_, (n < n_ ? n : n_) * sizeof(T), cudaMemcpyDeviceToDevice);
+      if (e == cudaSuccess) e = cudaDeviceSynchronize();
       if (e != cudaSuccess) {
         cudaFree(q);
         check(e, "cudaMemcpy (DeviceBuffer::resize)", __FILE__, __LINE__);
