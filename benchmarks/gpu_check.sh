@@ -25,7 +25,8 @@
 #                     with Nsight Compute (ncu: GPU time of every kernel) and
 #                     print the time per kernel and per part of the step
 #                     (benchmarks/ncu_summary.py), for each attention family
-#                     benchmarked; the CSVs stay in BUILD_DIR. Then the hardware
+#                     benchmarked; the CSVs go beside the log (LOG without
+#                     .log, + .ncu-FAMILY.csv). Then the hardware
 #                     counters of both families' attention kernels (one launch
 #                     of each: ncu's "full" set, tensor-pipe use): a few
 #                     lines each in the log, the whole report beside the log
@@ -264,7 +265,7 @@ main() {
       families=(default)
       [[ -n ${DOREMI_CUDA_ATTENTION:-} ]] || families+=(mma)
       for family in "${families[@]}"; do
-        csv=$build_dir/ncu_profile_$family.csv
+        csv=${log%.log}.ncu-$family.csv  # beside the log: what comes back from a remote run
         family_env=()
         [[ $family == default ]] || family_env=(env "DOREMI_CUDA_ATTENTION=$family")
         echo "--- attention kernels: $family ---"
