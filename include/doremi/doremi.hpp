@@ -10,6 +10,8 @@
 #include "doremi/data/preprocess.hpp"         // preprocess: JSONL(.zst)/folders -> indexed datasets
 #include "doremi/data/dataset_folder.hpp"     // open_dataset_folder, AnySource
 #include "doremi/data/domain_config.hpp"      // DomainConfig, weights by size
+#include "doremi/data/source.hpp"             // the TokenSource concept, MemorySource
+#include "doremi/data/window_sampler.hpp"     // WindowSampler (one token stream)
 #include "doremi/data/weighted_sampler.hpp"   // WeightedDomainSampler<Source>
 #include "doremi/train/trainer.hpp"           // Trainer<Model, Sampler>
 #include "doremi/train/dro_trainer.hpp"       // DROTrainer<Model, Sampler>, DomainWeights
