@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     tokens.erase(split, tokens.end());
 
     using Cfg = doremi::Config<doremi::bf16_matmul(doremi::presets::tiny), float>;
-    doremi::Model<Cfg, doremi::backend::Cuda> model(doremi::backend::Cuda(device));
+    doremi::Model<Cfg, doremi::backend::Cuda> model{doremi::backend::Cuda(device)};  // bf16 products, fp32 master weights
     model.init(/*seed=*/1);
     const double before = held_out_loss(model, held_out);
 
