@@ -33,6 +33,8 @@ class TextDomain {
     for (const auto& d : documents_) total_ += d.size();
   }
 
+  const std::string& name() const { return name_; }
+
   std::size_t size() const { return documents_.size(); }               // sequences
   std::size_t length(std::size_t i) const { return document(i).size(); }  // tokens in sequence i
   std::uint64_t total_tokens() const { return total_; }                // Σ length(i)
@@ -76,14 +78,14 @@ std::vector<std::string> documents(int count, F line) {
 }
 
 std::vector<TextDomain> make_domains() {
-  const char* names[] = {"Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John"};
+  const char* people[] = {"Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John"};
   auto draw = [](int d, int k, std::uint64_t n) { return doremi::Philox::below(n, 7, std::uint64_t(d), std::uint64_t(k)); };
   std::vector<TextDomain> domains;
   domains.emplace_back("counting", documents(400, [&](int d, int k) {
                          return std::to_string(100 + draw(d, 0, 900) + std::uint64_t(k)) + " ";
                        }));
   domains.emplace_back("sentences", documents(400, [&](int d, int k) {
-                         return std::string(names[draw(d, k, 8)]) + " wrote a program. ";
+                         return std::string(people[draw(d, k, 8)]) + " wrote a program. ";
                        }));
   domains.emplace_back("random", documents(400, [&](int d, int k) {
                          return std::string(1, char(32 + draw(d, k, 95)));  // printable ASCII
@@ -91,12 +93,18 @@ std::vector<TextDomain> make_domains() {
   return domains;
 }
 
+long parse_steps(const char* text) {
+  char* end = nullptr;
+  const long steps = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || steps <= 0) doremi::fail("STEPS must be a positive integer (got '{}')", text);
+  return steps;
+}
+
 doremi::TrainConfig train_config(long steps) {
   doremi::TrainConfig cfg;
   cfg.steps = steps;
-  cfg.adam.lr = 3e-3;
-  cfg.schedule = doremi::LrSchedule::doremi_default(steps);
-  cfg.schedule.peak_lr = 3e-3;
+  cfg.schedule = doremi::LrSchedule::doremi_default(steps);  // warmup + exponential decay,
+  cfg.schedule.peak_lr = 3e-3;                              // from a higher peak for a small model
   cfg.schedule.end_lr = 3e-4;
   cfg.progress = false;
   return cfg;
@@ -110,12 +118,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const long steps = argc > 1 ? std::atol(argv[1]) : 150;
-    if (steps <= 0) doremi::fail("STEPS must be a positive integer (got '{}')", argv[1]);
+    const long steps = argc > 1 ? parse_steps(argv[1]) : 150;
     using Model = doremi::Model<doremi::presets::Tiny<float>>;
 
-    const std::vector<std::string> names{"counting", "sentences", "random"};
     const std::vector<TextDomain> sources = make_domains();  // lent to the samplers below
+    std::vector<std::string> names;
+    for (const auto& s : sources) names.push_back(s.name());
     const std::vector<double> uniform(names.size(), 1.0 / double(names.size()));
 
     // The reference model, trained on the reference weights (uniform here).
