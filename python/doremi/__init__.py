@@ -14,7 +14,6 @@ Every error the library raises arrives as doremi.Error (a RuntimeError) carrying
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -284,9 +283,10 @@ def preprocess(
     return manifest
 
 
-def _pipeline():
+def _load_pipeline():
+    import importlib
     try:
-        from . import _pipeline as p
+        p = importlib.import_module("doremi._pipeline")
     except ImportError as e:  # built with -DDOREMI_PYTHON_PIPELINE=OFF
         raise Error(f"this doremi package was built without the pipeline module ({e})") from None
     return p
@@ -302,7 +302,7 @@ def run_pipeline(config: Union[Mapping[str, Any], PathLike]) -> dict:
     else:
         with open(config, encoding="utf-8") as f:
             text, where = f.read(), os.fspath(config)
-    return _pipeline().run_pipeline(text, where)
+    return _load_pipeline().run_pipeline(text, where)
 
 
 def evaluate(checkpoint: PathLike, data: PathLike, *, split: str = "validation", preset: str = "", seq_len: int = 0,
@@ -310,4 +310,4 @@ def evaluate(checkpoint: PathLike, data: PathLike, *, split: str = "validation",
     """Per-domain held-out log-perplexity (nats per target token) of a checkpoint folder (config.json +
     model.safetensors, ours or transformers'; a folder holding final/ is taken as final/), as `doremi eval`.
     The preset is found from config.json unless given; seq_len 0 takes the data folder's (else the context)."""
-    return _pipeline().evaluate(os.fspath(checkpoint), os.fspath(data), split, preset, int(seq_len), int(max_tokens))
+    return _load_pipeline().evaluate(os.fspath(checkpoint), os.fspath(data), split, preset, int(seq_len), int(max_tokens))
