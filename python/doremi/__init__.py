@@ -183,7 +183,10 @@ class DomainWeights:
             unknown = sorted(set(map(str, w)) - set(names))
             if unknown:
                 raise Error(f"DomainWeights: weights name unknown domains {unknown} (domains: {list(names)})")
-            return np.array([float(w.get(n, 0.0)) for n in names])
+            missing = [n for n in names if n not in w]
+            if missing:
+                raise Error(f"DomainWeights: no weight for domains {missing} (give every domain, 0 to leave one out)")
+            return np.array([float(w[n]) for n in names])
         return np.asarray(w, dtype=np.float64)
 
     def update(self, excess_sum: Any, tokens: Any) -> None:

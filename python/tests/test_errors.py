@@ -52,3 +52,12 @@ def test_tokenizer_and_preprocess_errors(tmp_path):
         doremi.Tokenizer(str(tmp_path / "missing.json"))
     with pytest.raises(doremi.Error, match="does not exist"):
         doremi.preprocess(tmp_path / "missing.jsonl", tmp_path / "out", progress=False)
+
+
+def test_domain_weights_mapping():
+    with pytest.raises(doremi.Error, match=r"no weight for domains \['b'\]"):
+        doremi.DomainWeights(["a", "b"], {"a": 1.0}, initial_score=1.0)
+    with pytest.raises(doremi.Error, match=r"unknown domains \['z'\]"):
+        doremi.DomainWeights(["a", "b"], {"a": 1.0, "b": 1.0, "z": 1.0}, initial_score=1.0)
+    w = doremi.DomainWeights(["a", "b"], {"b": 3.0, "a": 1.0}, initial_score=1.0)
+    assert list(w.alpha) == [0.25, 0.75]
