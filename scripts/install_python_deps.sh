@@ -9,6 +9,9 @@
 #     their small dependencies), pinned, for the Arrow token-source tests
 #     (tests/python/make_hf_datasets_fixture.py); these wheels work with
 #     Debian's numpy 1.24,
+#   * the build tools of the Python package (python/): Debian's pybind11-dev
+#     and python3-pytest, scikit-build-core 0.10.7 (and pathspec) from PyPI,
+#     and accelerate 0.34.2 (transformers.Trainer needs it; python3-psutil),
 #   * OpenBLAS (OpenMP build) unpacked into a private folder, NOT installed
 #     system-wide: Debian's torch links libblas.so.3, which is the slow
 #     reference BLAS by default (~3.5 GFLOP/s on a 512^3 matmul); putting the
@@ -80,16 +83,24 @@ PIP_PKGS=(
   "multidict==6.1.0"
   "propcache==0.2.1"
   "yarl==1.18.3"
+  # the Python package's build backend (python/pyproject.toml; pip install
+  # --no-build-isolation uses these and Debian's pybind11-dev)
+  "scikit-build-core==0.10.7"
+  "pathspec==0.12.1"
+  # transformers.Trainer needs accelerate (examples/python/hf_doremi.py and its
+  # test); 0.34.2 still supports torch 1.x
+  "accelerate==0.34.2"
 )
 # Debian packages: torch (pulls numpy, requests, typing-extensions, sympy),
 # pip for the PyPI part, yaml for transformers.
-APT_PKGS=(python3-torch python3-pip python3-yaml)
+# pybind11-dev and python3-pytest for the Python package (python/) and its tests.
+APT_PKGS=(python3-torch python3-pip python3-yaml pybind11-dev python3-pytest python3-psutil)
 
 log() { echo "install_python_deps: $*" >&2; }
 
 python_ok() {
   [[ -x "$PY" ]] || return 1
-  "$PY" - "$TRANSFORMERS_VERSION" "$DATASETS_VERSION" <<'EOF' >/dev/null 2>&1
+  "$PY" - "$TRANSFORMERS_VERSION" "$DATASETS_VERSION" <<'EOF' >/dev/null 2>&1 || return 1
 import sys
 import torch, numpy, yaml, safetensors.torch, tokenizers, huggingface_hub
 import transformers
@@ -97,7 +108,9 @@ from transformers import GPTNeoXForCausalLM, GPTNeoXConfig
 assert transformers.__version__ == sys.argv[1], transformers.__version__
 import datasets, pyarrow, pyarrow.ipc
 assert datasets.__version__ == sys.argv[2], datasets.__version__
+import scikit_build_core, pathspec, pytest, accelerate
 EOF
+  [[ -f /usr/lib/cmake/pybind11/pybind11Config.cmake ]]
 }
 
 openblas_ok() {
