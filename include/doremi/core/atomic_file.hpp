@@ -26,6 +26,7 @@
 #include <string_view>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -225,5 +226,31 @@ class AtomicDirectory {
   std::filesystem::path staging_;
   bool committed_ = false;
 };
+
+// Removes the staging files and folders (".<name>.tmp-<pid>-<n>") under
+// `root`, at any depth, of process `pid` (0: of every process). For a
+// process stopping on a signal, and for the holder of a folder's lock after
+// a killed run. ".old-" folders (see AtomicDirectory::recover) are kept.
+// Returns how many were removed; best effort (errors are ignored).
+inline std::size_t remove_staging_leftovers(const std::filesystem::path& root, long pid = 0) {
+  namespace fs = std::filesystem;
+  const std::string mark = pid > 0 ? fmt::format(".tmp-{}-", pid) : std::string(".tmp-");
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(root, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.starts_with(".") && name.find(mark) != std::string::npos) {
+      found.push_back(it->path());
+      if (it->is_directory(ec)) it.disable_recursion_pending();
+    }
+  }
+  std::size_t removed = 0;
+  for (const auto& p : found) {
+    std::error_code e;
+    if (fs::remove_all(p, e) > 0 && !e) ++removed;
+  }
+  return removed;
+}
 
 }  // namespace doremi
