@@ -20,6 +20,7 @@
 // (core/output_folder.hpp): a rerun resumes only with the same settings and
 // data, else fails saying what differs; --overwrite starts afresh.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -92,6 +93,29 @@ void check_threads(int threads, const char* flag) {
 
 void check_seq_len(int seq_len, const char* flag = "--seq-len") {
   if (seq_len < 2) fail("{} must be at least 2 (got {})", flag, seq_len);
+}
+
+// The stage options' ranges, named by their flags (the rest: StageConfig::validate).
+void check_stage_flags(const StageConfig& s, const char* command) {
+  if (s.steps <= 0) fail("--steps must be positive (got {})", s.steps);
+  if (s.batch_size <= 0) fail("--batch must be positive (got {})", s.batch_size);
+  if (s.grad_accum <= 0) fail("--grad-accum must be positive (got {})", s.grad_accum);
+  if (!(s.warmup >= 0 && s.warmup < 1)) fail("--warmup must lie in [0, 1) (got {})", s.warmup);
+  if (s.checkpoint_every < 0) fail("--checkpoint-every must be >= 0 (got {})", s.checkpoint_every);
+  s.validate(command);
+  train_config_for(s, {}).validate();
+}
+
+// A stage's run, with a checkpoint's JSON state of the wrong type named.
+template <class F>
+auto in_output(const fs::path& output, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: a checkpoint's trainer_state.json or done.json has a field of the wrong type or out of range ({}); "
+         "rerun with --overwrite to start afresh",
+         output.string(), e.what());
+  }
 }
 
 // --overwrite: empties a doremi output folder (under its lock) before a run.
@@ -436,7 +460,7 @@ struct TrainArgs {
 
 int run_train(TrainArgs& a) {
   const Device device = parse_device(a.device);
-  a.stage.validate("train");
+  check_stage_flags(a.stage, "train");
   check_seq_len(a.text.seq_len);
   if (a.overwrite) {
     if (a.text.output.empty()) fail("--overwrite needs --output");
@@ -444,12 +468,13 @@ int run_train(TrainArgs& a) {
   }
   if (a.data.empty()) {
     if (device.is_cuda()) fail("train --text runs on the CPU; --device {} needs --data", device.str());
-    return run_text_train(a.text, a.stage);
+    return in_output(a.text.output, [&] { return run_text_train(a.text, a.stage); });
   }
   if (a.text.output.empty()) fail("train --data needs --output");
   auto stages = stages_on(a.text.preset, device);
   const PipelineData data = open_data(a.data, domains_of(a.weights), a.text.seq_len, a.text.seed);
-  stages->train(data, a.stage, weights_for(a.weights, data), a.text.output);
+  const auto weights = weights_for(a.weights, data);
+  in_output(a.text.output, [&] { stages->train(data, a.stage, weights, a.text.output); });
   fmt::print("model written to {}\n", (fs::path(a.text.output) / "final").string());
   return 0;
 }
@@ -488,7 +513,7 @@ struct DroArgs {
 };
 
 int run_dro(DroArgs& a) {
-  a.stage.validate("dro");
+  check_stage_flags(a.stage, "dro");
   check_seq_len(a.seq_len);
   const fs::path ref_config = fs::path(a.reference) / "final" / "config.json";
   if (!fs::exists(ref_config))
@@ -498,7 +523,7 @@ int run_dro(DroArgs& a) {
   auto stages = stages_on(a.preset, parse_device(a.device));
   const PipelineData data = open_data(a.data, domains_of(a.weights), a.seq_len, a.seed);
   const auto w = weights_for(a.weights, data);
-  const auto avg = stages->dro(data, a.stage, w, w, w, a.reference, a.output);
+  const auto avg = in_output(a.output, [&] { return stages->dro(data, a.stage, w, w, w, a.reference, a.output); });
   nlohmann::json out = nlohmann::json::object();
   for (std::size_t i = 0; i < avg.size(); ++i) out[data.domains()[i]] = avg[i];
   fmt::print("{}\n", out.dump(2));
@@ -592,15 +617,26 @@ void add_pipeline(CLI::App& app, Action& action) {
 }
 
 // Runs the chosen subcommand; errors print one line "error: ..." and exit 1.
+std::atomic<bool> interrupted{false};  // set by the signal thread, which then exits the process
+
+// Waits for the signal thread's exit when it is stopping the process (an
+// error or a return here would race with its cleanup and exit status).
+void wait_if_interrupted() {
+  while (interrupted.load()) ::pause();
+}
+
 int run_action(const Action& action) {
   auto report = [](const std::string& message) {
+    wait_if_interrupted();
     std::string line = message;
     std::replace(line.begin(), line.end(), '\n', ' ');
     fmt::print(stderr, "error: {}\n", line);
     return 1;
   };
   try {
-    return action();
+    const int rc = action();
+    wait_if_interrupted();
+    return rc;
   } catch (const doremi::Error& e) {
     return report(e.what());
   } catch (const std::bad_alloc&) {
@@ -632,15 +668,16 @@ void handle_signals() {
   std::thread([set] {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) return;
-    std::size_t removed = 0;
-    for (int pass = 0; pass < 3; ++pass) {  // the run may be creating one as we remove
+    interrupted = true;
+    std::size_t removed = 0;  // the run may still be writing into one as we remove it: again until none is found
+    for (int pass = 0; pass < 100; ++pass) {
       std::size_t now = 0;
       for (const auto& dir : OutputLock::held()) now += remove_staging_leftovers(dir, long(::getpid()));
-      removed += now;
+      if (pass == 0) removed = now;
       if (now == 0) break;
-      ::usleep(20000);
+      ::usleep(5000);
     }
-    fmt::print(stderr, "error: interrupted by {}; removed {} unfinished checkpoint or temporary file(s); rerun the "
+    fmt::print(stderr, "error: interrupted by {}; removed {} unfinished checkpoint folder(s) or temporary file(s); rerun the "
                "same command to resume from the last checkpoint\n",
                sig == SIGINT ? "SIGINT" : "SIGTERM", removed);
     std::fflush(stderr);

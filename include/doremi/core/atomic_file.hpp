@@ -231,26 +231,29 @@ class AtomicDirectory {
 // `root`, at any depth, of process `pid` (0: of every process). For a
 // process stopping on a signal, and for the holder of a folder's lock after
 // a killed run. ".old-" folders (see AtomicDirectory::recover) are kept.
-// Returns how many were removed; best effort (errors are ignored).
+// Returns how many it found; best effort: entries that vanish or cannot be
+// read are skipped, and a folder another thread is still writing into may
+// survive one call (call again until it returns 0).
 inline std::size_t remove_staging_leftovers(const std::filesystem::path& root, long pid = 0) {
   namespace fs = std::filesystem;
   const std::string mark = pid > 0 ? fmt::format(".tmp-{}-", pid) : std::string(".tmp-");
-  std::vector<fs::path> found;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(root, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.starts_with(".") && name.find(mark) != std::string::npos) {
-      found.push_back(it->path());
-      if (it->is_directory(ec)) it.disable_recursion_pending();
+  std::vector<fs::path> found, pending{root};
+  while (!pending.empty()) {
+    const fs::path dir = pending.back();
+    pending.pop_back();
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::error_code e;
+      if (name.starts_with(".") && name.find(mark) != std::string::npos) found.push_back(it->path());
+      else if (it->is_directory(e) && !it->is_symlink(e)) pending.push_back(it->path());
     }
   }
-  std::size_t removed = 0;
   for (const auto& p : found) {
     std::error_code e;
-    if (fs::remove_all(p, e) > 0 && !e) ++removed;
+    fs::remove_all(p, e);
   }
-  return removed;
+  return found.size();
 }
 
 }  // namespace doremi
