@@ -11,26 +11,42 @@
 //
 // --device is cpu (default), cuda or cuda:N on train --data, dro, eval,
 // pipeline and quickstart; the GPU stages are compiled in when the build has
-// the CUDA backend (cuda_stages.cu). Every subcommand has --help. Errors print
-// "error: ..." and exit 1.
+// the CUDA backend (cuda_stages.cu). Every subcommand has --help.
+//
+// Every failure prints one line "error: ..." (naming the file, field or flag)
+// and exits 1; SIGINT/SIGTERM remove this run's unfinished checkpoint
+// staging folders and exit 128 + the signal. Output folders are locked while
+// a run writes them and record a fingerprint of what produced them
+// (core/output_folder.hpp): a rerun resumes only with the same settings and
+// data, else fails saying what differs; --overwrite starts afresh.
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
+
+#include <pthread.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include "doremi/doremi.hpp"                  // Model, presets, Error
 #include "doremi/backend/device.hpp"          // Device
+#include "doremi/core/output_folder.hpp"      // OutputLock, claim_output, fingerprints
 #include "doremi/data/byte_tokenizer.hpp"     // ByteTokenizer
 #include "doremi/data/dataset_folder.hpp"     // open_dataset_folder, AnySource
 #include "doremi/data/domain_config.hpp"      // read/write domain configs, weights by size
 #include "doremi/data/preprocess.hpp"         // preprocess
 #include "doremi/data/tokenizer.hpp"          // load_tokenizer
+#include "doremi/data/weight_spec.hpp"        // WeightSpec
 #include "doremi/data/window_sampler.hpp"     // WindowSampler
 #include "doremi/model/dispatch.hpp"          // dispatch_preset, preset_for_checkpoint
 #include "doremi/pipeline/pipeline.hpp"       // run_pipeline, StagesFor
@@ -53,6 +69,95 @@ std::string read_text(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// Runs `f`, turning nlohmann's type and range errors (a field of the wrong
+// type in a JSON file that parsed) into errors naming `file`.
+template <class F>
+auto in_file(const fs::path& file, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: a field has the wrong type or an out-of-range value ({})", file.string(), e.what());
+  }
+}
+
+// --threads: 0 (all cores) up to a few times the cores (OpenMP aborts, and
+// every thread holds a tokenizer copy, far beyond that).
+void check_threads(int threads, const char* flag) {
+  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int most = std::max(64, 4 * cores);
+  if (threads < 0 || threads > most)
+    fail("{} {} is out of range: give 0 (all {} cores) up to {}", flag, threads, cores, most);
+}
+
+void check_seq_len(int seq_len, const char* flag = "--seq-len") {
+  if (seq_len < 2) fail("{} must be at least 2 (got {})", flag, seq_len);
+}
+
+// The stage options' ranges, named by their flags (the rest: StageConfig::validate).
+void check_stage_flags(const StageConfig& s, const char* command) {
+  if (s.steps <= 0) fail("--steps must be positive (got {})", s.steps);
+  if (s.batch_size <= 0) fail("--batch must be positive (got {})", s.batch_size);
+  if (s.grad_accum <= 0) fail("--grad-accum must be positive (got {})", s.grad_accum);
+  if (!(s.warmup >= 0 && s.warmup < 1)) fail("--warmup must lie in [0, 1) (got {})", s.warmup);
+  if (s.checkpoint_every < 0) fail("--checkpoint-every must be >= 0 (got {})", s.checkpoint_every);
+  s.validate(command);
+  train_config_for(s, {}).validate();
+}
+
+// A stage's run, with a checkpoint's JSON state of the wrong type named.
+template <class F>
+auto in_output(const fs::path& output, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: a checkpoint's trainer_state.json or done.json has a field of the wrong type or out of range ({}); "
+         "rerun with --overwrite to start afresh",
+         output.string(), e.what());
+  }
+}
+
+// --overwrite: empties a doremi output folder (under its lock) before a run.
+void overwrite_folder(const fs::path& dir) {
+  OutputLock lock(dir);
+  clear_output_folder(dir);
+}
+
+// The identity of a tokenizer spec: "bytes", or a hash of its files.
+std::string tokenizer_identity(const std::string& spec) {
+  if (spec == "bytes") return spec;
+  if (!fs::is_directory(spec)) return content_hash(spec);
+  std::string id;
+  for (const char* f : {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                        "special_tokens_map.json", "added_tokens.json"})
+    if (fs::exists(fs::path(spec) / f)) id += fmt::format("{}={};", f, content_hash(fs::path(spec) / f));
+  return id;
+}
+
+// preprocess() under the output folder's lock and fingerprint (inputs by
+// file_signature, the tokenizer by content, every setting that changes the shards).
+PreprocessReport preprocess_claimed(const PreprocessConfig& pc, const std::string& tokenizer) {
+  check_threads(pc.threads, "--threads");
+  check_seq_len(pc.seq_len);
+  pc.validate();
+  nlohmann::json inputs = nlohmann::json::array();
+  for (const auto& i : pc.inputs) inputs.push_back(file_signature(i));
+  const nlohmann::json fp{{"stage", "preprocess"},
+                          {"program", fmt::format("doremi {}", program_version)},
+                          {"inputs", inputs},
+                          {"tokenizer", tokenizer_identity(tokenizer)},
+                          {"domain_key", pc.domain_key},
+                          {"text_key", pc.text_key},
+                          {"seq_len", pc.seq_len},
+                          {"pack", pc.pack},
+                          {"validation_share", pc.validation_share},
+                          {"seed", pc.seed},
+                          {"strict", pc.fail_on_bad_document}};
+  const Tokenizer tok = load_tokenizer(tokenizer);
+  OutputLock lock(pc.output);
+  claim_output(pc.output, fp);
+  return preprocess(pc, tok);
 }
 
 // A StageConfig's fields as command-line options.
@@ -92,7 +197,19 @@ double unigram_entropy(const std::vector<std::int32_t>& tokens) {
 
 int run_text_train(const TextTrainArgs& a, StageConfig stage) {
   const auto tokens = ByteTokenizer{}.encode(read_text(a.text));
-  if (a.holdout <= 0 || a.holdout >= 0.5) fail("--holdout must be in (0, 0.5) (got {})", a.holdout);
+  if (!(a.holdout > 0 && a.holdout < 0.5)) fail("--holdout must be in (0, 0.5) (got {})", a.holdout);
+  if (a.log_every <= 0) fail("--log-every must be positive (got {})", a.log_every);
+  std::optional<OutputLock> lock;
+  if (!a.output.empty()) {
+    lock.emplace(a.output);
+    nlohmann::json settings = stage.to_json();
+    for (const char* k : {"checkpoint_every", "eta", "smoothing"}) settings.erase(k);
+    const nlohmann::json fp{{"stage", "train --text"}, {"program", fmt::format("doremi {}", program_version)},
+                            {"preset", a.preset},      {"seq_len", a.seq_len},
+                            {"seed", a.seed},          {"holdout", a.holdout},
+                            {"text", content_hash(a.text)}, {"settings", settings}};
+    claim_output(a.output, fp);
+  }
   const auto split = std::ptrdiff_t(double(tokens.size()) * (1.0 - a.holdout));
   const std::vector<std::int32_t> train(tokens.begin(), tokens.begin() + split), heldout(tokens.begin() + split, tokens.end());
   return dispatch_preset<float>(a.preset, [&]<class Cfg>() {
@@ -140,19 +257,17 @@ std::unique_ptr<ModelStages> stages_on(const std::string& preset, const Device& 
 
 Device parse_device(const std::string& s) { return Device::parse(s, "--device"); }
 
-// Weights for `data`'s domains: a domain config file, or "uniform".
+// Weights for `data`'s domains from a --weights value (a WeightSpec).
 std::vector<double> weights_for(const std::string& spec, const PipelineData& data) {
-  if (spec == "uniform") return std::vector<double>(data.domains().size(), 1.0 / double(data.domains().size()));
-  return read_domain_config(spec).train.weights_for(data.domains(), spec);
+  return WeightSpec::parse(spec).resolve(data.domains(), data.train.manifest, nullptr, "--weights");
 }
 
-std::vector<std::string> domains_of(const std::string& weights_spec) {
-  if (weights_spec == "uniform") return {};
-  return read_domain_config(weights_spec).train.names;
-}
+std::vector<std::string> domains_of(const std::string& weights_spec) { return WeightSpec::parse(weights_spec).domains(); }
 
 PipelineData open_data(const std::string& dir, const std::vector<std::string>& domains, int seq_len, std::uint64_t seed) {
-  PipelineData d{open_dataset_folder(dir, "train", domains), {}, seq_len, seed, 0};
+  PipelineData d{in_file(fs::path(dir) / "manifest.json", [&] { return open_dataset_folder(dir, "train", domains); }),
+                 {}, seq_len, seed, 0, dataset_identity(dir)};
+  if (d.domains().empty()) fail("dataset {} has no train data", dir);
   return d;
 }
 
@@ -183,6 +298,7 @@ void write_random_domain(const fs::path& file, int documents, int length, std::u
     for (int i = 0; i < length; ++i) text.push_back(char(32 + Philox::below(95, seed, std::uint64_t(d), std::uint64_t(i))));
     out += nlohmann::json{{"text", text}, {"meta", {{"domain", "random"}}}}.dump() + "\n";
   }
+  if (fs::exists(file) && read_text(file.string()) == out) return;  // unchanged: the data's fingerprint holds
   write_file_atomic(file, out);
 }
 
@@ -194,8 +310,9 @@ int run_quickstart(const fs::path& output, int threads, const Device& device) {
   std::sort(inputs.begin(), inputs.end());
   if (inputs.empty()) fail("no quickstart corpus in {}", corpus.string());
   const std::string preset = "tiny";
+  check_threads(threads, "--threads");
   auto stages = stages_on(preset, device);  // no GPU: the error comes before any work
-  fs::create_directories(output);
+  OutputLock lock(output);
   write_random_domain(output / "random.jsonl", 200, 2000, 7);
   inputs.push_back(output / "random.jsonl");
 
@@ -207,7 +324,7 @@ int run_quickstart(const fs::path& output, int threads, const Device& device) {
   pc.seq_len = 128;
   pc.validation_share = 0.1;
   pc.threads = threads;
-  preprocess(pc, Tokenizer{});
+  preprocess_claimed(pc, "bytes");
 
   RunConfig rc;
   rc.data = pc.output;
@@ -233,199 +350,356 @@ int run_quickstart(const fs::path& output, int threads, const Device& device) {
   return 0;
 }
 
+// ---- the subcommands: each registers its options and, once parsed, its action --
+
+using Action = std::function<int()>;
+constexpr const char* device_help = "cpu, cuda or cuda:N";
+
+void add_quickstart(CLI::App& app, Action& action) {
+  struct Args {
+    std::string output = "doremi-quickstart", device = "cpu";
+    int threads = 0;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("quickstart", "Run the whole pipeline on the embedded multi-domain corpus");
+  cmd->add_option("--output", a->output, "Output folder")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "Preprocessing threads (0: all)");
+  cmd->add_option("--device", a->device, device_help)->capture_default_str();
+  cmd->callback([a, &action] { action = [a] { return run_quickstart(a->output, a->threads, parse_device(a->device)); }; });
+}
+
+void add_tokenize(CLI::App& app, Action& action) {
+  struct Args {
+    std::string tokenizer, input;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("tokenize", "Print the token ids of a file's text as one JSON array");
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json, a folder with one or vocab.json + merges.txt, or 'bytes'")
+      ->required();
+  cmd->add_option("--input", a->input, "Text file")->required();
+  cmd->callback([a, &action] {
+    action = [a] {
+      const Tokenizer tok = load_tokenizer(a->tokenizer);
+      fmt::print("{}\n", nlohmann::json(tok.encode(read_text(a->input))).dump());
+      return 0;
+    };
+  });
+}
+
+void add_preprocess(CLI::App& app, Action& action) {
+  struct Args {
+    PreprocessConfig pc;
+    std::vector<std::string> inputs;
+    std::string output, tokenizer = "bytes";
+    bool nopack = false, overwrite = false;
+  };
+  auto a = std::make_shared<Args>();
+  PreprocessConfig& pc = a->pc;
+  auto* cmd = app.add_subcommand("preprocess", "Tokenize JSONL(.zst) files or domain folders into indexed datasets");
+  cmd->add_option("--input", a->inputs, "JSONL files (.jsonl, .jsonl.zst) or folders of domain subfolders")->required();
+  cmd->add_option("--domain-key", pc.domain_key, "Dotted JSON key of the domain name")->capture_default_str();
+  cmd->add_option("--text-key", pc.text_key, "JSON key of the text")->capture_default_str();
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json, tokenizer folder, or 'bytes'")->capture_default_str();
+  cmd->add_option("--seq-len", pc.seq_len, "Tokens per packed chunk")->capture_default_str();
+  cmd->add_flag("--nopack", a->nopack, "Keep one sequence per document instead of packing");
+  cmd->add_option("--validation-share", pc.validation_share, "Share of documents for validation")->capture_default_str();
+  cmd->add_option("--threads", pc.threads, "Threads (0: all)");
+  cmd->add_flag("--strict", pc.fail_on_bad_document, "Fail on the first bad document instead of counting it");
+  cmd->add_option("--output", a->output, "Output folder")->required();
+  cmd->add_flag("--overwrite", a->overwrite, "Delete what --output holds and start afresh");
+  cmd->callback([a, &action] {
+    action = [a] {
+      for (const auto& i : a->inputs) a->pc.inputs.emplace_back(i);
+      a->pc.output = a->output;
+      a->pc.pack = !a->nopack;
+      if (a->overwrite) overwrite_folder(a->output);
+      const auto r = preprocess_claimed(a->pc, a->tokenizer);
+      fmt::print("{}\n", r.manifest.dump(2));
+      return 0;
+    };
+  });
+}
+
+int run_baseline_weights(const std::string& data, const std::string& output, const std::string& mode,
+                         const std::string& epochs_spec) {
+  const auto manifest_path = fs::path(data) / "manifest.json";
+  const auto manifest = read_json_file(manifest_path);
+  const Packing packing = parse_packing(mode);
+  std::vector<std::string> names;
+  if (manifest.is_object() && manifest.contains("domains") && manifest.at("domains").is_object())
+    for (const auto& [name, e] : manifest.at("domains").items()) names.push_back(name);
+  const auto counts = WeightSpec::size_counts(names, manifest, packing, manifest_path.string());
+  nlohmann::json epochs;
+  if (epochs_spec == "pile") epochs = "pile";
+  else if (!epochs_spec.empty()) epochs = read_json_file(epochs_spec);
+  const auto w = weights_by_size(names, counts, epochs);
+  write_domain_config(output, DomainConfig{{names, w}, {names, w}});
+  fmt::print("{}\n", read_json_file(output).dump(2));
+  return 0;
+}
+
+void add_baseline_weights(CLI::App& app, Action& action) {
+  struct Args {
+    std::string data, output, mode = "pack", epochs;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("baseline-weights", "Reference weights by size, as a domain config JSON");
+  cmd->add_option("--data", a->data, "Folder written by `doremi preprocess`")->required();
+  cmd->add_option("--output", a->output, "Domain config file to write")->required();
+  cmd->add_option("--mode", a->mode, "pack or nopack")->capture_default_str();
+  cmd->add_option("--epochs", a->epochs, "'pile' (the Pile's epochs) or a JSON file {domain: epochs}");
+  cmd->callback([a, &action] { action = [a] { return run_baseline_weights(a->data, a->output, a->mode, a->epochs); }; });
+}
+
+struct TrainArgs {
+  TextTrainArgs text;
+  StageConfig stage;
+  std::string data, weights = "uniform", device = "cpu";
+  bool overwrite = false;
+};
+
+int run_train(TrainArgs& a) {
+  const Device device = parse_device(a.device);
+  check_stage_flags(a.stage, "train");
+  check_seq_len(a.text.seq_len);
+  if (a.overwrite) {
+    if (a.text.output.empty()) fail("--overwrite needs --output");
+    overwrite_folder(a.text.output);
+  }
+  if (a.data.empty()) {
+    if (device.is_cuda()) fail("train --text runs on the CPU; --device {} needs --data", device.str());
+    return in_output(a.text.output, [&] { return run_text_train(a.text, a.stage); });
+  }
+  if (a.text.output.empty()) fail("train --data needs --output");
+  auto stages = stages_on(a.text.preset, device);
+  const PipelineData data = open_data(a.data, domains_of(a.weights), a.text.seq_len, a.text.seed);
+  const auto weights = weights_for(a.weights, data);
+  in_output(a.text.output, [&] { stages->train(data, a.stage, weights, a.text.output); });
+  fmt::print("model written to {}\n", (fs::path(a.text.output) / "final").string());
+  return 0;
+}
+
+void add_train(CLI::App& app, Action& action) {
+  auto a = std::make_shared<TrainArgs>();
+  TextTrainArgs& ta = a->text;
+  a->stage.steps = 400;
+  a->stage.batch_size = 16;
+  a->stage.lr = 3e-3;
+  a->stage.end_lr = 3e-4;
+  a->stage.schedule = "cosine";
+  auto* cmd = app.add_subcommand("train", "Train a language model on a text file or a domain-split dataset");
+  cmd->add_option("--text", ta.text, "UTF-8 text file (byte tokenizer)")->capture_default_str();
+  cmd->add_option("--data", a->data, "Dataset folder (preprocessed or HF datasets); overrides --text");
+  cmd->add_option("--weights", a->weights, "Domain config file, 'uniform', 'pack' or 'nopack' (with --data)")
+      ->capture_default_str();
+  cmd->add_option("--preset", ta.preset, std::string("Model preset: ") + std::string(preset_names))->capture_default_str();
+  cmd->add_option("--output", ta.output, "Folder for metrics.jsonl, checkpoints and final/ (resumes)");
+  cmd->add_option("--seq-len", ta.seq_len, "Tokens per sequence")->capture_default_str();
+  cmd->add_option("--seed", ta.seed, "Seed")->capture_default_str();
+  cmd->add_option("--holdout", ta.holdout, "Share of the text held out (with --text)")->capture_default_str();
+  cmd->add_option("--log-every", ta.log_every, "Steps between printed lines")->capture_default_str();
+  add_stage_options(cmd, a->stage);
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (with --data)")->capture_default_str();
+  cmd->add_flag("--overwrite", a->overwrite, "Delete what --output holds and start afresh");
+  cmd->callback([a, &action] { action = [a] { return run_train(*a); }; });
+}
+
+struct DroArgs {
+  StageConfig stage;
+  std::string data, reference, output, weights = "uniform", preset, device = "cpu";
+  int seq_len = 128;
+  std::uint64_t seed = 1;
+  bool overwrite = false;
+};
+
+int run_dro(DroArgs& a) {
+  check_stage_flags(a.stage, "dro");
+  check_seq_len(a.seq_len);
+  const fs::path ref_config = fs::path(a.reference) / "final" / "config.json";
+  if (!fs::exists(ref_config))
+    fail("--reference {}: no final/config.json (is it a finished `doremi train --output` folder?)", a.reference);
+  if (a.preset.empty()) a.preset = in_file(ref_config, [&] { return preset_for_checkpoint(fs::path(a.reference) / "final"); });
+  if (a.overwrite) overwrite_folder(a.output);
+  auto stages = stages_on(a.preset, parse_device(a.device));
+  const PipelineData data = open_data(a.data, domains_of(a.weights), a.seq_len, a.seed);
+  const auto w = weights_for(a.weights, data);
+  const auto avg = in_output(a.output, [&] { return stages->dro(data, a.stage, w, w, w, a.reference, a.output); });
+  nlohmann::json out = nlohmann::json::object();
+  for (std::size_t i = 0; i < avg.size(); ++i) out[data.domains()[i]] = avg[i];
+  fmt::print("{}\n", out.dump(2));
+  return 0;
+}
+
+void add_dro(CLI::App& app, Action& action) {
+  auto a = std::make_shared<DroArgs>();
+  auto* cmd = app.add_subcommand("dro", "Train a proxy with DRO against a reference model; writes the domain weights");
+  cmd->add_option("--data", a->data, "Dataset folder")->required();
+  cmd->add_option("--reference", a->reference, "Reference model folder (from `doremi train --output`)")->required();
+  cmd->add_option("--output", a->output, "Output folder")->required();
+  cmd->add_option("--weights", a->weights, "Initial and sampling weights: domain config file, 'uniform', 'pack' or 'nopack'")
+      ->capture_default_str();
+  cmd->add_option("--preset", a->preset, "Model preset (default: the reference's)");
+  cmd->add_option("--seq-len", a->seq_len, "Tokens per sequence")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "Seed")->capture_default_str();
+  cmd->add_option("--eta", a->stage.dro.eta, "Step size η")->capture_default_str();
+  cmd->add_option("--smoothing", a->stage.dro.smoothing, "Smoothing c")->capture_default_str();
+  add_stage_options(cmd, a->stage);
+  cmd->add_option("--device", a->device, device_help)->capture_default_str();
+  cmd->add_flag("--overwrite", a->overwrite, "Delete what --output holds and start afresh");
+  cmd->callback([a, &action] { action = [a] { return run_dro(*a); }; });
+}
+
+struct EvalArgs {
+  std::string model, data, preset, device = "cpu";
+  int seq_len = 0;
+  std::uint64_t max_tokens = 0;
+};
+
+int run_eval(EvalArgs& a) {
+  fs::path model_dir = a.model;
+  if (!fs::exists(model_dir / "config.json") && fs::exists(model_dir / "final/config.json")) model_dir /= "final";
+  if (!fs::exists(model_dir / "config.json"))
+    fail("--model {}: no config.json there or in its final/ (give a checkpoint folder)", a.model);
+  if (a.seq_len < 0 || a.seq_len == 1) fail("--seq-len must be 0 (the data's) or at least 2 (got {})", a.seq_len);
+  if (a.preset.empty()) a.preset = in_file(model_dir / "config.json", [&] { return preset_for_checkpoint(model_dir); });
+  const fs::path manifest = fs::path(a.data) / "manifest.json";
+  PipelineData data{{}, in_file(manifest, [&] { return open_dataset_folder(a.data, "validation"); }), a.seq_len, 1,
+                    a.max_tokens};
+  if (data.validation.domains.empty())
+    fail("dataset {} has no validation split (preprocess it with --validation-share above 0, e.g. 0.05)", a.data);
+  if (data.seq_len == 0)
+    data.seq_len = in_file(manifest, [&] {
+      return data.validation.manifest.is_null() ? 0 : data.validation.manifest.value("seq_len", 0);
+    });
+  auto stages = stages_on(a.preset, parse_device(a.device));
+  const auto r = in_file(model_dir / "config.json", [&] { return stages->evaluate_checkpoint(data, model_dir); });
+  fmt::print("{}\n", r.to_json().dump(2));
+  return 0;
+}
+
+void add_eval(CLI::App& app, Action& action) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* cmd = app.add_subcommand("eval", "Per-domain held-out log-perplexity of a checkpoint, as JSON");
+  cmd->add_option("--model", a->model, "Checkpoint folder (model.safetensors + config.json)")->required();
+  cmd->add_option("--data", a->data, "Dataset folder with a validation split")->required();
+  cmd->add_option("--preset", a->preset, "Model preset (default: matched from config.json)");
+  cmd->add_option("--seq-len", a->seq_len, "Window length (default: the data's seq_len or the context)");
+  cmd->add_option("--max-tokens", a->max_tokens, "Target tokens per domain (0: all)");
+  cmd->add_option("--device", a->device, device_help)->capture_default_str();
+  cmd->callback([a, &action] { action = [a] { return run_eval(*a); }; });
+}
+
+struct PipelineArgs {
+  std::string config, device;
+  bool overwrite = false;
+};
+
+int run_pipeline_command(const PipelineArgs& a) {
+  RunConfig rc = RunConfig::from_json(read_json_file(a.config), a.config);
+  if (!a.device.empty()) rc.device = parse_device(a.device);
+  if (a.overwrite) overwrite_folder(rc.output);
+  auto small = stages_on(rc.preset, rc.device);
+  auto main_stages = rc.main_preset == rc.preset ? nullptr : stages_on(rc.main_preset, rc.device);
+  const PipelineResult r = run_pipeline(rc, *small, main_stages ? *main_stages : *small);
+  print_perplexity_table(r.domains, r.reference_weights, r.doremi_weights,
+                         r.baseline_perplexity ? &*r.baseline_perplexity : nullptr,
+                         r.doremi_perplexity ? &*r.doremi_perplexity : nullptr);
+  return 0;
+}
+
+void add_pipeline(CLI::App& app, Action& action) {
+  auto a = std::make_shared<PipelineArgs>();
+  auto* cmd = app.add_subcommand("pipeline", "Run the whole DoReMi pipeline from a run config");
+  cmd->add_option("--config", a->config, "Run config JSON (see include/doremi/pipeline/run_config.hpp)")->required();
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default: the config's \"device\", else cpu)");
+  cmd->add_flag("--overwrite", a->overwrite, "Delete what the config's output folder holds and start afresh");
+  cmd->callback([a, &action] { action = [a] { return run_pipeline_command(*a); }; });
+}
+
+// Runs the chosen subcommand; errors print one line "error: ..." and exit 1.
+std::atomic<bool> interrupted{false};  // set by the signal thread, which then exits the process
+
+// Waits for the signal thread's exit when it is stopping the process (an
+// error or a return here would race with its cleanup and exit status).
+void wait_if_interrupted() {
+  while (interrupted.load()) ::pause();
+}
+
+int run_action(const Action& action) {
+  auto report = [](const std::string& message) {
+    wait_if_interrupted();
+    std::string line = message;
+    std::replace(line.begin(), line.end(), '\n', ' ');
+    fmt::print(stderr, "error: {}\n", line);
+    return 1;
+  };
+  try {
+    const int rc = action();
+    wait_if_interrupted();
+    return rc;
+  } catch (const doremi::Error& e) {
+    return report(e.what());
+  } catch (const std::bad_alloc&) {
+    return report("out of memory: the model, batch or data do not fit in this machine's memory; reduce --batch "
+                  "(raise --grad-accum to keep the step size), --seq-len or the preset");
+  } catch (const std::length_error& e) {
+    return report(fmt::format("a buffer would be larger than memory can hold ({}); reduce --batch, --seq-len or "
+                              "the preset",
+                              e.what()));
+  } catch (const std::filesystem::filesystem_error& e) {
+    return report(fmt::format("{}: {}{}", e.path1().string(), e.code().message(),
+                              e.path2().empty() ? "" : " (" + e.path2().string() + ")"));
+  } catch (const nlohmann::json::exception& e) {
+    return report(fmt::format("a JSON file has a field of the wrong type or out of range ({})", e.what()));
+  } catch (const std::exception& e) {
+    return report(e.what());
+  }
+}
+
+// SIGINT and SIGTERM: a thread waits for them (blocked in every other thread,
+// which inherit the mask), removes this process's staging folders and files
+// in the output folders it holds, and exits 128 + the signal.
+void handle_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) return;
+    interrupted = true;
+    std::size_t removed = 0;  // the run may still be writing into one as we remove it: again until none is found
+    for (int pass = 0; pass < 100; ++pass) {
+      std::size_t now = 0;
+      for (const auto& dir : OutputLock::held()) now += remove_staging_leftovers(dir, long(::getpid()));
+      if (pass == 0) removed = now;
+      if (now == 0) break;
+      ::usleep(5000);
+    }
+    fmt::print(stderr, "error: interrupted by {}; removed {} unfinished checkpoint folder(s) or temporary file(s); rerun the "
+               "same command to resume from the last checkpoint\n",
+               sig == SIGINT ? "SIGINT" : "SIGTERM", removed);
+    std::fflush(stderr);
+    std::_Exit(128 + sig);
+  }).detach();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  handle_signals();
   CLI::App app{"doremi: DoReMi domain-weight optimisation for language-model pretraining"};
   app.require_subcommand(1);
-
-  // quickstart
-  std::string qs_output = "doremi-quickstart";
-  int threads = 0;
-  auto* quick = app.add_subcommand("quickstart", "Run the whole pipeline on the embedded multi-domain corpus");
-  quick->add_option("--output", qs_output, "Output folder")->capture_default_str();
-  quick->add_option("--threads", threads, "Preprocessing threads (0: all)");
-  const char* device_help = "cpu, cuda or cuda:N";
-  std::string qs_device = "cpu";
-  quick->add_option("--device", qs_device, device_help)->capture_default_str();
-
-  // tokenize
-  std::string tok_spec, tok_input;
-  auto* tokenize = app.add_subcommand("tokenize", "Print the token ids of a file's text as one JSON array");
-  tokenize->add_option("--tokenizer", tok_spec, "tokenizer.json, a folder with one or vocab.json + merges.txt, or 'bytes'")
-      ->required();
-  tokenize->add_option("--input", tok_input, "Text file")->required();
-
-  // preprocess
-  PreprocessConfig pc;
-  std::vector<std::string> pre_inputs;
-  std::string pre_output, pre_tok = "bytes";
-  bool nopack = false;
-  auto* pre = app.add_subcommand("preprocess", "Tokenize JSONL(.zst) files or domain folders into indexed datasets");
-  pre->add_option("--input", pre_inputs, "JSONL files (.jsonl, .jsonl.zst) or folders of domain subfolders")->required();
-  pre->add_option("--domain-key", pc.domain_key, "Dotted JSON key of the domain name")->capture_default_str();
-  pre->add_option("--text-key", pc.text_key, "JSON key of the text")->capture_default_str();
-  pre->add_option("--tokenizer", pre_tok, "tokenizer.json, tokenizer folder, or 'bytes'")->capture_default_str();
-  pre->add_option("--seq-len", pc.seq_len, "Tokens per packed chunk")->capture_default_str();
-  pre->add_flag("--nopack", nopack, "Keep one sequence per document instead of packing");
-  pre->add_option("--validation-share", pc.validation_share, "Share of documents for validation")->capture_default_str();
-  pre->add_option("--threads", pc.threads, "Threads (0: all)");
-  pre->add_flag("--strict", pc.fail_on_bad_document, "Fail on the first bad document instead of counting it");
-  pre->add_option("--output", pre_output, "Output folder")->required();
-
-  // baseline-weights
-  std::string bw_data, bw_output, bw_mode = "pack", bw_epochs;
-  auto* bw = app.add_subcommand("baseline-weights", "Reference weights by size, as a domain config JSON");
-  bw->add_option("--data", bw_data, "Folder written by `doremi preprocess`")->required();
-  bw->add_option("--output", bw_output, "Domain config file to write")->required();
-  bw->add_option("--mode", bw_mode, "pack or nopack")->capture_default_str();
-  bw->add_option("--epochs", bw_epochs, "'pile' (the Pile's epochs) or a JSON file {domain: epochs}");
-
-  // train
-  TextTrainArgs ta;
-  StageConfig train_stage;
-  train_stage.steps = 400;
-  train_stage.batch_size = 16;
-  train_stage.lr = 3e-3;
-  train_stage.end_lr = 3e-4;
-  train_stage.schedule = "cosine";
-  std::string train_data, train_weights = "uniform";
-  auto* train = app.add_subcommand("train", "Train a language model on a text file or a domain-split dataset");
-  train->add_option("--text", ta.text, "UTF-8 text file (byte tokenizer)")->capture_default_str();
-  train->add_option("--data", train_data, "Dataset folder (preprocessed or HF datasets); overrides --text");
-  train->add_option("--weights", train_weights, "Domain config file or 'uniform' (with --data)")->capture_default_str();
-  train->add_option("--preset", ta.preset, std::string("Model preset: ") + std::string(preset_names))->capture_default_str();
-  train->add_option("--output", ta.output, "Folder for metrics.jsonl, checkpoints and final/ (resumes)");
-  train->add_option("--seq-len", ta.seq_len, "Tokens per sequence")->capture_default_str();
-  train->add_option("--seed", ta.seed, "Seed")->capture_default_str();
-  train->add_option("--holdout", ta.holdout, "Share of the text held out (with --text)")->capture_default_str();
-  train->add_option("--log-every", ta.log_every, "Steps between printed lines")->capture_default_str();
-  add_stage_options(train, train_stage);
-  std::string train_device = "cpu";
-  train->add_option("--device", train_device, "cpu, cuda or cuda:N (with --data)")->capture_default_str();
-
-  // dro
-  StageConfig dro_stage;
-  std::string dro_data, dro_ref, dro_output, dro_weights = "uniform", dro_preset;
-  int dro_seq = 128;
-  std::uint64_t dro_seed = 1;
-  auto* dro = app.add_subcommand("dro", "Train a proxy with DRO against a reference model; writes the domain weights");
-  dro->add_option("--data", dro_data, "Dataset folder")->required();
-  dro->add_option("--reference", dro_ref, "Reference model folder (from `doremi train --output`)")->required();
-  dro->add_option("--output", dro_output, "Output folder")->required();
-  dro->add_option("--weights", dro_weights, "Initial and sampling weights: domain config file or 'uniform'")
-      ->capture_default_str();
-  dro->add_option("--preset", dro_preset, "Model preset (default: the reference's)");
-  dro->add_option("--seq-len", dro_seq, "Tokens per sequence")->capture_default_str();
-  dro->add_option("--seed", dro_seed, "Seed")->capture_default_str();
-  dro->add_option("--eta", dro_stage.dro.eta, "Step size η")->capture_default_str();
-  dro->add_option("--smoothing", dro_stage.dro.smoothing, "Smoothing c")->capture_default_str();
-  add_stage_options(dro, dro_stage);
-  std::string dro_device = "cpu";
-  dro->add_option("--device", dro_device, device_help)->capture_default_str();
-
-  // eval
-  std::string ev_model, ev_data, ev_preset;
-  int ev_seq = 0;
-  std::uint64_t ev_max = 0;
-  auto* ev = app.add_subcommand("eval", "Per-domain held-out log-perplexity of a checkpoint, as JSON");
-  ev->add_option("--model", ev_model, "Checkpoint folder (model.safetensors + config.json)")->required();
-  ev->add_option("--data", ev_data, "Dataset folder with a validation split")->required();
-  ev->add_option("--preset", ev_preset, "Model preset (default: matched from config.json)");
-  ev->add_option("--seq-len", ev_seq, "Window length (default: the data's seq_len or the context)");
-  ev->add_option("--max-tokens", ev_max, "Target tokens per domain (0: all)");
-  std::string ev_device = "cpu";
-  ev->add_option("--device", ev_device, device_help)->capture_default_str();
-
-  // pipeline
-  std::string pl_config;
-  auto* pl = app.add_subcommand("pipeline", "Run the whole DoReMi pipeline from a run config");
-  pl->add_option("--config", pl_config, "Run config JSON (see include/doremi/pipeline/run_config.hpp)")->required();
-  std::string pl_device;
-  pl->add_option("--device", pl_device, "cpu, cuda or cuda:N (default: the config's \"device\", else cpu)");
-
+  Action action;
+  add_quickstart(app, action);
+  add_tokenize(app, action);
+  add_preprocess(app, action);
+  add_baseline_weights(app, action);
+  add_train(app, action);
+  add_dro(app, action);
+  add_eval(app, action);
+  add_pipeline(app, action);
   CLI11_PARSE(app, argc, argv);
-  try {
-    if (quick->parsed()) return run_quickstart(qs_output, threads, parse_device(qs_device));
-    if (tokenize->parsed()) {
-      const Tokenizer tok = load_tokenizer(tok_spec);
-      fmt::print("{}\n", nlohmann::json(tok.encode(read_text(tok_input))).dump());
-      return 0;
-    }
-    if (pre->parsed()) {
-      for (const auto& i : pre_inputs) pc.inputs.emplace_back(i);
-      pc.output = pre_output;
-      pc.pack = !nopack;
-      const auto r = preprocess(pc, load_tokenizer(pre_tok));
-      fmt::print("{}\n", r.manifest.dump(2));
-      return 0;
-    }
-    if (bw->parsed()) {
-      const auto manifest = read_json_file(fs::path(bw_data) / "manifest.json");
-      const Packing mode = parse_packing(bw_mode);
-      std::vector<std::string> names;
-      std::vector<double> counts;
-      for (const auto& [name, e] : manifest.at("domains").items()) {
-        names.push_back(name);
-        counts.push_back(double(e.at("train").at(mode == Packing::pack ? "pack_chunks" : "nopack_chunks").get<std::uint64_t>()));
-      }
-      nlohmann::json epochs;
-      if (bw_epochs == "pile") epochs = "pile";
-      else if (!bw_epochs.empty()) epochs = read_json_file(bw_epochs);
-      const auto w = weights_by_size(names, counts, epochs);
-      write_domain_config(bw_output, DomainConfig{{names, w}, {names, w}});
-      fmt::print("{}\n", read_json_file(bw_output).dump(2));
-      return 0;
-    }
-    if (train->parsed()) {
-      const Device device = parse_device(train_device);
-      if (train_data.empty()) {
-        if (device.is_cuda()) fail("train --text runs on the CPU; --device {} needs --data", device.str());
-        return run_text_train(ta, train_stage);
-      }
-      if (ta.output.empty()) fail("train --data needs --output");
-      auto stages = stages_on(ta.preset, device);
-      const PipelineData data = open_data(train_data, domains_of(train_weights), ta.seq_len, ta.seed);
-      stages->train(data, train_stage, weights_for(train_weights, data), ta.output);
-      fmt::print("model written to {}\n", (fs::path(ta.output) / "final").string());
-      return 0;
-    }
-    if (dro->parsed()) {
-      if (dro_preset.empty()) dro_preset = preset_for_checkpoint(fs::path(dro_ref) / "final");
-      auto stages = stages_on(dro_preset, parse_device(dro_device));
-      const PipelineData data = open_data(dro_data, domains_of(dro_weights), dro_seq, dro_seed);
-      const auto w = weights_for(dro_weights, data);
-      const auto avg = stages->dro(data, dro_stage, w, w, w, dro_ref, dro_output);
-      nlohmann::json out = nlohmann::json::object();
-      for (std::size_t i = 0; i < avg.size(); ++i) out[data.domains()[i]] = avg[i];
-      fmt::print("{}\n", out.dump(2));
-      return 0;
-    }
-    if (ev->parsed()) {
-      fs::path model_dir = ev_model;
-      if (!fs::exists(model_dir / "config.json") && fs::exists(model_dir / "final/config.json")) model_dir /= "final";
-      if (ev_preset.empty()) ev_preset = preset_for_checkpoint(model_dir);
-      PipelineData data{{}, open_dataset_folder(ev_data, "validation"), ev_seq, 1, ev_max};
-      if (data.seq_len == 0)
-        data.seq_len = data.validation.manifest.is_null() ? 0 : data.validation.manifest.value("seq_len", 0);
-      const auto r = stages_on(ev_preset, parse_device(ev_device))->evaluate_checkpoint(data, model_dir);
-      fmt::print("{}\n", r.to_json().dump(2));
-      return 0;
-    }
-    if (pl->parsed()) {
-      RunConfig rc = RunConfig::from_json(read_json_file(pl_config), pl_config);
-      if (!pl_device.empty()) rc.device = parse_device(pl_device);
-      auto small = stages_on(rc.preset, rc.device);
-      auto main_stages = rc.main_preset == rc.preset ? nullptr : stages_on(rc.main_preset, rc.device);
-      const PipelineResult r = run_pipeline(rc, *small, main_stages ? *main_stages : *small);
-      print_perplexity_table(r.domains, r.reference_weights, r.doremi_weights,
-                             r.baseline_perplexity ? &*r.baseline_perplexity : nullptr,
-                             r.doremi_perplexity ? &*r.doremi_perplexity : nullptr);
-      return 0;
-    }
-  } catch (const doremi::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  return action ? run_action(action) : 0;
 }

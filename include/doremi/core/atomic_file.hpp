@@ -26,6 +26,7 @@
 #include <string_view>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -225,5 +226,34 @@ class AtomicDirectory {
   std::filesystem::path staging_;
   bool committed_ = false;
 };
+
+// Removes the staging files and folders (".<name>.tmp-<pid>-<n>") under
+// `root`, at any depth, of process `pid` (0: of every process). For a
+// process stopping on a signal, and for the holder of a folder's lock after
+// a killed run. ".old-" folders (see AtomicDirectory::recover) are kept.
+// Returns how many it found; best effort: entries that vanish or cannot be
+// read are skipped, and a folder another thread is still writing into may
+// survive one call (call again until it returns 0).
+inline std::size_t remove_staging_leftovers(const std::filesystem::path& root, long pid = 0) {
+  namespace fs = std::filesystem;
+  const std::string mark = pid > 0 ? fmt::format(".tmp-{}-", pid) : std::string(".tmp-");
+  std::vector<fs::path> found, pending{root};
+  while (!pending.empty()) {
+    const fs::path dir = pending.back();
+    pending.pop_back();
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::error_code e;
+      if (name.starts_with(".") && name.find(mark) != std::string::npos) found.push_back(it->path());
+      else if (it->is_directory(e) && !it->is_symlink(e)) pending.push_back(it->path());
+    }
+  }
+  for (const auto& p : found) {
+    std::error_code e;
+    fs::remove_all(p, e);
+  }
+  return found.size();
+}
 
 }  // namespace doremi

@@ -72,7 +72,13 @@ inline DatasetFolder open_dataset_folder(const std::filesystem::path& root, cons
         fail("dataset {} has no {} data for domain '{}' (it has: {})", root.string(), split, d,
              fmt::join(available, ", "));
       out.domains.push_back(d);
-      out.sources.emplace_back(IndexedSource(preprocessed_shards(root, split, d)));
+      // The folder as the manifest records it; manifests without one predate the escaping.
+      const auto& entry = out.manifest.at("domains").at(d);
+      std::string folder = detail::legacy_domain_folder(d);
+      if (entry.contains("folder") && entry.at("folder").is_string()) folder = entry.at("folder").get<std::string>();
+      if (folder.empty() || folder == "." || folder == ".." || folder.find('/') != std::string::npos)
+        fail("{}: domain '{}' has an invalid folder name '{}'", (root / "manifest.json").string(), d, folder);
+      out.sources.emplace_back(IndexedSource(preprocessed_shards(root, split, d, folder)));
     }
     return out;
   }

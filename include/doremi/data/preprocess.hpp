@@ -178,8 +178,27 @@ inline const nlohmann::json* find_key_path(const nlohmann::json& j, const std::s
   return cur;
 }
 
-// A domain name as a folder name: '/' and control characters replaced.
+// A domain name as a folder name, injectively: every byte outside
+// [A-Za-z0-9._-], and a leading '.', becomes %XX (so distinct names never
+// share a folder, and no name is hidden, "." or ".."); the empty name is "%".
+// The manifest records each domain's folder.
 inline std::string domain_folder(const std::string& domain) {
+  if (domain.empty()) return "%";
+  std::string s;
+  for (std::size_t i = 0; i < domain.size(); ++i) {
+    const auto c = static_cast<unsigned char>(domain[i]);
+    const bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+                       c == '-' || (c == '.' && i > 0);
+    if (plain) s.push_back(char(c));
+    else s += fmt::format("%{:02X}", c);
+  }
+  return s;
+}
+
+// The mapping of manifests written before domain_folder escaped (for those
+// without a "folder" entry) and of input ids: '/', '\\' and control characters
+// replaced by '_'.
+inline std::string legacy_domain_folder(const std::string& domain) {
   std::string s = domain;
   for (char& c : s)
     if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 32) c = '_';
@@ -193,7 +212,7 @@ inline std::string input_id(std::size_t index, const std::filesystem::path& p) {
   if (stem.empty()) stem = p.parent_path().filename().string();
   for (const char* ext : {".zst", ".zstd", ".jsonl", ".json"})
     if (stem.size() > std::strlen(ext) && stem.ends_with(ext)) stem.resize(stem.size() - std::strlen(ext));
-  return fmt::format("{:05d}-{}", index, domain_folder(stem));
+  return fmt::format("{:05d}-{}", index, legacy_domain_folder(stem));
 }
 
 struct Problems {
@@ -415,9 +434,12 @@ PreprocessReport preprocess(const PreprocessConfig& cfg, const Tok& tokenizer) {
 }
 
 // The shards of one domain and split of a preprocessed folder, in order.
+// `folder`: the domain's folder as its manifest records it (default: this
+// version's domain_folder).
 inline std::vector<std::filesystem::path> preprocessed_shards(const std::filesystem::path& root,
-                                                              const std::string& split, const std::string& domain) {
-  const auto dir = root / split / detail::domain_folder(domain);
+                                                              const std::string& split, const std::string& domain,
+                                                              const std::string& folder = {}) {
+  const auto dir = root / split / (folder.empty() ? detail::domain_folder(domain) : folder);
   std::vector<std::filesystem::path> prefixes;
   if (std::filesystem::is_directory(dir))
     for (const auto& e : std::filesystem::directory_iterator(dir))

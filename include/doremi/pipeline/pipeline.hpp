@@ -11,9 +11,13 @@
 // Model shapes are compile-time, so each stage runs through a ModelStages
 // object for one preset (StagesFor<Config>): the small (reference and proxy)
 // and main presets are chosen independently without instantiating every pair.
-// Every stage writes into its own folder and marks completion with done.json;
-// a rerun skips finished stages and resumes unfinished ones from their last
-// checkpoint.
+// Every stage writes into its own folder, holds its lock while it runs
+// (OutputLock) and records a fingerprint of what produces it (preset,
+// settings, weights, data identity, version: claim_output); it marks
+// completion with done.json. A rerun skips a finished stage and resumes an
+// unfinished one from its last checkpoint only when the fingerprint matches,
+// and fails naming what differs otherwise. All stages' settings are checked
+// before any work starts (validate_run).
 //
 //   doremi::StagesFor<doremi::presets::Tiny<float>> small;
 //   auto result = doremi::run_pipeline(config, small, small);
@@ -28,9 +32,11 @@
 
 #include "doremi/core/atomic_file.hpp"
 #include "doremi/core/error.hpp"
+#include "doremi/core/output_folder.hpp"
 #include "doremi/core/json.hpp"
 #include "doremi/data/dataset_folder.hpp"
 #include "doremi/data/domain_config.hpp"
+#include "doremi/data/weight_spec.hpp"
 #include "doremi/data/weighted_sampler.hpp"
 #include "doremi/eval/perplexity.hpp"
 #include "doremi/eval/report.hpp"
@@ -49,6 +55,7 @@ struct PipelineData {
   int seq_len = 128;
   std::uint64_t seed = 1;
   std::uint64_t eval_max_tokens = 0;
+  nlohmann::json identity;  // of the data (dataset_identity), recorded in the stages' fingerprints
   const std::vector<std::string>& domains() const { return train.domains; }
 };
 
@@ -71,6 +78,22 @@ inline TrainConfig train_config_for(const StageConfig& s, const std::filesystem:
   return t;
 }
 
+// What a stage's result depends on (checkpoint_every excluded: it changes
+// where a run can resume, not what it computes).
+inline nlohmann::json stage_fingerprint(std::string_view kind, const std::string& preset, std::string_view backend,
+                                        const PipelineData& data, const StageConfig& s) {
+  nlohmann::json settings = s.to_json();
+  settings.erase("checkpoint_every");
+  if (kind != "dro") {
+    settings.erase("eta");
+    settings.erase("smoothing");
+  }
+  return {{"stage", kind},           {"program", fmt::format("doremi {}", program_version)},
+          {"preset", preset},        {"backend", backend},
+          {"seq_len", data.seq_len}, {"seed", data.seed},
+          {"data", data.identity},   {"settings", settings}};
+}
+
 inline bool stage_done(const std::filesystem::path& dir) { return std::filesystem::exists(dir / "done.json"); }
 inline void mark_done(const std::filesystem::path& dir, const nlohmann::json& info) {
   write_file_atomic(dir / "done.json", info.dump(2) + "\n");
@@ -79,6 +102,7 @@ inline void mark_done(const std::filesystem::path& dir, const nlohmann::json& in
 struct ModelStages {
   virtual ~ModelStages() = default;
   virtual std::string preset() const = 0;
+  virtual int context() const = 0;  // the preset's context length in tokens
   // Trains a model on data drawn with `weights`; the result in dir/final.
   virtual void train(const PipelineData& data, const StageConfig& stage, const std::vector<double>& weights,
                      const std::filesystem::path& dir) = 0;
@@ -108,11 +132,15 @@ class StagesFor final : public ModelStages {
   explicit StagesFor(Backend be = {}) : be_(std::move(be)) {}
 
   std::string preset() const override { return std::string(Cfg::name); }
+  int context() const override { return Cfg::n_ctx; }
 
   void train(const PipelineData& data, const StageConfig& stage, const std::vector<double>& weights,
              const std::filesystem::path& dir) override {
-    if (stage_done(dir)) return;
     check_data(data);
+    OutputLock lock(dir);
+    nlohmann::json fp = stage_fingerprint("train", preset(), backend_name(), data, stage);
+    fp["weights"] = weights;
+    if (claim_output(dir, fp)) return;
     M model(be_);
     model.init(data.seed);
     Sampler sampler = make_sampler(data, weights, stage.batch_size, data.seed + 11);
@@ -126,8 +154,24 @@ class StagesFor final : public ModelStages {
   std::vector<double> dro(const PipelineData& data, const StageConfig& stage, const std::vector<double>& alpha0,
                           const std::vector<double>& sampling, const std::vector<double>& eval_weights,
                           const std::filesystem::path& reference_dir, const std::filesystem::path& dir) override {
-    if (stage_done(dir)) return read_json_file(dir / "done.json").at("avg_domain_weights").get<std::vector<double>>();
     check_data(data);
+    OutputLock lock(dir);
+    nlohmann::json fp = stage_fingerprint("dro", preset(), backend_name(), data, stage);
+    fp["alpha0"] = alpha0;
+    fp["sampling"] = sampling;
+    fp["eval_weights"] = eval_weights;
+    const auto ref_fp = reference_dir / std::string(fingerprint_file_name);
+    fp["reference"] = std::filesystem::exists(ref_fp) ? content_hash(ref_fp) : file_signature(reference_dir / "final");
+    if (claim_output(dir, fp)) {
+      const auto done = read_json_file(dir / "done.json");
+      if (!done.contains("avg_domain_weights") || !done.at("avg_domain_weights").is_array())
+        fail("{}: no array 'avg_domain_weights'", (dir / "done.json").string());
+      try {
+        return done.at("avg_domain_weights").get<std::vector<double>>();
+      } catch (const nlohmann::json::exception&) {
+        fail("{}: 'avg_domain_weights' is not an array of numbers", (dir / "done.json").string());
+      }
+    }
     M reference(be_), proxy(be_);
     load_model(reference, reference_dir / "final");
     proxy.init(data.seed + 1);
@@ -153,6 +197,7 @@ class StagesFor final : public ModelStages {
  private:
   Backend be_;
 
+  static constexpr std::string_view backend_name() { return Backend::host_memory ? "cpu" : "device"; }
   static void check_data(const PipelineData& data) {
     if (data.seq_len > Cfg::n_ctx)
       fail("seq_len {} exceeds preset '{}''s context of {} tokens", data.seq_len, Cfg::name, Cfg::n_ctx);
@@ -199,25 +244,11 @@ struct PipelineResult {
   }
 };
 
-// Reference weights as the config says: a domain-config file, "uniform", or
-// by size ("pack"/"nopack" counts from a preprocessed folder's manifest,
-// times per-domain epochs).
+// Reference weights as the config says (a WeightSpec: a domain-config file,
+// "uniform", or by size from a preprocessed folder's manifest times epochs).
 inline std::vector<double> resolve_reference_weights(const RunConfig& cfg, const PipelineData& data) {
-  const auto& names = data.domains();
-  const std::size_t k = names.size();
-  if (cfg.reference_weights == "uniform") return std::vector<double>(k, 1.0 / double(k));
-  if (cfg.reference_weights == "pack" || cfg.reference_weights == "nopack") {
-    if (data.train.manifest.is_null())
-      fail("reference_weights \"{}\" needs a folder written by `doremi preprocess` (its manifest.json counts)",
-           cfg.reference_weights);
-    std::vector<double> counts;
-    for (const auto& d : names)
-      counts.push_back(double(data.train.manifest.at("domains").at(d).at("train").at(cfg.reference_weights + "_chunks")
-                                  .get<std::uint64_t>()));
-    return weights_by_size(names, counts, cfg.epochs);
-  }
-  const DomainConfig dc = read_domain_config(cfg.reference_weights);
-  return dc.train.weights_for(names, cfg.reference_weights);
+  return WeightSpec::parse(cfg.reference_weights).resolve(data.domains(), data.train.manifest, cfg.epochs,
+                                                          "reference_weights");
 }
 
 // The report of a run: weights over the last round's proxy steps, final
@@ -250,20 +281,48 @@ inline void write_pipeline_report(const RunConfig& cfg, const PipelineResult& r,
   write_report(cfg.output / "report", d);
 }
 
+// Every stage's settings against its preset, before any work: errors name
+// the run config (cfg.source) and the stage.
+inline void validate_run(const RunConfig& cfg, const ModelStages& small, const ModelStages& main) {
+  const std::string where = cfg.source.empty() ? std::string("run config") : cfg.source;
+  for (auto [name, stage, stages] : {std::tuple{"reference", &cfg.reference, &small}, std::tuple{"proxy", &cfg.proxy, &small},
+                                     std::tuple{"main", &cfg.main, &main}}) {
+    try {
+      train_config_for(*stage, {}).validate();
+      if (std::string_view(name) == "proxy") stage->dro.validate();
+    } catch (const Error& e) {
+      fail("{}: stage '{}': {}", where, name, e.what());
+    }
+    if (cfg.seq_len > stages->context())
+      fail("{}: stage '{}': seq_len {} exceeds preset '{}''s context of {} tokens", where, name, cfg.seq_len,
+           stages->preset(), stages->context());
+  }
+  WeightSpec::parse(cfg.reference_weights);
+}
+
 inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, ModelStages& main) {
   namespace fs = std::filesystem;
-  fs::create_directories(cfg.output);
+  validate_run(cfg, small, main);
+  OutputLock lock(cfg.output);
+  {
+    nlohmann::json fp = cfg.to_json();
+    fp.erase("output");
+    fp["device"] = cfg.device.is_cuda() ? "cuda" : "cpu";  // any GPU index resumes
+    fp["preset"] = small.preset();
+    fp["main_preset"] = main.preset();
+    fp["program"] = fmt::format("doremi {}", program_version);
+    fp["data_identity"] = dataset_identity(cfg.data);
+    claim_output(cfg.output, fp);
+  }
   write_file_atomic(cfg.output / "run_config.json", nlohmann::json{{"preset", small.preset()},
                                                                    {"main_preset", main.preset()},
                                                                    {"device", cfg.device.str()},
                                                                    {"data", cfg.data.string()}}
                                                            .dump(2) + "\n");
   std::vector<std::string> domains = cfg.domains;
-  if (domains.empty() && cfg.reference_weights != "uniform" && cfg.reference_weights != "pack" &&
-      cfg.reference_weights != "nopack")
-    domains = read_domain_config(cfg.reference_weights).train.names;  // only the configured domains are loaded
+  if (domains.empty()) domains = WeightSpec::parse(cfg.reference_weights).domains();  // only the configured domains
   PipelineData data{open_dataset_folder(cfg.data, "train", domains), open_dataset_folder(cfg.data, "validation", domains),
-                    cfg.seq_len, cfg.seed, cfg.eval_max_tokens};
+                    cfg.seq_len, cfg.seed, cfg.eval_max_tokens, dataset_identity(cfg.data)};
   if (data.validation.domains != data.train.domains)
     fail("{}: the validation split's domains differ from the train split's", cfg.data.string());
   PipelineResult r;

@@ -49,6 +49,29 @@ struct StageConfig {
   double max_grad_norm = 1.0;
   long checkpoint_every = 0;
   DroConfig dro{1.0, 1e-3};  // proxy only
+
+  // The fields on their own (the rest is checked with the preset: validate_run).
+  void validate(const std::string& where) const {
+    if (steps <= 0) fail("{}: field 'steps' must be positive (got {})", where, steps);
+    if (batch_size <= 0) fail("{}: field 'batch_size' must be positive (got {})", where, batch_size);
+    if (grad_accum <= 0) fail("{}: field 'grad_accum' must be positive (got {})", where, grad_accum);
+    if (!(warmup >= 0 && warmup < 1)) fail("{}: field 'warmup' must lie in [0, 1) (got {})", where, warmup);
+    if (checkpoint_every < 0) fail("{}: field 'checkpoint_every' must be >= 0 (got {})", where, checkpoint_every);
+    try {
+      LrSchedule::parse(schedule);  // names the valid schedules on a typo
+      dro.validate();
+    } catch (const Error& e) {
+      fail("{}: {}", where, e.what());
+    }
+  }
+
+  nlohmann::json to_json() const {
+    return {{"steps", steps},   {"batch_size", batch_size},     {"grad_accum", grad_accum},
+            {"lr", lr},         {"end_lr", end_lr},             {"warmup", warmup},
+            {"schedule", schedule}, {"weight_decay", weight_decay}, {"beta2", beta2},
+            {"max_grad_norm", max_grad_norm}, {"checkpoint_every", checkpoint_every},
+            {"eta", dro.eta},   {"smoothing", dro.smoothing}};
+  }
 };
 
 struct RunConfig {
@@ -66,6 +89,20 @@ struct RunConfig {
   bool baseline = true;
   std::uint64_t eval_max_tokens = 0;
   std::uint64_t seed = 1;
+  std::string source;  // the file it was read from (names it in errors)
+
+  // Every field that changes a run's result (not `source`).
+  nlohmann::json to_json() const {
+    return {{"data", data.string()},          {"output", output.string()},
+            {"preset", preset},               {"main_preset", main_preset},
+            {"device", device.str()},         {"seq_len", seq_len},
+            {"reference_weights", reference_weights}, {"domains", domains},
+            {"epochs", epochs},               {"reference", reference.to_json()},
+            {"proxy", proxy.to_json()},       {"main", main.to_json()},
+            {"proxy_sampling", proxy_sampling}, {"rounds", rounds},
+            {"tolerance", tolerance},         {"baseline", baseline},
+            {"eval_max_tokens", eval_max_tokens}, {"seed", seed}};
+  }
 
   static RunConfig from_json(const nlohmann::json& j, const std::string& where) {
     if (!j.is_object()) fail("{}: the run config must be a JSON object", where);
@@ -99,6 +136,7 @@ struct RunConfig {
     for (auto [key, stage] : {std::pair{"reference", &c.reference}, {"proxy", &c.proxy}, {"main", &c.main}})
       if (j.contains(key)) *stage = stage_from_json(j.at(key), fmt::format("{}: {}", where, key));
     if (c.main_preset.empty()) c.main_preset = c.preset;
+    c.source = where;
     c.validate(where);
     return c;
   }
@@ -151,12 +189,7 @@ struct RunConfig {
     get("checkpoint_every", s.checkpoint_every);
     get("eta", s.dro.eta);
     get("smoothing", s.dro.smoothing);
-    if (s.steps <= 0) fail("{}: field 'steps' must be positive (got {})", where, s.steps);
-    if (s.batch_size <= 0) fail("{}: field 'batch_size' must be positive (got {})", where, s.batch_size);
-    if (s.grad_accum <= 0) fail("{}: field 'grad_accum' must be positive (got {})", where, s.grad_accum);
-    if (!(s.warmup >= 0 && s.warmup < 1)) fail("{}: field 'warmup' must lie in [0, 1) (got {})", where, s.warmup);
-    LrSchedule::parse(s.schedule);  // names the valid schedules on a typo
-    s.dro.validate();
+    s.validate(where);
     return s;
   }
 };

@@ -25,8 +25,12 @@ namespace doremi {
 struct DroConfig {
   double eta = 1.0;         // η, `reweight_eta`
   double smoothing = 1e-4;  // c, `reweight_eps` (the public 120M Pile run: 1e-3)
+  static constexpr double max_eta = 1e6;
   void validate() const {
-    if (!(eta > 0) || !std::isfinite(eta)) fail("DRO config: reweight_eta must be positive and finite (got {})", eta);
+    // η·λ (λ a per-token excess loss, a few nats) must stay far from overflow;
+    // past η ≈ 1e3 the update is already a hard argmax.
+    if (!(eta > 0 && eta <= max_eta))
+      fail("DRO config: reweight_eta (--eta) must lie in (0, {:g}] (got {})", max_eta, eta);
     if (!(smoothing >= 0 && smoothing <= 1)) fail("DRO config: reweight_eps must lie in [0, 1] (got {})", smoothing);
   }
 };
@@ -61,12 +65,18 @@ class DomainWeights {
       if (tokens[i] > 0) scores_[i] = excess_sum[i] / tokens[i];
     std::vector<double> logits(k);
     for (std::size_t i = 0; i < k; ++i) logits[i] = logit(i, scores_[i]);
+    // Softmax in log space. η·λ may overflow to +∞ for a huge η: the limit is
+    // then the uniform distribution over the domains whose logit is +∞.
     const double mx = *std::max_element(logits.begin(), logits.end());
+    std::vector<double> p(k);
     double z = 0;
-    for (double l : logits) z += std::exp(l - mx);
-    lse_ = mx + std::log(z);
+    for (std::size_t i = 0; i < k; ++i) {
+      p[i] = std::isinf(mx) && mx > 0 ? (logits[i] == mx ? 1.0 : 0.0) : std::exp(logits[i] - mx);
+      z += p[i];
+    }
+    lse_ = std::isinf(mx) ? mx : mx + std::log(z);
     for (std::size_t i = 0; i < k; ++i)
-      alpha_[i] = (1 - config_.smoothing) * std::exp(logits[i] - lse_) + config_.smoothing / double(k);
+      alpha_[i] = (1 - config_.smoothing) * (p[i] / z) + config_.smoothing / double(k);
     ++count_;
     for (std::size_t i = 0; i < k; ++i) average_[i] = (average_[i] * double(count_ - 1) + alpha_[i]) / double(count_);
   }
@@ -75,7 +85,7 @@ class DomainWeights {
   // log αᵢ + η·score (−∞ where αᵢ = 0). That update sets
   // αᵢ = (1 − c)·exp(logitᵢ − log_normaliser()) + c/k.
   double logit(std::size_t i, double score) const {
-    return (alpha_[i] > 0 ? std::log(alpha_[i]) : -INFINITY) + config_.eta * score;
+    return alpha_[i] > 0 ? std::log(alpha_[i]) + config_.eta * score : -INFINITY;
   }
   // log Σᵢ exp(logitᵢ) of the last update() (0 before the first in this process).
   double log_normaliser() const { return lse_; }

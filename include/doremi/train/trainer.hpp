@@ -165,6 +165,7 @@ class TrainerBase {
     std::ofstream metrics;
     if (!config_.output_dir.empty()) {
       std::filesystem::create_directories(config_.output_dir);
+      truncate_metrics();  // lines past the resumed step (all of them without a checkpoint) are a killed run's
       metrics.open(config_.output_dir / "metrics.jsonl", std::ios::app);
     }
     while (step_ < config_.steps) {
@@ -235,6 +236,10 @@ class TrainerBase {
     const auto all = list_checkpoints(config_.output_dir);
     if (all.empty()) return false;
     load_checkpoint(all.back());
+    if (step_ > config_.steps)
+      fail("{}: the checkpoint is at step {}, past this run's {} steps; resume with at least {} steps, or start "
+           "afresh in an empty folder",
+           all.back().string(), step_, config_.steps, step_);
     return true;
   }
 
