@@ -11,6 +11,7 @@
 #include "doremi/data/dataset_folder.hpp"     // open_dataset_folder, AnySource
 #include "doremi/data/domain_config.hpp"      // DomainConfig, weights by size
 #include "doremi/data/weighted_sampler.hpp"   // WeightedDomainSampler<Source>
+#include "doremi/dist/world.hpp"             // dist::world, Comm (MPI: link doremi::mpi)
 #include "doremi/train/trainer.hpp"           // Trainer<Model, Sampler>
 #include "doremi/train/dro_trainer.hpp"       // DROTrainer<Model, Sampler>, DomainWeights
 #include "doremi/eval/perplexity.hpp"         // evaluate_perplexity
