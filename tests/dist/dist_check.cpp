@@ -11,7 +11,7 @@
 //       --die RANK:STEP:throw|kill   that rank raises an error / SIGKILLs itself after STEP
 //       --lr-on RANK:X     that rank uses another learning rate (consistency test)
 //   eval DIR OUT                    rank 0 writes OUT/eval.json (validation split, untrained model)
-//   compare A B [--rel R] [--param-rel P] [--exact]
+//   compare A B [--rel R] [--param-rel P] [--exact]   (A/eval.json present: the evaluation reports)
 //                                   results A and B agree: α, ᾱ, scores, losses to R relative (1e-6),
 //                                   parameters to P (relative L2 distance); --exact: bit for bit
 #include <csignal>
@@ -195,6 +195,13 @@ void compare_json(const nlohmann::json& x, const nlohmann::json& y, double rel, 
 
 int compare(const Args& a) {
   const fs::path A = a.pos.at(1), B = a.pos.at(2);
+  if (fs::exists(A / "eval.json")) {  // evaluation reports
+    double worst = 0;
+    compare_json(read_json_file(A / "eval.json"), read_json_file(B / "eval.json"), a.rel, a.exact, "eval", worst);
+    fmt::print("{} vs {}: evaluation reports agree (worst relative {:.3g})\n", A.filename().string(),
+               B.filename().string(), worst);
+    return 0;
+  }
   auto res = [](const fs::path& d) {
     nlohmann::json j = read_json_file(d / "result.json");
     // Only the steps both runs made (a resumed run logs the steps after its checkpoint).
