@@ -346,6 +346,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
+    dist::start(argc, argv);  // data-parallel under mpirun/srun (docs/distributed.md); one process otherwise
     if (quick->parsed()) return run_quickstart(qs_output, threads, parse_device(qs_device));
     if (tokenize->parsed()) {
       const Tokenizer tok = load_tokenizer(tok_spec);
@@ -424,8 +425,7 @@ int main(int argc, char** argv) {
       return 0;
     }
   } catch (const doremi::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
+    return dist::fail_job(e);  // "error: ..."; under mpirun it names the rank and ends every rank
   }
   return 0;
 }

@@ -12,12 +12,14 @@
 // (dist/nccl.hpp for backend::Cuda: NCCL on the backend's stream), else an
 // error names what to build.
 //
-// guarded_main(fn): runs fn, and on an exception prints it with the rank and,
-// in a job of several ranks, MPI_Aborts the job, so a rank's error ends every
+// guarded_main(fn) / fail_job(e): on an exception, print it with the rank and,
+// in a job of several ranks, MPI_Abort the job, so a rank's error ends every
 // rank within MPI's abort time instead of leaving them in a collective.
+// start(argc, argv): the command-line programs' start (see there).
 #include <cstdio>
 #include <exception>
 #include <span>
+#include <string>
 #include <type_traits>
 
 #include <fmt/format.h>
@@ -85,21 +87,41 @@ void all_reduce_gradients(const Comm& comm, Backend& be, std::span<T> g,
   }
 }
 
+// A program's error path: prints "error: ..." (naming the rank in a job of
+// several) and, in such a job, ends every rank (MPI_Abort); else returns 1.
+inline int fail_job(const std::exception& e) {
+  const Comm* w = detail::world_slot();
+  const bool several = w && w->size() > 1;
+  if (several)
+    fmt::print(stderr, "error (rank {} of {}): {}\n", w->rank(), w->size(), e.what());
+  else
+    fmt::print(stderr, "error: {}\n", e.what());
+  std::fflush(stderr);
+  if (several) w->abort(1);
+  return 1;
+}
+
 template <class F>
 int guarded_main(F&& fn) {
   try {
     return fn();
   } catch (const std::exception& e) {
-    const Comm* w = detail::world_slot();
-    const bool several = w && w->size() > 1;
-    if (several)
-      fmt::print(stderr, "error (rank {} of {}): {}\n", w->rank(), w->size(), e.what());
-    else
-      fmt::print(stderr, "error: {}\n", e.what());
-    std::fflush(stderr);
-    if (several) w->abort(1);
-    return 1;
+    return fail_job(e);
   }
+}
+
+// A command-line program's data-parallel start: makes world() (MPI under
+// mpirun/srun), checks that every rank got the same command line (error
+// naming the first rank that did not), and on ranks other than 0 sends
+// stdout to /dev/null (results print once; errors and stderr stay).
+inline const Comm& start(int argc, char** argv) {
+  const Comm& w = world();
+  if (w.size() == 1) return w;
+  std::string line;
+  for (int i = 0; i < argc; ++i) line += std::string(argv[i]) + '\0';
+  check_same(w, "start-up", {{"command line", fingerprint(line)}});
+  if (!w.is_root() && !std::freopen("/dev/null", "w", stdout)) fail("rank {}: cannot silence stdout", w.rank());
+  return w;
 }
 
 }  // namespace doremi::dist

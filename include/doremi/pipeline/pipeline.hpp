@@ -33,6 +33,7 @@
 #include "doremi/data/domain_config.hpp"
 #include "doremi/data/weighted_sampler.hpp"
 #include "doremi/eval/perplexity.hpp"
+#include "doremi/dist/world.hpp"
 #include "doremi/eval/report.hpp"
 #include "doremi/model/checkpoint.hpp"
 #include "doremi/model/dispatch.hpp"
@@ -71,9 +72,13 @@ inline TrainConfig train_config_for(const StageConfig& s, const std::filesystem:
   return t;
 }
 
+// Data-parallel runs (dist::world() with several ranks): every rank runs every
+// stage; rank 0 alone writes files, and mark_done returns on every rank once
+// rank 0 has written the stage's files, so all ranks see the same stage_done.
 inline bool stage_done(const std::filesystem::path& dir) { return std::filesystem::exists(dir / "done.json"); }
 inline void mark_done(const std::filesystem::path& dir, const nlohmann::json& info) {
-  write_file_atomic(dir / "done.json", info.dump(2) + "\n");
+  if (dist::world().is_root()) write_file_atomic(dir / "done.json", info.dump(2) + "\n");
+  dist::world().barrier();
 }
 
 struct ModelStages {
@@ -94,7 +99,7 @@ struct ModelStages {
   // The same for model_dir/final, also written to model_dir/perplexity.json.
   PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) {
     auto r = evaluate_checkpoint(data, model_dir / "final");
-    write_file_atomic(model_dir / "perplexity.json", r.to_json().dump(2) + "\n");
+    if (dist::world().is_root()) write_file_atomic(model_dir / "perplexity.json", r.to_json().dump(2) + "\n");
     return r;
   }
 };
@@ -119,7 +124,7 @@ class StagesFor final : public ModelStages {
     Trainer trainer(model, sampler, train_config_for(stage, dir));
     if (trainer.resume_if_possible()) fmt::print(stderr, "{}: resumed at step {}\n", dir.string(), trainer.step());
     trainer.run();
-    save_model(model, dir / "final");
+    if (dist::world().is_root()) save_model(model, dir / "final");
     mark_done(dir, {{"preset", preset()}, {"steps", stage.steps}, {"weights", weights}});
   }
 
@@ -136,8 +141,8 @@ class StagesFor final : public ModelStages {
     DROTrainer trainer(proxy, reference, sampler, train_config_for(stage, dir), std::move(dw));
     if (trainer.resume_if_possible()) fmt::print(stderr, "{}: resumed at step {}\n", dir.string(), trainer.step());
     trainer.run();
-    trainer.write_domain_weights(dir, eval_weights);
-    save_model(proxy, dir / "final");
+    trainer.write_domain_weights(dir, eval_weights);  // rank 0 only
+    if (dist::world().is_root()) save_model(proxy, dir / "final");
     const auto avg = trainer.domain_weights().average();
     mark_done(dir, {{"preset", preset()}, {"steps", stage.steps}, {"avg_domain_weights", avg}});
     return avg;
@@ -252,8 +257,9 @@ inline void write_pipeline_report(const RunConfig& cfg, const PipelineResult& r,
 
 inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, ModelStages& main) {
   namespace fs = std::filesystem;
-  fs::create_directories(cfg.output);
-  write_file_atomic(cfg.output / "run_config.json", nlohmann::json{{"preset", small.preset()},
+  const bool root = dist::world().is_root();  // rank 0 alone writes
+  if (root) fs::create_directories(cfg.output);
+  if (root) write_file_atomic(cfg.output / "run_config.json", nlohmann::json{{"preset", small.preset()},
                                                                    {"main_preset", main.preset()},
                                                                    {"device", cfg.device.str()},
                                                                    {"data", cfg.data.string()}}
@@ -270,7 +276,7 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
   r.domains = data.domains();
   r.reference_weights = resolve_reference_weights(cfg, data);
   const std::size_t k = r.domains.size();
-  write_domain_config(cfg.output / "reference_weights.json",
+  if (root) write_domain_config(cfg.output / "reference_weights.json",
                       DomainConfig{{r.domains, r.reference_weights}, {r.domains, r.reference_weights}});
 
   std::vector<double> w_ref = r.reference_weights;
@@ -295,7 +301,7 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
     w_ref = r.round_weights.back();
   }
   r.doremi_weights = r.round_weights.back();
-  write_domain_config(cfg.output / "doremi_weights.json",
+  if (root) write_domain_config(cfg.output / "doremi_weights.json",
                       DomainConfig{{r.domains, r.doremi_weights}, {r.domains, r.reference_weights}});
 
   fmt::print(stderr, "main model ({}) on the DoReMi weights\n", main.preset());
@@ -306,8 +312,8 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
     main.train(data, cfg.main, r.reference_weights, cfg.output / "main-baseline");
     r.baseline_perplexity = main.evaluate(data, cfg.output / "main-baseline");
   }
-  write_file_atomic(cfg.output / "summary.json", r.to_json().dump(2) + "\n");
-  write_pipeline_report(cfg, r, small.preset(), main.preset());
+  if (root) write_file_atomic(cfg.output / "summary.json", r.to_json().dump(2) + "\n");
+  if (root) write_pipeline_report(cfg, r, small.preset(), main.preset());
   return r;
 }
 
