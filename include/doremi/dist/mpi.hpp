@@ -62,6 +62,10 @@ class MpiCommunicator {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     const LaunchEnv env = LaunchEnv::from_environment();
+    if (env.size > 1 && env.size != size_)
+      fail("the launcher ({}) started {} processes but MPI sees {} (srun needs MPI support: --mpi=pmix or pmi2; "
+           "else launch with mpirun)",
+           env.launcher, env.size, size_);
     local_rank_ = env.local_rank;
     // MPI's own view of the node where the launcher's is missing.
     if (env.launcher == "none") {

@@ -161,6 +161,17 @@ class StagesFor final : public ModelStages {
   static void check_data(const PipelineData& data) {
     if (data.seq_len > Cfg::n_ctx)
       fail("seq_len {} exceeds preset '{}''s context of {} tokens", data.seq_len, Cfg::name, Cfg::n_ctx);
+    // Data-parallel: every rank must read the same data (another node's copy
+    // of the folder, a missing shard).
+    if (dist::world().size() > 1) {
+      std::string sizes;
+      for (const auto* split : {&data.train, &data.validation})
+        for (std::size_t i = 0; i < split->sources.size(); ++i)
+          sizes += fmt::format("{}:{};", split->domains[i], split->sources[i].size());
+      dist::check_same(dist::world(), "data-parallel start-up",
+                       {{"data (domains and sequence counts)", dist::fingerprint(sizes)},
+                        {"data (manifest.json)", dist::fingerprint(data.train.manifest.dump())}});
+    }
   }
   static Sampler make_sampler(const PipelineData& data, const std::vector<double>& weights, int batch_size,
                               std::uint64_t seed) {
