@@ -8,7 +8,7 @@
 #   sbatch --nodes=2 examples/pile/slurm-nodes.sh
 #
 # NCCL uses the nodes' InfiniBand/RoCE NICs when present (NCCL_DEBUG=INFO
-# shows the transport); the per-step gradient sum of doremi-120m is ~0.65 GB.
+# shows the transport); the per-step gradient sum of doremi-120m is ~0.5 GB (fp32).
 #SBATCH --job-name=doremi-pile-120m
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8

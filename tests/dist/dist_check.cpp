@@ -12,6 +12,7 @@
 //       --lr-on RANK:X     that rank uses another learning rate (consistency test)
 //   eval DIR OUT                    rank 0 writes OUT/eval.json (validation split, untrained model)
 //   compare A B [--rel R] [--param-rel P] [--exact]   (A/eval.json present: the evaluation reports)
+//   compare-json FILE FILE [--rel R]  two JSON files' numbers
 //                                   results A and B agree: α, ᾱ, scores, losses to R relative (1e-6),
 //                                   parameters to P (relative L2 distance); --exact: bit for bit
 #include <csignal>
@@ -250,6 +251,12 @@ int main(int argc, char** argv) {
     const Args a = parse(argc, argv);
     if (a.pos.empty()) fail("usage: doremi_dist_check prepare|train|dro|eval|compare ...");
     if (a.pos[0] == "compare") return compare(a);
+    if (a.pos[0] == "compare-json") {  // two JSON files' numbers to --rel
+      double worst = 0;
+      compare_json(read_json_file(a.pos.at(1)), read_json_file(a.pos.at(2)), a.rel, a.exact, "json", worst);
+      fmt::print("{} vs {}: agree (worst relative {:.3g})\n", a.pos[1], a.pos[2], worst);
+      return 0;
+    }
     if (a.pos[0] == "prepare") {
       fs::create_directories(a.pos.at(1));
       test::make_corpus(a.pos.at(1));

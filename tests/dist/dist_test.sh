@@ -19,9 +19,12 @@
 #   * ranks started with different settings stop at start-up with an error
 #     naming the rank and the setting;
 #   * evaluation split over 2 ranks gives one process's report.
-# Usage: dist_test.sh DOREMI_DIST_CHECK MPIRUN WORKDIR
+#   * with the command-line program (optional 4th argument): `mpirun -np 2
+#     doremi train|dro|eval|pipeline` run, print once, write each metric line
+#     once, and agree with one process (float: 1e-5).
+# Usage: dist_test.sh DOREMI_DIST_CHECK MPIRUN WORKDIR [DOREMI_CLI]
 set -euo pipefail
-BIN="$1"; MPIRUN="$2"; W="$3"
+BIN="$1"; MPIRUN="$2"; W="$3"; CLI="${4:-}"
 rm -rf "$W"; mkdir -p "$W"
 export OMP_NUM_THREADS=1
 mpi() { local n="$1"; shift; timeout 120 "$MPIRUN" --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS -np "$n" "$BIN" "$@"; }
@@ -78,4 +81,28 @@ expect_failure error "rank 1 fails on purpose after step 2" 2 dro "$W" "$W/error
 expect_failure killed "exited on signal 9" 3 dro "$W" "$W/killed" --die 2:2:kill
 expect_failure mismatch "rank 1 was started with other settings or inputs than rank 0: train config differs" \
   2 train "$W" "$W/mismatch" --lr-on 1:1e-3
+
+if [[ -n "$CLI" ]]; then
+  climpi() { local n="$1"; shift; timeout 120 "$MPIRUN" --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS -np "$n" "$CLI" "$@"; }
+  common=(--data "$W/data" --seq-len 32 --steps 4 --batch 4 --grad-accum 2)
+  "$CLI" train "${common[@]}" --output "$W/cli-ref1" > /dev/null 2>&1
+  climpi 2 train "${common[@]}" --output "$W/cli-ref2" > "$W/cli-train.out" 2> /dev/null
+  [[ $(grep -c "model written to" "$W/cli-train.out") == 1 ]] || fail "cli train on 2 ranks: stdout not printed exactly once"
+  [[ $(wc -l < "$W/cli-ref2/metrics.jsonl") == 4 ]] || fail "cli train on 2 ranks: metrics.jsonl"
+  [[ -f "$W/cli-ref2/final/model.safetensors" ]] || fail "cli train on 2 ranks wrote no final model"
+  "$CLI" dro "${common[@]}" --reference "$W/cli-ref1" --output "$W/cli-dro1" > /dev/null 2>&1
+  climpi 3 dro "${common[@]}" --reference "$W/cli-ref1" --output "$W/cli-dro3" > /dev/null 2>&1
+  "$BIN" compare-json "$W/cli-dro3/avg_domain_weights.json" "$W/cli-dro1/avg_domain_weights.json" --rel 1e-5
+  "$CLI" eval --model "$W/cli-ref1" --data "$W/data" > "$W/cli-eval1.json" 2> /dev/null
+  climpi 2 eval --model "$W/cli-ref1" --data "$W/data" > "$W/cli-eval2.json" 2> /dev/null
+  "$BIN" compare-json "$W/cli-eval2.json" "$W/cli-eval1.json" --rel 1e-6
+  for n in 1 2; do
+    printf '{"data": "%s", "output": "%s", "seq_len": 32, "rounds": 1, "reference": {"steps": 3, "batch_size": 4},
+      "proxy": {"steps": 3, "batch_size": 4}, "main": {"steps": 3, "batch_size": 4}}' "$W/data" "$W/cli-pl$n" > "$W/pl$n.json"
+  done
+  "$CLI" pipeline --config "$W/pl1.json" > /dev/null 2>&1
+  climpi 2 pipeline --config "$W/pl2.json" > /dev/null 2>&1
+  "$BIN" compare-json "$W/cli-pl2/doremi_weights.json" "$W/cli-pl1/doremi_weights.json" --rel 1e-5
+  echo "cli: train, dro, eval and pipeline under mpirun agree with one process"
+fi
 echo "dist_test: all passed"
