@@ -20,4 +20,6 @@
 set -euo pipefail
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-8}
 # Each rank takes GPU (local rank mod visible GPUs): --device cuda in the config.
-srun --mpi=pmix --cpu-bind=cores build/examples/doremi pipeline --config examples/pile/pile-120m.json
+# --kill-on-bad-exit: a rank that dies ends the others (which would otherwise
+# wait in NCCL's all-reduce on the GPU); a rank's error ends the job itself.
+srun --mpi=pmix --cpu-bind=cores --kill-on-bad-exit=1 build/examples/doremi pipeline --config examples/pile/pile-120m.json

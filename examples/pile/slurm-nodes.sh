@@ -18,4 +18,4 @@
 #SBATCH --output=runs/slurm-%j.out
 set -euo pipefail
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-8}
-srun --mpi=pmix --cpu-bind=cores build/examples/doremi pipeline --config examples/pile/pile-120m.json
+srun --mpi=pmix --cpu-bind=cores --kill-on-bad-exit=1 build/examples/doremi pipeline --config examples/pile/pile-120m.json

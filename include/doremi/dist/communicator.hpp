@@ -51,7 +51,7 @@ concept Communicator = requires(C& c, const C& cc, std::span<float> f, std::span
 
 // Where this process sits in its job, as the launcher tells it: OpenMPI's
 // OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK}, then Slurm's SLURM_PROCID,
-// SLURM_STEP_NUM_TASKS (else SLURM_NTASKS), SLURM_LOCALID (srun), then
+// SLURM_STEP_NUM_TASKS, SLURM_LOCALID (srun), then
 // PMI_RANK/PMI_SIZE (MPICH, Intel MPI); none: rank 0 of 1.
 struct LaunchEnv {
   int rank = 0, size = 1, local_rank = 0;
@@ -70,8 +70,8 @@ struct LaunchEnv {
     const struct {
       const char *rank, *size, *local, *who;
     } sets[] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OpenMPI"},
-                {"SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "Slurm"},  // srun's step
-                {"SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "Slurm"},
+                // an srun step (a batch script itself also has SLURM_NTASKS, but is one process)
+                {"SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "Slurm"},
                 {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "PMI"}};
     for (const auto& s : sets) {
       const int r = num(s.rank), n = num(s.size);

@@ -9,10 +9,12 @@
 // of backend::Cuda use it; the NCCL communicator is made on first use for the
 // backend's device and lives until the program ends.
 //
-// Failures: NCCL calls are checked; a collective that cannot finish (a rank
-// died) is bounded by NCCL's asynchronous error check: wait() polls
-// ncclCommGetAsyncError while the stream runs and aborts the NCCL communicator
-// (then raises) instead of hanging.
+// Failures: NCCL calls are checked; the communicator is non-blocking, and
+// wait_ready() polls ncclCommGetAsyncError while NCCL sets up or enqueues
+// (bounded: 10 minutes), aborting the communicator and raising on an error.
+// A collective already running on the GPU when a peer dies is not
+// interrupted here: the launcher ends the job (mpirun does when a rank dies;
+// srun with --kill-on-bad-exit=1, as the Slurm scripts pass).
 #include <nccl.h>
 
 #include <chrono>
