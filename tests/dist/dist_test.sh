@@ -7,7 +7,8 @@
 #     gradient norm, α, ᾱ, per-domain scores and losses to 1e-6 relative (they
 #     agree to ~1e-14), parameters to 1e-10 relative L2 (reduction order only:
 #     each rank sums its rows, then MPI sums the ranks); the DRO one-batch path
-#     (1 micro-batch of 6 split over 3 ranks) likewise; in float the same run
+#     (1 micro-batch of 6 split over 3 ranks) and 2 sequences on 3 ranks (one
+#     rank without any) likewise; in float the same run
 #     agrees to 1e-4 (scores are small differences of float losses) and 1e-5;
 #   * a 2-rank run repeats itself bit for bit; every rank ends with the same
 #     parameters bit for bit (checked inside each run);
@@ -48,6 +49,10 @@ done
 "$BIN" dro "$W" "$W/one1" --accum 1 --batch 6
 mpi 3 dro "$W" "$W/one3" --accum 1 --batch 6
 "$BIN" compare "$W/one3" "$W/one1" --rel 1e-6 --param-rel 1e-10
+# More ranks than sequences: 2 sequences per step on 3 ranks (one rank idle).
+"$BIN" dro "$W" "$W/few1" --accum 2 --batch 1
+mpi 3 dro "$W" "$W/few3" --accum 2 --batch 1
+"$BIN" compare "$W/few3" "$W/few1" --rel 1e-6 --param-rel 1e-10
 # The same in float.
 "$BIN" dro "$W" "$W/f1" --fp32
 mpi 3 dro "$W" "$W/f3" --fp32
