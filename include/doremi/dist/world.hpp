@@ -63,8 +63,9 @@ inline void set_world(Comm& c) { detail::world_slot() = &c; }
 
 // Device backends' gradient sums: specialise with
 //   static void all_reduce_sum(const Comm&, Backend&, T* device_data, std::size_t n);
+// before any trainer of that backend is instantiated (include its header first).
 template <class Backend>
-struct DeviceReduce;
+struct DeviceReduce {};
 
 inline constexpr std::size_t default_bucket_bytes = std::size_t(32) << 20;
 
