@@ -111,7 +111,8 @@ int child(const Opt& o) {
   if (o.dro) {
     M ref;
     ref.init(2);
-    DomainWeights dw({"a", "b", "c", "d"}, {1, 1, 1, 1}, {1, 1, 1, 1}, DROTrainer<M, RandomBatches>::initial_score(), {});
+    DomainWeights dw({"a", "b", "c", "d"}, {1, 1, 1, 1}, {1, 1, 1, 1}, DROTrainer<M, RandomBatches>::initial_score(),
+                     {});
     DROTrainer t(model, ref, data, tc, std::move(dw));
     t.set_communicator(dist::Comm(timed));
     steps(t, o, comm_s, ms, share);
@@ -121,7 +122,9 @@ int child(const Opt& o) {
     steps(t, o, comm_s, ms, share);
   }
   if (world.is_root())
-    fmt::print("{}\n", nlohmann::json{{"ranks", world.size()}, {"ms", bench::median(ms)}, {"comm_share", bench::median(share)}}.dump());
+    fmt::print("{}\n", nlohmann::json{{"ranks", world.size()}, {"ms", bench::median(ms)},
+                                      {"comm_share", bench::median(share)}}
+                           .dump());
   return 0;
 }
 
@@ -155,8 +158,8 @@ int main(int argc, char** argv) {
     const std::string self = argv[0];
     auto launch = [&](int n, int threads) {
       const std::string cmd = fmt::format(
-          "mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS={} -np {} {} --child{}", threads, n,
-          self, pass);
+          "mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS={} -np {} {} --child{}",
+          threads, n, self, pass);
       const std::string out = bench::run_command(cmd);
       const auto j = nlohmann::json::parse(out.substr(out.find('{')), nullptr, false);
       if (out.find('{') == std::string::npos || j.is_discarded()) fail("no result from: {}\n{}", cmd, out);

@@ -146,7 +146,8 @@ int run_mode(const Args& a) {
     M model;
     model.init(3);
     Trainer trainer(model, sampler, train_config(a, out));
-    return drive<decltype(trainer), M>(trainer, model, a, out, [](decltype(trainer)&) { return nlohmann::json::object(); });
+    return drive<decltype(trainer), M>(trainer, model, a, out,
+                                       [](decltype(trainer)&) { return nlohmann::json::object(); });
   }
   if (mode == "dro") {
     M model, ref;
@@ -188,10 +189,12 @@ void compare_json(const nlohmann::json& x, const nlohmann::json& y, double rel, 
   }
   if (x.type() != y.type() || x.size() != y.size()) fail("{}: the results differ in shape", where);
   if (x.is_array())
-    for (std::size_t i = 0; i < x.size(); ++i) compare_json(x[i], y[i], rel, exact, fmt::format("{}[{}]", where, i), worst);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      compare_json(x[i], y[i], rel, exact, fmt::format("{}[{}]", where, i), worst);
   else if (x.is_object())
     for (const auto& [key, v] : x.items())
-      if (key != "ranks" && key != "resumed" && key != "domains") compare_json(v, y.at(key), rel, exact, where + "." + key, worst);
+      if (key != "ranks" && key != "resumed" && key != "domains")
+        compare_json(v, y.at(key), rel, exact, where + "." + key, worst);
 }
 
 int compare(const Args& a) {

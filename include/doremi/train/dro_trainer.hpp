@@ -176,7 +176,8 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     std::vector<double> buf;
     for (const auto* v : parts) buf.insert(buf.end(), v->begin(), v->end());
     this->comm_.all_reduce_sum(std::span<double>(buf));
-    for (std::size_t p = 0; p < parts.size(); ++p) std::copy_n(buf.begin() + std::ptrdiff_t(p * k), k, parts[p]->begin());
+    for (std::size_t p = 0; p < parts.size(); ++p)
+      std::copy_n(buf.begin() + std::ptrdiff_t(p * k), k, parts[p]->begin());
   }
 
   // One micro-batch (this rank's share `local`: one batch or none): score,
