@@ -12,6 +12,7 @@
 // job (mpirun / srun then exit non-zero).
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>

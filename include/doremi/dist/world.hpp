@@ -16,6 +16,7 @@
 // in a job of several ranks, MPI_Abort the job, so a rank's error ends every
 // rank within MPI's abort time instead of leaving them in a collective.
 // start(argc, argv): the command-line programs' start (see there).
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <span>
