@@ -347,6 +347,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     dist::start(argc, argv);  // data-parallel under mpirun/srun (docs/distributed.md); one process otherwise
+    if (dist::world().size() > 1 && !(train->parsed() || dro->parsed() || ev->parsed() || pl->parsed()))
+      fail("only train, dro, eval and pipeline run data-parallel; run this subcommand without mpirun/srun");
     if (quick->parsed()) return run_quickstart(qs_output, threads, parse_device(qs_device));
     if (tokenize->parsed()) {
       const Tokenizer tok = load_tokenizer(tok_spec);

@@ -108,6 +108,10 @@ if [[ -n "$CLI" ]]; then
   "$CLI" pipeline --config "$W/pl1.json" > /dev/null 2>&1
   climpi 2 pipeline --config "$W/pl2.json" > /dev/null 2>&1
   "$BIN" compare-json "$W/cli-pl2/doremi_weights.json" "$W/cli-pl1/doremi_weights.json" --rel 1e-5
-  echo "cli: train, dro, eval and pipeline under mpirun agree with one process"
+  rc=0
+  climpi 2 baseline-weights --data "$W/data" --output "$W/bw.json" > "$W/cli-refuse.log" 2>&1 || rc=$?
+  [[ $rc != 0 && ! -e "$W/bw.json" ]] || fail "cli baseline-weights under mpirun should refuse to run"
+  grep -q "only train, dro, eval and pipeline run data-parallel" "$W/cli-refuse.log" || fail "cli refusal message"
+  echo "cli: train, dro, eval and pipeline under mpirun agree with one process; other subcommands refuse"
 fi
 echo "dist_test: all passed"
