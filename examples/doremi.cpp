@@ -27,6 +27,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -48,6 +49,7 @@
 #include "doremi/data/tokenizer.hpp"          // load_tokenizer
 #include "doremi/data/weight_spec.hpp"        // WeightSpec
 #include "doremi/data/window_sampler.hpp"     // WindowSampler
+#include "doremi/dist/world.hpp"              // dist::start, world, report_error
 #include "doremi/model/dispatch.hpp"          // dispatch_preset, preset_for_checkpoint
 #include "doremi/pipeline/pipeline.hpp"       // run_pipeline, StagesFor
 #include "doremi/train/trainer.hpp"           // Trainer, TrainConfig
@@ -119,9 +121,13 @@ auto in_output(const fs::path& output, F&& f) -> decltype(f()) {
 }
 
 // --overwrite: empties a doremi output folder (under its lock) before a run.
+// Under mpirun/srun rank 0 alone does it and the others wait.
 void overwrite_folder(const fs::path& dir) {
-  OutputLock lock(dir);
-  clear_output_folder(dir);
+  if (dist::world().is_root()) {
+    OutputLock lock(dir);
+    clear_output_folder(dir);
+  }
+  dist::world().barrier();
 }
 
 // The identity of a tokenizer spec: "bytes", or a hash of its files.
@@ -468,6 +474,7 @@ int run_train(TrainArgs& a) {
   }
   if (a.data.empty()) {
     if (device.is_cuda()) fail("train --text runs on the CPU; --device {} needs --data", device.str());
+    if (dist::world().size() > 1) fail("train --text runs in one process; use --data to train data-parallel");
     return in_output(a.text.output, [&] { return run_text_train(a.text, a.stage); });
   }
   if (a.text.output.empty()) fail("train --data needs --output");
@@ -625,15 +632,20 @@ void wait_if_interrupted() {
   while (interrupted.load()) ::pause();
 }
 
-int run_action(const Action& action) {
+// The subcommands that run data-parallel (every rank runs them; rank 0 writes).
+const std::set<std::string> distributed_subcommands{"train", "dro", "eval", "pipeline"};
+
+int run_action(const Action& action, const std::string& subcommand, int argc, char** argv) {
   auto report = [](const std::string& message) {
     wait_if_interrupted();
     std::string line = message;
     std::replace(line.begin(), line.end(), '\n', ' ');
-    fmt::print(stderr, "error: {}\n", line);
-    return 1;
+    return dist::report_error(line);  // under mpirun/srun: names the rank and ends every rank
   };
   try {
+    dist::start(argc, argv);  // data-parallel under mpirun/srun (docs/distributed.md); one process otherwise
+    if (dist::world().size() > 1 && !distributed_subcommands.contains(subcommand))
+      fail("only train --data, dro, eval and pipeline run data-parallel; run {} without mpirun/srun", subcommand);
     const int rc = action();
     wait_if_interrupted();
     return rc;
@@ -701,5 +713,5 @@ int main(int argc, char** argv) {
   add_eval(app, action);
   add_pipeline(app, action);
   CLI11_PARSE(app, argc, argv);
-  return action ? run_action(action) : 0;
+  return action ? run_action(action, app.get_subcommands().front()->get_name(), argc, argv) : 0;
 }

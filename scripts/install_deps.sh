@@ -8,6 +8,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PKGS=(build-essential cmake ccache libeigen3-dev libfmt-dev doctest-dev nlohmann-json3-dev libzstd-dev
       libutf8proc-dev libcli11-dev libopenblas-openmp-dev libdnnl-dev
+      libopenmpi-dev openmpi-bin  # data-parallel runs (doremi::mpi, mpirun)
       ocl-icd-opencl-dev)  # oneDNN's CMake package requires OpenCL (its GPU runtime), a recommend only
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,6 +13,7 @@
 #include "doremi/data/source.hpp"             // the TokenSource concept, MemorySource
 #include "doremi/data/window_sampler.hpp"     // WindowSampler (one token stream)
 #include "doremi/data/weighted_sampler.hpp"   // WeightedDomainSampler<Source>
+#include "doremi/dist/world.hpp"             // dist::world, Comm (MPI: link doremi::mpi)
 #include "doremi/train/trainer.hpp"           // Trainer<Model, Sampler>
 #include "doremi/train/dro_trainer.hpp"       // DROTrainer<Model, Sampler>, DomainWeights
 #include "doremi/eval/perplexity.hpp"         // evaluate_perplexity

@@ -8,9 +8,17 @@
 //
 //   auto r = doremi::evaluate_perplexity(model, names, sources, /*T=*/128, /*B=*/8);
 //   fmt::print("{}\n", r.to_json().dump(2));
+//
+// Data-parallel (dist::world() with W ranks): each domain's evaluated
+// sequences (the same set as one process evaluates, max_tokens_per_domain
+// included: its cut is found from the sequences' lengths) are split into W
+// contiguous blocks, one per rank, and the loss sums and token counts are
+// summed across ranks: every rank returns the same report, equal to one
+// process's up to the order of the float sums.
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -18,6 +26,7 @@
 #include "doremi/core/error.hpp"
 #include "doremi/core/progress.hpp"
 #include "doremi/data/source.hpp"
+#include "doremi/dist/world.hpp"
 
 namespace doremi {
 
@@ -53,13 +62,35 @@ PerplexityReport evaluate_perplexity(M& model, const std::vector<std::string>& n
          M::config::n_ctx);
   PerplexityReport r;
   r.domains = names;
+  const dist::Comm& comm = dist::world();
   std::vector<std::int32_t> inputs(std::size_t(B) * T), targets(std::size_t(B) * T), seq;
   ProgressBar bar("eval", long(names.size()), 1);
+  std::vector<double> sums(2 * names.size(), 0.0);  // per domain: loss sum, target tokens
   for (std::size_t d = 0; d < names.size(); ++d) {
     const Source& src = sources[d];
     double sum = 0;
     std::uint64_t count = 0;
     int rows = 0;
+    // The sequences [0, end) one process evaluates: with a token budget it
+    // stops before a sequence once the batches run so far hold the budget.
+    std::size_t end = src.size();
+    if (max_tokens_per_domain && comm.size() > 1) {
+      std::uint64_t run = 0, pending = 0;
+      int filled = 0;
+      for (std::size_t i = 0; i < src.size(); ++i) {
+        if (run >= max_tokens_per_domain) {
+          end = i;
+          break;
+        }
+        const std::size_t L = src.length(i);
+        for (std::size_t start = 0; start + 1 < L; start += std::size_t(T)) {
+          pending += std::min<std::size_t>(std::size_t(T), L - 1 - start);
+          if (++filled == B) run += std::exchange(pending, 0), filled = 0;
+        }
+      }
+    }
+    const std::size_t W = std::size_t(comm.size()), rk = std::size_t(comm.rank());
+    const std::size_t lo = end * rk / W, hi = end * (rk + 1) / W;
     auto flush = [&] {
       if (rows == 0) return;
       std::fill(inputs.begin() + std::ptrdiff_t(rows) * T, inputs.end(), 0);
@@ -69,8 +100,8 @@ PerplexityReport evaluate_perplexity(M& model, const std::vector<std::string>& n
       count += out.tokens;
       rows = 0;
     };
-    for (std::size_t i = 0; i < src.size(); ++i) {
-      if (max_tokens_per_domain && count >= max_tokens_per_domain) break;
+    for (std::size_t i = lo; i < hi; ++i) {
+      if (comm.size() == 1 && max_tokens_per_domain && count >= max_tokens_per_domain) break;
       seq.resize(src.length(i));
       src.read(i, 0, seq);
       for (std::size_t start = 0; start + 1 < seq.size(); start += std::size_t(T)) {
@@ -85,10 +116,17 @@ PerplexityReport evaluate_perplexity(M& model, const std::vector<std::string>& n
       }
     }
     flush();
-    if (count == 0) fail("evaluate_perplexity: domain '{}' ({}) has no target tokens", names[d], src.describe());
-    r.log_perplexity.push_back(sum / double(count));
+    sums[2 * d] = sum;
+    sums[2 * d + 1] = double(count);
+    if (progress && comm.is_root()) bar.update(long(d + 1), names[d]);
+  }
+  comm.all_reduce_sum(std::span<double>(sums));
+  for (std::size_t d = 0; d < names.size(); ++d) {
+    const auto count = std::uint64_t(sums[2 * d + 1]);
+    if (count == 0)
+      fail("evaluate_perplexity: domain '{}' ({}) has no target tokens", names[d], sources[d].describe());
+    r.log_perplexity.push_back(sums[2 * d] / double(count));
     r.tokens.push_back(count);
-    if (progress) bar.update(long(d + 1), names[d]);
   }
   double total = 0;
   std::size_t worst = 0;

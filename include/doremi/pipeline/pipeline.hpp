@@ -25,6 +25,8 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -39,6 +41,7 @@
 #include "doremi/data/weight_spec.hpp"
 #include "doremi/data/weighted_sampler.hpp"
 #include "doremi/eval/perplexity.hpp"
+#include "doremi/dist/world.hpp"
 #include "doremi/eval/report.hpp"
 #include "doremi/model/checkpoint.hpp"
 #include "doremi/model/dispatch.hpp"
@@ -94,9 +97,32 @@ inline nlohmann::json stage_fingerprint(std::string_view kind, const std::string
           {"data", data.identity},   {"settings", settings}};
 }
 
+// Data-parallel runs (dist::world() with several ranks): every rank runs every
+// stage; rank 0 alone locks, claims and writes an output folder, and every rank
+// learns from it whether the stage is already complete. mark_done returns on
+// every rank once rank 0 has written the stage's files.
+class RootClaim {
+ public:
+  RootClaim(const std::filesystem::path& dir, const nlohmann::json& fingerprint) {
+    double done = 0;
+    if (dist::world().is_root()) {
+      lock_.emplace(dir);
+      done = claim_output(dir, fingerprint) ? 1 : 0;
+    }
+    dist::world().all_reduce_sum(std::span<double>(&done, 1));
+    done_ = done != 0;
+  }
+  bool done() const { return done_; }
+
+ private:
+  std::optional<OutputLock> lock_;
+  bool done_ = false;
+};
+
 inline bool stage_done(const std::filesystem::path& dir) { return std::filesystem::exists(dir / "done.json"); }
 inline void mark_done(const std::filesystem::path& dir, const nlohmann::json& info) {
-  write_file_atomic(dir / "done.json", info.dump(2) + "\n");
+  if (dist::world().is_root()) write_file_atomic(dir / "done.json", info.dump(2) + "\n");
+  dist::world().barrier();
 }
 
 struct ModelStages {
@@ -118,7 +144,7 @@ struct ModelStages {
   // The same for model_dir/final, also written to model_dir/perplexity.json.
   PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) {
     auto r = evaluate_checkpoint(data, model_dir / "final");
-    write_file_atomic(model_dir / "perplexity.json", r.to_json().dump(2) + "\n");
+    if (dist::world().is_root()) write_file_atomic(model_dir / "perplexity.json", r.to_json().dump(2) + "\n");
     return r;
   }
 };
@@ -137,17 +163,17 @@ class StagesFor final : public ModelStages {
   void train(const PipelineData& data, const StageConfig& stage, const std::vector<double>& weights,
              const std::filesystem::path& dir) override {
     check_data(data);
-    OutputLock lock(dir);
     nlohmann::json fp = stage_fingerprint("train", preset(), backend_name(), data, stage);
     fp["weights"] = weights;
-    if (claim_output(dir, fp)) return;
+    const RootClaim claim(dir, fp);
+    if (claim.done()) return;
     M model(be_);
     model.init(data.seed);
     Sampler sampler = make_sampler(data, weights, stage.batch_size, data.seed + 11);
     Trainer trainer(model, sampler, train_config_for(stage, dir));
     if (trainer.resume_if_possible()) fmt::print(stderr, "{}: resumed at step {}\n", dir.string(), trainer.step());
     trainer.run();
-    save_model(model, dir / "final");
+    if (dist::world().is_root()) save_model(model, dir / "final");
     mark_done(dir, {{"preset", preset()}, {"steps", stage.steps}, {"weights", weights}});
   }
 
@@ -155,14 +181,14 @@ class StagesFor final : public ModelStages {
                           const std::vector<double>& sampling, const std::vector<double>& eval_weights,
                           const std::filesystem::path& reference_dir, const std::filesystem::path& dir) override {
     check_data(data);
-    OutputLock lock(dir);
     nlohmann::json fp = stage_fingerprint("dro", preset(), backend_name(), data, stage);
     fp["alpha0"] = alpha0;
     fp["sampling"] = sampling;
     fp["eval_weights"] = eval_weights;
     const auto ref_fp = reference_dir / std::string(fingerprint_file_name);
     fp["reference"] = std::filesystem::exists(ref_fp) ? content_hash(ref_fp) : file_signature(reference_dir / "final");
-    if (claim_output(dir, fp)) {
+    const RootClaim claim(dir, fp);
+    if (claim.done()) {
       const auto done = read_json_file(dir / "done.json");
       if (!done.contains("avg_domain_weights") || !done.at("avg_domain_weights").is_array())
         fail("{}: no array 'avg_domain_weights'", (dir / "done.json").string());
@@ -180,8 +206,8 @@ class StagesFor final : public ModelStages {
     DROTrainer trainer(proxy, reference, sampler, train_config_for(stage, dir), std::move(dw));
     if (trainer.resume_if_possible()) fmt::print(stderr, "{}: resumed at step {}\n", dir.string(), trainer.step());
     trainer.run();
-    trainer.write_domain_weights(dir, eval_weights);
-    save_model(proxy, dir / "final");
+    trainer.write_domain_weights(dir, eval_weights);  // rank 0 only
+    if (dist::world().is_root()) save_model(proxy, dir / "final");
     const auto avg = trainer.domain_weights().average();
     mark_done(dir, {{"preset", preset()}, {"steps", stage.steps}, {"avg_domain_weights", avg}});
     return avg;
@@ -201,6 +227,17 @@ class StagesFor final : public ModelStages {
   static void check_data(const PipelineData& data) {
     if (data.seq_len > Cfg::n_ctx)
       fail("seq_len {} exceeds preset '{}''s context of {} tokens", data.seq_len, Cfg::name, Cfg::n_ctx);
+    // Data-parallel: every rank must read the same data (another node's copy
+    // of the folder, a missing shard).
+    if (dist::world().size() > 1) {
+      std::string sizes;
+      for (const auto* split : {&data.train, &data.validation})
+        for (std::size_t i = 0; i < split->sources.size(); ++i)
+          sizes += fmt::format("{}:{};", split->domains[i], split->sources[i].size());
+      dist::check_same(dist::world(), "data-parallel start-up",
+                       {{"data (domains and sequence counts)", dist::fingerprint(sizes)},
+                        {"data (manifest.json)", dist::fingerprint(data.train.manifest.dump())}});
+    }
   }
   static Sampler make_sampler(const PipelineData& data, const std::vector<double>& weights, int batch_size,
                               std::uint64_t seed) {
@@ -303,18 +340,16 @@ inline void validate_run(const RunConfig& cfg, const ModelStages& small, const M
 inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, ModelStages& main) {
   namespace fs = std::filesystem;
   validate_run(cfg, small, main);
-  OutputLock lock(cfg.output);
-  {
-    nlohmann::json fp = cfg.to_json();
-    fp.erase("output");
-    fp["device"] = cfg.device.is_cuda() ? "cuda" : "cpu";  // any GPU index resumes
-    fp["preset"] = small.preset();
-    fp["main_preset"] = main.preset();
-    fp["program"] = fmt::format("doremi {}", program_version);
-    fp["data_identity"] = dataset_identity(cfg.data);
-    claim_output(cfg.output, fp);
-  }
-  write_file_atomic(cfg.output / "run_config.json", nlohmann::json{{"preset", small.preset()},
+  nlohmann::json fp = cfg.to_json();
+  fp.erase("output");
+  fp["device"] = cfg.device.is_cuda() ? "cuda" : "cpu";  // any GPU index resumes
+  fp["preset"] = small.preset();
+  fp["main_preset"] = main.preset();
+  fp["program"] = fmt::format("doremi {}", program_version);
+  fp["data_identity"] = dataset_identity(cfg.data);
+  const RootClaim claim(cfg.output, fp);  // held until the run ends
+  const bool root = dist::world().is_root();  // rank 0 alone writes
+  if (root) write_file_atomic(cfg.output / "run_config.json", nlohmann::json{{"preset", small.preset()},
                                                                    {"main_preset", main.preset()},
                                                                    {"device", cfg.device.str()},
                                                                    {"data", cfg.data.string()}}
@@ -329,7 +364,7 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
   r.domains = data.domains();
   r.reference_weights = resolve_reference_weights(cfg, data);
   const std::size_t k = r.domains.size();
-  write_domain_config(cfg.output / "reference_weights.json",
+  if (root) write_domain_config(cfg.output / "reference_weights.json",
                       DomainConfig{{r.domains, r.reference_weights}, {r.domains, r.reference_weights}});
 
   std::vector<double> w_ref = r.reference_weights;
@@ -354,7 +389,7 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
     w_ref = r.round_weights.back();
   }
   r.doremi_weights = r.round_weights.back();
-  write_domain_config(cfg.output / "doremi_weights.json",
+  if (root) write_domain_config(cfg.output / "doremi_weights.json",
                       DomainConfig{{r.domains, r.doremi_weights}, {r.domains, r.reference_weights}});
 
   fmt::print(stderr, "main model ({}) on the DoReMi weights\n", main.preset());
@@ -365,8 +400,8 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
     main.train(data, cfg.main, r.reference_weights, cfg.output / "main-baseline");
     r.baseline_perplexity = main.evaluate(data, cfg.output / "main-baseline");
   }
-  write_file_atomic(cfg.output / "summary.json", r.to_json().dump(2) + "\n");
-  write_pipeline_report(cfg, r, small.preset(), main.preset());
+  if (root) write_file_atomic(cfg.output / "summary.json", r.to_json().dump(2) + "\n");
+  if (root) write_pipeline_report(cfg, r, small.preset(), main.preset());
   return r;
 }
 

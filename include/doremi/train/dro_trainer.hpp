@@ -23,9 +23,16 @@
 // After the update, αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k gives the step's
 // gradient Σ (αᵢ/sᵢ)·gᵢ / Σ (αᵢ/sᵢ)·nᵢ from A and B alone. Cost: two extra
 // gradient-sized buffers and a few passes over them per domain, instead of
-// k−1 extra proxy forwards per step. (Data-parallel ranks, taking the
-// domains in id order as here, would all-reduce each domain's totals before
-// its logit, and the combined gradient once.)
+// k−1 extra proxy forwards per step.
+//
+// Data-parallel (W ranks, see trainer.hpp): each rank scores and backpropagates
+// its share of the step's sequences; the per-domain totals are summed across
+// ranks before they are used (one small all-reduce before the update with one
+// micro-batch; with several, each domain's excess and token sums after its
+// passes, in domain-id order on every rank, and the loss sums once at the
+// end), so λ, α and ᾱ are computed from the whole global batch, identically
+// on every rank; the combined gradient is linear in the ranks' gradients and
+// is summed once by TrainerBase.
 //
 //   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
 //   dro.run();
@@ -83,7 +90,8 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     const std::size_t k = dw_.names().size();
     for (const Batch& b : micro) check_domains(b, k);
     DomainTotals totals(k);
-    const double u = micro.size() == 1 ? one_batch(micro.front(), totals) : by_domain(micro, tokens, totals);
+    const std::vector<Batch> local = this->local_share(micro);  // `micro` is the global batch
+    const double u = micro.size() == 1 ? one_batch(local, totals) : by_domain(micro, local, tokens, totals);
     // L = Σ w[d]·ℓ / Σ w[d] over all the step's tokens (the loss the gradient is of).
     double weighted = 0, psum = 0, rsum = 0;
     std::vector<double> proxy_mean(k, 0.0), ref_mean(k, 0.0);
@@ -113,7 +121,9 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
   // The proxy's output: ᾱ as `avg_domain_weights.json` ({domain: weight}) and
   // as a domain config (train_domain_weights = ᾱ; eval_domain_weights as
   // given, e.g. the reference weights) usable as the next stage's input.
+  // With several ranks, rank 0 writes (ᾱ is the same on all).
   void write_domain_weights(const std::filesystem::path& dir, const std::vector<double>& eval_weights = {}) const {
+    if (!this->comm_.is_root()) return;
     std::filesystem::create_directories(dir);
     const DomainMixture avg{dw_.names(), dw_.average()};
     doremi::write_domain_weights(dir / "avg_domain_weights.json", avg);
@@ -156,12 +166,29 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     return u;
   }
 
-  // One micro-batch: score, update, backward with the updated weights.
-  // Returns the step loss's normaliser.
-  double one_batch(const Batch& b, DomainTotals& totals) {
-    score(b, totals);
+  // Sums the totals of all ranks (in place).
+  void reduce_totals(DomainTotals& t, bool excess_tokens, bool losses) const {
+    if (this->comm_.size() == 1) return;
+    const std::size_t k = t.excess.size();
+    std::vector<std::vector<double>*> parts;
+    if (excess_tokens) parts.insert(parts.end(), {&t.excess, &t.tokens});
+    if (losses) parts.insert(parts.end(), {&t.loss, &t.reference});
+    std::vector<double> buf;
+    for (const auto* v : parts) buf.insert(buf.end(), v->begin(), v->end());
+    this->comm_.all_reduce_sum(std::span<double>(buf));
+    for (std::size_t p = 0; p < parts.size(); ++p)
+      std::copy_n(buf.begin() + std::ptrdiff_t(p * k), k, parts[p]->begin());
+  }
+
+  // One micro-batch (this rank's share `local`: one batch or none): score,
+  // update, backward with the updated weights. Returns the step loss's normaliser.
+  double one_batch(const std::vector<Batch>& local, DomainTotals& totals) {
+    if (!local.empty()) score(local.front(), totals);
+    reduce_totals(totals, true, true);
     dw_.update(totals.excess, totals.tokens);
     const double u = weight_normaliser(totals);
+    if (local.empty()) return u;
+    const Batch& b = local.front();
     // A sequence's tokens share its domain's weight (padding's is ignored).
     token_w_.resize(b.inputs.size());
     for (int r = 0; r < b.B; ++r)
@@ -174,7 +201,8 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
   // Several micro-batches: passes of one domain each, gradients folded per
   // domain into A and B (see the comment at the top), combined after the
   // update. Returns the step loss's normaliser.
-  double by_domain(const std::vector<Batch>& micro, std::size_t tokens, DomainTotals& totals) {
+  double by_domain(const std::vector<Batch>& micro, const std::vector<Batch>& local, std::size_t tokens,
+                   DomainTotals& totals) {
     auto& be = this->model_.backend();
     const std::size_t n = this->model_.num_parameters();
     scalar* g = this->model_.gradients().data();
@@ -185,13 +213,23 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
     fill(be, sum_a_.data(), scalar(0), sum_a_.size());
     fill(be, sum_b_.data(), scalar(0), n);
     double m = -INFINITY;  // B's scale: its terms are exp(ℓᵢ − m)·gᵢ/sᵢ
-    const std::vector<std::vector<Batch>> passes = passes_by_domain(micro, s.size());
+    const std::vector<std::vector<Batch>> passes =
+        local.empty() ? std::vector<std::vector<Batch>>(s.size()) : passes_by_domain(local, s.size());
+    std::vector<char> present(s.size(), 0);  // domains in the global batch (the same on every rank)
+    for (const Batch& b : micro)
+      for (auto d : b.domain) present[std::size_t(d)] = 1;
     for (std::size_t i = 0; i < passes.size(); ++i) {
-      if (passes[i].empty()) continue;
+      if (!present[i]) continue;
       for (const Batch& b : passes[i]) {
         score(b, totals);
         token_w_.assign(b.inputs.size(), scalar(1.0 / double(tokens)));  // gᵢ/tokens: the usual magnitudes
         this->model_.backward(token_w_);
+      }
+      if (this->comm_.size() > 1) {  // domain i's excess and token sums over all ranks
+        double et[2] = {totals.excess[i], totals.tokens[i]};
+        this->comm_.all_reduce_sum(std::span<double>(et, 2));
+        totals.excess[i] = et[0];
+        totals.tokens[i] = et[1];
       }
       if (s[i] > 0 && totals.tokens[i] > 0) {  // else the domain's weight or gradient is 0
         if (c > 0) axpby(be, sum_a_.data(), scalar(1), g, scalar(1 / s[i]), n);
@@ -204,6 +242,7 @@ class DROTrainer : public TrainerBase<DROTrainer<M, S, Ref>, M, S> {
       }
       this->model_.zero_grad();
     }
+    reduce_totals(totals, false, true);
     dw_.update(totals.excess, totals.tokens);
     // Σ (αᵢ/sᵢ)·gᵢ / u with αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k, the sums holding gᵢ/tokens.
     const double u = weight_normaliser(totals), f = double(tokens) / u;

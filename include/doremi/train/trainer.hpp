@@ -12,6 +12,16 @@
 // Checkpoints (`output_dir/checkpoint-00000100/`) hold the model as HuggingFace
 // loads it, the AdamW moments and the trainer and sampler state; a run resumed
 // from one continues bit-identically on the CPU (same thread count).
+//
+// Data-parallel (docs/distributed.md): under mpirun/srun with W ranks (the
+// communicator is dist::world(), or set_communicator's), every rank draws the
+// step's whole global batch from its own copy of the sampler (so the sampler's
+// state is global and a checkpoint resumes on any number of ranks) and
+// trains on its contiguous share of the step's sequences (local_share); the
+// gradients are summed across ranks before the norm and AdamW, so every rank
+// holds the same parameters and the trajectory does not depend on W beyond
+// float rounding. Rank 0 alone writes metrics, checkpoints and progress;
+// run() first compares the ranks' settings (check_consistency).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -30,6 +40,7 @@
 #include "doremi/core/progress.hpp"
 #include "doremi/core/safetensors.hpp"
 #include "doremi/data/batch.hpp"
+#include "doremi/dist/world.hpp"
 #include "doremi/model/checkpoint.hpp"
 #include "doremi/optim/adamw.hpp"
 #include "doremi/optim/clip.hpp"
@@ -124,6 +135,65 @@ class TrainerBase {
   AdamW<scalar, backend_type>& optimizer() { return adam_; }
   M& model() { return model_; }
   S& sampler() { return sampler_; }
+  const dist::Comm& communicator() const { return comm_; }
+  // The ranks this trainer spans (default dist::world()); every rank of `c`
+  // must make the same calls.
+  void set_communicator(dist::Comm c) { comm_ = std::move(c); }
+
+  // This rank's share of a step's global micro-batches: the contiguous rows
+  // [N·r/W, N·(r+1)/W) of their concatenation (N rows, rank r of W), regrouped
+  // into batches of at most the largest micro-batch's rows (rows of different
+  // lengths T are never merged). With W = 1: the micro-batches themselves.
+  std::vector<Batch> local_share(const std::vector<Batch>& micro) const {
+    const int W = comm_.size(), r = comm_.rank();
+    if (W == 1) return micro;
+    std::size_t total = 0;
+    int rows = 0;
+    for (const Batch& b : micro) {
+      total += std::size_t(b.B);
+      rows = std::max(rows, b.B);
+    }
+    const std::size_t lo = total * std::size_t(r) / std::size_t(W), hi = total * std::size_t(r + 1) / std::size_t(W);
+    std::vector<Batch> out;
+    std::size_t at = 0;
+    for (const Batch& b : micro) {
+      for (int i = 0; i < b.B; ++i, ++at) {
+        if (at < lo || at >= hi) continue;
+        if (out.empty() || out.back().B == rows || out.back().T != b.T) out.emplace_back().T = b.T;
+        Batch& o = out.back();
+        const auto from = std::ptrdiff_t(i) * b.T;
+        o.inputs.insert(o.inputs.end(), b.inputs.begin() + from, b.inputs.begin() + from + b.T);
+        o.targets.insert(o.targets.end(), b.targets.begin() + from, b.targets.begin() + from + b.T);
+        if (!b.domain.empty()) o.domain.push_back(b.domain[std::size_t(i)]);
+        ++o.B;
+      }
+    }
+    return out;
+  }
+
+  // Start-up check of a data-parallel run: the ranks' train config, model
+  // preset and parameters, sampler state, step and the derived trainer's state
+  // must agree; else every rank raises an error naming the first rank that
+  // differs and what. A no-op on one rank.
+  void check_consistency() {
+    if (comm_.size() == 1) return;
+    const TrainConfig& c = config_;
+    const std::string cfg = fmt::format(
+        "steps={} grad_accum={} lr={} b1={} b2={} eps={} wd={} sched={} peak={} end={} warmup={} total={} clip={} "
+        "ckpt={} keep={}",
+        c.steps, c.grad_accum, c.adam.lr, c.adam.beta1, c.adam.beta2, c.adam.eps, c.adam.weight_decay,
+        int(c.schedule.kind), c.schedule.peak_lr, c.schedule.end_lr, c.schedule.warmup_steps, c.schedule.total_steps,
+        c.max_grad_norm, c.checkpoint_every, c.keep_checkpoints);
+    const auto params = model_.host_parameters();
+    dist::check_same(comm_, fmt::format("{} (data-parallel start-up)", Derived::label),
+                     {{"train config", dist::fingerprint(cfg)},
+                      {"output_dir", dist::fingerprint(c.output_dir.string())},
+                      {"model preset", dist::fingerprint(M::config::name)},
+                      {"model parameters", dist::fingerprint_bytes(std::span<const scalar>(params))},
+                      {"sampler (data, weights, seed, position)", dist::fingerprint(sampler_.state().dump())},
+                      {"step (resumed checkpoint)", dist::fingerprint(std::to_string(step_))},
+                      {fmt::format("{} state", Derived::label), dist::fingerprint(derived().extra_state().dump())}});
+  }
 
   // One optimizer step over `grad_accum` micro-batches.
   StepStats train_step() {
@@ -137,7 +207,8 @@ class TrainerBase {
     if (tokens == 0) fail("training step {}: the batch has no target tokens", step_ + 1);
     model_.zero_grad();
     StepStats s;
-    derived().accumulate_gradients(micro, tokens, s);
+    derived().accumulate_gradients(micro, tokens, s);  // this rank's share of `micro`; `tokens` is global
+    dist::all_reduce_gradients(comm_, model_.backend(), model_.gradients());
     if (!std::isfinite(s.loss))
       fail("training step {}: the loss is not finite ({}); lower the learning rate or check the data", step_ + 1,
            s.loss);
@@ -160,10 +231,12 @@ class TrainerBase {
   // output_dir. `on_step` (optional) sees every step's stats.
   template <class F = void (*)(const StepStats&)>
   void run(F&& on_step = [](const StepStats&) {}) {
+    check_consistency();
+    const bool root = comm_.is_root();
     ProgressBar bar(Derived::label, config_.steps, config_.log_every);
     bar.resumed_at(step_);
     std::ofstream metrics;
-    if (!config_.output_dir.empty()) {
+    if (root && !config_.output_dir.empty()) {
       std::filesystem::create_directories(config_.output_dir);
       truncate_metrics();  // lines past the resumed step (all of them without a checkpoint) are a killed run's
       metrics.open(config_.output_dir / "metrics.jsonl", std::ios::app);
@@ -172,7 +245,7 @@ class TrainerBase {
       const StepStats s = train_step();
       on_step(s);
       if (metrics.is_open()) metrics << s.to_json().dump() << "\n" << std::flush;
-      if (config_.progress)
+      if (root && config_.progress)
         bar.update(s.step, fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", s.loss, s.lr,
                                        s.seconds > 0 ? double(s.tokens) / s.seconds : 0.0));
       const bool due = config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0;
@@ -180,10 +253,15 @@ class TrainerBase {
     }
   }
 
-  // Writes output_dir/checkpoint-<step>/ atomically and prunes old ones.
+  // Writes output_dir/checkpoint-<step>/ atomically and prunes old ones. With
+  // several ranks: rank 0 writes, and every rank returns once it has.
   std::filesystem::path save_checkpoint() {
     if (config_.output_dir.empty()) fail("save_checkpoint: the train config has no output_dir");
     const auto final_path = config_.output_dir / checkpoint_name(step_);
+    if (!comm_.is_root()) {
+      comm_.barrier();
+      return final_path;
+    }
     std::filesystem::create_directories(config_.output_dir);
     AtomicDirectory dir(final_path);
     save_model(model_, dir.path());
@@ -204,6 +282,7 @@ class TrainerBase {
     auto all = list_checkpoints(config_.output_dir);
     for (std::size_t i = 0; i + std::size_t(config_.keep_checkpoints) < all.size(); ++i)
       std::filesystem::remove_all(all[i]);
+    comm_.barrier();
     return final_path;
   }
 
@@ -227,7 +306,7 @@ class TrainerBase {
     sampler_.restore(state.at("sampler"));
     derived().restore_extra_state(state.value("extra", nlohmann::json::object()));
     step_ = state.at("step").get<long>();
-    truncate_metrics();
+    if (comm_.is_root()) truncate_metrics();
   }
 
   // Resumes from the newest checkpoint in output_dir; false when there is none.
@@ -265,6 +344,7 @@ class TrainerBase {
   M& model_;
   S& sampler_;
   TrainConfig config_;
+  dist::Comm comm_ = dist::world();
   AdamW<scalar, backend_type> adam_;
   std::vector<ParamGroup> groups_;
   long step_ = 0;
@@ -281,12 +361,13 @@ class Trainer : public TrainerBase<Trainer<M, S>, M, S> {
 
   void accumulate_gradients(const std::vector<Batch>& micro, std::size_t tokens, StepStats& s) {
     double loss_sum = 0;
-    for (const Batch& b : micro) {
+    for (const Batch& b : this->local_share(micro)) {
       const auto out = this->model_.forward(b.inputs, b.targets, b.B, b.T);
       loss_sum += out.loss_sum;
       weights_.assign(out.losses.size(), scalar(1.0 / double(tokens)));
       this->model_.backward(weights_);
     }
+    this->comm_.all_reduce_sum(std::span<double>(&loss_sum, 1));
     s.loss = loss_sum / double(tokens);
   }
   nlohmann::json extra_state() const { return nlohmann::json::object(); }
