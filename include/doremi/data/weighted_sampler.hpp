@@ -95,6 +95,7 @@
 #include <nlohmann/json.hpp>
 
 #include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
 #include "doremi/core/rng.hpp"
 #include "doremi/data/batch.hpp"
 #include "doremi/data/domain_config.hpp"
@@ -559,7 +560,7 @@ class WeightedDomainSampler {
 
     State parse_state(const nlohmann::json& j) const {
       constexpr std::string_view where = "WeightedDomainSampler::restore";
-      if (!j.is_object() || j.value("kind", std::string()) != "weighted_domain_sampler")
+      if (!j.is_object() || !j.contains("kind") || j.at("kind") != "weighted_domain_sampler")
         fail("{}: not a weighted domain sampler state (field 'kind' must be \"weighted_domain_sampler\"): {:.200}",
              where, j.dump());
       auto field = [&](const nlohmann::json& o, const char* key, const std::string& path) -> const nlohmann::json& {

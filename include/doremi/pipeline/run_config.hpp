@@ -118,12 +118,10 @@ struct RunConfig {
  private:
   template <class T>
   static void read_field(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+    // Type and range checked: a wrong type, a fraction for an integer or a
+    // number out of the field's range is an error naming the field and value.
     if (!j.contains(key)) return;
-    try {
-      j.at(key).get_to(out);
-    } catch (const nlohmann::json::exception&) {
-      fail("{}: field '{}' has the wrong type ({})", where, key, j.at(key).dump());
-    }
+    out = json_as<T>(j.at(key), where, key);
   }
   static void check_known_fields(const nlohmann::json& j, const std::set<std::string>& known, const std::string& where) {
     for (const auto& [key, _] : j.items())
@@ -156,7 +154,11 @@ struct RunConfig {
     if (s.grad_accum <= 0) fail("{}: field 'grad_accum' must be positive (got {})", where, s.grad_accum);
     if (!(s.warmup >= 0 && s.warmup < 1)) fail("{}: field 'warmup' must lie in [0, 1) (got {})", where, s.warmup);
     LrSchedule::parse(s.schedule);  // names the valid schedules on a typo
-    s.dro.validate();
+    try {
+      s.dro.validate();
+    } catch (const Error& e) {
+      fail("{}: {}", where, e.what());
+    }
     return s;
   }
 };
