@@ -23,8 +23,8 @@ fi
 CXX_FUZZ="${DOREMI_FUZZ_CXX:-clang++}"
 command -v "$CXX_FUZZ" >/dev/null || { echo "fuzz: $CXX_FUZZ not found (scripts/install_deps.sh installs clang)"; exit 1; }
 
-cmake -S "$SRC" -B "$WORK" -DCMAKE_CXX_COMPILER="$CXX_FUZZ" -DCMAKE_BUILD_TYPE=Release >"$WORK.configure.log" 2>&1 ||
-  { cat "$WORK.configure.log"; exit 1; }
+cmake -S "$SRC" -B "$WORK" -DCMAKE_CXX_COMPILER="$CXX_FUZZ" -DCMAKE_BUILD_TYPE=Release >"$WORK/configure.log" 2>&1 ||
+  { cat "$WORK/configure.log"; exit 1; }
 cmake --build "$WORK" -j"${DOREMI_FUZZ_JOBS:-2}"
 
 total=0
