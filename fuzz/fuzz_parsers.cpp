@@ -10,6 +10,7 @@
 // temporary folder, because the readers take paths (and map the files).
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -297,8 +298,10 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
     (*target)(std::string_view(reinterpret_cast<const char*>(data), size));
-  } catch (const doremi::Error&) {
-    // the contract: bad input is a doremi::Error
+  } catch (const doremi::Error& e) {
+    // the contract: bad input is a doremi::Error (DOREMI_FUZZ_PRINT_ERRORS=1 shows them, e.g. to check seeds)
+    static const bool print = std::getenv("DOREMI_FUZZ_PRINT_ERRORS") != nullptr;
+    if (print) std::fprintf(stderr, "doremi::Error: %s\n", e.what());
   }
   return 0;
 }

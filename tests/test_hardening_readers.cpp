@@ -226,3 +226,14 @@ TEST_CASE("hardening: tokenizer.json components whose type is not a string are e
     CHECK(has(e, p.string()));
   }
 }
+
+TEST_CASE("hardening: a vocabulary whose ids are mostly unused is an error, not gigabytes of tables") {
+  doremi::test::TempDir dir("hard-vocab");
+  hardening_write(dir.path / "vocab.json", R"({"a": 0, "b": 16777215})");  // once ~1 GB and seconds to load
+  hardening_write(dir.path / "merges.txt", "#version: 0.2\n");
+  const auto e = error_of([&] { (void)doremi::BpeTokenizer::from_file(dir.path); });
+  CHECK(has(e, (dir.path / "vocab.json").string()));
+  CHECK(has(e, "16777215"));
+  hardening_write(dir.path / "vocab.json", R"({"a": 0, "b": 1000})");  // small holes are fine
+  CHECK(doremi::BpeTokenizer::from_file(dir.path).vocab_size() == 1001);
+}

@@ -489,6 +489,15 @@ class BpeTokenizer {
     }
     void load_vocab(const nlohmann::json& vocab, std::string_view where) {
       if (!vocab.is_object()) bad(where, "is not an object of token: id");
+      // The id tables are sized by the largest id: a few bytes of JSON must not
+      // claim gigabytes ({"a": 16777215}). Real vocabularies are dense; up to
+      // 65536 unused ids are accepted.
+      std::int64_t max_id = -1;
+      for (auto it = vocab.begin(); it != vocab.end(); ++it)
+        max_id = std::max<std::int64_t>(max_id, id_value(it.value(), fmt::format("{}[\"{}\"]", where, it.key())));
+      if (max_id >= std::int64_t(vocab.size()) + 65536)
+        bad(where, "its largest id is {} but it has only {} entries; more than 65536 ids would be unused", max_id,
+            vocab.size());
       m->token_ids.reserve(vocab.size() * 2);
       for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         const std::string field = fmt::format("{}[\"{}\"]", where, it.key());
