@@ -237,3 +237,22 @@ TEST_CASE("hardening: a vocabulary whose ids are mostly unused is an error, not 
   hardening_write(dir.path / "vocab.json", R"({"a": 0, "b": 1000})");  // small holes are fine
   CHECK(doremi::BpeTokenizer::from_file(dir.path).vocab_size() == 1001);
 }
+
+TEST_CASE("hardening: sampler counts whose sum wraps around 2^64 are an error") {
+  std::vector<doremi::MemorySource> sources;
+  sources.emplace_back(std::vector<std::vector<std::int32_t>>{{1, 2, 3, 4, 5}}, "a");
+  sources.emplace_back(std::vector<std::vector<std::int32_t>>{{6, 7, 8, 9, 10}}, "b");
+  doremi::SamplerOptions opt;
+  opt.prefetch = false;
+  doremi::WeightedDomainSampler<doremi::MemorySource> sampler({"a", "b"}, std::move(sources), {0.5, 0.5}, 1, 4, 1,
+                                                              opt);
+  nlohmann::json s = sampler.state();
+  for (auto& d : s["domains"]) {
+    d["count"] = std::uint64_t(1) << 63;  // 2^63 + 2^63 wraps to 0 = drawn
+    d.erase("epoch");
+    d.erase("cursor");
+  }
+  s["drawn"] = 0;
+  s["target_base_drawn"] = 0;
+  CHECK(has(doremi::test::error_of([&] { sampler.restore(s); }), "2^64"));
+}

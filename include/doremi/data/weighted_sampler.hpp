@@ -83,6 +83,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -619,6 +620,8 @@ class WeightedDomainSampler {
           fail("{}: domain '{}': epoch {} and cursor {} disagree with count {} over {} units", where, names[i],
                d.at("epoch").dump(), d.at("cursor").dump(), c, units[i]);
         if (units[i] == 0 && c != 0) fail("{}: domain '{}' is empty but field '{}count' is {}", where, names[i], path, c);
+        if (c > std::numeric_limits<std::uint64_t>::max() - total)  // the sum must not wrap to match 'drawn'
+          fail("{}: the domains' counts sum past 2^64 (domain '{}' has {})", where, names[i], c);
         s.counts.push_back(c);
         total += c;
         s.weights.push_back(number(d, "weight", path));
