@@ -21,6 +21,7 @@
 #include "doremi/data/indexed_dataset.hpp"
 #include "doremi/data/source.hpp"
 #include "doremi/data/weighted_sampler.hpp"
+#include "doremi/eval/report.hpp"
 #include "doremi/data/window_sampler.hpp"
 #include "doremi/model/dispatch.hpp"
 #include "doremi/pipeline/run_config.hpp"
@@ -255,4 +256,13 @@ TEST_CASE("hardening: sampler counts whose sum wraps around 2^64 are an error") 
   s["drawn"] = 0;
   s["target_base_drawn"] = 0;
   CHECK(has(doremi::test::error_of([&] { sampler.restore(s); }), "2^64"));
+}
+
+TEST_CASE("hardening: a metrics.jsonl number beyond a double is an error naming the file and line") {
+  doremi::test::TempDir dir("hard-metrics");
+  const auto p = hardening_write(dir.path / "metrics.jsonl",
+                                 "{\"step\": 1, \"domains\": [\"a\"], \"alpha\": [1]}\n"
+                                 "{\"step\": 2, \"domains\": [\"a\"], \"alpha\": [1e999]}\n");
+  const auto e = error_of([&] { (void)doremi::read_weight_trajectory(p); });
+  CHECK(has(e, p.string() + ":2"));
 }
