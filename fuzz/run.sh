@@ -32,9 +32,11 @@ for t in "${TARGETS[@]}"; do
   corpus="$WORK/corpus/$t"
   mkdir -p "$corpus" "$WORK/artifacts/$t"
   log="$WORK/artifacts/$t/log.txt"
+  dict=()
+  case "$t" in safetensors|mmidx|arrow|jsonl) ;; *) dict=(-dict="$SRC/json.dict") ;; esac
   # New inputs go to the first folder (scratch); the seeds are only read.
   if ! (cd "$WORK/artifacts/$t" && DOREMI_FUZZ_TARGET="$t" "$WORK/doremi_fuzz" -max_total_time="$SECONDS_EACH" \
-        -timeout=20 -rss_limit_mb=3072 -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+        -timeout=20 -rss_limit_mb=3072 -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 "${dict[@]}" \
         "$corpus" "$SRC/seeds/$t") >"$log" 2>&1; then
     tail -n 60 "$log"
     echo "fuzz: target $t FAILED (input saved under $WORK/artifacts/$t)"
