@@ -46,13 +46,23 @@ using namespace doremi;
 
 namespace {
 
-fs::path scratch() {
-  static const fs::path dir = [] {
+// A private temporary folder, removed when the fuzzer exits normally.
+struct ScratchDir {
+  fs::path dir;
+  ScratchDir() {
     std::string tmpl = (fs::temp_directory_path() / "doremi-fuzz-XXXXXX").string();
     if (!::mkdtemp(tmpl.data())) std::abort();
-    return fs::path(tmpl);
-  }();
-  return dir;
+    dir = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
+
+const fs::path& scratch() {
+  static const ScratchDir s;
+  return s.dir;
 }
 
 void write(const fs::path& p, std::string_view bytes) {
