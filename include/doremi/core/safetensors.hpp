@@ -341,6 +341,8 @@ class SafetensorsFile {
       header = nlohmann::json::parse(text, text + header_len);
     } catch (const nlohmann::json::parse_error& e) {
       fail("{}: the header is not valid JSON (byte {} of the {}-byte header): {}", file, e.byte, header_len, e.what());
+    } catch (const nlohmann::json::exception& e) {  // a number beyond a double's range
+      fail("{}: the header is not valid JSON: {}", file, e.what());
     }
     if (!header.is_object()) fail("{}: the header is JSON {}, expected an object", file, header.type_name());
 
@@ -348,7 +350,10 @@ class SafetensorsFile {
     const std::uint64_t buffer_len = size_ - 8 - header_len;
     struct Span { std::uint64_t begin, end; const std::string* name; };
     std::vector<Span> spans;
-    for (const auto& [name, value] : header.items()) {
+    for (const auto& item : header.items()) {
+      // (not a structured binding: clang 14 cannot capture one in the lambdas below)
+      const std::string& name = item.key();
+      const nlohmann::json& value = item.value();
       if (name == "__metadata__") {
         if (!value.is_object()) fail("{}: '__metadata__' is JSON {}, expected an object of strings", file, value.type_name());
         for (const auto& [k, v] : value.items()) {
@@ -390,6 +395,9 @@ class SafetensorsFile {
         bad(fmt::format("'data_offsets' is {}, expected [begin, end]", joff.dump()));
       const std::uint64_t begin = count(joff[0], "'data_offsets'"), end = count(joff[1], "'data_offsets'");
       if (end < begin) bad(fmt::format("data_offsets [{}, {}] end before they begin", begin, end));
+      // numel < 2^62 but numel * 8 may wrap: a shape the data region could never hold.
+      if (*numel > std::numeric_limits<std::uint64_t>::max() / dtype_size(*dtype))
+        bad(fmt::format("shape {} of {} needs more than 2^64 bytes", detail::shape_string(shape), dtype_name(*dtype)));
       const std::uint64_t need = *numel * dtype_size(*dtype);
       if (end - begin != need)
         bad(fmt::format("data_offsets [{}, {}] hold {} bytes, but {} {} needs {}", begin, end, end - begin,

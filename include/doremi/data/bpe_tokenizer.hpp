@@ -258,11 +258,11 @@ class BpeTokenizer {
     // Pre-tokenizer.
     const auto pre = j.contains("pre_tokenizer") ? j["pre_tokenizer"] : nlohmann::json();
     const nlohmann::json* byte_level = nullptr;
-    if (pre.is_object() && pre.value("type", "") == "ByteLevel") {
+    if (pre.is_object() && type_of(pre) == "ByteLevel") {
       byte_level = &pre;
-    } else if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers") &&
+    } else if (pre.is_object() && type_of(pre) == "Sequence" && pre.contains("pretokenizers") &&
                pre["pretokenizers"].is_array() && pre["pretokenizers"].size() == 1 &&
-               pre["pretokenizers"][0].is_object() && pre["pretokenizers"][0].value("type", "") == "ByteLevel") {
+               pre["pretokenizers"][0].is_object() && type_of(pre["pretokenizers"][0]) == "ByteLevel") {
       byte_level = &pre["pretokenizers"][0];
     } else {
       ld.bad("pre_tokenizer", "is {}, only ByteLevel is supported", pre.dump().substr(0, 200));
@@ -273,7 +273,7 @@ class BpeTokenizer {
 
     for (const char* key : {"post_processor", "decoder"}) {
       if (!j.contains(key) || j[key].is_null()) continue;
-      if (!j[key].is_object() || j[key].value("type", "") != "ByteLevel")
+      if (!j[key].is_object() || type_of(j[key]) != "ByteLevel")
         ld.bad(key, "is {}, only ByteLevel or null is supported", j[key].dump().substr(0, 200));
     }
 
@@ -433,6 +433,13 @@ class BpeTokenizer {
     std::vector<AddedToken> added;
   };
 
+  // The "type" string of a component object ("" when absent, not a string, or not an object).
+  static std::string type_of(const nlohmann::json& o) {
+    if (!o.is_object()) return "";
+    const auto it = o.find("type");
+    return it != o.end() && it->is_string() ? it->get<std::string>() : "";
+  }
+
   // Builds a Model; every error names the file and the field.
   struct Loader {
     explicit Loader(std::string f) : file(std::move(f)), m(std::make_shared<Model>()) {}
@@ -482,6 +489,15 @@ class BpeTokenizer {
     }
     void load_vocab(const nlohmann::json& vocab, std::string_view where) {
       if (!vocab.is_object()) bad(where, "is not an object of token: id");
+      // The id tables are sized by the largest id: a few bytes of JSON must not
+      // claim gigabytes ({"a": 16777215}). Real vocabularies are dense; up to
+      // 65536 unused ids are accepted.
+      std::int64_t max_id = -1;
+      for (auto it = vocab.begin(); it != vocab.end(); ++it)
+        max_id = std::max<std::int64_t>(max_id, id_value(it.value(), fmt::format("{}[\"{}\"]", where, it.key())));
+      if (max_id >= std::int64_t(vocab.size()) + 65536)
+        bad(where, "its largest id is {} but it has only {} entries; more than 65536 ids would be unused", max_id,
+            vocab.size());
       m->token_ids.reserve(vocab.size() * 2);
       for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         const std::string field = fmt::format("{}[\"{}\"]", where, it.key());
@@ -516,7 +532,7 @@ class BpeTokenizer {
     }
     void load_normalizer(const nlohmann::json& n, std::string_view where) {
       if (n.is_null()) return;
-      const std::string type = n.is_object() ? n.value("type", "") : "";
+      const std::string type = type_of(n);
       if (type == "NFC") {
         m->nfc = true;
       } else if (type == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array()) {

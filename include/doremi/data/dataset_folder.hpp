@@ -60,10 +60,31 @@ inline DatasetFolder open_dataset_folder(const std::filesystem::path& root, cons
   DatasetFolder out;
   if (!std::filesystem::is_directory(root)) fail("dataset folder {} does not exist", root.string());
   if (std::filesystem::exists(root / "manifest.json")) {
-    out.manifest = read_json_file(root / "manifest.json");
+    const auto manifest_path = root / "manifest.json";
+    const std::string where = manifest_path.string();
+    out.manifest = read_json_file(manifest_path);
+    const auto& m = out.manifest;
+    if (!m.is_object()) fail("{}: expected a JSON object, got {}", where, detail::json_excerpt(m));
+    if (const auto format = json_field_or<std::string>(m, "format", "doremi-preprocessed-1", where);
+        format != "doremi-preprocessed-1")
+      fail("{}: field 'format' is \"{}\", expected \"doremi-preprocessed-1\"", where, format);
+    // What the shards must agree with: ids below vocab_size (checked on every
+    // read, naming the shard), and the token dtype preprocess chose for it.
+    IndexedDatasetOptions options;
+    options.vocab_size = json_field_or<std::int64_t>(m, "vocab_size", 0, where);
+    if (options.vocab_size < 0 || options.vocab_size > (std::int64_t(1) << 31))
+      fail("{}: field 'vocab_size' is {}, expected an integer in [1, 2^31]", where, options.vocab_size);
+    const auto token_dtype = json_field_or<std::string>(m, "token_dtype", "", where);
+    const auto domains_it = m.find("domains");
+    if (domains_it == m.end() || !domains_it->is_object())
+      fail("{}: field 'domains' must be an object {{domain: {{split: counts}}}} (got {})", where,
+           domains_it == m.end() ? "nothing" : detail::json_excerpt(*domains_it));
     std::vector<std::string> available;
-    for (const auto& [name, entry] : out.manifest.at("domains").items())
+    for (const auto& [name, entry] : domains_it->items()) {
+      if (!entry.is_object())
+        fail("{}: field 'domains.{}' is {}, expected an object", where, name, detail::json_excerpt(entry));
       if (entry.contains(split)) available.push_back(name);
+    }
     std::sort(available.begin(), available.end());
     std::vector<std::string> chosen = domains.empty() ? available : domains;
     std::sort(chosen.begin(), chosen.end());
@@ -73,12 +94,16 @@ inline DatasetFolder open_dataset_folder(const std::filesystem::path& root, cons
              fmt::join(available, ", "));
       out.domains.push_back(d);
       // The folder as the manifest records it; manifests without one predate the escaping.
-      const auto& entry = out.manifest.at("domains").at(d);
-      std::string folder = detail::legacy_domain_folder(d);
-      if (entry.contains("folder") && entry.at("folder").is_string()) folder = entry.at("folder").get<std::string>();
+      const auto folder = json_field_or<std::string>(domains_it->at(d), "folder", detail::legacy_domain_folder(d), where);
       if (folder.empty() || folder == "." || folder == ".." || folder.find('/') != std::string::npos)
-        fail("{}: domain '{}' has an invalid folder name '{}'", (root / "manifest.json").string(), d, folder);
-      out.sources.emplace_back(IndexedSource(preprocessed_shards(root, split, d, folder)));
+        fail("{}: domain '{}' has an invalid folder name '{}'", where, d, folder);
+      IndexedSource source(preprocessed_shards(root, split, d, folder), options);
+      for (const auto& shard : source.shards())
+        if (!token_dtype.empty() && token_dtype_name(shard.dtype()) != token_dtype)
+          fail("{}: shard {} holds {} tokens, but {} says token_dtype \"{}\" (the shard belongs to another "
+               "preprocessing run or tokenizer)",
+               root.string(), shard.idx_path().string(), token_dtype_name(shard.dtype()), where, token_dtype);
+      out.sources.emplace_back(std::move(source));
     }
     return out;
   }

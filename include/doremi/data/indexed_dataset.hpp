@@ -286,6 +286,11 @@ class IndexedDataset {
       fail("{}: {} bytes is not a multiple of the {}-byte {} tokens that {} declares", bin, bin_bytes, elem_,
            token_dtype_name(dtype_), idx);
 
+    // The writers (Megatron-LM, GPT-NeoX, this library) store the sequences
+    // back to back: sequence i starts where i - 1 ends and the last one ends
+    // at the end of the .bin. A well-formed index with the wrong dtype or
+    // wrong lengths breaks that chain, so it is checked, not only the bounds.
+    std::uint64_t expected_ptr = 0;
     for (std::uint64_t i = 0; i < sequences_; ++i) {
       const auto ptr = detail::load_le<std::int64_t>(idx_.data() + pointers_at_ + 8 * i);
       const auto bytes = std::uint64_t(size_at(i)) * elem_;
@@ -294,7 +299,17 @@ class IndexedDataset {
         fail("{}: sequence {} ({} tokens at byte {}) ends at byte {}, beyond the end of {} ({} bytes): the .bin "
              "is truncated or belongs to another index",
              idx, i, size_at(i), ptr, std::uint64_t(ptr) + bytes, bin, bin_bytes);
+      if (std::uint64_t(ptr) != expected_ptr)
+        fail("{}: sequence {} starts at byte {} of {}, expected {} (where sequence {} ends, at {} {} tokens): the "
+             "index's dtype or lengths do not match the .bin",
+             idx, i, ptr, bin, expected_ptr, i == 0 ? std::string("-") : std::to_string(i - 1),
+             token_dtype_size(dtype_), token_dtype_name(dtype_));
+      expected_ptr += bytes;
     }
+    if (expected_ptr != bin_bytes)
+      fail("{}: the {} sequences hold {} bytes of {} tokens, but {} has {} bytes: the index's dtype or lengths do "
+           "not match the .bin",
+           idx, sequences_, expected_ptr, token_dtype_name(dtype_), bin, bin_bytes);
     std::int64_t prev = 0;
     for (std::uint64_t d = 0; d < doc_entries_; ++d) {
       const auto b = detail::load_le<std::int64_t>(idx_.data() + docs_at_ + 8 * d);

@@ -24,6 +24,7 @@
 // `fail_on_bad_document`.
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -97,6 +98,10 @@ class LineReader {
   LineReader(const LineReader&) = delete;
   LineReader& operator=(const LineReader&) = delete;
 
+  // Longer lines are an error (no real document is that large; a corrupt or
+  // malicious .zst could otherwise decompress into all of memory).
+  static constexpr std::size_t max_line_bytes = std::size_t(256) << 20;
+
   // False at the end of the file. A final line without '\n' is returned.
   bool next(std::string& line) {
     line.clear();
@@ -109,6 +114,10 @@ class LineReader {
       }
       pending_.erase(0, pos_);
       pos_ = 0;
+      if (pending_.size() > max_line_bytes)  // a compressed file can expand without bound
+        fail("preprocess: {}: a line longer than {} MiB (before byte {} of the file); JSONL holds one document "
+             "per line",
+             path_.string(), max_line_bytes >> 20, consumed_);
       if (!fill()) {
         if (pending_.empty()) return false;
         line.swap(pending_);
@@ -289,6 +298,7 @@ PreprocessReport preprocess(const PreprocessConfig& cfg, const Tok& tokenizer) {
     struct Doc {
       std::string raw, where, domain, problem;
       std::vector<std::int32_t> ids;
+      std::exception_ptr error;  // not a document problem (out of memory, ...): rethrown after the block
     };
     std::vector<Doc> block;
     auto process_block = [&](bool json) {
@@ -326,10 +336,14 @@ PreprocessReport preprocess(const PreprocessConfig& cfg, const Tok& tokenizer) {
           d.ids.push_back(eot);
         } catch (const Error& e) {
           d.problem = std::string(e.what()).find("UTF-8") != std::string::npos ? "invalid UTF-8" : "tokenizer error";
+        } catch (...) {  // an exception must not leave the OpenMP region (std::terminate)
+          d.error = std::current_exception();
         }
         d.raw.clear();
         d.raw.shrink_to_fit();
       }
+      for (Doc& d : block)
+        if (d.error) std::rethrow_exception(d.error);
       for (Doc& d : block) {
         const bool validation = Philox::uniform(cfg.seed, in_index, doc_index++) < cfg.validation_share;
         if (!d.problem.empty()) {
@@ -408,17 +422,23 @@ PreprocessReport preprocess(const PreprocessConfig& cfg, const Tok& tokenizer) {
   // The manifest sums the progress records of every input.
   nlohmann::json domains = nlohmann::json::object(), skipped = nlohmann::json::object();
   for (std::size_t i = 0; i < cfg.inputs.size(); ++i) {
-    const auto rec = read_json_file(cfg.output / ".progress" / (detail::input_id(i, cfg.inputs[i]) + ".json"));
-    for (const auto& [domain, splits] : rec.at("domains").items())
-      for (const auto& [split, e] : splits.items()) {
-        auto& t = domains[domain][split];
-        if (t.is_null()) t = nlohmann::json::object();
-        for (const char* k : {"documents", "tokens", "sequences", "pack_chunks", "nopack_chunks"})
-          t[k] = t.value(k, std::uint64_t(0)) + e.at(k).template get<std::uint64_t>();
-        domains[domain]["folder"] = e.at("folder");
-      }
-    for (const auto& [kind, v] : rec.at("skipped").items())
-      skipped[kind] = skipped.value(kind, std::uint64_t(0)) + v.at("count").template get<std::uint64_t>();
+    const auto rec_path = cfg.output / ".progress" / (detail::input_id(i, cfg.inputs[i]) + ".json");
+    const auto rec = read_json_file(rec_path);
+    try {  // written by this function; a record edited or damaged since is an error naming it
+      for (const auto& [domain, splits] : rec.at("domains").items())
+        for (const auto& [split, e] : splits.items()) {
+          auto& t = domains[domain][split];
+          if (t.is_null()) t = nlohmann::json::object();
+          for (const char* k : {"documents", "tokens", "sequences", "pack_chunks", "nopack_chunks"})
+            t[k] = t.value(k, std::uint64_t(0)) + e.at(k).template get<std::uint64_t>();
+          domains[domain]["folder"] = e.at("folder");
+        }
+      for (const auto& [kind, v] : rec.at("skipped").items())
+        skipped[kind] = skipped.value(kind, std::uint64_t(0)) + v.at("count").template get<std::uint64_t>();
+    } catch (const nlohmann::json::exception& e) {
+      fail("preprocess: progress record {} is damaged ({}); delete it to preprocess that input again",
+           rec_path.string(), e.what());
+    }
   }
   report.manifest = {{"format", "doremi-preprocessed-1"},
                      {"seq_len", cfg.seq_len},

@@ -83,6 +83,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -95,6 +96,7 @@
 #include <nlohmann/json.hpp>
 
 #include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
 #include "doremi/core/rng.hpp"
 #include "doremi/data/batch.hpp"
 #include "doremi/data/domain_config.hpp"
@@ -559,7 +561,7 @@ class WeightedDomainSampler {
 
     State parse_state(const nlohmann::json& j) const {
       constexpr std::string_view where = "WeightedDomainSampler::restore";
-      if (!j.is_object() || j.value("kind", std::string()) != "weighted_domain_sampler")
+      if (!j.is_object() || !j.contains("kind") || j.at("kind") != "weighted_domain_sampler")
         fail("{}: not a weighted domain sampler state (field 'kind' must be \"weighted_domain_sampler\"): {:.200}",
              where, j.dump());
       auto field = [&](const nlohmann::json& o, const char* key, const std::string& path) -> const nlohmann::json& {
@@ -618,6 +620,8 @@ class WeightedDomainSampler {
           fail("{}: domain '{}': epoch {} and cursor {} disagree with count {} over {} units", where, names[i],
                d.at("epoch").dump(), d.at("cursor").dump(), c, units[i]);
         if (units[i] == 0 && c != 0) fail("{}: domain '{}' is empty but field '{}count' is {}", where, names[i], path, c);
+        if (c > std::numeric_limits<std::uint64_t>::max() - total)  // the sum must not wrap to match 'drawn'
+          fail("{}: the domains' counts sum past 2^64 (domain '{}' has {})", where, names[i], c);
         s.counts.push_back(c);
         total += c;
         s.weights.push_back(number(d, "weight", path));

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
 #include "doremi/core/rng.hpp"
 #include "doremi/data/batch.hpp"
 
@@ -46,10 +47,11 @@ class WindowSampler {
 
   nlohmann::json state() const { return {{"kind", "window"}, {"step", step_}, {"seed", seed_}}; }
   void restore(const nlohmann::json& s) {
-    if (!s.is_object() || s.value("kind", "") != "window" || !s.contains("step"))
-      fail("WindowSampler: sampler state {} is not a window sampler's state", s.dump());
-    step_ = s.at("step").get<std::uint64_t>();
-    seed_ = s.value("seed", seed_);
+    if (!s.is_object() || !s.contains("kind") || s.at("kind") != "window" || !s.contains("step"))
+      fail("WindowSampler: sampler state {} is not a window sampler's state", detail::json_excerpt(s));
+    const auto step = json_field<std::uint64_t>(s, "step", "WindowSampler state");
+    seed_ = json_field_or<std::uint64_t>(s, "seed", seed_, "WindowSampler state");
+    step_ = step;
   }
 
  private:

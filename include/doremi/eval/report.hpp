@@ -713,6 +713,8 @@ inline WeightTrajectory read_weight_trajectory(const std::filesystem::path& path
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
       fail("{}:{}: invalid JSON at column {}: {}", path.string(), lineno, e.byte, e.what());
+    } catch (const nlohmann::json::exception& e) {  // a number beyond a double's range
+      fail("{}:{}: invalid JSON: {}", path.string(), lineno, e.what());
     }
     if (!j.is_object()) fail("{}:{}: expected a JSON object, got {}", path.string(), lineno, j.type_name());
     const auto step = j.find("step");

@@ -154,6 +154,7 @@ void check_hf_config(const nlohmann::json& j, const std::filesystem::path& file)
       if (!v) return;
       any = true;
       const double pct = r.number(field, *v);
+      if (!(pct >= 0 && pct <= 1)) r.wrong_type(field, *v, "a share in [0, 1]");  // (and int() below stays defined)
       if (int(Cfg::head_dim * pct) != Cfg::rotary_dim)
         r.mismatch(field, fmt::format("{} ({} of {} head dims rotary)", Cfg::spec.rotary_pct, Cfg::rotary_dim, Cfg::head_dim),
                    v->dump());

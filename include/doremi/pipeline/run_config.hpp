@@ -156,12 +156,10 @@ struct RunConfig {
  private:
   template <class T>
   static void read_field(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+    // Type and range checked: a wrong type, a fraction for an integer or a
+    // number out of the field's range is an error naming the field and value.
     if (!j.contains(key)) return;
-    try {
-      j.at(key).get_to(out);
-    } catch (const nlohmann::json::exception&) {
-      fail("{}: field '{}' has the wrong type ({})", where, key, j.at(key).dump());
-    }
+    out = json_as<T>(j.at(key), where, key);
   }
   static void check_known_fields(const nlohmann::json& j, const std::set<std::string>& known, const std::string& where) {
     for (const auto& [key, _] : j.items())

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "doremi/core/error.hpp"
+#include "doremi/core/json.hpp"
 
 namespace doremi {
 
@@ -114,14 +115,44 @@ class DomainWeights {
     return {{"domains", names_}, {"alpha", alpha_},     {"scores", scores_},
             {"average", average_}, {"count", count_},   {"sampling", sampling_}};
   }
+  // Checks the whole state before changing anything: the domains must be
+  // this run's, every array must hold one finite entry per domain, α and ᾱ
+  // must be distributions, count >= 1. Errors name the field and the value.
   void restore(const nlohmann::json& j) {
-    if (!j.is_object() || j.value("domains", std::vector<std::string>{}) != names_)
+    constexpr std::string_view where = "DomainWeights: the saved DRO state";
+    if (!j.is_object() || j.value("domains", nlohmann::json()) != nlohmann::json(names_))
       fail("DomainWeights: the saved DRO state is for domains {} but this run has {}",
-           j.is_object() && j.contains("domains") ? j.at("domains").dump() : "none", nlohmann::json(names_).dump());
-    alpha_ = j.at("alpha").get<std::vector<double>>();
-    scores_ = j.at("scores").get<std::vector<double>>();
-    average_ = j.at("average").get<std::vector<double>>();
-    count_ = j.at("count").get<long>();
+           j.is_object() && j.contains("domains") ? detail::json_excerpt(j.at("domains")) : "none",
+           nlohmann::json(names_).dump());
+    auto array = [&](const char* key) {
+      auto v = json_field<std::vector<double>>(j, key, where);
+      if (v.size() != names_.size())
+        fail("{}: field '{}' has {} entries, but there are {} domains", where, key, v.size(), names_.size());
+      return v;
+    };
+    auto distribution = [&](const char* key) {
+      auto v = array(key);
+      double sum = 0;
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        if (v[i] < 0 || v[i] > 1) fail("{}: field '{}[{}]' is {}, expected a weight in [0, 1]", where, key, i, v[i]);
+        sum += v[i];
+      }
+      if (std::fabs(sum - 1.0) > 1e-6) fail("{}: field '{}' sums to {}, expected 1", where, key, sum);
+      return v;
+    };
+    auto alpha = distribution("alpha");
+    auto scores = array("scores");
+    auto average = distribution("average");
+    const long count = json_field<long>(j, "count", where);
+    if (count < 1) fail("{}: field 'count' is {}, expected >= 1", where, count);
+    for (std::size_t i = 0; i < names_.size(); ++i)
+      if (sampling_[i] == 0 && alpha[i] > 0)
+        fail("{}: domain '{}' has weight {} in field 'alpha' but sampling weight 0 in this run", where, names_[i],
+             alpha[i]);
+    alpha_ = std::move(alpha);
+    scores_ = std::move(scores);
+    average_ = std::move(average);
+    count_ = count;
   }
 
  private:

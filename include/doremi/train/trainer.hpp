@@ -45,6 +45,7 @@
 #include "doremi/optim/adamw.hpp"
 #include "doremi/optim/clip.hpp"
 #include "doremi/optim/schedule.hpp"
+#include "doremi/train/trainer_state.hpp"
 
 namespace doremi {
 
@@ -289,10 +290,7 @@ class TrainerBase {
   // Restores model, optimizer, sampler, step and the derived trainer's state.
   void load_checkpoint(const std::filesystem::path& dir) {
     const auto state_path = dir / "trainer_state.json";
-    const nlohmann::json state = read_json_file(state_path);
-    if (state.value("format", "") != "doremi-trainer-1" || !state.contains("step") || !state.contains("sampler"))
-      fail("load_checkpoint: {} is not a doremi trainer state (format doremi-trainer-1 with step and sampler)",
-           state_path.string());
+    const TrainerState state = parse_trainer_state(read_json_file(state_path), state_path.string());
     load_model(model_, dir);
     const SafetensorsFile opt(dir / "optimizer.safetensors");
     const std::vector<std::int64_t> shape{std::int64_t(adam_.size())};
@@ -302,10 +300,10 @@ class TrainerBase {
     const auto& meta = opt.metadata();
     const auto it = meta.find("steps");
     if (it == meta.end()) fail("load_checkpoint: {} has no 'steps' metadata", (dir / "optimizer.safetensors").string());
-    adam_.restore(m, v, std::stoll(it->second));
-    sampler_.restore(state.at("sampler"));
-    derived().restore_extra_state(state.value("extra", nlohmann::json::object()));
-    step_ = state.at("step").get<long>();
+    adam_.restore(m, v, parse_optimizer_steps(it->second, (dir / "optimizer.safetensors").string()));
+    sampler_.restore(state.sampler);
+    derived().restore_extra_state(state.extra);
+    step_ = state.step;
     if (comm_.is_root()) truncate_metrics();
   }
 
@@ -335,8 +333,9 @@ class TrainerBase {
     std::string kept, line;
     while (std::getline(in, line)) {
       const auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded()) continue;  // a line cut short by the interruption
-      if (j.value("step", 0L) <= step_) kept += line + "\n";
+      if (j.is_discarded() || !j.is_object()) continue;  // a line cut short by the interruption
+      const auto it = j.find("step");
+      if (it == j.end() || !it->is_number_integer() || it->get<std::int64_t>() <= step_) kept += line + "\n";
     }
     write_file_atomic(path, kept);
   }
