@@ -1,6 +1,6 @@
 #pragma once
-// DROTrainer<Model, Sampler, Reference>: the DoReMi proxy (doremi.md,
-// Algorithm 1). Each optimisation step:
+// DROTrainer<Model, Sampler, Reference>: the DoReMi proxy
+// (docs/algorithm.md, "The domain-weight update"). Each optimisation step:
 //   1. draws the step's micro-batches (the sampler uses the sampling weights);
 //   2. runs the frozen reference and the proxy on the same tokens;
 //   3–6. turns the clipped per-token excess losses of *all* micro-batches into
