@@ -1,4 +1,4 @@
-// Parity of whole DRO steps with a PyTorch twin (doremi.md, Algorithm 1).
+// Parity of whole DRO steps with a PyTorch twin (docs/algorithm.md, "The domain-weight update").
 //
 // The library trains a small reference model (plain Trainer), saves it and a
 // freshly initialised proxy with save_model, writes 24 steps of batches (4
