@@ -9,23 +9,15 @@
 //      importance-corrected by the sampling weights, normalised by the step's
 //      total weight, and takes the AdamW step (via TrainerBase).
 //
-// Exact accumulation. The public implementation updates α lazily per
-// micro-batch, so k−1 of k micro-batches use stale weights. Here one update
-// uses the scores of all micro-batches, and every token's loss is weighted
-// with that same updated α: k micro-batches give the same α trajectory and
-// parameters as one batch k times larger (up to float rounding). Without a
-// second forward per micro-batch: a sequence's gradient scales with its
-// domain's weight, so the step's sequences are regrouped by domain into passes
-// of at most one micro-batch each, and every pass runs its backward at once
-// with unit weights. When a domain's passes are done its score λᵢ, hence its
-// logit ℓᵢ = log αᵢ + η·λᵢ, is known, and its gradient gᵢ joins two running
-// sums, A = Σ gᵢ/sᵢ and B = Σ exp(ℓᵢ − m)·gᵢ/sᵢ (m: the largest logit so far).
-// After the update, αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k gives the step's
-// gradient Σ (αᵢ/sᵢ)·gᵢ / Σ (αᵢ/sᵢ)·nᵢ from A and B alone. Cost: two extra
-// gradient-sized buffers and a few passes over them per domain, instead of
-// k−1 extra proxy forwards per step. (Data-parallel ranks, taking the
-// domains in id order as here, would all-reduce each domain's totals before
-// its logit, and the combined gradient once.)
+// Exact accumulation (docs/algorithm.md, "Improvements over the public
+// implementation"): one update uses the scores of all micro-batches and every
+// token's loss is weighted with that same updated α, so k micro-batches give
+// the same α trajectory and parameters as one batch k times larger (up to
+// float rounding), without a second forward. The step's sequences run in
+// passes of one domain (at most a micro-batch each) with unit weights; each
+// domain's gradient gᵢ joins A = Σ gᵢ/sᵢ and B = Σ exp(ℓᵢ − m)·gᵢ/sᵢ (ℓᵢ its
+// logit, m the largest so far), from which the weighted gradient follows once
+// α is known.
 //
 //   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
 //   dro.run();
