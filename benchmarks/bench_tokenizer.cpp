@@ -137,8 +137,13 @@ void cut_documents(const std::string& text, Rng& r, std::vector<std::string>& do
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Default: the GPT-NeoX-20B fixture of the tests' fixture folder (CMake's DOREMI_SHARED_DIR).
+#ifdef DOREMI_SHARED_DIR
   std::string tokenizer =
-      (fs::path(DOREMI_BENCH_DIR) / "../../shared/fixtures/tokenizers/gpt-neox-20b/tokenizer.json").lexically_normal();
+      (fs::path(DOREMI_SHARED_DIR) / "fixtures/tokenizers/gpt-neox-20b/tokenizer.json").lexically_normal();
+#else
+  std::string tokenizer;
+#endif
   std::string python = "/usr/bin/python3";
   int reps = 5;
   double mb = 3.0;
@@ -148,6 +153,11 @@ int main(int argc, char** argv) {
     else if (a == "--python") python = argv[i + 1];
     else if (a == "--reps") reps = std::max(1, std::atoi(argv[i + 1]));
     else if (a == "--mb") mb = std::atof(argv[i + 1]);
+  }
+
+  if (tokenizer.empty() || !fs::exists(tokenizer)) {
+    fmt::print("no tokenizer.json at '{}': pass --tokenizer PATH\n", tokenizer);
+    return 1;
   }
 
   // The documents.

@@ -292,7 +292,7 @@ def main():
     k = args.domains
     domain = (torch.arange(B) % k).to(dev)  # round robin, as bench_gpu_step
 
-    # DoReMi state (doremi.md; include/doremi/train/domain_weights.hpp), on the device.
+    # DoReMi state (docs/algorithm.md; include/doremi/train/domain_weights.hpp), on the device.
     f64 = torch.float64
     alpha = torch.full((k,), 1.0 / k, dtype=f64, device=dev)
     sampling = torch.full((k,), 1.0 / k, dtype=f64, device=dev)

@@ -32,10 +32,7 @@ std::vector<double> direct_update(const std::vector<double>& a, const std::vecto
 
 // Three domains of known character: real text, random bytes, a repeated phrase.
 std::vector<Batch> make_batches(int count, int B, int T) {
-  std::ifstream in(test::source_dir() / "examples/data/licenses.txt", std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const auto text = ByteTokenizer{}.encode(ss.str());
+  const auto text = test::licenses_tokens();
   std::vector<Batch> out;
   for (int n = 0; n < count; ++n) {
     Batch b;

@@ -1,4 +1,4 @@
-// Parity of whole DRO steps with a PyTorch twin (doremi.md, Algorithm 1).
+// Parity of whole DRO steps with a PyTorch twin (docs/algorithm.md, "The domain-weight update").
 //
 // The library trains a small reference model (plain Trainer), saves it and a
 // freshly initialised proxy with save_model, writes 24 steps of batches (4
@@ -74,10 +74,7 @@ int draw_domain(std::uint64_t seed, std::uint64_t n, std::uint64_t r) {
 // repeated phrase. About a quarter of the rows are shorter documents whose
 // tail targets are padding (-1).
 std::vector<Batch> make_batches(std::uint64_t seed, int count, int B, int T) {
-  std::ifstream in(test::source_dir() / "examples/data/licenses.txt", std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const auto text = ByteTokenizer{}.encode(ss.str());
+  const auto text = test::licenses_tokens();
   REQUIRE(text.size() > std::size_t(T) + 1);
   static const char* phrases[] = {"abcabd ", "the cat sat. ", "xyzzy! "};
   std::vector<Batch> out;

@@ -370,3 +370,20 @@ TEST_CASE("cpu layernorm pair: two LayerNorms of one input in one pass equal two
   CHECK(pdw2 == dw2);
   CHECK(pdb2 == db2);
 }
+
+namespace backend_concept_check {
+// A tag with backend::Cpu's members but outside namespace doremi::backend, so
+// argument-dependent lookup finds none of the layer functions: not a backend.
+struct NoLayers {
+  static constexpr const char* name = "none";
+  template <class T>
+  using Buffer = doremi::backend::Cpu::Buffer<T>;
+  static constexpr bool host_memory = true;
+  template <doremi::MatmulPrecision P, class T>
+  using operand = T;
+};
+static_assert(doremi::backend::ModelBackend<doremi::backend::Cpu, doremi::presets::Tiny<float>>);
+static_assert(doremi::backend::OptimizerBackend<doremi::backend::Cpu, double>);
+static_assert(!doremi::backend::Backend<NoLayers>);
+static_assert(!doremi::backend::ModelBackend<NoLayers, doremi::presets::Tiny<float>>);
+}  // namespace backend_concept_check

@@ -578,7 +578,7 @@ TEST_CASE("baseline weights: pack and nopack counts times epochs, by hand") {
   CHECK(plain[0] == doctest::Approx(3.0 / 8));
   auto custom = weights_by_size(names, {2, 4}, nlohmann::json{{"Pile-CC", 3.0}});  // Wikipedia defaults to 1
   CHECK(custom[0] == doctest::Approx(0.6));
-  // The table: 22 sorted names, with the epochs doremi.md lists.
+  // The table: 22 sorted names, with the epochs docs/algorithm.md lists.
   CHECK(pile_domains.size() == 22);
   CHECK(std::is_sorted(pile_domains.begin(), pile_domains.end(),
                        [](const PileDomain& a, const PileDomain& b) { return a.name < b.name; }));

@@ -20,13 +20,7 @@ namespace {
 using namespace doremi;
 using Tiny = presets::Tiny<float>;
 
-std::vector<std::int32_t> corpus() {
-  std::ifstream in(test::source_dir() / "examples/data/licenses.txt", std::ios::binary);
-  REQUIRE(in);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return ByteTokenizer{}.encode(s.str());
-}
+std::vector<std::int32_t> corpus() { return test::licenses_tokens(); }
 
 TrainConfig small_config(long steps) {
   TrainConfig c;

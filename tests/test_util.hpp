@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -17,6 +18,7 @@
 
 #include "doremi/core/error.hpp"
 #include "doremi/data/batch.hpp"
+#include "doremi/data/byte_tokenizer.hpp"
 
 namespace doremi::test {
 
@@ -102,5 +104,15 @@ inline void write_bytes(const std::filesystem::path& p, std::string_view bytes) 
 
 inline std::filesystem::path source_dir() { return DOREMI_SOURCE_DIR; }
 inline std::filesystem::path shared_dir() { return DOREMI_SHARED_DIR; }
+
+// The repository's licence texts (examples/data/licenses.txt, about 60 KB of
+// English prose) as byte-tokenizer ids: the tests' real-text domain.
+inline std::vector<std::int32_t> licenses_tokens() {
+  const std::filesystem::path path = source_dir() / "examples/data/licenses.txt";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) doremi::fail("test fixture {} is missing", path.string());
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return doremi::ByteTokenizer{}.encode(text);
+}
 
 }  // namespace doremi::test

@@ -20,7 +20,7 @@ STEPS = 5
 LRS = [1e-3, 5e-2, 2e-2, 1e-1, 3e-3]
 
 CONFIGS = [
-    # The public 120M run's hyper-parameters (doremi.md).
+    # The public 120M run's hyper-parameters (docs/algorithm.md).
     dict(lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.01),
     # Stronger decay and other betas, so every term shows in the result.
     dict(lr=1e-3, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.3),

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""A PyTorch twin of the library's DRO proxy run (doremi.md, Algorithm 1).
+"""A PyTorch twin of the library's DRO proxy run (docs/algorithm.md, "The domain-weight update").
 
 usage: dro_parity.py DIR [--rtol 1e-4] [--score-floor 1e-3] [--threads 2] [--perturb NAME] [--quiet]
 
@@ -65,7 +65,7 @@ PERTURBATIONS = ("none", "stale-alpha", "no-importance", "token-mean", "zero-abs
 
 
 def spec_lr(step, sched):
-    """doremi.md's schedules (0-based step about to be taken)."""
+    """docs/algorithm.md's schedules (0-based step about to be taken)."""
     kind = sched["kind"]
     peak, end = float(sched["peak_lr"]), float(sched["end_lr"])
     w, T = int(sched["warmup_steps"]), int(sched["total_steps"])

@@ -17,4 +17,4 @@
 // calls (upload/download/fill, the layers, adamw_step, global_grad_norm) to
 // these overloads by argument-dependent lookup; include order does not matter.
 // MatmulPrecision::bf16 models keep what only feeds products in bf16
-// (Cuda::operand); the other activations stay fp32 (issue 4: bf16 there too).
+// (Cuda::operand); the other activations stay fp32.

@@ -8,7 +8,7 @@
 #include <type_traits>
 
 #include "doremi/core/hostdevice.hpp"
-#include "doremi/model/config.hpp"
+#include "doremi/backend/types.hpp"
 
 namespace doremi::backend {
 
@@ -65,8 +65,8 @@ DOREMI_HD void rotate(T& x1, T& x2, T c, T s) {
 template <class T>
 DOREMI_HD void rotate_back(T& x1, T& x2, T c, T s) { rotate(x1, x2, c, -s); }
 
-// The DRO step's excess loss of one token, max(ℓ_θ − ℓ_ref, 0) (doremi.md,
-// step 3); a NaN stays NaN, so a diverged model cannot pass for a good one.
+// The DRO step's excess loss of one token, max(ℓ_θ − ℓ_ref, 0)
+// (docs/algorithm.md, "The domain-weight update"); a NaN stays NaN, so a diverged model cannot pass for a good one.
 DOREMI_HD double excess_loss(double proxy, double ref) {
   const double d = proxy - ref;
   return d < 0 ? 0.0 : d;

@@ -327,6 +327,8 @@ class SafetensorsFile {
   }
 
  private:
+  // Long on purpose: one check after another down the header's fields, each
+  // with its own message; splitting it would only scatter the list.
   void parse_header() {
     const std::string file = path_.string();
     const auto header_len = detail::load_unaligned<std::uint64_t>(data_);

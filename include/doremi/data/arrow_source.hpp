@@ -340,6 +340,8 @@ inline ColumnPlan plan_column(const FlatBuffer& fb, const FlatBuffer::Table& sch
 }
 
 // Indexes one .arrow stream file: appends its non-empty record batches.
+// Long on purpose: a loop over the stream's messages, each checked against
+// the format with its own message.
 inline void index_stream(const MappedFile& mf, std::uint32_t file_index, const std::string& column,
                          std::vector<Batch>& batches, std::uint64_t& next_row, std::uint64_t& tokens) {
   const std::string file = mf.path().string();

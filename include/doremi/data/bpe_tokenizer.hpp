@@ -203,6 +203,9 @@ class BpeTokenizer {
     return from_tokenizer_json(path);
   }
 
+  // Long on purpose: tokenizer.json's sections (model, normalizer,
+  // pre-tokenizer, decoder, added tokens) checked in order, each with its
+  // own message; the sections are marked below.
   static BpeTokenizer from_tokenizer_json(const std::filesystem::path& file) {
     const nlohmann::json j = read_json_file(file);
     Loader ld(file.string());

@@ -1,6 +1,6 @@
 #pragma once
-// Domain weights on disk and "by size" reference weights (doremi.md, "Domain
-// config file" and "Reference weights by size").
+// Domain weights on disk and "by size" reference weights (docs/formats.md,
+// "Domain weights"; docs/algorithm.md, "Reference weights by size").
 //
 //   auto cfg = doremi::read_domain_config("configs/pile_baseline.json");
 //   auto names = doremi::select_domains(data.domains, cfg);       // the configured subset, sorted

@@ -237,6 +237,9 @@ struct Problems {
 // `Tok` needs encode(std::string_view) -> std::vector<std::int32_t>,
 // end_of_text_id() and vocab_size(), and must be copyable (one copy per thread).
 template <class Tok>
+// Long on purpose: one pass over the inputs that shares the writers, the
+// per-domain counters and the progress record between its phases (read,
+// tokenize in parallel, write in order, record).
 PreprocessReport preprocess(const PreprocessConfig& cfg, const Tok& tokenizer) {
   namespace fs = std::filesystem;
   cfg.validate();

@@ -4,6 +4,7 @@
 // Character data comes from libutf8proc; classes are cached in a two-level
 // table built on first use (a few milliseconds).
 //
+//   unicode::utf8_sequence_length(s, i) length of the valid character at byte i, or 0
 //   unicode::invalid_utf8_offset(s)     byte offset of the first invalid byte, or npos
 //   unicode::require_utf8(s, what)      throws doremi::Error naming that offset
 //   unicode::decode(s, i)               code point at byte i (valid UTF-8), advances i
@@ -36,8 +37,36 @@ namespace doremi::unicode {
 
 inline constexpr std::size_t npos = std::string_view::npos;
 
+// The library's one UTF-8 validator. The length (1 to 4) of the valid,
+// shortest-form UTF-8 sequence starting at byte i < s.size(), or 0 when the
+// bytes there are none: no overlong forms, no surrogates, nothing above
+// U+10FFFF, no truncated sequence.
+inline std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  const unsigned c = p[i];
+  if (c < 0x80) return 1;
+  std::size_t len;
+  unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) len = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;       // overlong
+    else if (c == 0xED) hi = 0x9F;  // surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;       // overlong
+    else if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+  } else
+    return 0;
+  if (i + 1 >= n || p[i + 1] < lo || p[i + 1] > hi) return 0;
+  for (std::size_t k = 2; k < len; ++k)
+    if (i + k >= n || (p[i + k] & 0xC0) != 0x80) return 0;
+  return len;
+}
+
 // The offset of the first byte that does not start (or continue) a valid
-// UTF-8 sequence: no overlong forms, no surrogates, nothing above U+10FFFF.
+// UTF-8 sequence (utf8_sequence_length), or npos.
 inline std::size_t invalid_utf8_offset(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const std::size_t n = s.size();
@@ -51,27 +80,8 @@ inline std::size_t invalid_utf8_offset(std::string_view s) {
       i += 8;
     }
     if (i >= n) break;
-    const unsigned c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len;
-    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;       // overlong
-      else if (c == 0xED) hi = 0x9F;  // surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;       // overlong
-      else if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
-    } else
-      return i;
-    if (i + 1 >= n || p[i + 1] < lo || p[i + 1] > hi) return i;
-    for (std::size_t k = 2; k < len; ++k)
-      if (i + k >= n || (p[i + k] & 0xC0) != 0x80) return i;
+    const std::size_t len = utf8_sequence_length(s, i);
+    if (len == 0) return i;
     i += len;
   }
   return npos;

@@ -13,68 +13,21 @@
 // source's const read() must be safe while the caller also reads it, since a
 // background thread reads ahead.
 //
-// Sequences → rows (inputs, targets), T positions each:
-//   pack   (default): each source sequence is one unit. A chunk of L ≥ T + 1
-//          tokens gives inputs chunk[0:T], targets chunk[1:T+1]; a chunk of
-//          exactly T tokens (the public runs store 1024-token chunks and let
-//          the model shift labels) gives targets chunk[1:T] and −1 last.
-//          Generally: inputs = chunk[0:min(L,T)], targets = chunk[1:min(L,T+1)],
-//          the rest padded (inputs with `pad_id`, targets with −1); tokens
-//          past T + 1 are not used, so give `nopack` a source of documents.
-//   nopack: each source sequence is a document, cut into pieces that start
-//          every T tokens: piece p has inputs doc[pT : pT+T] and targets
-//          doc[pT+1 : pT+T+1], cut at the document's end and padded. A document
-//          of L tokens has ⌈(L−1)/T⌉ pieces (each with ≥ 1 target token; L ≤ 1
-//          gives none). The unit is (document, piece). This is Σ⌈len/T⌉ of the
-//          "by size" count except for documents with L ≡ 1 (mod T), whose last
-//          piece there would hold one input and no target.
-//
-// Domain choice, for the n-th sequence drawn overall (n counts from 0):
-//   random:        Philox(seed, domain stream, n) → inverse CDF of the weights in
-//                  force. Shares match the weights in expectation.
-//   deterministic: with C_i(n) = Σ_{j<n} w_i(j), the cumulative target (w(j) =
-//                  the weights in force when sequence j was drawn), draw the
-//                  domain that is earliest due: among domains with w_i > 0 and
-//                  count_i < C_i(n+1), the smallest (count_i + 1 − C_i(n+1)) / w_i
-//                  (ties → lowest index). Guarantees, for every n and i:
-//                  (a) count_i(n) < C_i(n) + 1 always, whatever the weight
-//                      changes (no domain is ever a whole sequence ahead);
-//                  (b) if the weights have not changed since the start,
-//                      |count_i(n) − n·w_i| < 1 (the rule is EDF on each
-//                      draw's window, optimal for unit jobs, and Tijdeman's
-//                      chairman-assignment theorem says such a sequence exists);
-//                  (c) a domain is never drawn while its weight is 0.
-//                  After a weight change the lag C_i − count_i can exceed 1
-//                  (with ≥ 3 domains no online rule can prevent it against
-//                  arbitrary changes: the "cup game"); it stays below 1 under
-//                  DRO-sized changes in the tests. Megatron's BlendedDataset
-//                  rule argmax_i(w_i·(n+1) − count_i) satisfies (a) and (c) but
-//                  not (b): weights ∝ (22, 22, 1, 30, 30, 1) lag by 1.0 at n = 53.
-//                  C is kept as a base at the last change plus w·(draws since),
-//                  so its rounding does not grow with the run's length.
-//
-// Order within a domain: unit number k of domain i (k = its count) is
-// π_{i,e}(k mod n_i), e = ⌊k / n_i⌋ the epoch, π a Feistel-network bijection
-// on [0, n_i) keyed by (seed, hash of the domain name, epoch): every epoch is
-// a fresh permutation, nothing is stored per unit, and a domain's order does
-// not depend on which other domains are loaded. Shards combined in one source
-// are one index space permuted as a whole (as random as permuting the shard
-// order and then each shard, and simpler). Changing weights only changes
-// which domain the next draws go to; each domain's cursor continues, so no
-// unit is skipped or repeated within an epoch.
-//
-// State: O(domains) — per domain its count (cursor and epoch follow from it),
-// weight and target base; the draw counter and the seed. Memory: pack mode
-// stores nothing per sequence; nopack stores one u64 prefix sum per 32
-// documents (0.25 bytes per document: ~53 MB for the Pile's ~210M documents),
-// and finds a unit's document by binary search plus at most 32 length() calls.
-//
-// Prefetch: a background thread builds the next batch while the caller
-// trains on the current one. next() hands over the prepared batch and starts
-// the following one; set_weights() and restore() discard a batch prepared
-// from the old state and rebuild, so the stream is identical to a sampler
-// built with prefetch = false. An exception in the worker is rethrown by
-// next() (the sampler's state is then unchanged and the next call retries).
+// Contract (docs/sampler.md gives the rules in full, with their proofs):
+//   rows      pack (default): one source sequence per row, cut to T + 1 tokens;
+//             nopack: each document cut into pieces starting every T tokens.
+//             Missing positions are padded (inputs `pad_id`, targets −1).
+//   domains   random: Philox inverse CDF of the weights in force;
+//             deterministic: the earliest-due domain, so that a domain's count
+//             never exceeds its cumulative target by a whole sequence and,
+//             with fixed weights, stays within 1 of n·w_i; weight 0 is never drawn.
+//   order     within a domain a fresh keyed permutation per epoch (Feistel),
+//             independent of the other domains; changing weights skips and
+//             repeats nothing.
+//   state     O(domains) JSON; nopack keeps one u64 per 32 documents.
+//   prefetch  a background thread prepares the next batch; the stream is
+//             identical to prefetch = false, and a worker's exception is
+//             rethrown by next() with the state unchanged.
 #include <algorithm>
 #include <array>
 #include <atomic>

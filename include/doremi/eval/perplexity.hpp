@@ -1,5 +1,5 @@
 #pragma once
-// Per-domain held-out log-perplexity (doremi.md, "Evaluation"): for each
+// Per-domain held-out log-perplexity (docs/algorithm.md, "Evaluation"): for each
 // domain, the summed token cross-entropy over its validation sequences divided
 // by its number of target tokens; plus the uniform average over domains and
 // the worst case. Sequences are read in order, each cut into consecutive

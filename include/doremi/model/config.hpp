@@ -14,14 +14,12 @@
 #include <string_view>
 #include <type_traits>
 
+#include "doremi/backend/types.hpp"
+
 namespace doremi {
 
-enum class Gelu { exact, tanh };           // erf GELU (Pythia) or tanh approximation (GPT-2)
+// Gelu and MatmulPrecision (backend/types.hpp) are the layer choices a Spec selects.
 enum class Residual { sequential, parallel };  // GPT-2 style or GPT-NeoX's parallel
-// Inputs of the matrix products: the model's scalar type, or bf16 (weights,
-// activations and gradients rounded to bf16 at the product, fp32 accumulation,
-// fp32 master weights and everything else: mixed precision as on GPUs).
-enum class MatmulPrecision { native, bf16 };
 
 // A fixed-capacity name usable inside a structural template argument.
 struct PresetName {
@@ -109,7 +107,7 @@ inline constexpr Spec cpu_bench{.name = "cpu-bench", .n_layer = 4, .n_embd = 256
                                 .n_ctx = 256, .vocab = 50304, .vocab_multiple = 128,
                                 .rotary_pct = 0.0, .tied_embeddings = true,
                                 .residual = Residual::sequential, .gelu = Gelu::tanh};
-// The public DoReMi 120M runs (doremi.md): GPT-NeoX tokenizer, rotary 25 %, tied.
+// The public DoReMi 120M runs (docs/algorithm.md): GPT-NeoX tokenizer, rotary 25 %, tied.
 inline constexpr Spec doremi_120m{.name = "doremi-120m", .n_layer = 12, .n_embd = 768, .n_head = 12,
                                   .n_ctx = 1024, .vocab = 50277, .vocab_multiple = 8,
                                   .rotary_pct = 0.25, .tied_embeddings = true,

@@ -4,6 +4,8 @@
 // the error when the requested one is not among them.
 //
 //   doremi::dispatch_preset<float>(name, [&]<class Cfg>() { Model<Cfg> m; ... });
+#include <array>
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -14,17 +16,44 @@
 
 namespace doremi {
 
-inline constexpr std::string_view preset_names = "tiny, cpu-bench, doremi-120m, gpt2-124m, pythia-70m, pythia-160m";
+// The compiled presets: the one table dispatch_preset, preset_names and
+// preset_for_checkpoint read (a new preset is one entry here).
+inline constexpr std::array compiled_presets{presets::tiny,      presets::cpu_bench,  presets::doremi_120m,
+                                             presets::gpt2_124m, presets::pythia_70m, presets::pythia_160m};
+
+namespace detail {
+constexpr std::size_t preset_names_length() {
+  std::size_t n = 0;
+  for (const Spec& s : compiled_presets) n += s.name.view().size() + 2;
+  return n - 2;
+}
+inline constexpr auto preset_names_text = [] {
+  std::array<char, preset_names_length()> out{};
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < compiled_presets.size(); ++i) {
+    if (i) out[k++] = ',', out[k++] = ' ';
+    for (char c : compiled_presets[i].name.view()) out[k++] = c;
+  }
+  return out;
+}();
+
+// f<Config<compiled_presets[index], Scalar>>().
+template <class Scalar, std::size_t I = 0, class F>
+decltype(auto) dispatch_preset_at(std::size_t index, F& f) {
+  if constexpr (I + 1 < compiled_presets.size()) {
+    if (index != I) return dispatch_preset_at<Scalar, I + 1>(index, f);
+  }
+  return f.template operator()<Config<compiled_presets[I], Scalar>>();
+}
+}  // namespace detail
+
+// "tiny, cpu-bench, ...": the compiled presets' names, for help and errors.
+inline constexpr std::string_view preset_names{detail::preset_names_text.data(), detail::preset_names_text.size()};
 
 template <class Scalar, class F>
 decltype(auto) dispatch_preset(std::string_view name, F&& f) {
-  using namespace presets;
-  if (name == "tiny") return f.template operator()<Tiny<Scalar>>();
-  if (name == "cpu-bench") return f.template operator()<CpuBench<Scalar>>();
-  if (name == "doremi-120m") return f.template operator()<Doremi120M<Scalar>>();
-  if (name == "gpt2-124m") return f.template operator()<Gpt2_124M<Scalar>>();
-  if (name == "pythia-70m") return f.template operator()<Pythia70M<Scalar>>();
-  if (name == "pythia-160m") return f.template operator()<Pythia160M<Scalar>>();
+  for (std::size_t i = 0; i < compiled_presets.size(); ++i)
+    if (name == compiled_presets[i].name.view()) return detail::dispatch_preset_at<Scalar>(i, f);
   fail("unknown model preset '{}' (available: {})", name, preset_names);
 }
 
@@ -34,7 +63,8 @@ inline std::string preset_for_checkpoint(const std::filesystem::path& dir) {
   const auto path = dir / "config.json";
   const nlohmann::json j = read_json_file(path);
   std::string reasons;
-  for (std::string_view name : {"tiny", "cpu-bench", "doremi-120m", "gpt2-124m", "pythia-70m", "pythia-160m"}) {
+  for (const Spec& preset : compiled_presets) {
+    const std::string_view name = preset.name.view();
     try {
       dispatch_preset<float>(name, [&]<class Cfg>() { check_hf_config<Cfg>(j, path); });
       return std::string(name);

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "doremi/backend/backend.hpp"
 #include "doremi/backend/cpu.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/core/rng.hpp"
@@ -63,6 +64,9 @@ RotaryTables<T> rotary_tables(int n_ctx, int rot, double base) {
 
 template <class Cfg, class Backend = backend::Cpu>
 class Model {
+  static_assert(backend::ModelBackend<Backend, Cfg>,
+                "Model<Cfg, Backend>: Backend lacks a function Model calls (backend/backend.hpp lists them)");
+
  public:
   using config = Cfg;
   using scalar = typename Cfg::scalar;

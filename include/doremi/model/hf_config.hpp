@@ -120,6 +120,8 @@ inline bool close_to(double a, double b, double rel = 1e-9) {
 // Raises doremi::Error naming `file`, the field, the expected and the found
 // value when config.json `j` does not describe the compiled Config `Cfg`.
 // Absent optional fields take transformers' GPTNeoXConfig defaults.
+// Long on purpose: one check after another down the config's fields, each
+// with its own message; splitting it would only scatter the list.
 template <class Cfg>
 void check_hf_config(const nlohmann::json& j, const std::filesystem::path& file) {
   const detail::HfConfigReader r{j, file, Cfg::name};

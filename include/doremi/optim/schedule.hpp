@@ -1,6 +1,6 @@
 #pragma once
-// Learning-rate schedules of the public DoReMi runs (doremi.md, "Defaults of
-// the public 120M Pile runs"): a linear warmup from 1e-7 over w steps, then
+// Learning-rate schedules of the public DoReMi runs (docs/algorithm.md,
+// "Defaults"): a linear warmup from 1e-7 over w steps, then
 // constant, linear, cosine or exponential decay from the peak to lr_end at T.
 #include <cmath>
 #include <numbers>

@@ -1,5 +1,5 @@
 #pragma once
-// The whole DoReMi pipeline (doremi.md, "The pipeline"), one call:
+// The whole DoReMi pipeline (docs/algorithm.md, "The pipeline"), one call:
 //
 //   round r = 1..R:  reference model on w_ref(r)   (w_ref(1) = the reference
 //                    weights, w_ref(r) = round r−1's output: iterated DoReMi)

@@ -1,5 +1,5 @@
 #pragma once
-// The DoReMi domain-weight update (doremi.md, Algorithm 1, "doremiv1"):
+// The DoReMi domain-weight update (docs/algorithm.md, same title):
 //
 //   λᵢ  = mean over domain i's tokens of max(ℓ_θ − ℓ_ref, 0)   (kept when absent)
 //   log α'ᵢ = log αᵢ + η·λᵢ,  α' = softmax(log α')

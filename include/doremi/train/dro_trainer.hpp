@@ -1,6 +1,6 @@
 #pragma once
-// DROTrainer<Model, Sampler, Reference>: the DoReMi proxy (doremi.md,
-// Algorithm 1). Each optimisation step:
+// DROTrainer<Model, Sampler, Reference>: the DoReMi proxy
+// (docs/algorithm.md, "The domain-weight update"). Each optimisation step:
 //   1. draws the step's micro-batches (the sampler uses the sampling weights);
 //   2. runs the frozen reference and the proxy on the same tokens;
 //   3–6. turns the clipped per-token excess losses of *all* micro-batches into
@@ -9,30 +9,21 @@
 //      importance-corrected by the sampling weights, normalised by the step's
 //      total weight, and takes the AdamW step (via TrainerBase).
 //
-// Exact accumulation. The public implementation updates α lazily per
-// micro-batch, so k−1 of k micro-batches use stale weights. Here one update
-// uses the scores of all micro-batches, and every token's loss is weighted
-// with that same updated α: k micro-batches give the same α trajectory and
-// parameters as one batch k times larger (up to float rounding). Without a
-// second forward per micro-batch: a sequence's gradient scales with its
-// domain's weight, so the step's sequences are regrouped by domain into passes
-// of at most one micro-batch each, and every pass runs its backward at once
-// with unit weights. When a domain's passes are done its score λᵢ, hence its
-// logit ℓᵢ = log αᵢ + η·λᵢ, is known, and its gradient gᵢ joins two running
-// sums, A = Σ gᵢ/sᵢ and B = Σ exp(ℓᵢ − m)·gᵢ/sᵢ (m: the largest logit so far).
-// After the update, αᵢ = (1 − c)·exp(ℓᵢ − lse) + c/k gives the step's
-// gradient Σ (αᵢ/sᵢ)·gᵢ / Σ (αᵢ/sᵢ)·nᵢ from A and B alone. Cost: two extra
-// gradient-sized buffers and a few passes over them per domain, instead of
-// k−1 extra proxy forwards per step.
+// Exact accumulation (docs/algorithm.md, "Improvements over the public
+// implementation"): one update uses the scores of all micro-batches and every
+// token's loss is weighted with that same updated α, so k micro-batches give
+// the same α trajectory and parameters as one batch k times larger (up to
+// float rounding), without a second forward. The step's sequences run in
+// passes of one domain (at most a micro-batch each) with unit weights; each
+// domain's gradient gᵢ joins A = Σ gᵢ/sᵢ and B = Σ exp(ℓᵢ − m)·gᵢ/sᵢ (ℓᵢ its
+// logit, m the largest so far), from which the weighted gradient follows once
+// α is known.
 //
 // Data-parallel (W ranks, see trainer.hpp): each rank scores and backpropagates
 // its share of the step's sequences; the per-domain totals are summed across
-// ranks before they are used (one small all-reduce before the update with one
-// micro-batch; with several, each domain's excess and token sums after its
-// passes, in domain-id order on every rank, and the loss sums once at the
-// end), so λ, α and ᾱ are computed from the whole global batch, identically
-// on every rank; the combined gradient is linear in the ranks' gradients and
-// is summed once by TrainerBase.
+// ranks before they are used (docs/distributed.md), so λ, α and ᾱ are computed
+// from the whole global batch, identically on every rank; the combined
+// gradient is summed once by TrainerBase.
 //
 //   doremi::DROTrainer dro(proxy, reference, sampler, train_config, domain_weights);
 //   dro.run();

@@ -16,7 +16,7 @@
 #include "doremi/backend/cpu/cpu.hpp"
 #include "doremi/backend/cpu/gelu.hpp"
 #include "doremi/backend/elementwise.hpp"
-#include "doremi/model/config.hpp"  // MatmulPrecision
+#include "doremi/backend/types.hpp"
 
 namespace doremi::backend {
 

@@ -19,7 +19,7 @@
 #include <omp.h>
 
 #include "doremi/backend/elementwise.hpp"  // compute_t
-#include "doremi/model/config.hpp"
+#include "doremi/backend/types.hpp"
 
 namespace doremi::backend {
 

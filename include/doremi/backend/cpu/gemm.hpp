@@ -3,11 +3,8 @@
 // operands, fp32 results and fp32 accumulation, for fp32 or bf16 inputs.
 //
 // Engine: oneDNN's matmul (Debian: libdnnl-dev; CMake option DOREMI_ONEDNN)
-// when the build found it, Eigen otherwise. oneDNN is used because on the
-// CPUs measured here it runs the LM head's shapes about 10 % faster than
-// OpenBLAS in fp32 and, where the CPU has AVX512-BF16, twice as fast again in
-// bf16 (benchmarks/bench_train_step.cpp; neither Eigen nor Debian's OpenBLAS
-// has a bf16 GEMM). Without oneDNN, or where oneDNN has no bf16 kernel for
+// when the build found it, Eigen otherwise (why: docs/backend.md, "The CPU
+// backend"; neither Eigen nor Debian's OpenBLAS has a bf16 GEMM). Without oneDNN, or where oneDNN has no bf16 kernel for
 // the CPU (oneDNN 2.6 needs AVX-512 for bf16), bf16 operands are widened to
 // fp32 and multiplied in fp32: the same numbers up to summation order, slower.
 //

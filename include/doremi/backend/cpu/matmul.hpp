@@ -13,7 +13,7 @@
 #include "doremi/backend/cpu/gelu.hpp"
 #include "doremi/backend/cpu/gemm.hpp"
 #include "doremi/core/error.hpp"
-#include "doremi/model/config.hpp"
+#include "doremi/backend/types.hpp"
 
 namespace doremi::backend {
 

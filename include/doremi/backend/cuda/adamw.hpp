@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "doremi/backend/cuda/cuda.hpp"
-#include "doremi/optim/adamw.hpp"
+#include "doremi/backend/adamw_update.hpp"
 
 namespace doremi::backend {
 

@@ -8,57 +8,14 @@
 // softmax scale 1/√hd; `out` is [B·T, C] with head h in columns
 // h·hd .. h·hd + hd − 1. Storage float or bf16; all math and sums in fp32.
 //
-// With S = scale·QKᵀ (causal: S_ij = −∞ for j > i), per (batch, head):
-//   forward   P = softmax(S) = exp(S − lse),  O = P·V
-//   backward  D_i = rowsum(dO_i ⊙ O_i)  (= Σ_j P_ij·dP_ij, the softmax row term)
-//             dP = dO·Vᵀ,  dS = P ⊙ (dP − D)·scale
-//             dV = Pᵀ·dO,  dK = dSᵀ·Q,  dQ = dS·K
 // The forward keeps only lse (per (b, h, query): [B·H·T] floats, index
-// (b·H + h)·T + t); the backward recomputes P from it.
-//
-// Kernels (hd = 16, 32, 64 or 128, a template parameter):
-//  * rotary: qkvr = qkv with q, k rotated. The attention kernels read the
-//    stored qkvr, so forward and backward see the same (rounded) values.
-//  * forward: one block per (R-query tile, b·h); the block's queries stay in
-//    registers while K and V stream through shared memory in tiles of Bc keys
-//    (up to the diagonal). Online softmax: per row a running max m and sum l;
-//    when a tile raises the max, the sum and the output accumulator are
-//    rescaled by exp(m_old − m_new). Writes O = acc / l and lse = m + log l.
-//  * backward: (1) D per row; (2) dK, dV: one block per (R-key tile, b·h),
-//    keys and the dK, dV accumulators in registers, looping over the query
-//    tiles at or after its keys (Q, dO, lse, D through shared memory);
-//    (3) dQ: one block per (R-query tile, b·h), looping over the key tiles up
-//    to the diagonal. dQ has its own kernel instead of atomics: S and dP are
-//    computed once more, but every sum runs in a fixed order, so the backward
-//    repeats bit for bit. dq and dk leave through rotate_back: dqkv is the
-//    gradient with respect to the unrotated qkv, as on the CPU.
-//
-// Thread layout, the same in the three attention kernels: a block owns R = 64
-// rows (queries or keys) of one (b, h), R = 32 for hd = 128. Each row is split
-// over TPR = hd/16 consecutive lanes (a block has R·TPR threads: 64, 128, 256,
-// 256; at most 256 leaves each thread up to 255 registers) and every vector
-// of a row (q, o, k, v, ...) lives in registers, 16 values per thread: with
-// the row's hd values taken as hd/4 float4 chunks, slice s ∈ [0, TPR) holds
-// chunks s, s + TPR, s + 2·TPR, s + 3·TPR. A dot product with a row of the
-// shared tile is 16 FMAs per thread and a butterfly sum over the TPR lanes
-// (__shfl_xor_sync; every lane gets the same total). The streamed tile is
-// two fp32 arrays of Bc rows × hd, Bc = 64 (32 for hd = 128): ≤ 32 KB of
-// static shared memory. All threads read the same tile row at a time
-// (broadcast, no bank conflicts). Results leave through a shared-memory
-// stage (the tile buffers reused) so that rotate_back sees both values of a
-// pair and the global writes are coalesced.
-//
-// Tensor cores: attention_forward / attention_backward<MatmulPrecision::bf16>
-// with fp32 storage run tensor-core kernels instead (bf16 operands, fp32
-// accumulation and softmax; same layouts and outputs), for every supported hd
-// on sm_80+ devices whose shared memory holds their tiles (else these fp32
-// kernels). Two families, chosen by attention_tc_kernels() (environment
-// variable DOREMI_CUDA_ATTENTION = wmma or mma): the WMMA kernels of
-// attention_tc.hpp (the default: verified on an H200) and the register-
-// resident mma.sync kernels of attention_mma.hpp (FlashAttention-2 style;
-// verified under the CPU emulator of the tests, to become the default once
-// the GPU suite has run them). MatmulPrecision::native keeps the fp32 kernels.
-// Not yet: vectorised global loads in the fp32 kernels.
+// (b·H + h)·T + t); the backward recomputes the probabilities from it, and is
+// deterministic (fixed summation orders, no atomics). hd = 16, 32, 64 or 128
+// (a template parameter). MatmulPrecision::bf16 with fp32 storage runs the
+// tensor-core kernels of attention_tc.hpp (WMMA, the default) or
+// attention_mma.hpp (mma.sync; DOREMI_CUDA_ATTENTION=mma) where the device
+// holds their tiles, else these fp32 kernels. The math, the kernels' design
+// and their status: docs/cuda-performance.md, "Attention kernels".
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -74,7 +31,7 @@
 #include "doremi/backend/cuda/convert.hpp"
 #include "doremi/backend/cuda/cuda.hpp"
 #include "doremi/backend/elementwise.hpp"
-#include "doremi/model/config.hpp"
+#include "doremi/backend/types.hpp"
 
 namespace doremi::backend {
 

@@ -4,41 +4,10 @@
 // (mma.hpp), with the same inputs, outputs, layouts and semantics as the
 // kernels of attention.hpp and attention_tc.hpp (read attention.hpp's comment
 // first). Unlike the WMMA kernels, whose fragment layout is opaque, these keep
-// scores, probabilities and every accumulator in registers: a score tile is a
-// set of m16n8 accumulators whose element-to-lane map is fixed by the PTX ISA,
-// so the online softmax works on them in place (a row lives in the 4 lanes of
-// a quad: two __shfl_xor_sync complete a row's max or sum), and the
-// accumulator of P (or dS) becomes the A operand of the next product without
-// leaving registers (an m16n8 accumulator pair is an m16k16 A fragment).
-//
-// By default (AttentionMmaTiles) a block owns 64 rows (queries; keys for
-// dK/dV) of one (b, h), in 2 warps of 32 rows: two 16-row tiles per warp,
-// which share every fragment of the streamed operand that ldmatrix reads
-// from shared memory (with one row tile per warp, that traffic, not the
-// tensor cores, would bound the kernels).
-// The forward keeps its Q fragments in registers; the dK/dV kernel takes the
-// streamed query tiles 32 queries at a time so that its two tiles' dK and dV
-// accumulators fit in registers. At hd = 128 the forward and dK/dV kernels
-// keep 4 warps of 16 rows (two tiles' accumulators would not fit). Streamed tiles of
-// BN rows (keys; queries for dK/dV), BN = 64 (32 for hd = 128), go through
-// shared memory as bf16 (rounded from T when loaded), pitch hd + 8 (rows
-// 16-byte aligned for ldmatrix, no bank conflicts), double-buffered: bf16
-// inputs are copied with cp.async, and the next tile's copies are issued
-// before the current tile's products, so that they overlap (one barrier per
-// tile). Operands come from shared memory through ldmatrix (.trans where the
-// product needs the tile's transpose). Causal skipping at the granularity of
-// 16 columns, warp-uniform; masks are applied only on the tiles that cross
-// the warp's diagonal or the sequence's end. Scores stay unscaled: the
-// running max is kept in score units and exp2(s·scale·log2(e) − m') is one
-// FMA and one MUFU.EX2 per element; dS leaves out the factor 1/√hd, which
-// scales dQ and dK once at the end.
-//
-//   forward  O = softmax(S)·V, lse             per warp: S, P, O in registers
-//   dK, dV   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, Pᵀ, dSᵀ; dV += Pᵀ·dO, dK += dSᵀ·Q
-//   dQ       S = Q·Kᵀ, dP = dO·Vᵀ, dS;         dQ += dS·K
-// dK and dQ leave through a float stage in shared memory (over the tiles) so
-// that rotate_back sees both values of a pair and the stores coalesce.
+// scores, probabilities and every accumulator in registers (a score tile is a
+// set of m16n8 accumulators whose element-to-lane map the PTX ISA fixes).
 // Deterministic: fixed summation orders, no atomics (dQ has its own kernel).
+// Tiles, pipelining and scaling: docs/cuda-performance.md, "Attention kernels".
 //
 // No launches here (attention.hpp launches them): this header builds with
 // nvcc and, with DOREMI_CUDA_EMULATE, with the host compiler under the tests'
@@ -310,6 +279,8 @@ __device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[MT][
 // 16·L::fwd_mt query rows, so every K and V fragment read from shared memory
 // serves fwd_mt row tiles. The longest (last) query tiles start first.
 // scale_log2 = log2(e)/√hd.
+// Long on purpose: one kernel whose tiles and accumulators stay in registers
+// across its phases; device functions would have to pass them all.
 template <class L, class T, class In = T>
 __global__ void __launch_bounds__(L::fwd_threads)
     attention_mma_forward_kernel(T* out, float* lse, const In* qkvr, int Tn, int C, int H, float scale_log2) {
@@ -423,6 +394,8 @@ __global__ void __launch_bounds__(L::fwd_threads)
 // first key tiles (which see the most queries) start first. Overwrites the k
 // and v parts of dqkv. Dv: the row dots D of attention.hpp. scale = 1/√hd,
 // scale_log2 = scale·log2(e).
+// Long on purpose: one kernel whose tiles and accumulators stay in registers
+// across its phases; device functions would have to pass them all.
 template <class L, class T, class In = T>
 __global__ void __launch_bounds__(L::dkv_threads)
     attention_mma_backward_dkv_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,

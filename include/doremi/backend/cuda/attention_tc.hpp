@@ -8,35 +8,11 @@
 // are P and dS before the products that take them. Scores, the softmax
 // statistics (max, sum, lse, D), every accumulator and all outputs stay fp32.
 //
-// A block has 4 warps (128 threads) and owns 64 rows (queries, or keys for
-// dK/dV) of one (b, h); warp w owns rows 16w .. 16w + 15 of them, so the
-// score tiles, softmax and accumulators of a warp never meet another warp's
-// and only the loads of shared tiles need the whole block. Streamed tiles
-// have 64 rows (keys, or queries for dK/dV). Because the element-to-lane
-// mapping of a WMMA accumulator is unspecified, per-row work goes through
-// shared memory: a warp stores its 16×64 score tile (float), two lanes per
-// row (even and odd columns) apply mask and softmax and write P (and dS) as bf16, and the forward's
-// output accumulator O lives in shared memory (float), rescaled by those
-// lanes and then loaded, updated (P·V) and stored back by the warp. The
-// backward's accumulators (dK, dV; dQ) need no rescaling and stay in
-// fragments until a shared-memory stage at the end (rotate_back, coalesced
-// stores). Scores are scaled by scale·log2(e) and exponentiated with exp2f.
-//
-// Causal skipping: key tiles (query tiles for dK/dV) stop at the diagonal,
-// and on the diagonal tile a warp skips the 16-wide column blocks that are
-// masked for all of its rows. Rows past T are loaded as zeros and masked.
-//
-// Shared memory (dynamic; bf16 tiles with pitch hd + 8, float score tiles
-// with pitch 68, bf16 P/dS with pitch 72, float O with pitch hd + 4):
-//   forward  Q K V (bf16) + S (float) + P (bf16) + O (float)
-//            hd 64: 71,680 B; hd 128: 112,640 B
-//   dK/dV    K V Q dO (bf16) + S dP (float) + P dS (bf16) + lse D
-//            hd 64: 90,624 B; hd 128: 123,392 B
-//   dQ       Q dO K V (bf16) + S dP (float) + dS (bf16) + lse D
-//            hd 64: 81,408 B; hd 128: 114,176 B
-// (> 48 KB: cudaFuncSetAttribute per launch; the caller checks the device's
-// opt-in limit and keeps the fp32 kernels where the tiles do not fit.)
 // Deterministic like the fp32 path: fixed summation orders, no atomics.
+// Shared memory is dynamic and exceeds 48 KB (hd 64: up to 90,624 B; hd 128:
+// up to 123,392 B): the caller checks the device's opt-in limit and keeps the
+// fp32 kernels where the tiles do not fit. Block layout, per-row work and
+// shared-memory budgets: docs/cuda-performance.md, "Attention kernels".
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -82,6 +58,8 @@ struct AttentionTcTiles {
 
 // Forward. Grid (B·H, query tiles); the longest (last) query tiles start
 // first. scale_log2 = log2(e)/√hd.
+// Long on purpose: one kernel whose tiles and accumulators stay in registers
+// across its phases; device functions would have to pass them all.
 template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
     attention_tc_forward_kernel(T* out, float* lse, const In* qkvr, int Tn, int C, int H, float scale_log2) {
@@ -204,6 +182,8 @@ __global__ void __launch_bounds__(128)
 // dK, dV. Grid (B·H, key tiles); the first key tiles (which see the most
 // queries) start first. Overwrites the k and v parts of dqkv. Dv: the row
 // dots D of attention.hpp. scale = 1/√hd, scale_log2 = scale·log2(e).
+// Long on purpose: one kernel whose tiles and accumulators stay in registers
+// across its phases; device functions would have to pass them all.
 template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
     attention_tc_backward_dkv_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,
@@ -337,6 +317,8 @@ __global__ void __launch_bounds__(128)
 
 // dQ. Grid (B·H, query tiles); the longest (last) query tiles start first.
 // Overwrites the q part of dqkv.
+// Long on purpose: one kernel whose tiles and accumulators stay in registers
+// across its phases; device functions would have to pass them all.
 template <int HD, class T, class In = T>
 __global__ void __launch_bounds__(128)
     attention_tc_backward_dq_kernel(T* dqkv, const In* dout, const In* qkvr, const float* lse, const float* Dv,

@@ -114,6 +114,8 @@ struct OnlineLse {
 // One block per row n: loss, mask, inv_sum, and the row of probs (logits on
 // entry) overwritten with softmax − onehot(target), in T.
 // write_grad = false (losses only): the row is read, not rewritten.
+// Long on purpose: one kernel whose tiles and accumulators stay in registers
+// across its phases; device functions would have to pass them all.
 template <class T>
 __global__ void __launch_bounds__(classifier_threads)
     classifier_softmax_kernel(float* losses, std::uint8_t* mask, T* probs, float* inv_sum,

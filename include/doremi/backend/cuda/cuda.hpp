@@ -30,7 +30,7 @@
 #include <cuda_runtime.h>
 
 #include "doremi/core/error.hpp"
-#include "doremi/model/config.hpp"
+#include "doremi/backend/types.hpp"
 
 namespace doremi::backend {
 

@@ -167,6 +167,8 @@ inline constexpr int layernorm_backward_round = 8;
 // Branch-free over rows and channels, so that a round's loads are in flight
 // together: rows past the chunk's end read its last row again, channels past
 // C read channel 0, and neither is used or stored.
+// Long on purpose: one kernel whose tiles and accumulators stay in registers
+// across its phases; device functions would have to pass them all.
 template <int W, int G, class T, int K, class D>
 __global__ void layernorm_backward_kernel(T* dx, Acc<T>* partial, LayerNormGrads<T, K, D> p, const T* x,
                                           const T* mean, const T* rstd, int N, int C) {

@@ -18,8 +18,8 @@
 // bias goes into the GEMM's epilogue; the backward's bias-gradient pass also
 // writes dout's bf16 copy. dout and dx may also be bf16 (activation gradients
 // as autocast keeps them), and the forward may add a residual as the GEMM's C
-// matrix. (None of this yet run on a GPU: the GPU suite's kernel and
-// whole-step tests cover it, under the CPU emulator in CI.)
+// matrix. The GPU suite's kernel and whole-step tests cover it (under the
+// CPU emulator in CI; docs/cuda-performance.md keeps the GPU runs' status).
 // bf16 storage: the overloads at the end take bf16 activations and weights,
 // accumulate in fp32 and keep parameter gradients in fp32.
 // Descriptors and the heuristic's algorithm are made once per shape, types
@@ -41,7 +41,7 @@
 #include "doremi/backend/cuda/gelu.hpp"
 #include "doremi/backend/cuda/reduce.hpp"
 #include "doremi/backend/elementwise.hpp"
-#include "doremi/model/config.hpp"
+#include "doremi/backend/types.hpp"
 
 namespace doremi::backend {
 
@@ -141,6 +141,8 @@ void lt_tune(LtPlan& p, const std::vector<cublasLtMatmulHeuristicResult_t>& cand
 // bias or GELU): also bias_grad[j] = Σ_k op(B)[k, j], overwritten (BGRADB
 // epilogue). Returns false, having done nothing, when cuBLASLt has no
 // algorithm for the call (lt_matmul below raises an error instead).
+// Long on purpose: one cuBLASLt call's descriptor, epilogue and algorithm
+// choice in the order the API needs them; the plan is cached per shape.
 template <class In, class Out = In>
 bool lt_matmul_try(const Cuda& be, bool ta, bool tb, int m, int n, int k, const In* A, int lda, const In* B, int ldb,
                    Out* D, int ldd, typename LtTypes<In>::scale alpha, typename LtTypes<In>::scale beta,
@@ -662,7 +664,7 @@ void gelu_matmul_backward(const Cuda& be, DX* dx, T* dw, T* dbias, DY* dgelu, co
   }
 }
 
-// bf16 compute (issue 4's numbers): bf16 activations and weights (the bf16
+// bf16 compute: bf16 activations and weights (the bf16
 // copy of the fp32 master weights), fp32 accumulation inside the GEMM, bf16
 // outputs; the parameter gradients dW, db stay fp32 (the GEMM reads bf16 and
 // accumulates into fp32 D directly, beta = 1).

@@ -13,7 +13,7 @@
 // l/4, columns 2(l%4), 2(l%4)+1 of matrix j; .trans: column l/4, rows
 // 2(l%4), 2(l%4)+1. All 32 lanes of the warp must call each of them.
 //
-// The tests' CPU emulator of these kernels (tests/cuda/emu/cuda_emu.hpp)
+// The tests' CPU emulator of these kernels (tests/cuda_emu/cuda_emu.hpp)
 // implements the same functions from the same table, so that the kernels
 // built on them run on machines without a GPU.
 #include <cstdint>
