@@ -67,6 +67,24 @@ inline void create_output_directory(const std::filesystem::path& dir) {
   if (ec) fail("cannot create output folder {}: {}", dir.string(), ec.message());
 }
 
+// The regular files under `dir`, sorted, hidden entries (and what hidden
+// folders hold) skipped.
+inline std::vector<std::filesystem::path> visible_files(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (it->path().filename().string().starts_with(".")) {
+      if (it->is_directory()) it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_regular_file()) files.push_back(it->path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 }  // namespace detail
 
 // A content hash (FNV-1a 64, hex) of a file, or of a folder's regular files
@@ -83,16 +101,7 @@ inline std::string content_hash(const std::filesystem::path& path) {
   };
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
-    std::vector<fs::path> files;
-    for (auto it = fs::recursive_directory_iterator(path, ec); !ec && it != fs::recursive_directory_iterator();
-         it.increment(ec)) {
-      if (it->path().filename().string().starts_with(".")) {
-        if (it->is_directory()) it.disable_recursion_pending();
-        continue;
-      }
-      if (it->is_regular_file()) files.push_back(it->path());
-    }
-    std::sort(files.begin(), files.end());
+    const std::vector<fs::path> files = detail::visible_files(path);
     for (const auto& f : files) {
       h = detail::fnv1a64_update(h, fs::relative(f, path).string());
       add_file(f);
@@ -119,16 +128,7 @@ inline std::string file_signature(const std::filesystem::path& path) {
     h = detail::fnv1a64_update(h, fmt::format("{}\n{}\n{}\n", name, e ? 0 : size, e ? 0 : time));
   };
   if (fs::is_directory(path, ec)) {
-    std::vector<fs::path> files;
-    for (auto it = fs::recursive_directory_iterator(path, ec); !ec && it != fs::recursive_directory_iterator();
-         it.increment(ec)) {
-      if (it->path().filename().string().starts_with(".")) {
-        if (it->is_directory()) it.disable_recursion_pending();
-        continue;
-      }
-      if (it->is_regular_file()) files.push_back(it->path());
-    }
-    std::sort(files.begin(), files.end());
+    const std::vector<fs::path> files = detail::visible_files(path);
     for (const auto& f : files) add(f, fs::relative(f, path).string());
   } else if (fs::exists(path, ec)) {
     add(path, "");
