@@ -224,6 +224,8 @@ class IndexedDataset {
     if (i >= sequences_) fail("{}: sequence {} out of range (size {})", describe(), i, sequences_);
   }
 
+  // Long on purpose: one check after another down the MMIDIDX header and
+  // arrays, each naming its field; splitting it would scatter the layout.
   void parse_index() {
     const std::string idx = idx_.path().string(), bin = bin_.path().string();
     const std::byte* p = idx_.data();

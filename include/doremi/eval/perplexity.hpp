@@ -49,6 +49,26 @@ struct PerplexityReport {
   }
 };
 
+namespace detail {
+// The sequences [0, end) one process evaluates under a token budget: it stops
+// before a sequence once the batches of B windows of T run so far hold the
+// budget. Several ranks split [0, end) and so evaluate what one process would.
+template <TokenSource Source>
+std::size_t budget_end(const Source& src, int T, int B, std::uint64_t max_tokens) {
+  std::uint64_t run = 0, pending = 0;
+  int filled = 0;
+  for (std::size_t i = 0; i < src.size(); ++i) {
+    if (run >= max_tokens) return i;
+    const std::size_t L = src.length(i);
+    for (std::size_t start = 0; start + 1 < L; start += std::size_t(T)) {
+      pending += std::min<std::size_t>(std::size_t(T), L - 1 - start);
+      if (++filled == B) run += std::exchange(pending, 0), filled = 0;
+    }
+  }
+  return src.size();
+}
+}  // namespace detail
+
 // max_tokens_per_domain > 0 stops a domain after about that many target
 // tokens (whole windows), for quick evaluations of large validation sets.
 template <class M, TokenSource Source>
@@ -71,24 +91,8 @@ PerplexityReport evaluate_perplexity(M& model, const std::vector<std::string>& n
     double sum = 0;
     std::uint64_t count = 0;
     int rows = 0;
-    // The sequences [0, end) one process evaluates: with a token budget it
-    // stops before a sequence once the batches run so far hold the budget.
-    std::size_t end = src.size();
-    if (max_tokens_per_domain && comm.size() > 1) {
-      std::uint64_t run = 0, pending = 0;
-      int filled = 0;
-      for (std::size_t i = 0; i < src.size(); ++i) {
-        if (run >= max_tokens_per_domain) {
-          end = i;
-          break;
-        }
-        const std::size_t L = src.length(i);
-        for (std::size_t start = 0; start + 1 < L; start += std::size_t(T)) {
-          pending += std::min<std::size_t>(std::size_t(T), L - 1 - start);
-          if (++filled == B) run += std::exchange(pending, 0), filled = 0;
-        }
-      }
-    }
+    const std::size_t end =
+        max_tokens_per_domain && comm.size() > 1 ? detail::budget_end(src, T, B, max_tokens_per_domain) : src.size();
     const std::size_t W = std::size_t(comm.size()), rk = std::size_t(comm.rank());
     const std::size_t lo = end * rk / W, hi = end * (rk + 1) / W;
     auto flush = [&] {
