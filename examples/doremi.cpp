@@ -645,7 +645,7 @@ int run_action(const Action& action, const std::string& subcommand, int argc, ch
   try {
     dist::start(argc, argv);  // data-parallel under mpirun/srun (docs/distributed.md); one process otherwise
     if (dist::world().size() > 1 && !distributed_subcommands.contains(subcommand))
-      fail("only train --data, dro, eval and pipeline run data-parallel; run {} without mpirun/srun", subcommand);
+      fail("only train, dro, eval and pipeline run data-parallel; run {} without mpirun/srun", subcommand);
     const int rc = action();
     wait_if_interrupted();
     return rc;

@@ -38,7 +38,7 @@ def test_bad_state(data_dir):
 
 
 def test_domain_weights_config():
-    with pytest.raises(doremi.Error, match="reweight_eta must be positive"):
+    with pytest.raises(doremi.Error, match=r"reweight_eta \(--eta\) must lie in \(0, "):
         doremi.DomainWeights(["a"], initial_score=1.0, eta=0.0)
     with pytest.raises(doremi.Error, match="sampling weight 0 but a positive initial weight"):
         doremi.DomainWeights(["a", "b"], [1, 1], [1, 0], initial_score=1.0)
