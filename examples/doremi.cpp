@@ -571,7 +571,7 @@ int run_eval(EvalArgs& a) {
   if (a.preset.empty()) a.preset = in_file(model_dir / "config.json", [&] { return preset_for_checkpoint(model_dir); });
   const fs::path manifest = fs::path(a.data) / "manifest.json";
   PipelineData data{{}, in_file(manifest, [&] { return open_dataset_folder(a.data, "validation"); }), a.seq_len, 1,
-                    a.max_tokens};
+                    a.max_tokens, {}};
   if (data.validation.domains.empty())
     fail("dataset {} has no validation split (preprocess it with --validation-share above 0, e.g. 0.05)", a.data);
   if (data.seq_len == 0)
