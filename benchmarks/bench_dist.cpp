@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_util.hpp"
+#include "random_batches.hpp"
 #include "doremi/doremi.hpp"
 #include "doremi/dist/world.hpp"
 
@@ -33,28 +34,7 @@ namespace {
 using Cfg = presets::CpuBench<float>;
 using M = Model<Cfg>;
 
-struct RandomBatches {  // the same stream on every rank: the global batch
-  int B, T;
-  std::uint64_t n = 0;
-  Batch next() {
-    Batch b;
-    b.B = B;
-    b.T = T;
-    for (int r = 0; r < B; ++r) {
-      b.domain.push_back(std::int32_t((n + std::uint64_t(r)) % 4));
-      for (int t = 0; t <= T; ++t) {
-        const auto tok =
-            std::int32_t(Philox::below(Cfg::vocab, 3, n * std::uint64_t(B) + std::uint64_t(r), std::uint64_t(t)));
-        if (t < T) b.inputs.push_back(tok);
-        if (t > 0) b.targets.push_back(tok);
-      }
-    }
-    ++n;
-    return b;
-  }
-  nlohmann::json state() const { return {{"n", n}}; }
-  void restore(const nlohmann::json& j) { n = j.at("n").get<std::uint64_t>(); }
-};
+using RandomBatches = bench::RandomBatches<Cfg::vocab>;
 
 // A communicator that times its collectives (wall seconds since reset).
 struct Timed {

@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "bench_util.hpp"
+#include "random_batches.hpp"
 #include "doremi/doremi.hpp"
 #include "doremi/train/dro_trainer.hpp"
 #include "doremi/train/trainer.hpp"
@@ -34,26 +35,7 @@ using bench::median;
 using Cfg = presets::CpuBench<float>;
 using M = Model<Cfg>;
 
-// Random batches, sequence b of batch n from domain (n + b) mod 4.
-struct RandomBatches {
-  int B, T;
-  std::uint64_t n = 0;
-  Batch next() {
-    Batch b;
-    b.B = B;
-    b.T = T;
-    for (int r = 0; r < B; ++r) {
-      b.domain.push_back(std::int32_t((n + std::uint64_t(r)) % 4));
-      for (int t = 0; t <= T; ++t) {
-        const auto tok = std::int32_t(Philox::below(Cfg::vocab, 3, n * std::uint64_t(B) + std::uint64_t(r), std::uint64_t(t)));
-        if (t < T) b.inputs.push_back(tok);
-        if (t > 0) b.targets.push_back(tok);
-      }
-    }
-    ++n;
-    return b;
-  }
-};
+using RandomBatches = bench::RandomBatches<Cfg::vocab>;
 
 }  // namespace
 
