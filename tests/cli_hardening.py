@@ -79,6 +79,21 @@ def metric_steps(folder):
         return [json.loads(l)["step"] for l in f if l.strip()]
 
 
+def kill_after_steps(args, out, steps, timeout):
+    """Runs doremi with `args`, SIGKILLs it once OUT/metrics.jsonl lists `steps` steps (or after `timeout` s)."""
+    p = subprocess.Popen([DOREMI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if len(metric_steps(out)) >= steps:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    p.kill()
+    p.wait()
+
+
 # A small dataset with a validation split, one without, and a reference model.
 CORPUS = os.path.join(W, "corpus.jsonl")
 write_corpus(CORPUS, ["alpha", "beta", "gamma"])
@@ -352,17 +367,7 @@ def leftovers():
     # A run killed before its first checkpoint: the rerun lists every step once.
     out = os.path.join(W, "nockpt")
     margs = ["train", "--data", DATA, *TINY, "--steps", "400", "--output", out]
-    p = subprocess.Popen([DOREMI, *margs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if len(metric_steps(out)) >= 5:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.02)
-    p.kill()
-    p.wait()
+    kill_after_steps(margs, out, 5, timeout=60)
     r = run(*margs)
     steps = metric_steps(out) if r.returncode == 0 else []
     record(g, "rerun after a kill without checkpoints: metrics.jsonl lists steps 1..400 once",
@@ -370,17 +375,7 @@ def leftovers():
     # A kill after a checkpoint: metrics are cut back to it.
     out = os.path.join(W, "ckpt-kill")
     cargs = ["train", "--data", DATA, *TINY, "--steps", "400", "--checkpoint-every", "50", "--output", out]
-    p = subprocess.Popen([DOREMI, *cargs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if len(metric_steps(out)) >= 70:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.02)
-    p.kill()
-    p.wait()
+    kill_after_steps(cargs, out, 70, timeout=120)
     r = run(*cargs)
     steps = metric_steps(out) if r.returncode == 0 else []
     record(g, "rerun after a kill past a checkpoint: metrics.jsonl lists steps 1..400 once",
