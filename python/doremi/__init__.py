@@ -35,7 +35,7 @@ __all__ = [
     "preprocess",
     "run_pipeline",
 ]
-__version__ = "0.1.0"
+__version__: str = _core.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
 Weights = Union[Mapping[str, float], Sequence[float], np.ndarray]

@@ -20,6 +20,7 @@
 #include "doremi/core/error.hpp"
 #include "doremi/data/dataset_folder.hpp"
 #include "doremi/data/preprocess.hpp"
+#include "doremi/version.hpp"
 #include "doremi/data/tokenizer.hpp"
 #include "doremi/data/weighted_sampler.hpp"
 #include "doremi/train/domain_weights.hpp"
@@ -111,6 +112,7 @@ struct PyPreprocessResult {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "doremi-cpp bindings: data folders, WeightedDomainSampler, DomainWeights, tokenizers, preprocess";
+  m.attr("__version__") = std::string(doremi::version);
 
   static py::exception<Error> error(m, "Error", PyExc_RuntimeError);
   py::register_exception_translator([](std::exception_ptr p) {

@@ -37,11 +37,12 @@
 #include "doremi/core/atomic_file.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/core/json.hpp"
+#include "doremi/version.hpp"
 
 namespace doremi {
 
-// The version recorded in fingerprints (the CMake project's VERSION).
-inline constexpr std::string_view program_version = "0.1.0";
+// The version recorded in fingerprints.
+inline constexpr std::string_view program_version = version;
 
 inline constexpr std::string_view lock_file_name = ".doremi.lock";
 inline constexpr std::string_view fingerprint_file_name = "fingerprint.json";
