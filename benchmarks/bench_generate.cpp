@@ -6,7 +6,8 @@
 // prefill (prompt tokens / the time of generate with 1 new token) and of the
 // decoding (the 63 later new tokens of every row / the rest of the time of
 // generate with 64), medians over rounds, the ratios, and whether the
-// continuations are equal.
+// continuations are equal (fp32). A second row runs our model with bf16
+// matrix products (fp32 accumulation) on the same weights.
 //
 //   bench_generate [--rounds 3] [--new 64] [--batch 8] [--python /usr/bin/python3] [--ours-only 1]
 //
@@ -66,11 +67,17 @@ int main(int argc, char** argv) {
   }
   write_file_atomic(dir / "prompts.json", nlohmann::json(prompts).dump());
 
+  // The same weights with bf16 matrix products (bf16 copies of the weights: half the bytes a
+  // decoding step reads), beside transformers in fp32 (as the README's "bf16 / fp32" rows).
+  using Bf16 = Model<Config<bf16_matmul(presets::pythia_70m), float>>;
+  Bf16 model_bf16;
+  model_bf16.upload_parameters(model.host_parameters());
   GenerationConfig one, all;
   one.max_new_tokens = 1;
   all.max_new_tokens = new_tokens;
   generate(model, prompts, one);  // warm-up
-  std::vector<double> ours_prefill, ours_total, hf_prefill, hf_total;
+  std::vector<double> ours_prefill, ours_total, hf_prefill, hf_total, bf16_prefill, bf16_total;
+  generate(model_bf16, prompts, one);  // warm-up
   std::vector<GeneratedRow> ours_rows;
   nlohmann::json hf;
   const std::string cmd =
@@ -83,6 +90,12 @@ int main(int argc, char** argv) {
     t0 = std::chrono::steady_clock::now();
     ours_rows = generate(model, prompts, all);
     ours_total.push_back(seconds_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    generate(model_bf16, prompts, one);
+    bf16_prefill.push_back(seconds_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    generate(model_bf16, prompts, all);
+    bf16_total.push_back(seconds_since(t0));
     if (ours_only) {
       fmt::print("round {}: prefill {:.3f} s, generate {} tokens {:.3f} s\n", round, ours_prefill.back(), new_tokens,
                  ours_total.back());
@@ -125,6 +138,12 @@ int main(int argc, char** argv) {
              median(ours_prefill), median(hf_prefill));
   fmt::print("{:<10} {:>10.0f} t/s {:>10.0f} t/s {:>6.2f}x   (median total {:.3f} s / {:.3f} s)\n", "decoding", od, hd,
              od / hd, median(ours_total), median(hf_total));
+  const double bp = double(prompt_tokens) / median(bf16_prefill);
+  const double bd = later / (median(bf16_total) - median(bf16_prefill));
+  fmt::print("{:<10} {:>10.0f} t/s {:>10.0f} t/s {:>6.2f}x   (ours with bf16 products, transformers fp32)\n",
+             "prefill", bp, hp, bp / hp);
+  fmt::print("{:<10} {:>10.0f} t/s {:>10.0f} t/s {:>6.2f}x   (ours with bf16 products, transformers fp32)\n",
+             "decoding", bd, hd, bd / hd);
   fmt::print("continuations equal to transformers': {}\n", equal ? "yes" : "NO");
   return equal ? 0 : 1;
 }
