@@ -130,6 +130,10 @@ TEST_CASE("strip, lower, post-processing, answer normalisation and clean-up equa
   CHECK(python::lower("İ") == "i\xCC\x87");
   CHECK(python::lower("ΣΑΣ") == "σας");
   CHECK(clean_up_tokenization("it 's here .") == "it's here.");
+  // Generated ids: the end-of-text id and ids beyond the tokenizer (a padded vocabulary) are dropped.
+  const std::vector<std::int32_t> ids = {'o', 'k', 256, 300, ' ', 0xC3};
+  CHECK(Tokenizer(ByteTokenizer{}).decode_text(ids) == "ok \xEF\xBF\xBD");
+  CHECK(decode_continuation(Tokenizer(ByteTokenizer{}), ids) == "ok \xEF\xBF\xBD");
   const fs::path* ref_dir = reference();
   if (!ref_dir) return;
   const auto ref = read_json_file(*ref_dir / "strings.out.json");
@@ -206,6 +210,15 @@ TEST_CASE("arrow_text reads strings, lists and struct fields of datasets folders
       CHECK(x.columns[f].values == y.columns[f].values);
       CHECK(x.columns[f].offsets == y.columns[f].offsets);
     }
+  }
+  // 64-bit offsets (large_string, large_list<large_string>) read the same.
+  for (const auto& split : {"train", "test"}) {
+    const auto x = load_task_split(a / "web_questions", "web_questions", split, {"question", "answers"});
+    const auto y = load_task_split(*root / "large/web_questions", "web_questions", split, {"question", "answers"});
+    REQUIRE(x.rows() == y.rows());
+    CHECK(x.columns[0].values == y.columns[0].values);
+    CHECK(x.columns[1].values == y.columns[1].values);
+    CHECK(x.columns[1].offsets == y.columns[1].offsets);
   }
   // Errors name the task, the file or folder, the split and the field.
   const auto bad = *root / "bad";
@@ -330,7 +343,8 @@ constexpr Spec downstream_neox{.name = "downstream-neox", .n_layer = 2, .n_embd 
                                .residual = Residual::parallel, .gelu = Gelu::exact};
 using NeoxCfg = Config<downstream_neox, float>;
 
-// A tiny random GPT-NeoX generating with generate(): a first pass finds its
+// A tiny random GPT-NeoX generating with generate(), on the first 4 examples
+// of each task (the scripted runs cover every example): a first pass finds its
 // predictions; then every other evaluation example of trivia_qa,
 // natural_questions and web_questions gets its first-pass prediction as an extra
 // answer (in new task folders written by datasets), so the second pass, the one

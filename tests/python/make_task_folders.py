@@ -10,6 +10,7 @@ OUT/arrow/<task>/  DatasetDict.save_to_disk folders (trivia_qa's validation in
                    two shards, so rows span files)
 OUT/jsonl/<task>/  the same rows as <split>.jsonl (Dataset.to_json, one object
                    per line)
+OUT/large/web_questions  web_questions with large_string / large_list<large_string> columns
 OUT/bad/...        broken folders for the error tests: a null question, a
                    missing field, a missing split
 
@@ -25,7 +26,7 @@ and more evaluation than few-shot examples, so the few-shot generator wraps.
 import os
 import sys
 
-from datasets import Dataset, DatasetDict, Features, Sequence, Value
+from datasets import Dataset, DatasetDict, Features, LargeList, Sequence, Value
 
 S = Value("string")
 
@@ -205,6 +206,11 @@ def main(argv):
         os.makedirs(os.path.join(out, "jsonl", name), exist_ok=True)
         for split, ds in dd.items():
             ds.to_json(os.path.join(out, "jsonl", name, f"{split}.jsonl"), force_ascii=False)
+    # web_questions with 64-bit offsets (large_string, large_list<large_string>): the same rows.
+    wq = web_questions()
+    large = Features({"url": Value("large_string"), "question": Value("large_string"),
+                      "answers": LargeList(Value("large_string"))})
+    DatasetDict({k: v.cast(large) for k, v in wq.items()}).save_to_disk(os.path.join(out, "large", "web_questions"))
     # Broken folders.
     bad = os.path.join(out, "bad")
     tv = trivia()

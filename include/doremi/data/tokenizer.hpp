@@ -47,13 +47,13 @@ class Tokenizer {
   }
   // Text of generated ids as HF's `decode(ids, skip_special_tokens=...)` gives
   // it (BpeTokenizer::decode_text; for the byte tokenizer, the end-of-text id
-  // is the special token and other ids must be in 0-256): invalid UTF-8 becomes U+FFFD.
+  // is the special token): ids the tokenizer does not have (a model's padded
+  // vocabulary) are dropped, as HF drops them, and invalid UTF-8 becomes U+FFFD.
   std::string decode_text(std::span<const std::int32_t> ids, bool skip_special_tokens = true) const {
     if (const auto* b = std::get_if<BpeTokenizer>(&impl_)) return b->decode_text(ids, skip_special_tokens);
     std::string s;
     for (const std::int32_t id : ids) {
-      if (id < 0 || id > ByteTokenizer::end_of_text)
-        fail("cannot decode id {}: the byte tokenizer has ids 0-{}", id, ByteTokenizer::end_of_text);
+      if (id < 0 || id > ByteTokenizer::end_of_text) continue;
       if (id < 256) s.push_back(char(id));
       else if (!skip_special_tokens) s += "<|endoftext|>";
     }
