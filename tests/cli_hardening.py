@@ -174,6 +174,22 @@ def crash():
         r = run("dro", "--data", DATA, "--reference", REF, "--seq-len", "32", "--batch", "2", "--grad-accum", accum,
                 "--steps", "3", "--eta", eta, "--output", os.path.join(W, f"dro-eta-{eta}"))
         expect_error(g, f"dro --eta {eta} --grad-accum {accum}", r, "--eta", eta.replace("e", "e+"))
+    # generate: bad flags and prompts, named.
+    for flags, needles in [(["--top-p", "2"], ["--top-p", "2"]), (["--temperature", "0"], ["--temperature"]),
+                           (["--top-k", "-1"], ["--top-k"]), (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+                           (["--max-new-tokens", "100000"], ["prompt 0", "context"])]:
+        expect_error(g, f"generate {' '.join(flags)}", run("generate", "--model", REF, "--prompt", "ab", *flags),
+                     *needles)
+    expect_error(g, "generate with an empty prompt", run("generate", "--model", REF, "--prompt", ""), "prompt 0 is empty")
+    expect_error(g, "generate without a prompt", run("generate", "--model", REF), "--prompt")
+    bad = os.path.join(W, "prompts-bad.txt")
+    with open(bad, "w") as f:
+        f.write('"fine"\nnot json\n')
+    expect_error(g, "generate --prompts-file with a line that is not a JSON string",
+                 run("generate", "--model", REF, "--prompts-file", bad), bad, "line 2")
+    r = run("generate", "--model", REF, "--prompt", "ab", "--max-new-tokens", "5", "--json", "--ignore-eos")
+    ok = r.returncode == 0 and len(json.loads(r.stdout.splitlines()[0])["tokens"]) == 5
+    record(g, "generate --json prints the prompt's 5 new tokens", ok, f"rc={r.returncode} {r.stdout[-300:]!r} {r.stderr[-300:]!r}")
 
 
 def stale():

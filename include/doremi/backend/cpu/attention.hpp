@@ -127,7 +127,19 @@ void attention_cached(Cpu, O* out, const In* qkv, T* k_cache, T* v_cache, const 
       }
       CMatMap<T> K(kc, end, hd), V(vc, end, hd);
       S.resize(Tn, end);
-      S.noalias() = (Q * K.transpose()) * scale;
+      if (Tn == 1) {  // decoding: a dot product per cached position (a BLAS call costs more at this size)
+        const T* q = Q.data();
+        T* srow = S.data();
+        for (int j = 0; j < end; ++j) {
+          const T* k = kc + std::size_t(j) * hd;
+          T d = 0;
+#pragma omp simd reduction(+ : d)
+          for (int i = 0; i < hd; ++i) d += q[i] * k[i];
+          srow[j] = d * scale;
+        }
+      } else {
+        S.noalias() = (Q * K.transpose()) * scale;
+      }
       for (int t = 0; t < Tn; ++t) {  // row t sees cache rows j <= s0 + t
         T* row = S.data() + std::size_t(t) * end;
         const int last = s0 + t;
@@ -143,7 +155,18 @@ void attention_cached(Cpu, O* out, const In* qkv, T* k_cache, T* v_cache, const 
         for (int j = last + 1; j < end; ++j) row[j] = 0;
       }
       O* const ob = out + std::size_t(b) * Tn * C + std::size_t(h) * hd;
-      if constexpr (std::is_same_v<O, T>) {
+      if (Tn == 1) {  // Σ_j p_j v_j
+        T* acc = Q.data();  // q is no longer needed
+        std::fill(acc, acc + hd, T(0));
+        const T* p = S.data();
+        for (int j = 0; j < end; ++j) {
+          const T* v = vc + std::size_t(j) * hd;
+          const T pj = p[j];
+#pragma omp simd
+          for (int i = 0; i < hd; ++i) acc[i] += pj * v[i];
+        }
+        for (int i = 0; i < hd; ++i) ob[i] = cast_to<O>(acc[i]);
+      } else if constexpr (std::is_same_v<O, T>) {
         StridedMap<T>(ob, Tn, hd, Eigen::OuterStride<>(C)).noalias() = S * V;
       } else {
         const RowMat<T> R = S * V;
