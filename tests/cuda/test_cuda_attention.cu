@@ -299,7 +299,8 @@ TEST_CASE("cuda: attention MatmulPrecision::bf16 with bf16 storage keeps the fp3
 // softmax_j(q_rot·k_j / √hd) v_j over the cache after the writes. The cache
 // starts with random "earlier" keys and values below each row's start and NaN
 // from start + Tn on (a kernel that reads past a query's position poisons
-// its output); cells the call must not write are compared bit for bit.
+// its output); cells the call must not write are compared bit for bit. And
+// against backend::Cpu's attention_cached on the same inputs.
 
 namespace {
 
@@ -421,6 +422,15 @@ void check_cache(const CachedShape& s, const std::vector<float>& got, const std:
   CHECK(bad == 0);
 }
 
+// backend::Cpu's attention_cached on the same inputs (qkv as floats): its out and cache.
+CachedRun run_cpu_cached(const CachedShape& s, const CachedInputs& in) {
+  const int C = s.H * s.hd;
+  CachedRun r{std::vector<float>(std::size_t(s.B) * s.Tn * C), in.k0, in.v0};
+  backend::attention_cached(Cpu{}, r.out.data(), in.qkv.data(), r.k.data(), r.v.data(), s.start.data(),
+                            in.rope.cos.data(), in.rope.sin.data(), s.B, s.Tn, C, s.H, s.rot, s.capacity);
+  return r;
+}
+
 void cached_case(const CachedShape& s, std::uint64_t seed) {
   CAPTURE(s.B);
   CAPTURE(s.H);
@@ -437,12 +447,17 @@ void cached_case(const CachedShape& s, std::uint64_t seed) {
     check_close(g.out, e.out, 2e-5, 1e-4, "out (fp32)");
     check_cache(s, g.k, e.k, in.k0, "k cache (fp32)");
     check_cache(s, g.v, e.v, in.v0, "v cache (fp32)");
+    const CachedRun cpu = run_cpu_cached(s, in);
+    check_close(g.out, cpu.out, 2e-5, 1e-4, "out (fp32) against the CPU backend");
+    check_cache(s, g.k, cpu.k, in.k0, "k cache (fp32) against the CPU backend");
+    check_cache(s, g.v, cpu.v, in.v0, "v cache (fp32) against the CPU backend");
   }
   {  // bf16 operands (a MatmulPrecision::bf16 model's qkv and attention output), fp32 cache
     const CachedInputs in = cached_inputs(s, true, seed + 10);
     const CachedExpect e = cached_reference(s, in);
     const CachedRun g = run_cached<bf16, bf16, MatmulPrecision::bf16>(s, in);
     check_close(g.out, e.out, 1e-5, 1.0 / 256, "out (bf16 qkv and out)");
+    check_close(g.out, run_cpu_cached(s, in).out, 1e-5, 1.0 / 256, "out (bf16 qkv and out) against the CPU backend");
     check_cache(s, g.k, e.k, in.k0, "k cache (bf16 qkv)");
     check_cache(s, g.v, e.v, in.v0, "v cache (bf16 qkv)");
   }
