@@ -441,7 +441,7 @@ void generation_case(double tol) {
 
 }  // namespace
 
-TEST_CASE("cuda model: greedy generation with the key/value cache gives the CPU's tokens and logits") {
+TEST_CASE("cuda generation: greedy generation with the key/value cache gives the CPU's tokens and logits") {
   REQUIRE_GPU();
   generation_case<Config<neox_small, float>>(1e-4);
   generation_case<Config<gpt2_small, float>>(1e-4);
