@@ -290,3 +290,288 @@ TEST_CASE("cuda: attention MatmulPrecision::bf16 with bf16 storage keeps the fp3
   CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
   CHECK(std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * sizeof(float)) == 0);
 }
+
+// ---- attention_cached (generation against a key/value cache) ----
+//
+// Against the definition, computed here in double: token t of row b at
+// position p = start[b] + t, its k rotated (rotate-half on the first rot
+// dims by the tables' row p) and its v written at p; out = Σ_{j ≤ p}
+// softmax_j(q_rot·k_j / √hd) v_j over the cache after the writes. The cache
+// starts with random "earlier" keys and values below each row's start and NaN
+// from start + Tn on (a kernel that reads past a query's position poisons
+// its output); cells the call must not write are compared bit for bit. And
+// against backend::Cpu's attention_cached on the same inputs.
+
+namespace {
+
+struct CachedShape {
+  int B, H, hd, Tn, capacity, rot;
+  std::vector<std::int32_t> start;
+};
+
+struct CachedInputs {
+  std::vector<float> qkv, k0, v0;
+  Rope rope;
+};
+
+// qkv [B·Tn, 3C] (rounded to bf16 when the kernels read it so: exact on the
+// device), the cache's initial contents and the tables.
+CachedInputs cached_inputs(const CachedShape& s, bool bf16_qkv, std::uint64_t seed) {
+  const int C = s.H * s.hd;
+  CachedInputs in{randn(std::size_t(s.B) * s.Tn * 3 * C, seed), {}, {}, rope_tables(s.capacity, s.rot)};
+  if (bf16_qkv) in.qkv = round_bf16(in.qkv);
+  const std::size_t cells = std::size_t(s.B) * s.H * s.capacity * s.hd;
+  in.k0 = randn(cells, seed + 1);
+  in.v0 = randn(cells, seed + 2);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (std::size_t i = 0; i < cells; ++i) {
+    const int b = int(i / (std::size_t(s.H) * s.capacity * s.hd)), pos = int(i / std::size_t(s.hd) % s.capacity);
+    if (pos >= s.start[std::size_t(b)] + s.Tn) in.k0[i] = in.v0[i] = nan;
+  }
+  return in;
+}
+
+struct CachedExpect {
+  std::vector<float> out, k, v;  // the double results, rounded once
+};
+
+CachedExpect cached_reference(const CachedShape& s, const CachedInputs& in) {
+  const int C = s.H * s.hd, hd = s.hd, half = s.rot / 2;
+  std::vector<double> k(in.k0.begin(), in.k0.end()), v(in.v0.begin(), in.v0.end());
+  auto rotated = [&](const float* x, int p) {
+    std::vector<double> y(x, x + hd);
+    for (int i = 0; i < half; ++i) {
+      const double c = in.rope.cos[std::size_t(p) * half + i], sn = in.rope.sin[std::size_t(p) * half + i];
+      const double x1 = x[i], x2 = x[i + half];
+      y[std::size_t(i)] = x1 * c - x2 * sn;
+      y[std::size_t(i + half)] = x2 * c + x1 * sn;
+    }
+    return y;
+  };
+  auto head_of = [&](int b, int t, int h) { return in.qkv.data() + (std::size_t(b) * s.Tn + t) * 3 * C + std::size_t(h) * 3 * hd; };
+  auto cell = [&](int b, int h, int p) { return ((std::size_t(b) * s.H + h) * s.capacity + p) * hd; };
+  for (int b = 0; b < s.B; ++b)
+    for (int t = 0; t < s.Tn; ++t)
+      for (int h = 0; h < s.H; ++h) {
+        const int p = s.start[std::size_t(b)] + t;
+        const auto kr = rotated(head_of(b, t, h) + hd, p);
+        for (int d = 0; d < hd; ++d) {
+          k[cell(b, h, p) + d] = kr[std::size_t(d)];
+          v[cell(b, h, p) + d] = head_of(b, t, h)[2 * hd + d];
+        }
+      }
+  CachedExpect e{std::vector<float>(std::size_t(s.B) * s.Tn * C), std::vector<float>(k.begin(), k.end()),
+                 std::vector<float>(v.begin(), v.end())};
+  for (int b = 0; b < s.B; ++b)
+    for (int t = 0; t < s.Tn; ++t)
+      for (int h = 0; h < s.H; ++h) {
+        const int p = s.start[std::size_t(b)] + t;
+        const auto q = rotated(head_of(b, t, h), p);
+        std::vector<double> sc(std::size_t(p) + 1);
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int j = 0; j <= p; ++j) {
+          double dot = 0;
+          for (int d = 0; d < hd; ++d) dot += q[std::size_t(d)] * k[cell(b, h, j) + d];
+          sc[std::size_t(j)] = dot / std::sqrt(double(hd));
+          mx = std::max(mx, sc[std::size_t(j)]);
+        }
+        double sum = 0;
+        for (double& x : sc) sum += (x = std::exp(x - mx));
+        for (int d = 0; d < hd; ++d) {
+          double o = 0;
+          for (int j = 0; j <= p; ++j) o += sc[std::size_t(j)] * v[cell(b, h, j) + d];
+          e.out[(std::size_t(b) * s.Tn + t) * C + std::size_t(h) * hd + d] = float(o / sum);
+        }
+      }
+  return e;
+}
+
+struct CachedRun {
+  std::vector<float> out, k, v;
+};
+
+// The CUDA call with qkv in In, out in O; the cache and tables in fp32.
+template <class In, class O, MatmulPrecision P = MatmulPrecision::native, int HeadDim = 0>
+CachedRun run_cached(const CachedShape& s, const CachedInputs& in) {
+  const int C = s.H * s.hd;
+  auto d_qkv = upload_as<In>(in.qkv);
+  auto d_k = to_device(in.k0), d_v = to_device(in.v0);
+  auto d_start = to_device(s.start);
+  auto d_cos = to_device(in.rope.cos), d_sin = to_device(in.rope.sin);
+  DeviceBuffer<O> d_out(std::size_t(s.B) * s.Tn * C);
+  backend::attention_cached<P, HeadDim>(gpu(), d_out.data(), d_qkv.data(), d_k.data(), d_v.data(), d_start.data(),
+                                        d_cos.data(), d_sin.data(), s.B, s.Tn, C, s.H, s.rot, s.capacity);
+  return {download_float(d_out), to_host(d_k), to_host(d_v)};
+}
+
+// The cache after the call: the new tokens' cells within 1e-5 of the
+// definition, every other cell unchanged bit for bit.
+void check_cache(const CachedShape& s, const std::vector<float>& got, const std::vector<float>& want,
+                 const std::vector<float>& before, const char* what) {
+  std::size_t bad = 0, first = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const int b = int(i / (std::size_t(s.H) * s.capacity * s.hd)), pos = int(i / std::size_t(s.hd) % s.capacity);
+    const int s0 = s.start[std::size_t(b)];
+    const bool written = pos >= s0 && pos < s0 + s.Tn && pos < s.capacity && s0 >= 0;
+    const bool ok = written ? std::abs(double(got[i]) - double(want[i])) <= 1e-5 + 1e-5 * std::abs(double(want[i]))
+                            : std::memcmp(&got[i], &before[i], sizeof(float)) == 0;
+    if (!ok && bad++ == 0) first = i;
+  }
+  INFO(what << ": " << bad << " cells wrong, the first " << first << " (got " << got[first] << ", want "
+            << want[first] << ", before " << before[first] << ")");
+  CHECK(bad == 0);
+}
+
+// backend::Cpu's attention_cached on the same inputs (qkv as floats): its out and cache.
+CachedRun run_cpu_cached(const CachedShape& s, const CachedInputs& in) {
+  const int C = s.H * s.hd;
+  CachedRun r{std::vector<float>(std::size_t(s.B) * s.Tn * C), in.k0, in.v0};
+  backend::attention_cached(Cpu{}, r.out.data(), in.qkv.data(), r.k.data(), r.v.data(), s.start.data(),
+                            in.rope.cos.data(), in.rope.sin.data(), s.B, s.Tn, C, s.H, s.rot, s.capacity);
+  return r;
+}
+
+void cached_case(const CachedShape& s, std::uint64_t seed) {
+  CAPTURE(s.B);
+  CAPTURE(s.H);
+  CAPTURE(s.hd);
+  CAPTURE(s.Tn);
+  CAPTURE(s.rot);
+  CAPTURE(s.capacity);
+  CAPTURE(s.start[0]);
+  CAPTURE(s.start[1]);
+  {  // fp32 throughout
+    const CachedInputs in = cached_inputs(s, false, seed);
+    const CachedExpect e = cached_reference(s, in);
+    const CachedRun g = run_cached<float, float>(s, in);
+    check_close(g.out, e.out, 2e-5, 1e-4, "out (fp32)");
+    check_cache(s, g.k, e.k, in.k0, "k cache (fp32)");
+    check_cache(s, g.v, e.v, in.v0, "v cache (fp32)");
+    const CachedRun cpu = run_cpu_cached(s, in);
+    check_close(g.out, cpu.out, 2e-5, 1e-4, "out (fp32) against the CPU backend");
+    check_cache(s, g.k, cpu.k, in.k0, "k cache (fp32) against the CPU backend");
+    check_cache(s, g.v, cpu.v, in.v0, "v cache (fp32) against the CPU backend");
+  }
+  {  // bf16 operands (a MatmulPrecision::bf16 model's qkv and attention output), fp32 cache
+    const CachedInputs in = cached_inputs(s, true, seed + 10);
+    const CachedExpect e = cached_reference(s, in);
+    const CachedRun g = run_cached<bf16, bf16, MatmulPrecision::bf16>(s, in);
+    check_close(g.out, e.out, 1e-5, 1.0 / 256, "out (bf16 qkv and out)");
+    check_close(g.out, run_cpu_cached(s, in).out, 1e-5, 1.0 / 256, "out (bf16 qkv and out) against the CPU backend");
+    check_cache(s, g.k, e.k, in.k0, "k cache (bf16 qkv)");
+    check_cache(s, g.v, e.v, in.v0, "v cache (bf16 qkv)");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda: attention_cached (decoding and prefill) matches the definition; the cache holds rotated k and v") {
+  REQUIRE_GPU();
+  // Tn < attention_cached_tiled_from: the per-token kernel; Tn ≥ it: the tiled one.
+  static_assert(backend::cuda::attention_cached_tiled_from > 3 && backend::cuda::attention_cached_tiled_from <= 20);
+  // hd = 64: two query tiles and two key tiles in the tiled kernel (Tn = 70; keys up to 80).
+  struct Layout {
+    int hd, B, H, capacity, prefill;
+    std::vector<std::int32_t> decode_start, few_start, chunk_start;
+  };
+  for (const Layout& c : {Layout{64, 3, 2, 100, 70, {0, 5, 33}, {2, 0, 41}, {0, 7, 60}},
+                          Layout{16, 2, 3, 48, 37, {20, 0}, {0, 44}, {11, 0}}}) {
+    const int hd = c.hd;
+    for (const int rot : {0, hd / 4, hd}) {
+      const auto seed = std::uint64_t(1000 + 10 * rot + hd);
+      cached_case({c.B, c.H, hd, 1, c.capacity, rot, c.decode_start}, seed);       // decoding
+      cached_case({c.B, c.H, hd, 3, c.capacity, rot, c.few_start}, seed + 100);    // a few new tokens
+      cached_case({c.B, c.H, hd, c.prefill, c.capacity, rot, std::vector<std::int32_t>(std::size_t(c.B), 0)},
+                  seed + 200);                                                      // prefill
+      cached_case({c.B, c.H, hd, 20, c.capacity, rot, c.chunk_start}, seed + 300);  // a later chunk
+    }
+  }
+}
+
+TEST_CASE("cuda: attention_cached with the head dimension fixed at compile time gives the same bits") {
+  REQUIRE_GPU();
+  for (const int Tn : {1, 20}) {
+    CAPTURE(Tn);
+    const CachedShape s{2, 2, 64, Tn, 40, 16, {3, 17}};
+    const CachedInputs in = cached_inputs(s, false, 1400);
+    const CachedRun a = run_cached<float, float>(s, in);
+    const CachedRun b = run_cached<float, float, MatmulPrecision::native, 64>(s, in);
+    CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(a.k.data(), b.k.data(), a.k.size() * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("cuda: attention_cached positions outside the cache write nothing there and give NaN outputs") {
+  REQUIRE_GPU();
+  // Row 1 runs past the capacity (its last tokens), row 2 has a negative start: no cell of theirs beyond the
+  // cache is written (the bit-for-bit check covers every other cell), their outputs there are NaN, and row
+  // 0 is unaffected.
+  for (const int Tn : {3, 20}) {
+    CAPTURE(Tn);
+    const int cap = Tn + 4, hd = 16, H = 2, C = H * hd;
+    const CachedShape s{3, H, hd, Tn, cap, 8, {1, 6, -1}};
+    CachedInputs in = cached_inputs(s, false, 1500);
+    CachedShape row0 = s;
+    row0.B = 1;
+    CachedInputs in0 = in;
+    in0.qkv.resize(std::size_t(Tn) * 3 * C);
+    in0.k0.resize(std::size_t(H) * cap * hd);
+    in0.v0.resize(in0.k0.size());
+    const CachedExpect e0 = cached_reference(row0, in0);
+    const CachedRun g = run_cached<float, float>(s, in);
+    std::vector<float> out0(g.out.begin(), g.out.begin() + std::ptrdiff_t(Tn) * C);
+    check_close(out0, e0.out, 2e-5, 1e-4, "row 0");
+    std::size_t nan_rows = 0, finite_rows = 0;
+    for (int b = 1; b < 3; ++b)
+      for (int t = 0; t < Tn; ++t) {
+        const bool outside = s.start[std::size_t(b)] < 0 || s.start[std::size_t(b)] + t >= cap;
+        for (int c = 0; c < C; ++c) {
+          const float x = g.out[(std::size_t(b) * Tn + t) * C + std::size_t(c)];
+          if (outside) nan_rows += std::isnan(x);
+          else finite_rows += std::isfinite(x);
+        }
+      }
+    CHECK(nan_rows == std::size_t(C) * (Tn + (Tn - (cap - 6))));
+    CHECK(finite_rows == std::size_t(C) * (cap - 6));
+    // Cells: row 1's positions 6 .. cap − 1 are written (all changed), row 2's none.
+    std::size_t changed = 0;
+    for (std::size_t i = 0; i < g.k.size(); ++i) {
+      const int b = int(i / (std::size_t(H) * cap * hd)), pos = int(i / std::size_t(hd) % cap);
+      if (b == 0) continue;
+      const bool written = b == 1 && pos >= 6;
+      const bool same = std::memcmp(&g.k[i], &in.k0[i], 4) == 0 && std::memcmp(&g.v[i], &in.v0[i], 4) == 0;
+      changed += written == same;  // a written cell that kept its value, or an unwritten one that changed
+    }
+    CHECK(changed == 0);
+  }
+}
+
+TEST_CASE("cuda: attention_cached argument checks name the bad value (before any CUDA call)") {
+  float* null = nullptr;
+  auto* misaligned = reinterpret_cast<float*>(std::uintptr_t(4));
+  const std::int32_t* start = nullptr;
+  if (!backend::cuda_available()) {
+    MESSAGE("no CUDA device: attention_cached's argument checks are not exercised");
+    return;
+  }
+  const struct {
+    int B, Tn, C, H, rot, capacity;
+    float* cache;
+    const char* says;
+  } bad[] = {
+      {2, 1, 96, 2, 0, 16, null, "hd = C / H = 48"},
+      {2, 1, 128, 2, 3, 16, null, "rot = 3"},
+      {2, 1, 128, 2, 0, 0, null, "capacity = 0"},
+      {2, 17, 128, 2, 0, 16, null, "17 new tokens"},
+      {2, 1, 128, 2, 0, 16, misaligned, "16-byte aligned"},
+  };
+  for (const auto& b : bad) {
+    INFO("expected in the message: " << b.says);
+    const std::string msg = error_of([&] {
+      backend::attention_cached(gpu(), null, static_cast<const float*>(null), b.cache, b.cache, start, null, null, b.B,
+                                b.Tn, b.C, b.H, b.rot, b.capacity);
+    });
+    INFO(msg);
+    CHECK(msg.find(b.says) != std::string::npos);
+  }
+}

@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "cuda_test_util.hpp"
 
@@ -108,6 +109,29 @@ TEST_CASE("cuda: embedding forward and backward match the CPU") {
     check_close(to_host(d_out), out, 0, 0, "embedding out");
     check_close(to_host(d_dwte), dwte, 1e-5, 1e-5, "dwte");
     check_close(to_host(d_dwpe), dwpe, 1e-5, 1e-5, "dwpe");
+  }
+}
+
+TEST_CASE("cuda: embedding_forward_at gathers each token at its own position") {
+  REQUIRE_GPU();
+  // Generation's embedding: rows at unrelated positions (each row's next position), with and without wpe.
+  const int N = 5, C = 40, V = 11, n_ctx = 30;
+  const std::vector<std::int32_t> tokens = {3, 10, 0, 3, 7}, positions = {0, 29, 4, 17, 4};
+  const auto wte = randn(std::size_t(V) * C, 11), wpe = randn(std::size_t(n_ctx) * C, 12);
+  auto d_tok = to_device(tokens), d_pos = to_device(positions);
+  auto d_wte = to_device(wte), d_wpe = to_device(wpe);
+  for (bool with_wpe : {true, false}) {
+    CAPTURE(with_wpe);
+    std::vector<float> want(std::size_t(N) * C);
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < C; ++c) {
+        const float e = wte[std::size_t(tokens[std::size_t(n)]) * C + c];
+        want[std::size_t(n) * C + c] = with_wpe ? e + wpe[std::size_t(positions[std::size_t(n)]) * C + c] : e;
+      }
+    auto d_out = to_device(std::vector<float>(want.size(), std::numeric_limits<float>::quiet_NaN()));
+    backend::embedding_forward_at(gpu(), d_out.data(), d_tok.data(), with_wpe ? d_pos.data() : nullptr,
+                                  d_wte.data(), with_wpe ? d_wpe.data() : nullptr, N, C);
+    check_close(to_host(d_out), want, 0, 0, "embedding_forward_at");
   }
 }
 
@@ -475,6 +499,29 @@ TEST_CASE("cuda: matmul with bf16 operands and fp32 storage matches the CPU on b
 // operands: one bf16 step of rounding apart at most. out = 100: the GELU
 // output's leading dimension is no multiple of 8, which cuBLASLt's GELU
 // epilogue refuses (the emulated one at run time: the fallback then runs).
+TEST_CASE("cuda: matmul_forward into fp32 with no bias (generation's logits of the last tokens) matches the CPU") {
+  REQUIRE_GPU();
+  // [N, C]·[V, C]ᵀ for a few rows: fp32, and bf16 products from bf16 operands (a bf16 model's final
+  // LayerNorm output and weight copy) into fp32, the bias a literal nullptr.
+  const int C = 64, V = 50;
+  for (const int N : {1, 3}) {
+    CAPTURE(N);
+    const auto x = randn(std::size_t(N) * C, 71), w = randn(std::size_t(V) * C, 72, 0.2f);
+    std::vector<float> want(std::size_t(N) * V), want_b = want;
+    backend::matmul_forward(Cpu{}, want.data(), x.data(), w.data(), static_cast<const float*>(nullptr), N, C, V);
+    const auto xr = round_bf16(x), wr = round_bf16(w);
+    backend::matmul_forward(Cpu{}, want_b.data(), xr.data(), wr.data(), static_cast<const float*>(nullptr), N, C, V);
+    auto d_x = to_device(x), d_w = to_device(w);
+    const auto d_xb = to_device_bf16(x), d_wb = to_device_bf16(w);
+    auto d_y = to_device(std::vector<float>(want.size(), std::numeric_limits<float>::quiet_NaN()));
+    auto d_yb = to_device(std::vector<float>(want.size(), std::numeric_limits<float>::quiet_NaN()));
+    backend::matmul_forward(gpu(), d_y.data(), d_x.data(), d_w.data(), nullptr, N, C, V);
+    backend::matmul_forward<MatmulPrecision::bf16>(gpu(), d_yb.data(), d_xb.data(), d_wb.data(), nullptr, N, C, V);
+    check_close(to_host(d_y), want, 1e-5, 1e-5, "logits (fp32)");
+    check_close(to_host(d_yb), want_b, 1e-5, 1e-5, "logits (bf16 operands, fp32 out)");
+  }
+}
+
 template <Gelu G>
 void matmul_gelu_case(int out) {
   CAPTURE(out);

@@ -13,6 +13,7 @@
 #include "../test_util.hpp"
 #include "cuda_test_util.hpp"
 #include "doremi/doremi.hpp"
+#include "doremi/eval/generate.hpp"
 #include "doremi/pipeline/pipeline.hpp"
 #include "doremi/train/dro_trainer.hpp"
 
@@ -327,4 +328,125 @@ TEST_CASE("cuda pipeline: the tiny stages on the GPU give the CPU's domain weigh
           doctest::Approx(c.baseline_perplexity->log_perplexity[d]).epsilon(0.02));
   }
   CHECK(read_json_file(dir.path / "cuda/run_config.json").at("device") == "cuda:0");
+}
+
+// ---- generation (eval/generate.hpp) with the GPU's key/value cache ----
+
+namespace {
+
+// init(seed) with the weights scaled up (logits far from flat, so greedy
+// choices are not near-ties) and random LayerNorm parameters, as
+// tests/test_generate.cpp makes them: the one parameter vector both models get.
+template <class Cfg>
+std::vector<float> generation_weights(std::uint64_t seed) {
+  using M = Model<Cfg, Cpu>;
+  M m;
+  m.init(seed);
+  std::vector<float> p(m.host_parameters().begin(), m.host_parameters().end());
+  for (const TensorInfo& t : M::tensors())
+    for (std::size_t i = 0; i < t.size; ++i) {
+      float& v = p[t.offset + i];
+      if (t.init == TensorInfo::Init::normal) v *= 4.0f;
+      else v += float(0.1 * Philox::normal(seed + 1, t.offset, i));
+    }
+  return p;
+}
+
+using StepLogits = std::vector<std::vector<std::vector<double>>>;  // [prompt][step][id]
+
+template <class M>
+std::vector<GeneratedRow> generate_logged(M& m, const std::vector<std::vector<std::int32_t>>& prompts,
+                                          const GenerationConfig& g, StepLogits& logits) {
+  logits.assign(prompts.size(), {});
+  return generate(m, prompts, g, nullptr, [&](std::size_t r, std::size_t step, std::span<const double> l) {
+    REQUIRE(step == logits[r].size());
+    logits[r].emplace_back(l.begin(), l.end());
+  });
+}
+
+// Greedy generation of prompts of different lengths on both backends: the
+// same tokens, and the logits of every step within tol of the CPU's largest
+// (up to a near-tie between two tokens, which rounding may decide either way:
+// bf16 products meet one here).
+// generate() prefills the prompts sorted by length in groups: 3 and 9 tokens
+// alone (the per-token kernel), 18 and 20 together (the tiled kernel, one row
+// padded), each group at its own cache rows; decoding runs the per-token
+// kernel. With an eos id that one row meets early, rows
+// finish at different steps and the cache's rows are compacted
+// (keep_generation_rows: device copies).
+template <class Cfg>
+void generation_case(double tol) {
+  const auto p = generation_weights<Cfg>(17);
+  Model<Cfg, Cpu> cpu;
+  Model<Cfg, Cuda> gpu_model(gpu());
+  cpu.upload_parameters(p);
+  gpu_model.upload_parameters(p);
+  std::vector<std::vector<std::int32_t>> prompts;
+  for (const int n : {20, 3, 9, 18}) {
+    prompts.emplace_back();
+    for (int i = 0; i < n; ++i)
+      prompts.back().push_back(std::int32_t(Philox::below(Cfg::vocab, 23, prompts.size(), std::uint64_t(i))));
+  }
+  GenerationConfig g;
+  g.max_new_tokens = 10;
+  StepLogits lc, lg;
+  const auto first = generate_logged(cpu, prompts, g, lc);
+  // An eos id: row 1's fourth new token (rows stop at its first occurrence, the others maybe never).
+  REQUIRE(first[1].tokens.size() == 10);
+  for (const bool with_eos : {false, true}) {
+    CAPTURE(with_eos);
+    if (!with_eos) g.eos_ids.clear();
+    else g.eos_ids = {first[1].tokens[3]};
+    const auto rc = generate_logged(cpu, prompts, g, lc);
+    const auto rg = generate_logged(gpu_model, prompts, g, lg);
+    REQUIRE(rg.size() == rc.size());
+    std::size_t same_rows = 0;
+    for (std::size_t r = 0; r < rc.size(); ++r) {
+      CAPTURE(r);
+      // Step by step while the tokens agree: the logits within tol; where the
+      // choices part, the CPU's logits of the two within tol of each other (a
+      // near-tie that rounding decides), and the rest of the row is not compared.
+      // The token chosen at step s (the eos id where the row stopped there: it is not returned).
+      auto choice = [&](const GeneratedRow& row, std::size_t s) {
+        if (s < row.tokens.size()) return row.tokens[s];
+        return row.stop == GeneratedRow::Stop::eos && s == row.tokens.size() ? g.eos_ids[0] : std::int32_t(-1);
+      };
+      std::size_t s = 0;
+      for (; s < lc[r].size() && s < lg[r].size(); ++s) {
+        CAPTURE(s);
+        const std::vector<float> want(lc[r][s].begin(), lc[r][s].end()), got(lg[r][s].begin(), lg[r][s].end());
+        check_rel_max(got, want, tol, 0.0, "cached logits", [](std::size_t) { return true; });
+        const std::int32_t a = choice(rg[r], s), b = choice(rc[r], s);
+        REQUIRE(a >= 0);
+        REQUIRE(b >= 0);
+        if (a != b) {
+          double mx = 0;
+          for (float x : want) mx = std::max(mx, std::abs(double(x)));
+          INFO("the choices part at step " << s << ": GPU " << a << ", CPU " << b);
+          CHECK(std::abs(lc[r][s][std::size_t(a)] - lc[r][s][std::size_t(b)]) <= tol * mx);
+          break;
+        }
+      }
+      if (s == lc[r].size()) {
+        CHECK(rg[r].tokens == rc[r].tokens);
+        CHECK(rg[r].stop == rc[r].stop);
+        CHECK(lg[r].size() == lc[r].size());
+        ++same_rows;
+      }
+    }
+    CHECK(same_rows >= 3);  // a near-tie may part one row, not most
+    if (with_eos) CHECK(rc[1].stop == GeneratedRow::Stop::eos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda generation: greedy generation with the key/value cache gives the CPU's tokens and logits") {
+  REQUIRE_GPU();
+  generation_case<Config<neox_small, float>>(1e-4);
+  generation_case<Config<gpt2_small, float>>(1e-4);
+  // bf16 products: both backends round the same operands to bf16; their sums
+  // and the attention's rounding differ.
+  generation_case<Config<bf16_matmul(neox_small), float>>(2e-2);
+  generation_case<Config<bf16_matmul(gpt2_small), float>>(2e-2);
 }

@@ -12,6 +12,7 @@
 #include "doremi/backend/cuda/grad_norm.hpp"  // global gradient norm (CUB)
 #include "doremi/backend/cuda/classifier.hpp" // LM head: logits GEMM + fused softmax/loss/gradient
 #include "doremi/backend/cuda/attention.hpp"  // causal attention, flash-style (rotary; lse kept, no T×T; tensor cores)
+#include "doremi/backend/cuda/attention_cached.hpp"  // generation: attention against a key/value cache
 
 // Model<Cfg, Cuda>, AdamW<T, Cuda> and the trainers resolve their backend
 // calls (upload/download/fill, the layers, adamw_step, global_grad_norm) to

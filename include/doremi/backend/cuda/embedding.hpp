@@ -32,6 +32,18 @@ __global__ void embedding_forward_kernel(T* out, const std::int32_t* tokens, con
   }
 }
 
+// The same at given positions (generation: each token at its own position).
+template <class T>
+__global__ void embedding_forward_at_kernel(T* out, const std::int32_t* tokens, const std::int32_t* positions,
+                                            const T* wte, const T* wpe, int C, int N) {
+  for (int n = int(blockIdx.x); n < N; n += int(gridDim.x)) {
+    const T* e = wte + std::size_t(tokens[n]) * C;
+    const T* pos = wpe ? wpe + std::size_t(positions[n]) * C : nullptr;
+    T* o = out + std::size_t(n) * C;
+    for (int c = int(threadIdx.x); c < C; c += int(blockDim.x)) o[c] = pos ? e[c] + pos[c] : e[c];
+  }
+}
+
 template <class I>
 __global__ void iota_kernel(I* out, I n) {
   for (I i = I(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += I(gridDim.x * blockDim.x)) out[i] = i;
@@ -88,6 +100,18 @@ void embedding_forward(const Cuda& be, T* out, const std::int32_t* tokens, const
   DOREMI_CUDA_LAUNCH(cuda::blocks_for(std::size_t(N) * 256, 256), 256, 0, be.stream(), cuda::embedding_forward_kernel)(
       out, tokens, wte, wpe, Tn, C, N);
   DOREMI_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+}
+
+// out[n] = wte[tokens[n]] (+ wpe[positions[n]] where wpe is given; positions
+// is then read, else it may be null), n < N; tokens and positions are device
+// arrays of N ids (not range-checked: the caller's, as in embedding_forward).
+template <class T>
+void embedding_forward_at(const Cuda& be, T* out, const std::int32_t* tokens, const std::int32_t* positions,
+                          const T* wte, const T* wpe, int N, int C) {
+  if (N <= 0 || C <= 0) return;
+  DOREMI_CUDA_LAUNCH(cuda::blocks_for(std::size_t(N) * 256, 256), 256, 0, be.stream(),
+                     cuda::embedding_forward_at_kernel)(out, tokens, positions, wte, wpe, C, N);
+  DOREMI_CUDA_CHECK_LAUNCH("embedding_forward_at_kernel");
 }
 
 // dwte[tokens[n]] += dout[n]; dwpe[t] += Σ_b dout[b, t] (when dwpe is given).

@@ -28,6 +28,7 @@
 // (GELU_AUX_BIAS epilogue), matmul_backward_into_gelu its backward into the
 // second's dx GEMM (DGELU epilogue).
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
@@ -470,6 +471,13 @@ void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, const T* bia
                        static_cast<const T*>(nullptr), "matmul_forward", residual);
     if (bias) cuda::add_bias(be, out, static_cast<const T*>(out), bias, N, out_dim);
   }
+}
+
+// No bias spelled as a literal nullptr (as generation's logits product
+// [N, C]·[V, C]ᵀ into fp32 calls it): the overload above with a typed null.
+template <MatmulPrecision P = MatmulPrecision::native, class T, class X, class W>
+void matmul_forward(const Cuda& be, T* out, const X* x, const W* w, std::nullptr_t, int N, int in, int out_dim) {
+  matmul_forward<P>(be, out, x, w, static_cast<const T*>(nullptr), N, in, out_dim);
 }
 
 // out = GELU(x·Wᵀ + b) with the GELU's input kept in pre (the MLP's first
