@@ -76,6 +76,7 @@ inline TrainConfig train_config_for(const StageConfig& s, const std::filesystem:
   t.schedule.warmup_steps = long(std::ceil(double(s.steps) * s.warmup));
   t.max_grad_norm = s.max_grad_norm;
   t.checkpoint_every = s.checkpoint_every;
+  t.keep_checkpoints = s.keep_checkpoints;
   t.output_dir = dir;
   t.log_every = std::max<long>(1, s.steps / 20);
   return t;
