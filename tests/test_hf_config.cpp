@@ -27,7 +27,7 @@ std::string check_error(const json& j, const fs::path& file = "ckpt/config.json"
   return "";
 }
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool mentions(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // EleutherAI/pythia-70m's config.json as published (transformers 4.24).
 const char* pythia_70m_config = R"({
@@ -129,70 +129,70 @@ TEST_CASE("hf_config: mismatches name the file, the field and both values") {
   json j = good;
   j["hidden_size"] = 768;
   std::string msg = check_error<Pythia>(j);
-  CHECK(has(msg, "ckpt/config.json"));
-  CHECK(has(msg, "'hidden_size'"));
-  CHECK(has(msg, "768"));
-  CHECK(has(msg, "512"));
-  CHECK(has(msg, "pythia-70m"));
+  CHECK(mentions(msg, "ckpt/config.json"));
+  CHECK(mentions(msg, "'hidden_size'"));
+  CHECK(mentions(msg, "768"));
+  CHECK(mentions(msg, "512"));
+  CHECK(mentions(msg, "pythia-70m"));
 
   j = good;
   j.erase("num_hidden_layers");
   msg = check_error<Pythia>(j);
-  CHECK(has(msg, "missing field 'num_hidden_layers'"));
-  CHECK(has(msg, "6"));
+  CHECK(mentions(msg, "missing field 'num_hidden_layers'"));
+  CHECK(mentions(msg, "6"));
 
   j = good;
   j["num_attention_heads"] = "8";
-  CHECK(has(check_error<Pythia>(j), "'num_attention_heads'"));
+  CHECK(mentions(check_error<Pythia>(j), "'num_attention_heads'"));
 
   j = good;
   j["hidden_act"] = "gelu_new";
   msg = check_error<Pythia>(j);
-  CHECK(has(msg, "'hidden_act'"));
-  CHECK(has(msg, "gelu_new"));
+  CHECK(mentions(msg, "'hidden_act'"));
+  CHECK(mentions(msg, "gelu_new"));
 
   j = good;
   j["rotary_pct"] = 0.5;
   msg = check_error<Pythia>(j);
-  CHECK(has(msg, "'rotary_pct'"));
-  CHECK(has(msg, "0.5"));
-  CHECK(has(msg, "0.25"));
+  CHECK(mentions(msg, "'rotary_pct'"));
+  CHECK(mentions(msg, "0.5"));
+  CHECK(mentions(msg, "0.25"));
 
   j = good;
   j["rope_theta"] = 500000;  // beside a matching rotary_emb_base: every spelling is checked
-  CHECK(has(check_error<Pythia>(j), "'rope_theta'"));
+  CHECK(mentions(check_error<Pythia>(j), "'rope_theta'"));
 
   j = good;
   j["use_parallel_residual"] = false;
-  CHECK(has(check_error<Pythia>(j), "'use_parallel_residual'"));
+  CHECK(mentions(check_error<Pythia>(j), "'use_parallel_residual'"));
 
   j = good;
   j["tie_word_embeddings"] = true;
-  CHECK(has(check_error<Pythia>(j), "'tie_word_embeddings'"));
+  CHECK(mentions(check_error<Pythia>(j), "'tie_word_embeddings'"));
 
   j = good;
   j["layer_norm_eps"] = 1e-6;
-  CHECK(has(check_error<Pythia>(j), "'layer_norm_eps'"));
+  CHECK(mentions(check_error<Pythia>(j), "'layer_norm_eps'"));
 
   j = good;
   j["vocab_size"] = 50277;
   msg = check_error<Pythia>(j);
-  CHECK(has(msg, "'vocab_size'"));
-  CHECK(has(msg, "50304"));
+  CHECK(mentions(msg, "'vocab_size'"));
+  CHECK(mentions(msg, "50304"));
 
   j = good;
   j["model_type"] = "llama";
-  CHECK(has(check_error<Pythia>(j), "'model_type'"));
+  CHECK(mentions(check_error<Pythia>(j), "'model_type'"));
 
   j = good;
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
-  CHECK(has(check_error<Pythia>(j), "'rope_scaling'"));
+  CHECK(mentions(check_error<Pythia>(j), "'rope_scaling'"));
 
   j = good;
   j["attention_bias"] = false;
-  CHECK(has(check_error<Pythia>(j), "'attention_bias'"));
+  CHECK(mentions(check_error<Pythia>(j), "'attention_bias'"));
 
-  CHECK(has(check_error<Pythia>(json::array()), "expected an object"));
+  CHECK(mentions(check_error<Pythia>(json::array()), "expected an object"));
 }
 
 TEST_CASE("hf_config: tanh GELU spellings and defaults for a tied tanh preset") {
@@ -203,15 +203,15 @@ TEST_CASE("hf_config: tanh GELU spellings and defaults for a tied tanh preset") 
     CHECK(check_error<Cfg>(j) == "");
   }
   j["hidden_act"] = "gelu";
-  CHECK(has(check_error<Cfg>(j), "'hidden_act'"));
+  CHECK(mentions(check_error<Cfg>(j), "'hidden_act'"));
   j.erase("hidden_act");  // transformers' default is the exact GELU
-  CHECK(has(check_error<Cfg>(j), "absent"));
+  CHECK(mentions(check_error<Cfg>(j), "absent"));
 
   j = doremi::hf_config_json<Cfg>();
   j.erase("tie_word_embeddings");  // transformers' default: untied
   const std::string msg = check_error<Cfg>(j);
-  CHECK(has(msg, "'tie_word_embeddings'"));
-  CHECK(has(msg, "absent"));
+  CHECK(mentions(msg, "'tie_word_embeddings'"));
+  CHECK(mentions(msg, "absent"));
 }
 
 TEST_CASE("hf_config: learned positions") {
@@ -219,11 +219,11 @@ TEST_CASE("hf_config: learned positions") {
   json j = doremi::hf_config_json<Gpt2>();
   CHECK(check_error<Gpt2>(j) == "");
   j["doremi"]["learned_positions"] = false;
-  CHECK(has(check_error<Gpt2>(j), "'doremi.learned_positions'"));
+  CHECK(mentions(check_error<Gpt2>(j), "'doremi.learned_positions'"));
   j = doremi::hf_config_json<Gpt2>();
   j.erase("rotary_pct");
   j.erase("partial_rotary_factor");  // absent means transformers' 0.25: rotary, not learned
-  CHECK(has(check_error<Gpt2>(j), "'rotary_pct'"));
+  CHECK(mentions(check_error<Gpt2>(j), "'rotary_pct'"));
 }
 
 TEST_CASE("hf_config: read_json_file errors name the file") {
@@ -234,7 +234,7 @@ TEST_CASE("hf_config: read_json_file errors name the file") {
   } catch (const doremi::Error& e) {
     msg = e.what();
   }
-  CHECK(has(msg, "missing-config.json"));
+  CHECK(mentions(msg, "missing-config.json"));
 
   const fs::path bad = dir.path / "bad-config.json";
   std::ofstream(bad) << "{\"hidden_size\": 512,\n \"vocab_size\": }";
@@ -244,8 +244,8 @@ TEST_CASE("hf_config: read_json_file errors name the file") {
   } catch (const doremi::Error& e) {
     msg = e.what();
   }
-  CHECK(has(msg, "bad-config.json"));
-  CHECK(has(msg, "byte 37"));
+  CHECK(mentions(msg, "bad-config.json"));
+  CHECK(mentions(msg, "byte 37"));
 
   CHECK_THROWS_AS(doremi::read_json_file(dir.path), doremi::Error);  // a directory
   const fs::path ok = dir.path / "ok.json";

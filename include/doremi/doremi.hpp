@@ -17,5 +17,6 @@
 #include "doremi/train/trainer.hpp"           // Trainer<Model, Sampler>
 #include "doremi/train/dro_trainer.hpp"       // DROTrainer<Model, Sampler>, DomainWeights
 #include "doremi/eval/perplexity.hpp"         // evaluate_perplexity
+#include "doremi/eval/generate.hpp"           // generate: greedy or sampled continuations (key/value cache)
 #include "doremi/eval/report.hpp"             // write_report
 #include "doremi/pipeline/pipeline.hpp"       // RunConfig, run_pipeline, StagesFor<Config>

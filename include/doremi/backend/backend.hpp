@@ -9,6 +9,10 @@
 //   OptimizerBackend<B, T>      + adamw_step over device memory (when !host_memory)
 //   ModelBackend<B, Cfg>        + every layer Model<Cfg, B> calls, with the
 //                               argument types it passes
+//   GenerationBackend<B, Cfg>   + what Model's cached forward for text
+//                               generation calls (checked only where
+//                               generation is used: a backend without it
+//                               still trains)
 //
 // The requirements check declarations only (the calls must resolve), not what
 // the functions compute: the tests compare every backend against the CPU one.
@@ -109,6 +113,22 @@ concept ModelBackend =
       matmul_backward<Cfg::matmul>(be, o, s, s, co, o, co, n, n, n);
       attention_backward<Cfg::matmul, Cfg::head_dim>(be, o, o, o, s, s, s, s, n, n, n, n, n);
       embedding_backward(be, s, s, s, tok, n, n, n);
+    };
+
+// What Model<Cfg, B>'s cached forward (generation, eval/generate.hpp) calls
+// beyond ModelBackend: the embedding at given positions (also a row gather),
+// attention of new tokens against a per-row key/value cache, and the logits'
+// product with a scalar output and no bias, and a copy within backend memory
+// (finished rows leave the cache).
+template <class B, class Cfg, class S = typename Cfg::scalar,
+          class O = typename B::template operand<Cfg::matmul, typename Cfg::scalar>>
+concept GenerationBackend =
+    ModelBackend<B, Cfg> &&
+    requires(B be, S* s, const S* cs, O* o, const O* co, const std::int32_t* tok, int n, std::size_t size) {
+      copy(be, s, cs, size);
+      embedding_forward_at(be, s, tok, tok, cs, cs, n, n);
+      attention_cached<Cfg::matmul, Cfg::head_dim>(be, o, co, s, s, tok, cs, cs, n, n, n, n, n, n);
+      matmul_forward<Cfg::matmul>(be, s, co, co, cs, n, n, n);
     };
 
 }  // namespace doremi::backend

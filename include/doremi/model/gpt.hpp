@@ -249,6 +249,147 @@ class Model {
 
   Backend& backend() { return be_; }
 
+  // ---- Generation: a forward of new tokens against per-row key/value caches
+  // (eval/generate.hpp drives it; docs/generation.md). Needs a backend with
+  // backend::GenerationBackend; a forward for training does not.
+  //
+  // start_generation(rows, capacity): caches for `rows` sequences of at most
+  // `capacity` tokens (<= n_ctx), per layer K and V [rows, H, capacity, hd] in
+  // scalar, emptied; reads the parameters as they are now (uploading new ones
+  // needs a new start_generation).
+  void start_generation(int rows, int capacity) {
+    static_assert(backend::GenerationBackend<Backend, Cfg>,
+                  "Model::start_generation: Backend lacks the generation functions (backend/backend.hpp)");
+    if (rows <= 0 || capacity <= 0 || capacity > Cfg::n_ctx)
+      fail("Model<{}>::start_generation: {} rows of capacity {} (need rows > 0 and 0 < capacity <= context {})",
+           Cfg::name, rows, capacity, Cfg::n_ctx);
+    gen_rows_ = rows;
+    gen_capacity_ = capacity;
+    const std::size_t n = std::size_t(L) * rows * H * capacity * (C / H);
+    grow(k_cache_, n);
+    grow(v_cache_, n);
+    refresh_product_weights();
+  }
+  int generation_rows() const { return gen_rows_; }
+  int generation_capacity() const { return gen_capacity_; }
+
+  // Tn new tokens for each of the first `rows` cache rows (rows <= the rows
+  // started, Tn >= 1): tokens [rows·Tn] row-major; start[b] = positions row b
+  // already holds (its new tokens sit at start[b] + t, all < capacity);
+  // pick[b] < Tn: the new token whose next-token logits row b returns (rows of
+  // different lengths share one call: shorter ones padded at the end with any
+  // valid id, picking their last real token; the padding's cache entries lie
+  // beyond the real tokens and are overwritten before anything reads them).
+  // Returns the logits [rows, padded_vocab] in scalar, readable on the host,
+  // valid until the next call. The final LayerNorm and the output product run
+  // on the picked tokens only.
+  std::span<const scalar> forward_cached(std::span<const std::int32_t> tokens, std::span<const std::int32_t> start,
+                                         std::span<const std::int32_t> pick, int rows, int Tn) {
+    if (gen_rows_ == 0) fail("Model<{}>::forward_cached: call start_generation first", Cfg::name);
+    if (rows <= 0 || rows > gen_rows_ || Tn <= 0)
+      fail("Model<{}>::forward_cached: {} rows of {} tokens (need 0 < rows <= {} started, Tn > 0)", Cfg::name, rows,
+           Tn, gen_rows_);
+    const int N = rows * Tn;
+    if (tokens.size() != std::size_t(N) || start.size() != std::size_t(rows) || pick.size() != std::size_t(rows))
+      fail("Model<{}>::forward_cached: {} tokens, {} starts and {} picks for {} rows of {} tokens", Cfg::name,
+           tokens.size(), start.size(), pick.size(), rows, Tn);
+    // One upload of every index: tokens, starts, the picked tokens' rows, (learned) positions.
+    const bool gather = Tn > 1;
+    std::vector<std::int32_t>& ids = gen_ids_host_;
+    ids.assign(tokens.begin(), tokens.end());
+    ids.insert(ids.end(), start.begin(), start.end());
+    for (int b = 0; b < rows; ++b) {
+      if (start[b] < 0 || start[b] + Tn > gen_capacity_)
+        fail("Model<{}>::forward_cached: row {} holds {} positions; {} more exceed the capacity {}", Cfg::name, b,
+             start[b], Tn, gen_capacity_);
+      if (pick[b] < 0 || pick[b] >= Tn)
+        fail("Model<{}>::forward_cached: row {} picks token {} of {}", Cfg::name, b, pick[b], Tn);
+      for (int t = 0; t < Tn; ++t)
+        if (const std::int32_t id = tokens[std::size_t(b) * Tn + t]; id < 0 || id >= Cfg::vocab)
+          fail("Model<{}>::forward_cached: token {} at row {}, new position {} is outside the vocabulary [0, {})",
+               Cfg::name, id, b, t, Cfg::vocab);
+      if (gather) ids.push_back(b * Tn + pick[b]);
+    }
+    if constexpr (Cfg::learned_positions)
+      for (int b = 0; b < rows; ++b)
+        for (int t = 0; t < Tn; ++t) ids.push_back(start[b] + t);
+    grow(gen_ids_, ids.size());
+    upload(be_, gen_ids_.data(), ids.data(), ids.size());
+    const std::int32_t* tok = gen_ids_.data();
+    const std::int32_t* starts = tok + N;
+    const std::int32_t* rows_picked = starts + rows;
+    const std::int32_t* positions = rows_picked + (gather ? rows : 0);
+
+    // One layer's activations for N tokens (stride 0, as forward_losses), in place in one residual buffer.
+    const std::size_t Nz = std::size_t(N), Cs = C;
+    grow(gen_acts_, Nz * Cs * (Cfg::parallel_residual ? 1 : 2) + 2 * Nz + std::size_t(rows) * Cs);
+    grow(gen_op_, Nz * Cs * 6 + 2 * Nz * D);
+    grow(gen_logits_, std::size_t(rows) * V);
+    scalar* x = gen_acts_.data();
+    scalar* stats = x + Nz * Cs;
+    scalar* h = Cfg::parallel_residual ? x : stats + 2 * Nz;  // sequential: h = x + attn(x)
+    scalar* final_rows = stats + 2 * Nz + (Cfg::parallel_residual ? 0 : Nz * Cs);
+    operand_type* o_ln1 = gen_op_.data();
+    operand_type* o_ln2 = o_ln1 + Nz * Cs;
+    operand_type* o_qkv = o_ln2 + Nz * Cs;
+    operand_type* o_atty = o_qkv + 3 * Nz * Cs;
+    operand_type* o_fc = o_atty + Nz * Cs;
+    operand_type* o_gel = o_fc + Nz * D;
+    const scalar* P = params_.data();
+    const auto& lay = layout();
+    embedding_forward_at(be_, x, tok, positions, P + lay.embed_in, Cfg::learned_positions ? P + lay.embed_pos : nullptr,
+                         N, C);
+    const std::size_t per_layer = std::size_t(gen_rows_) * H * gen_capacity_ * (C / H);
+    for (int l = 0; l < L; ++l) {
+      const BlockOffsets& w = lay.blocks[std::size_t(l)];
+      if constexpr (Cfg::parallel_residual)
+        layernorm_pair_forward(be_, o_ln1, o_ln2, stats, stats + N, x, P + w.ln1_w, P + w.ln1_b, P + w.ln2_w,
+                               P + w.ln2_b, N, C, Cfg::ln_eps);
+      else
+        layernorm_forward(be_, o_ln1, stats, stats + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
+      matmul_forward<Cfg::matmul>(be_, o_qkv, o_ln1, weight(w.qkv_w), weight(w.qkv_b), N, C, 3 * C);
+      attention_cached<Cfg::matmul, Cfg::head_dim>(be_, o_atty, static_cast<const operand_type*>(o_qkv),
+                                                    k_cache_.data() + l * per_layer, v_cache_.data() + l * per_layer,
+                                                    starts, rope_cos_.data(), rope_sin_.data(), rows, Tn, C, H,
+                                                    Cfg::rotary_dim, gen_capacity_);
+      matmul_forward<Cfg::matmul>(be_, h, o_atty, weight(w.proj_w), P + w.proj_b, N, C, C, static_cast<const scalar*>(x));
+      if constexpr (!Cfg::parallel_residual)
+        layernorm_forward(be_, o_ln2, stats, stats + N, h, P + w.ln2_w, P + w.ln2_b, N, C, Cfg::ln_eps);
+      matmul_gelu_forward<Cfg::matmul, Cfg::gelu>(be_, o_gel, o_fc, o_ln2, weight(w.fc_w), weight(w.fc_b), N, C, D);
+      matmul_forward<Cfg::matmul>(be_, x, o_gel, weight(w.fc2_w), P + w.fc2_b, N, D, C, static_cast<const scalar*>(h));
+    }
+    // The final LayerNorm and the logits of the picked tokens only.
+    const scalar* last = x;
+    if (gather) {
+      embedding_forward_at(be_, final_rows, rows_picked, static_cast<const std::int32_t*>(nullptr),
+                           static_cast<const scalar*>(x), static_cast<const scalar*>(nullptr), rows, C);
+      last = final_rows;
+    }
+    layernorm_forward(be_, o_ln1, stats, stats + rows, last, P + lay.lnf_w, P + lay.lnf_b, rows, C, Cfg::ln_eps);
+    matmul_forward<Cfg::matmul>(be_, gen_logits_.data(), static_cast<const operand_type*>(o_ln1),
+                                weight(lay.embed_out), static_cast<const scalar*>(nullptr), rows, C, V);
+    return host_view(gen_logits_, gen_logits_host_, std::size_t(rows) * V);
+  }
+
+  // Keeps cache rows keep[0] < keep[1] < ... (each < the rows started) as rows
+  // 0, 1, ...: finished sequences leave the batch.
+  void keep_generation_rows(std::span<const int> keep) {
+    const std::size_t per_row = std::size_t(H) * gen_capacity_ * (C / H);
+    const std::size_t per_layer = std::size_t(gen_rows_) * per_row;
+    for (std::size_t i = 0; i < keep.size(); ++i) {
+      const int r = keep[i];
+      if (r < int(i) || r >= gen_rows_ || (i > 0 && r <= keep[i - 1]))
+        fail("Model<{}>::keep_generation_rows: rows must ascend within [0, {}) (entry {} is {})", Cfg::name,
+             gen_rows_, i, r);
+      if (r == int(i)) continue;
+      for (int l = 0; l < L; ++l)
+        for (Buffer<scalar>* c : {&k_cache_, &v_cache_}) {
+          scalar* base = c->data() + l * per_layer;
+          copy(be_, base + i * per_row, static_cast<const scalar*>(base + std::size_t(r) * per_row), per_row);
+        }
+    }
+  }
+
  private:
   // The first n elements of a backend buffer readable on the host: the
   // buffer itself, or their copy in `host`.
@@ -467,6 +608,14 @@ class Model {
   mutable std::vector<scalar> params_host_;
   mutable std::vector<scalar> losses_host_;
   mutable std::vector<std::uint8_t> mask_host_;
+  // Generation (start_generation, forward_cached): the key/value caches, one
+  // layer's activations and the picked tokens' logits.
+  Buffer<scalar> k_cache_, v_cache_, gen_acts_, gen_logits_;
+  Buffer<operand_type> gen_op_;
+  Buffer<std::int32_t> gen_ids_;
+  std::vector<std::int32_t> gen_ids_host_;
+  mutable std::vector<scalar> gen_logits_host_;
+  int gen_rows_ = 0, gen_capacity_ = 0;
   int B_ = 0, T_ = 0;
   bool has_forward_ = false;
   std::size_t layer_stride_ = 0, op_layer_stride_ = 0;  // elements between layers' buffers (0: shared)

@@ -83,6 +83,77 @@ void attention_forward(Cpu, O* out, T* qkvr, T* att, const In* qkv, const T* rop
   }
 }
 
+// Generation (GEN_INTERFACES §1): attention of Tn new tokens in each of B
+// rows against a per-row key/value cache k_cache, v_cache [B, H, capacity, hd]
+// (T). start[b]: positions row b already holds; token t of row b sits at
+// p = start[b] + t (< capacity) and is rotated with table row p on the first
+// `rot` dims of q and k, as attention_forward rotates. Writes every new
+// token's rotated k and its v at p, then out[b·Tn + t] (head-major [C], O) =
+// Σ_{j ≤ p} softmax_j(q·k_j / √hd) v_j. One OpenMP loop over (row, head);
+// per (row, head) two small GEMMs (Q·Kᵀ over the cache, P·V) in T.
+template <MatmulPrecision Precision = MatmulPrecision::native, int HeadDim = 0, class T, class O, class In>
+void attention_cached(Cpu, O* out, const In* qkv, T* k_cache, T* v_cache, const std::int32_t* start,
+                      const T* rope_cos, const T* rope_sin, int B, int Tn, int C, int H, int rot, int capacity) {
+  using namespace cpu;
+  const int hd = C / H, half = rot / 2;
+  const T scale = T(1) / std::sqrt(T(hd));
+#pragma omp parallel
+  {
+    RowMat<T> Q, S;
+#pragma omp for schedule(static)
+    for (int bh = 0; bh < B * H; ++bh) {
+      const int b = bh / H, h = bh % H, s0 = start[b], end = s0 + Tn;  // cache rows [0, end) after the writes
+      T* kc = k_cache + std::size_t(bh) * capacity * hd;
+      T* vc = v_cache + std::size_t(bh) * capacity * hd;
+      Q.resize(Tn, hd);
+      for (int t = 0; t < Tn; ++t) {
+        const In* src = qkv + (std::size_t(b) * Tn + t) * 3 * C + std::size_t(h) * 3 * hd;
+        T* q = Q.data() + std::size_t(t) * hd;
+        T* k = kc + std::size_t(s0 + t) * hd;
+        T* v = vc + std::size_t(s0 + t) * hd;
+        for (int d = 0; d < hd; ++d) {
+          q[d] = cast_to<T>(src[d]);
+          k[d] = cast_to<T>(src[hd + d]);
+          v[d] = cast_to<T>(src[2 * hd + d]);
+        }
+        if (rot > 0) {
+          const T* cs = rope_cos + std::size_t(s0 + t) * half;
+          const T* sn = rope_sin + std::size_t(s0 + t) * half;
+          for (int i = 0; i < half; ++i) {
+            rotate(q[i], q[i + half], cs[i], sn[i]);
+            rotate(k[i], k[i + half], cs[i], sn[i]);
+          }
+        }
+      }
+      CMatMap<T> K(kc, end, hd), V(vc, end, hd);
+      S.resize(Tn, end);
+      S.noalias() = (Q * K.transpose()) * scale;
+      for (int t = 0; t < Tn; ++t) {  // row t sees cache rows j <= s0 + t
+        T* row = S.data() + std::size_t(t) * end;
+        const int last = s0 + t;
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int j = 0; j <= last; ++j) mx = row[j] > mx ? row[j] : mx;
+        T sum = 0;
+        for (int j = 0; j <= last; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        const T inv = T(1) / sum;
+        for (int j = 0; j <= last; ++j) row[j] *= inv;
+        for (int j = last + 1; j < end; ++j) row[j] = 0;
+      }
+      O* const ob = out + std::size_t(b) * Tn * C + std::size_t(h) * hd;
+      if constexpr (std::is_same_v<O, T>) {
+        StridedMap<T>(ob, Tn, hd, Eigen::OuterStride<>(C)).noalias() = S * V;
+      } else {
+        const RowMat<T> R = S * V;
+        for (int t = 0; t < Tn; ++t)
+          for (int d = 0; d < hd; ++d) ob[std::size_t(t) * C + d] = cast_to<O>(R(t, d));
+      }
+    }
+  }
+}
+
 namespace cpu {
 
 template <class T>

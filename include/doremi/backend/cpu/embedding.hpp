@@ -23,6 +23,25 @@ void embedding_forward(Cpu, T* out, const std::int32_t* tokens, const T* wte, co
   }
 }
 
+// Generation (GEN_INTERFACES §1): out[n] = wte[tokens[n]] (+ wpe[positions[n]]
+// where wpe != nullptr), n < N. With wpe = nullptr it is also a row gather of
+// any [rows, C] table.
+template <class T>
+void embedding_forward_at(Cpu, T* out, const std::int32_t* tokens, const std::int32_t* positions, const T* wte,
+                          const T* wpe, int N, int C) {
+#pragma omp parallel for schedule(static) if (std::size_t(N) * C > 65536)
+  for (int n = 0; n < N; ++n) {
+    const T* e = wte + std::size_t(tokens[n]) * C;
+    T* o = out + std::size_t(n) * C;
+    if (wpe) {
+      const T* p = wpe + std::size_t(positions[n]) * C;
+      for (int c = 0; c < C; ++c) o[c] = e[c] + p[c];
+    } else {
+      for (int c = 0; c < C; ++c) o[c] = e[c];
+    }
+  }
+}
+
 template <class T>
 void embedding_backward(Cpu, T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens, int B, int Tn, int C) {
 #pragma omp parallel
