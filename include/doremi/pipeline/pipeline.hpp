@@ -257,7 +257,7 @@ class StagesFor final : public ModelStages {
                                                   const std::filesystem::path& checkpoint,
                                                   std::vector<DownstreamPrediction>* predictions,
                                                   bool show_progress) override {
-    if constexpr (GenerationBackend<Backend, Cfg>) {
+    if constexpr (backend::GenerationBackend<Backend, Cfg>) {
       if (tokenizer.vocab_size() > Cfg::vocab)
         fail("{}: the tokenizer has {} tokens, more than the model's vocabulary of {}", checkpoint.string(),
              tokenizer.vocab_size(), Cfg::vocab);
@@ -340,58 +340,6 @@ struct PipelineResult {
     return j;
   }
 };
-
-// Reference weights as the config says (a WeightSpec: a domain-config file,
-// "uniform", or by size from a preprocessed folder's manifest times epochs).
-inline std::vector<double> resolve_reference_weights(const RunConfig& cfg, const PipelineData& data) {
-  return WeightSpec::parse(cfg.reference_weights).resolve(data.domains(), data.train.manifest, cfg.epochs,
-                                                          "reference_weights");
-}
-
-// The report of a run: weights over the last round's proxy steps, final
-// against reference weights, and per-domain perplexity of both main models.
-inline void write_pipeline_report(const RunConfig& cfg, const PipelineResult& r, const std::string& small_preset,
-                                  const std::string& main_preset) {
-  ReportData d;
-  d.title = "DoReMi report";
-  d.settings = {{"data", cfg.data.string()},
-                {"reference/proxy preset", small_preset},
-                {"main preset", main_preset},
-                {"device", cfg.device.str()},
-                {"sequence length", std::to_string(cfg.seq_len)},
-                {"reference weights", cfg.reference_weights},
-                {"rounds run", std::to_string(r.round_weights.size())},
-                {"proxy steps", std::to_string(cfg.proxy.steps)},
-                {"η, c", fmt::format("{}, {}", cfg.proxy.dro.eta, cfg.proxy.dro.smoothing)}};
-  d.domains = r.domains;
-  d.reference_weights = r.reference_weights;
-  d.doremi_weights = r.doremi_weights;
-  const auto metrics = cfg.output / fmt::format("round-{}", r.round_weights.size()) / "proxy" / "metrics.jsonl";
-  if (std::filesystem::exists(metrics)) {
-    const WeightTrajectory t = read_weight_trajectory(metrics);
-    d.steps = t.steps;
-    d.step_weights = t.weights;
-    d.step_average_weights = read_weight_trajectory(metrics, TrajectoryWeights::avg_alpha).weights;
-  }
-  if (r.baseline_perplexity) d.baseline_log_perplexity = r.baseline_perplexity->log_perplexity;
-  if (r.doremi_perplexity) d.doremi_log_perplexity = r.doremi_perplexity->log_perplexity;
-  if (cfg.downstream) {
-    d.downstream_tasks = cfg.downstream->tasks;
-    d.settings.emplace_back("downstream tasks", fmt::format("{} ({}-shot{})", fmt::join(cfg.downstream->tasks, ", "),
-                                                            cfg.downstream->shots,
-                                                            cfg.downstream->max_samples
-                                                                ? fmt::format(", first {} examples",
-                                                                              cfg.downstream->max_samples)
-                                                                : std::string()));
-    if (!r.baseline_downstream.is_null())
-      d.downstream.push_back(downstream_curve(r.baseline_downstream, d.downstream_tasks, d.baseline_name,
-                                              (cfg.output / "main-baseline/downstream.json").string()));
-    if (!r.doremi_downstream.is_null())
-      d.downstream.push_back(downstream_curve(r.doremi_downstream, d.downstream_tasks, d.doremi_name,
-                                              (cfg.output / "main-doremi/downstream.json").string()));
-  }
-  write_report(cfg.output / "report", d);
-}
 
 // ---- downstream evaluation of a main stage's checkpoints ----------------------
 
@@ -513,6 +461,58 @@ inline DownstreamCurve downstream_curve(const nlohmann::json& j, const std::vect
     fail("{}: not a downstream results file ({})", where, e.what());
   }
   return c;
+}
+
+// Reference weights as the config says (a WeightSpec: a domain-config file,
+// "uniform", or by size from a preprocessed folder's manifest times epochs).
+inline std::vector<double> resolve_reference_weights(const RunConfig& cfg, const PipelineData& data) {
+  return WeightSpec::parse(cfg.reference_weights).resolve(data.domains(), data.train.manifest, cfg.epochs,
+                                                          "reference_weights");
+}
+
+// The report of a run: weights over the last round's proxy steps, final
+// against reference weights, and per-domain perplexity of both main models.
+inline void write_pipeline_report(const RunConfig& cfg, const PipelineResult& r, const std::string& small_preset,
+                                  const std::string& main_preset) {
+  ReportData d;
+  d.title = "DoReMi report";
+  d.settings = {{"data", cfg.data.string()},
+                {"reference/proxy preset", small_preset},
+                {"main preset", main_preset},
+                {"device", cfg.device.str()},
+                {"sequence length", std::to_string(cfg.seq_len)},
+                {"reference weights", cfg.reference_weights},
+                {"rounds run", std::to_string(r.round_weights.size())},
+                {"proxy steps", std::to_string(cfg.proxy.steps)},
+                {"η, c", fmt::format("{}, {}", cfg.proxy.dro.eta, cfg.proxy.dro.smoothing)}};
+  d.domains = r.domains;
+  d.reference_weights = r.reference_weights;
+  d.doremi_weights = r.doremi_weights;
+  const auto metrics = cfg.output / fmt::format("round-{}", r.round_weights.size()) / "proxy" / "metrics.jsonl";
+  if (std::filesystem::exists(metrics)) {
+    const WeightTrajectory t = read_weight_trajectory(metrics);
+    d.steps = t.steps;
+    d.step_weights = t.weights;
+    d.step_average_weights = read_weight_trajectory(metrics, TrajectoryWeights::avg_alpha).weights;
+  }
+  if (r.baseline_perplexity) d.baseline_log_perplexity = r.baseline_perplexity->log_perplexity;
+  if (r.doremi_perplexity) d.doremi_log_perplexity = r.doremi_perplexity->log_perplexity;
+  if (cfg.downstream) {
+    d.downstream_tasks = cfg.downstream->tasks;
+    d.settings.emplace_back("downstream tasks", fmt::format("{} ({}-shot{})", fmt::join(cfg.downstream->tasks, ", "),
+                                                            cfg.downstream->shots,
+                                                            cfg.downstream->max_samples
+                                                                ? fmt::format(", first {} examples",
+                                                                              cfg.downstream->max_samples)
+                                                                : std::string()));
+    if (!r.baseline_downstream.is_null())
+      d.downstream.push_back(downstream_curve(r.baseline_downstream, d.downstream_tasks, d.baseline_name,
+                                              (cfg.output / "main-baseline/downstream.json").string()));
+    if (!r.doremi_downstream.is_null())
+      d.downstream.push_back(downstream_curve(r.doremi_downstream, d.downstream_tasks, d.doremi_name,
+                                              (cfg.output / "main-doremi/downstream.json").string()));
+  }
+  write_report(cfg.output / "report", d);
 }
 
 // Every stage's settings against its preset, before any work: errors name
