@@ -145,3 +145,267 @@ TEST_CASE("generate: cached logits equal the full forward's at every step") {
   SUBCASE("learned positions, fp64") { check_cached_equals_full_forward<Config<gen_learned, double>>(1e-12); }
   SUBCASE("bf16 products") { check_cached_equals_full_forward<Config<bf16_matmul(gen_parallel), float>>(2e-3); }
 }
+
+namespace {
+
+// Our greedy continuations and cached logits of prompts of different
+// lengths, beside the checkpoint, for generate_parity.py.
+template <class Cfg>
+void write_generate_case(const std::filesystem::path& dir, double atol) {
+  Model<Cfg> m;
+  random_model(m, 41);
+  const std::vector<int> lengths{7, 19, 1, 12};
+  const auto prompts = random_prompts(lengths, Cfg::vocab, 43);
+  GenerationConfig g;
+  g.max_new_tokens = 16;
+  StepLogits logits;
+  const auto rows = generate_logged(m, prompts, g, logits);
+  save_model(m, dir);
+  std::vector<std::int32_t> ids, tokens;
+  std::vector<double> flat;
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    ids.insert(ids.end(), prompts[r].begin(), prompts[r].end());
+    REQUIRE(rows[r].tokens.size() == 16);
+    tokens.insert(tokens.end(), rows[r].tokens.begin(), rows[r].tokens.end());
+    for (const auto& l : logits[r]) flat.insert(flat.end(), l.begin(), l.end());
+  }
+  const auto R = std::int64_t(prompts.size());
+  SafetensorsWriter p;
+  p.add("ids", {std::int64_t(ids.size())}, ids);
+  p.add("lengths", {R}, lengths);
+  p.write(dir / "prompts.safetensors");
+  SafetensorsWriter o;
+  o.add("tokens", {R, 16}, tokens);
+  o.add("logits", {R, 16, Cfg::vocab}, flat);
+  o.write(dir / "ours.safetensors");
+  write_file_atomic(dir / "case.json",
+                    nlohmann::json{{"float64", std::is_same_v<typename Cfg::scalar, double>}, {"atol", atol}}.dump());
+}
+
+}  // namespace
+
+// Tolerances (max |logit difference|): fp32 1e-5 (seen: 1.2e-6); fp64 1e-7 (seen:
+// 2e-8): transformers 4.47 computes the rotary cos/sin tables in float32 even
+// for a float64 model, ours are rounded from double.
+TEST_CASE("generate: greedy continuations and cached logits equal transformers' (both residual layouts, tied and "
+          "untied, fp32 and fp64)") {
+  if (!test::python_has("torch, transformers")) return;
+  test::TempDir dir("genparity");
+  write_generate_case<Config<gen_parallel, float>>(dir.path / "parallel32", 1e-5);
+  write_generate_case<Config<gen_sequential, float>>(dir.path / "sequential32", 1e-5);
+  write_generate_case<Config<gen_parallel, double>>(dir.path / "parallel64", 1e-7);
+  write_generate_case<Config<gen_sequential, double>>(dir.path / "sequential64", 1e-7);
+  std::string args;
+  for (const char* c : {"parallel32", "sequential32", "parallel64", "sequential64"}) args += (dir.path / c).string() + " ";
+  CHECK(test::run_python_script("generate_parity.py", args) == 0);
+}
+
+namespace {
+
+using SmallModel = Model<Config<gen_parallel, double>>;
+
+std::vector<std::vector<std::int32_t>> sample_prompts() { return random_prompts({3, 9, 5}, gen_parallel.vocab, 51); }
+
+// A model whose logits are flat enough that sampling varies.
+SmallModel& sampling_model() {
+  static SmallModel m = [] {
+    SmallModel s;
+    s.init(61);
+    return s;
+  }();
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("generate: sampling repeats for a seed, differs across seeds; top-k 1 and a tiny temperature are greedy") {
+  SmallModel& m = sampling_model();
+  const auto prompts = sample_prompts();
+  GenerationConfig greedy;
+  greedy.max_new_tokens = 10;
+  GenerationConfig s = greedy;
+  s.do_sample = true;
+  s.seed = 5;
+  const auto a = generate(m, prompts, s), b = generate(m, prompts, s);
+  s.seed = 6;
+  const auto c = generate(m, prompts, s);
+  const auto g = generate(m, prompts, greedy);
+  bool differ = false, differ_from_greedy = false;
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    CHECK(a[r].tokens == b[r].tokens);
+    differ |= a[r].tokens != c[r].tokens;
+    differ_from_greedy |= a[r].tokens != g[r].tokens;
+  }
+  CHECK(differ);
+  CHECK(differ_from_greedy);
+  // A row's draws do not depend on the other rows (prompt r draws from stream r): without prompt 2, prompt 1
+  // draws what it drew beside it.
+  s.seed = 5;
+  CHECK(generate(m, {prompts[0], prompts[1]}, s)[1].tokens == a[1].tokens);
+  GenerationConfig k1 = s;
+  k1.top_k = 1;
+  GenerationConfig cold = s;
+  cold.temperature = 1e-9;
+  GenerationConfig p_small = s;
+  p_small.top_p = 1e-9;  // keeps only the most likely token
+  const auto rk = generate(m, prompts, k1), rc = generate(m, prompts, cold), rp = generate(m, prompts, p_small);
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    CHECK(rk[r].tokens == g[r].tokens);
+    CHECK(rc[r].tokens == g[r].tokens);
+    CHECK(rp[r].tokens == g[r].tokens);
+  }
+}
+
+TEST_CASE("generate: temperature, top-k and top-p filter as transformers' warpers (by hand and by many draws)") {
+  const std::vector<double> logits{1, 2, 3, 4, 0.5};
+  const std::vector<double> e{std::exp(1.0), std::exp(2.0), std::exp(3.0), std::exp(4.0), std::exp(0.5)};
+  const double total = e[0] + e[1] + e[2] + e[3] + e[4];
+  GenerationConfig g;
+  auto probs = [&](const GenerationConfig& c) { return sampling::probabilities(std::span<const double>(logits), c); };
+  // Plain softmax.
+  auto p = probs(g);
+  for (int i = 0; i < 5; ++i) CHECK(p[std::size_t(i)] == doctest::Approx(e[std::size_t(i)] / total).epsilon(1e-12));
+  // Masses: 4: 0.6337, 3: 0.2331, 2: 0.0858, 1: 0.0315, 0.5: 0.0191. top_p 0.8 keeps {4, 3} (0.867 >= 0.8),
+  // 0.9 keeps {4, 3, 2} (0.953), 0.5 keeps {4}.
+  g.top_p = 0.8;
+  p = probs(g);
+  CHECK(p[3] == doctest::Approx(e[3] / (e[3] + e[2])).epsilon(1e-12));
+  CHECK(p[2] == doctest::Approx(e[2] / (e[3] + e[2])).epsilon(1e-12));
+  CHECK(p[0] == 0);
+  CHECK(p[1] == 0);
+  CHECK(p[4] == 0);
+  g.top_p = 0.9;
+  p = probs(g);
+  CHECK(p[1] == doctest::Approx(e[1] / (e[3] + e[2] + e[1])).epsilon(1e-12));
+  CHECK(p[0] == 0);
+  g.top_p = 0.5;
+  p = probs(g);
+  CHECK(p[3] == 1.0);
+  // top-k before top-p, after the temperature: T = 2, k = 3 keeps {4, 3, 2}; then top-p 0.7 on
+  // softmax({2, 1.5, 1}) = {0.506, 0.307, 0.186}: keeps {4, 3} (0.813 >= 0.7).
+  g = {};
+  g.temperature = 2;
+  g.top_k = 3;
+  p = probs(g);
+  const double t4 = std::exp(2.0), t3 = std::exp(1.5), t2 = std::exp(1.0);
+  CHECK(p[1] == doctest::Approx(t2 / (t4 + t3 + t2)).epsilon(1e-12));
+  CHECK(p[0] == 0);
+  CHECK(p[4] == 0);
+  g.top_p = 0.7;
+  p = probs(g);
+  CHECK(p[3] == doctest::Approx(t4 / (t4 + t3)).epsilon(1e-12));
+  CHECK(p[1] == 0);
+  // Ties at the k-th value are kept (TopKLogitsWarper compares with the k-th largest).
+  const std::vector<double> tied{1, 3, 3, 2};
+  g = {};
+  g.top_k = 1;
+  p = sampling::probabilities(std::span<const double>(tied), g);
+  CHECK(p[1] == doctest::Approx(0.5));
+  CHECK(p[2] == doctest::Approx(0.5));
+  // Many draws through next_token follow the filtered distribution within 4.5 standard errors.
+  g = {};
+  g.do_sample = true;
+  g.top_p = 0.9;
+  g.seed = 3;
+  p = probs(g);
+  const int draws = 20000;
+  std::vector<int> count(5, 0);
+  for (int i = 0; i < draws; ++i) ++count[std::size_t(sampling::next_token(std::span<const double>(logits), g, 0, std::size_t(i)))];
+  for (std::size_t i = 0; i < 5; ++i) {
+    const double se = std::sqrt(p[i] * (1 - p[i]) / draws);
+    INFO("token " << i << ": " << count[i] << " draws, p " << p[i]);
+    if (p[i] == 0) CHECK(count[i] == 0);
+    else CHECK(std::abs(count[i] / double(draws) - p[i]) <= 4.5 * se);
+  }
+  // Greedy: the lowest id among equal maxima.
+  CHECK(sampling::argmax(std::span<const double>(tied)) == 1);
+}
+
+TEST_CASE("generate: eos ids and stop strings end a row without changing the others") {
+  SmallModel& m = sampling_model();
+  const auto prompts = sample_prompts();
+  const Tokenizer bytes;  // ids 0-255 decode to bytes (the model's ids 250-255 are never chosen: vocab 250)
+  GenerationConfig g;
+  g.max_new_tokens = 12;
+  const auto free = generate(m, prompts, g, &bytes);
+  for (const auto& row : free) {
+    CHECK(row.stop == GeneratedRow::Stop::length);
+    CHECK(row.text == bytes.decode(row.tokens));
+  }
+  // Row 1's fourth token as the eos id: row 1 stops before it, the others at its first occurrence or run on.
+  const std::int32_t eos = free[1].tokens[3];
+  g.eos_ids = {eos};
+  const auto stopped = generate(m, prompts, g, &bytes);
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    const auto& t = free[r].tokens;
+    const auto at = std::find(t.begin(), t.end(), eos) - t.begin();
+    INFO("prompt " << r);
+    CHECK(stopped[r].tokens == std::vector<std::int32_t>(t.begin(), t.begin() + at));
+    CHECK(stopped[r].stop == (at < std::ptrdiff_t(t.size()) ? GeneratedRow::Stop::eos : GeneratedRow::Stop::length));
+  }
+  CHECK(stopped[1].tokens.size() <= 3);
+  // A stop string taken from row 0's text: the text is cut before its first match, the tokens end with the
+  // token that completed it, and the other rows are as before (unless the string appears in them too).
+  g.eos_ids.clear();
+  const std::string text0 = free[0].text;
+  REQUIRE(text0.size() >= 6);
+  const std::string stop = text0.substr(4, 2);
+  g.stop_strings = {"\x01\x02\x03 never", stop};
+  const auto cut = generate(m, prompts, g, &bytes);
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    INFO("prompt " << r);
+    const std::size_t found = free[r].text.find(stop);
+    if (found == std::string::npos) {
+      CHECK(cut[r].tokens == free[r].tokens);
+      CHECK(cut[r].stop == GeneratedRow::Stop::length);
+      continue;
+    }
+    CHECK(cut[r].stop == GeneratedRow::Stop::stop_string);
+    CHECK(cut[r].text == free[r].text.substr(0, found));
+    // Byte tokens: the match completes at byte found + 2 (the tokens decode one byte each, or none for 250+).
+    CHECK(bytes.decode(cut[r].tokens).size() == found + stop.size());
+    CHECK(std::equal(cut[r].tokens.begin(), cut[r].tokens.end(), free[r].tokens.begin()));
+  }
+  CHECK(cut[0].stop == GeneratedRow::Stop::stop_string);
+}
+
+TEST_CASE("generate: bad prompts and settings are errors naming what is wrong") {
+  SmallModel& m = sampling_model();
+  GenerationConfig g;
+  using test::error_of;
+  auto has = [](const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; };
+  CHECK(has(error_of([&] { generate(m, {{1, 2}, {}}, g); }), "prompt 1 is empty"));
+  CHECK(has(error_of([&] { generate(m, {{1, 2, 250}}, g); }), "prompt 0 token 2 is 250"));
+  CHECK(has(error_of([&] { generate(m, {{1, -1}}, g); }), "prompt 0 token 1 is -1"));
+  g.max_new_tokens = 60;
+  CHECK(has(error_of([&] { generate(m, {{1}, {1, 2, 3, 4, 5}}, g); }),
+            "prompt 1 has 5 tokens; with max_new_tokens 60 that is 65 > the model's context 64"));
+  g = {};
+  for (double t : {0.0, -1.0, std::nan("")}) {
+    g.temperature = t;
+    CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "temperature"));
+  }
+  g = {};
+  for (double p : {0.0, 1.5, -0.1}) {
+    g.top_p = p;
+    CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "top_p must lie in (0, 1]"));
+  }
+  g = {};
+  g.top_k = -1;
+  CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "top_k"));
+  g = {};
+  g.max_new_tokens = -1;
+  CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "max_new_tokens"));
+  g = {};
+  g.stop_strings = {"x"};
+  CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "stop strings need a tokenizer"));
+  g = {};
+  g.eos_ids = {250};
+  CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "eos id 250"));
+  // max_new_tokens 0: nothing generated, nothing run.
+  g = {};
+  g.max_new_tokens = 0;
+  const auto none = generate(m, {{1, 2}}, g);
+  REQUIRE(none.size() == 1);
+  CHECK(none[0].tokens.empty());
+}

@@ -339,16 +339,75 @@ inline ColumnPlan plan_column(const FlatBuffer& fb, const FlatBuffer::Table& sch
   return plan;
 }
 
-// Indexes one .arrow stream file: appends its non-empty record batches.
+// One record batch's field nodes and body buffers, every access checked
+// against the message ("FILE: record batch at byte POS: ..."). `column`
+// names the column being read in messages.
+struct RecordBatchView {
+  const FlatBuffer* fb = nullptr;
+  std::string file;
+  std::uint64_t pos = 0;
+  const std::byte* body = nullptr;
+  std::int64_t body_len = 0;
+  std::int64_t rows = 0;
+  FlatBuffer::Table header;
+  std::optional<FlatBuffer::Vector> nodes, bufs;
+
+  // (length, null count) of field node k (k < the node count, checked by the caller's schema check).
+  std::pair<std::int64_t, std::int64_t> node(std::uint64_t k) const {
+    if (!nodes || k >= nodes->size)
+      fail("{}: record batch at byte {} has {} field nodes, node {} is missing", file, pos, nodes ? nodes->size : 0,
+           k);
+    const std::size_t at = nodes->pos + 16 * std::size_t(k);
+    return std::pair{fb->at<std::int64_t>(at), fb->at<std::int64_t>(at + 8)};
+  }
+  // Body buffer k with its length, checked to lie inside this message's body and to hold min_bytes.
+  std::pair<const std::byte*, std::uint64_t> buffer(std::uint64_t k, std::uint64_t min_bytes, std::string_view what,
+                                                    std::string_view column) const {
+    if (!bufs || k >= bufs->size)
+      fail("{}: record batch at byte {} has {} buffers, but column '{}' needs at least {}", file, pos,
+           bufs ? bufs->size : 0, column, k + 1);
+    const std::size_t at = bufs->pos + 16 * std::size_t(k);
+    const auto off = fb->at<std::int64_t>(at), len = fb->at<std::int64_t>(at + 8);
+    if (off < 0 || len < 0 || off > body_len || len > body_len - off)
+      fail("{}: record batch at byte {}: {} buffer of column '{}' (offset {}, {} bytes) lies outside the "
+           "{}-byte body",
+           file, pos, what, column, off, len, body_len);
+    if (std::uint64_t(len) < min_bytes)
+      fail("{}: record batch at byte {}: {} buffer of column '{}' has {} bytes, expected at least {}", file, pos,
+           what, column, len, min_bytes);
+    return {body + std::uint64_t(off), std::uint64_t(len)};
+  }
+  // How far the buffers of a field move for the variadic buffers of the `views_before` view fields before it.
+  std::uint64_t variadic_shift(std::uint64_t views_before) const {
+    std::uint64_t shift = 0;
+    if (views_before == 0) return 0;
+    const auto counts = fb->vector(header, id::batch_variadic_counts, 8, "variadic buffer counts");
+    if (!counts || counts->size < views_before)
+      fail("{}: record batch at byte {} lacks variadic buffer counts for its view columns", file, pos);
+    for (std::uint32_t k = 0; k < views_before; ++k) {
+      const auto c = fb->at<std::int64_t>(counts->pos + 8 * k);
+      if (c < 0 || c > (std::int64_t(1) << 32)) fb->corrupt(fmt::format("variadic buffer count {}", c));
+      shift += std::uint64_t(c);
+    }
+    return shift;
+  }
+};
+
+// Walks one .arrow stream file (the framing described at the top of this
+// file, every message checked): on_schema(fb, schema_table, version) for the
+// first message, which must be the schema, then on_batch(view) for every
+// record batch (its node count not yet checked). Dictionary batches are
+// skipped; compressed bodies, a second schema and other message types are
+// errors.
 // Long on purpose: a loop over the stream's messages, each checked against
 // the format with its own message.
-inline void index_stream(const MappedFile& mf, std::uint32_t file_index, const std::string& column,
-                         std::vector<Batch>& batches, std::uint64_t& next_row, std::uint64_t& tokens) {
+template <class OnSchema, class OnBatch>
+void walk_stream(const MappedFile& mf, OnSchema&& on_schema, OnBatch&& on_batch) {
   const std::string file = mf.path().string();
   const std::byte* data = mf.data();
   const std::uint64_t size = mf.size();
   if (size == 0) fail("{}: empty file, expected an Arrow IPC stream", file);
-  std::optional<ColumnPlan> plan;
+  bool have_schema = false;
   std::uint64_t pos = 0;
   for (;;) {
     if (size - pos < 8)
@@ -382,14 +441,14 @@ inline void index_stream(const MappedFile& mf, std::uint32_t file_index, const s
     const auto header = fb.table(msg, id::message_header, "message header");
     if (!header) fail("{}: Arrow message at byte {} has no header", file, pos);
 
-    if (!plan) {
+    if (!have_schema) {
       if (type != msg_schema)
         fail("{}: the first Arrow message (byte {}) has type {}, expected the schema", file, pos, type);
-      plan = plan_column(fb, *header, version, file, column);
+      on_schema(fb, *header, version);
+      have_schema = true;
     } else if (type == msg_schema) {
       fail("{}: a second schema message at byte {}", file, pos);
     } else if (type == msg_record_batch) {
-      const auto& p = *plan;
       const auto& rb = *header;
       const auto rows = fb.scalar<std::int64_t>(rb, id::batch_length, 0);
       if (rows < 0) fail("{}: record batch at byte {} has negative length {}", file, pos, rows);
@@ -399,104 +458,101 @@ inline void index_stream(const MappedFile& mf, std::uint32_t file_index, const s
              "uncompressed (datasets' default)",
              file, pos, codec == 0 ? "LZ4" : codec == 1 ? "ZSTD" : "an unknown codec");
       }
-      const auto nodes = fb.vector(rb, id::batch_nodes, 16, "field nodes");
-      const auto bufs = fb.vector(rb, id::batch_buffers, 16, "buffers");
-      if (!nodes || nodes->size != p.total_nodes)
-        fail("{}: record batch at byte {} has {} field nodes, but the schema needs {}", file, pos,
-             nodes ? nodes->size : 0, p.total_nodes);
-      std::uint64_t buffer = p.buffer;
-      if (p.views_before) {
-        const auto counts = fb.vector(rb, id::batch_variadic_counts, 8, "variadic buffer counts");
-        if (!counts || counts->size < p.views_before)
-          fail("{}: record batch at byte {} lacks variadic buffer counts for its view columns", file, pos);
-        for (std::uint32_t k = 0; k < p.views_before; ++k) {
-          const auto c = fb.at<std::int64_t>(counts->pos + 8 * k);
-          if (c < 0 || c > (std::int64_t(1) << 32)) fb.corrupt(fmt::format("variadic buffer count {}", c));
-          buffer += std::uint64_t(c);
-        }
-      }
-      const bool fixed = p.list_tag == t_fixed_size_list;
-      const std::uint64_t list_buffers = fixed ? 1 : 2, need = buffer + list_buffers + 2;
-      if (!bufs || bufs->size < need)
-        fail("{}: record batch at byte {} has {} buffers, but column '{}' needs at least {}", file, pos,
-             bufs ? bufs->size : 0, column, need);
-      auto node = [&](std::uint64_t k) {
-        const std::size_t at = nodes->pos + 16 * std::size_t(k);
-        return std::pair{fb.at<std::int64_t>(at), fb.at<std::int64_t>(at + 8)};
-      };
-      // A body buffer, checked to lie inside this message's body.
-      auto body_buffer = [&](std::uint64_t k, std::uint64_t min_bytes, std::string_view what) {
-        const std::size_t at = bufs->pos + 16 * std::size_t(k);
-        const auto off = fb.at<std::int64_t>(at), len = fb.at<std::int64_t>(at + 8);
-        if (off < 0 || len < 0 || off > body_len || len > body_len - off)
-          fail("{}: record batch at byte {}: {} buffer of column '{}' (offset {}, {} bytes) lies outside the "
-               "{}-byte body",
-               file, pos, what, column, off, len, body_len);
-        if (std::uint64_t(len) < min_bytes)
-          fail("{}: record batch at byte {}: {} buffer of column '{}' has {} bytes, expected at least {}", file, pos,
-               what, column, len, min_bytes);
-        return data + body_at + std::uint64_t(off);
-      };
-      const auto [list_len, list_nulls] = node(p.node);
-      const auto [child_len, child_nulls] = node(p.node + 1);
-      if (list_len != rows)
-        fail("{}: record batch at byte {}: column '{}' has {} rows, the batch {}", file, pos, column, list_len,
-             rows);
-      if (list_nulls != 0)
-        fail("{}: record batch at byte {}: column '{}' has {} null rows (token lists must not be null)", file, pos,
-             column, list_nulls);
-      if (child_len < 0)
-        fail("{}: record batch at byte {}: column '{}' has negative value count {}", file, pos, column, child_len);
-      if (child_nulls != 0)
-        fail("{}: record batch at byte {}: column '{}' has {} null token ids", file, pos, column, child_nulls);
-      if (rows == 0) {
-        pos = body_at + std::uint64_t(body_len);
-        continue;
-      }
-      Batch b;
-      b.first_row = next_row;
-      b.rows = std::uint64_t(rows);
-      b.file = file_index;
-      b.list_tag = p.list_tag;
-      b.list_size = p.list_size;
-      b.value_bits = p.value_bits;
-      b.value_signed = p.value_signed;
-      b.values_count = std::uint64_t(child_len);
-      const std::uint64_t w = p.value_bits / 8;
-      if (b.values_count > std::numeric_limits<std::uint64_t>::max() / 8)
-        fail("{}: record batch at byte {}: value count {} is impossible", file, pos, child_len);
-      std::uint64_t batch_tokens = 0;
-      if (fixed) {
-        if (std::uint64_t(p.list_size) > b.values_count / b.rows)  // rows * list_size > child length
-          fail("{}: record batch at byte {}: column '{}' has {} rows of {} ids but only {} values", file, pos,
-               column, rows, p.list_size, child_len);
-        b.values = body_buffer(buffer + 2, b.values_count * w, "values");
-        batch_tokens = b.rows * std::uint64_t(p.list_size);
-      } else {
-        const std::uint64_t ow = p.list_tag == t_large_list ? 8 : 4;
-        if (b.rows > (std::numeric_limits<std::uint64_t>::max() / ow) - 1)
-          fail("{}: record batch at byte {}: row count {} is impossible", file, pos, rows);
-        b.offsets = body_buffer(buffer + 1, (b.rows + 1) * ow, "offsets");
-        b.values = body_buffer(buffer + 3, b.values_count * w, "values");
-        const auto first = ow == 8 ? load<std::int64_t>(b.offsets) : load<std::int32_t>(b.offsets);
-        const auto last = ow == 8 ? load<std::int64_t>(b.offsets + ow * b.rows)
-                                  : load<std::int32_t>(b.offsets + ow * b.rows);
-        if (first < 0 || last < first || std::uint64_t(last) > b.values_count)
-          fail("{}: record batch at byte {}: column '{}' has list offsets from {} to {}, expected 0 <= first <= last "
-               "<= {} (the value count)",
-               file, pos, column, first, last, child_len);
-        batch_tokens = std::uint64_t(last - first);
-      }
-      batches.push_back(b);
-      next_row += b.rows;
-      tokens += batch_tokens;
+      RecordBatchView v;
+      v.fb = &fb;
+      v.file = file;
+      v.pos = pos;
+      v.body = data + body_at;
+      v.body_len = body_len;
+      v.rows = rows;
+      v.header = rb;
+      v.nodes = fb.vector(rb, id::batch_nodes, 16, "field nodes");
+      v.bufs = fb.vector(rb, id::batch_buffers, 16, "buffers");
+      on_batch(v);
     } else if (type != msg_dictionary_batch) {  // dictionaries belong to other columns: skipped
       fail("{}: Arrow message at byte {} has type {}, expected a record batch (tensors are not supported)", file, pos,
            type);
     }
     pos = body_at + std::uint64_t(body_len);
   }
-  if (!plan) fail("{}: the Arrow stream ends before its schema", file);
+  if (!have_schema) fail("{}: the Arrow stream ends before its schema", file);
+}
+
+// Indexes one .arrow stream file: appends its non-empty record batches.
+inline void index_stream(const MappedFile& mf, std::uint32_t file_index, const std::string& column,
+                         std::vector<Batch>& batches, std::uint64_t& next_row, std::uint64_t& tokens) {
+  const std::string file = mf.path().string();
+  std::optional<ColumnPlan> plan;
+  walk_stream(
+      mf,
+      [&](const FlatBuffer& fb, const FlatBuffer::Table& schema, std::int16_t version) {
+        plan = plan_column(fb, schema, version, file, column);
+      },
+      [&](const RecordBatchView& v) {
+        const auto& p = *plan;
+        const auto pos = v.pos;
+        const auto rows = v.rows;
+        if (!v.nodes || v.nodes->size != p.total_nodes)
+          fail("{}: record batch at byte {} has {} field nodes, but the schema needs {}", file, pos,
+               v.nodes ? v.nodes->size : 0, p.total_nodes);
+        const std::uint64_t buffer = p.buffer + v.variadic_shift(p.views_before);
+        const bool fixed = p.list_tag == t_fixed_size_list;
+        const std::uint64_t list_buffers = fixed ? 1 : 2, need = buffer + list_buffers + 2;
+        if (!v.bufs || v.bufs->size < need)
+          fail("{}: record batch at byte {} has {} buffers, but column '{}' needs at least {}", file, pos,
+               v.bufs ? v.bufs->size : 0, column, need);
+        const auto [list_len, list_nulls] = v.node(p.node);
+        const auto [child_len, child_nulls] = v.node(p.node + 1);
+        if (list_len != rows)
+          fail("{}: record batch at byte {}: column '{}' has {} rows, the batch {}", file, pos, column, list_len,
+               rows);
+        if (list_nulls != 0)
+          fail("{}: record batch at byte {}: column '{}' has {} null rows (token lists must not be null)", file,
+               pos, column, list_nulls);
+        if (child_len < 0)
+          fail("{}: record batch at byte {}: column '{}' has negative value count {}", file, pos, column,
+               child_len);
+        if (child_nulls != 0)
+          fail("{}: record batch at byte {}: column '{}' has {} null token ids", file, pos, column, child_nulls);
+        if (rows == 0) return;
+        Batch b;
+        b.first_row = next_row;
+        b.rows = std::uint64_t(rows);
+        b.file = file_index;
+        b.list_tag = p.list_tag;
+        b.list_size = p.list_size;
+        b.value_bits = p.value_bits;
+        b.value_signed = p.value_signed;
+        b.values_count = std::uint64_t(child_len);
+        const std::uint64_t w = p.value_bits / 8;
+        if (b.values_count > std::numeric_limits<std::uint64_t>::max() / 8)
+          fail("{}: record batch at byte {}: value count {} is impossible", file, pos, child_len);
+        std::uint64_t batch_tokens = 0;
+        if (fixed) {
+          if (std::uint64_t(p.list_size) > b.values_count / b.rows)  // rows * list_size > child length
+            fail("{}: record batch at byte {}: column '{}' has {} rows of {} ids but only {} values", file, pos,
+                 column, rows, p.list_size, child_len);
+          b.values = v.buffer(buffer + 2, b.values_count * w, "values", column).first;
+          batch_tokens = b.rows * std::uint64_t(p.list_size);
+        } else {
+          const std::uint64_t ow = p.list_tag == t_large_list ? 8 : 4;
+          if (b.rows > (std::numeric_limits<std::uint64_t>::max() / ow) - 1)
+            fail("{}: record batch at byte {}: row count {} is impossible", file, pos, rows);
+          b.offsets = v.buffer(buffer + 1, (b.rows + 1) * ow, "offsets", column).first;
+          b.values = v.buffer(buffer + 3, b.values_count * w, "values", column).first;
+          const auto first = ow == 8 ? load<std::int64_t>(b.offsets) : load<std::int32_t>(b.offsets);
+          const auto last = ow == 8 ? load<std::int64_t>(b.offsets + ow * b.rows)
+                                    : load<std::int32_t>(b.offsets + ow * b.rows);
+          if (first < 0 || last < first || std::uint64_t(last) > b.values_count)
+            fail("{}: record batch at byte {}: column '{}' has list offsets from {} to {}, expected 0 <= first <= "
+                 "last <= {} (the value count)",
+                 file, pos, column, first, last, child_len);
+          batch_tokens = std::uint64_t(last - first);
+        }
+        batches.push_back(b);
+        next_row += b.rows;
+        tokens += batch_tokens;
+      });
 }
 
 }  // namespace detail::arrow

@@ -389,6 +389,28 @@ class BpeTokenizer {
     return out;
   }
 
+  // HF's `tokenizer.decode(ids, skip_special_tokens=skip_special)` (before
+  // transformers' clean-up): ids outside the vocabulary are dropped (HF's
+  // decode skips ids it has no token for), special added tokens too when
+  // skip_special, and the bytes become text through unicode::utf8_lossy.
+  std::string decode_text(std::span<const std::int32_t> ids, bool skip_special) const {
+    const Model& m = *m_;
+    std::string out;
+    for (const std::int32_t id : ids) {
+      if (id < 0 || std::size_t(id) >= m.bytes.size() || !m.defined[std::size_t(id)]) continue;
+      if (skip_special && is_special(id)) continue;
+      out += m.bytes[std::size_t(id)];
+    }
+    return unicode::utf8_lossy(out);
+  }
+
+  // True for the ids of added tokens marked special ("<|endoftext|>").
+  bool is_special(std::int32_t id) const {
+    for (const auto& t : m_->added)
+      if (t.id == id && t.special) return true;
+    return false;
+  }
+
   // One more than the largest id (model vocabulary and added tokens).
   int vocab_size() const { return int(m_->tokens.size()); }
 

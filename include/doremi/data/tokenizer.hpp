@@ -6,6 +6,7 @@
 //   Tokenizer tok = load_tokenizer("bytes");            // or a tokenizer.json / folder path
 //   std::vector<std::int32_t> ids = tok.encode(text);
 //   tok.decode(ids); tok.vocab_size(); tok.end_of_text_id(); tok.describe();
+//   tok.decode_text(ids, /*skip_special_tokens=*/true);   // generated text, as HF decodes it
 #include <cstdint>
 #include <filesystem>
 #include <span>
@@ -43,6 +44,20 @@ class Tokenizer {
       if (id < 256) s.push_back(char(id));
     }
     return s;
+  }
+  // Text of generated ids as HF's `decode(ids, skip_special_tokens=...)` gives
+  // it (BpeTokenizer::decode_text; for the byte tokenizer, the end-of-text id
+  // is the special token and other ids must be in 0-256): invalid UTF-8 becomes U+FFFD.
+  std::string decode_text(std::span<const std::int32_t> ids, bool skip_special_tokens = true) const {
+    if (const auto* b = std::get_if<BpeTokenizer>(&impl_)) return b->decode_text(ids, skip_special_tokens);
+    std::string s;
+    for (const std::int32_t id : ids) {
+      if (id < 0 || id > ByteTokenizer::end_of_text)
+        fail("cannot decode id {}: the byte tokenizer has ids 0-{}", id, ByteTokenizer::end_of_text);
+      if (id < 256) s.push_back(char(id));
+      else if (!skip_special_tokens) s += "<|endoftext|>";
+    }
+    return unicode::utf8_lossy(s);
   }
   int vocab_size() const {
     if (const auto* b = std::get_if<BpeTokenizer>(&impl_)) return b->vocab_size();

@@ -10,6 +10,7 @@
 //   unicode::decode(s, i)               code point at byte i (valid UTF-8), advances i
 //   unicode::char_class(cp)             letter / number / space / other
 //   unicode::nfc_append(s, out)         appends NFC(s) (fast path for ASCII and inert runs)
+//   unicode::utf8_lossy(s)              s with invalid sequences replaced by U+FFFD (as Rust and Python)
 //
 // \s is Oniguruma's (and Rust's char::is_whitespace): U+0009–U+000D, U+0020,
 // U+0085 and the categories Zs, Zl, Zp. \p{L} is Lu Ll Lt Lm Lo, \p{N} is Nd Nl No.
@@ -134,6 +135,46 @@ inline void append_utf8(std::string& out, char32_t cp) {
     out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
     out.push_back(char(0x80 | (cp & 0x3F)));
   }
+}
+
+// `s` made valid UTF-8 the way Rust's String::from_utf8_lossy (HF
+// tokenizers' decoders) and Python's bytes.decode("utf-8", "replace") do it:
+// valid sequences are kept, and each maximal subpart of an invalid one (a lead
+// byte followed by the continuation bytes that could still complete it) becomes
+// one U+FFFD.
+inline std::string utf8_lossy(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  for (std::size_t i = 0; i < s.size();) {
+    if (const std::size_t n = utf8_sequence_length(s, i)) {
+      out.append(s.substr(i, n));
+      i += n;
+      continue;
+    }
+    const unsigned c = p[i];
+    std::size_t need = 0;
+    unsigned lo = 0x80, hi = 0xBF;  // range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) need = 1;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      need = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      need = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    }
+    std::size_t k = 1;
+    while (k <= need && i + k < s.size()) {
+      const unsigned b = p[i + k];
+      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) break;
+      ++k;
+    }
+    out += "\xEF\xBF\xBD";
+    i += k;
+  }
+  return out;
 }
 
 enum CharClass : std::uint8_t { other = 0, letter = 1, number = 2, space = 3 };
