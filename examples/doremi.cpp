@@ -716,7 +716,7 @@ int run_downstream(const DownstreamArgs& a) {
   check_writable_file(a.predictions, "--predictions");
   if (!fs::is_directory(a.data)) fail("--data {}: not a folder (it holds one folder per task)", a.data);
   DownstreamOptions options;
-  options.tasks = downstream_task_list();
+  options.tasks = downstream_task_names();
   if (!a.tasks.empty()) {
     options.tasks.clear();
     std::stringstream ss(a.tasks);

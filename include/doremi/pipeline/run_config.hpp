@@ -43,6 +43,7 @@
 #include "doremi/backend/device.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/core/json.hpp"
+#include "doremi/eval/downstream.hpp"
 #include "doremi/optim/schedule.hpp"
 #include "doremi/train/domain_weights.hpp"
 
@@ -89,19 +90,12 @@ struct StageConfig {
   }
 };
 
-// The five tasks of the public DoReMi evaluation (eval/downstream.hpp).
-inline const std::vector<std::string>& downstream_task_list() {
-  static const std::vector<std::string> names{"trivia_qa", "natural_questions", "web_questions", "lambada",
-                                              "squad_v2"};
-  return names;
-}
-
 // The run config's optional "downstream" object: which tasks, from where,
 // and how the main models' checkpoints are evaluated on them.
 struct DownstreamStageConfig {
   std::filesystem::path data;  // data/<task>/ per task
   std::string tokenizer;       // "bytes" or a tokenizer path: the one the training data was preprocessed with
-  std::vector<std::string> tasks = downstream_task_list();
+  std::vector<std::string> tasks = downstream_task_names();
   int shots = 1;
   std::uint64_t max_samples = 0;  // 0: every evaluation example
   std::uint64_t seed = 42;
@@ -116,7 +110,7 @@ struct DownstreamStageConfig {
     if (tasks.empty()) fail("{}: field 'tasks' must name at least one task", where);
     std::set<std::string> seen;
     for (const auto& t : tasks) {
-      const auto& known = downstream_task_list();
+      const auto& known = downstream_task_names();
       if (std::find(known.begin(), known.end(), t) == known.end())
         fail("{}: field 'tasks': unknown task '{}' (known: {})", where, t, fmt::join(known, ", "));
       if (!seen.insert(t).second) fail("{}: field 'tasks' names '{}' twice", where, t);
