@@ -7,12 +7,13 @@
 //   doremi train (--text FILE | --data DIR [--weights FILE|uniform]) [--preset NAME] [--output DIR]
 //   doremi dro --data DIR --reference DIR [--weights FILE|uniform] --output DIR
 //   doremi eval --model DIR --data DIR
+//   doremi generate --model DIR (--prompt TEXT... | --prompts-file FILE) [--max-new-tokens N] [--sample ...]
 //   doremi pipeline --config FILE [--device D]
 //   doremi downstream (--model DIR | --run DIR --all-checkpoints) --data DIR [--tasks a,b] [--shots 1]
 //                     [--max-samples N] [--output FILE] [--predictions FILE]
 //
 // --device is cpu (default), cuda or cuda:N on train --data, dro, eval,
-// pipeline and quickstart; the GPU stages are compiled in when the build has
+// generate, pipeline and quickstart; the GPU stages are compiled in when the build has
 // the CUDA backend (cuda_stages.cu). Every subcommand has --help.
 //
 // Every failure prints one line "error: ..." (naming the file, field or flag)
@@ -43,6 +44,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <omp.h>
 #include <fmt/format.h>
 
 #include "doremi/doremi.hpp"                  // Model, presets, Error
@@ -56,6 +58,7 @@
 #include "doremi/data/weight_spec.hpp"        // WeightSpec
 #include "doremi/data/window_sampler.hpp"     // WindowSampler
 #include "doremi/dist/world.hpp"              // dist::start, world, report_error
+#include "doremi/eval/generate.hpp"           // generate, GenerationConfig
 #include "doremi/model/dispatch.hpp"          // dispatch_preset, preset_for_checkpoint
 #include "doremi/pipeline/pipeline.hpp"       // run_pipeline, StagesFor
 #include "doremi/train/trainer.hpp"           // Trainer, TrainConfig
@@ -63,6 +66,9 @@
 #ifdef DOREMI_CLI_CUDA
 namespace doremi_cli {  // cuda_stages.cu
 std::unique_ptr<doremi::ModelStages> make_cuda_stages(const std::string& preset, int device);
+std::vector<doremi::GeneratedRow> generate_cuda(const std::string& preset, int device, const std::filesystem::path& dir,
+                                                const std::vector<std::vector<std::int32_t>>& prompts,
+                                                const doremi::GenerationConfig& config, const doremi::Tokenizer& tokenizer);
 }
 #endif
 
@@ -602,6 +608,118 @@ void add_eval(CLI::App& app, Action& action) {
   cmd->callback([a, &action] { action = [a] { return run_eval(*a); }; });
 }
 
+// ---- generate -------------------------------------------------------------------
+
+struct GenerateArgs {
+  std::string model, tokenizer, prompts_file, device = "cpu";
+  std::vector<std::string> prompts, stops;
+  GenerationConfig g;
+  bool ignore_eos = false, json = false;
+  int threads = 0;
+};
+
+// --prompts-file: one JSON string per line (so a prompt may hold newlines);
+// blank lines are skipped.
+std::vector<std::string> read_prompts_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("--prompts-file: cannot open '{}'", path);
+  std::vector<std::string> out;
+  std::string line;
+  for (std::size_t number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_string())
+      fail("--prompts-file {} line {}: not a JSON string (give one JSON string per line, e.g. \"Once upon a time\")",
+           path, number);
+    out.push_back(j.get<std::string>());
+  }
+  return out;
+}
+
+int run_generate(GenerateArgs& a) {
+  fs::path model_dir = a.model;
+  if (!fs::exists(model_dir / "config.json") && fs::exists(model_dir / "final/config.json")) model_dir /= "final";
+  if (!fs::exists(model_dir / "config.json"))
+    fail("--model {}: no config.json there or in its final/ (give a checkpoint folder)", a.model);
+  check_threads(a.threads, "--threads");
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  if (a.g.max_new_tokens < 1) fail("--max-new-tokens must be at least 1 (got {})", a.g.max_new_tokens);
+  if (!(a.g.temperature > 0) || !std::isfinite(a.g.temperature))
+    fail("--temperature must be a number > 0 (got {})", a.g.temperature);
+  if (a.g.top_k < 0) fail("--top-k must be >= 0 (0: off; got {})", a.g.top_k);
+  if (!(a.g.top_p > 0 && a.g.top_p <= 1)) fail("--top-p must lie in (0, 1] (got {})", a.g.top_p);
+  for (const std::string& s : a.stops)
+    if (s.empty()) fail("--stop: a stop string is empty");
+  std::vector<std::string> texts = a.prompts;
+  if (!a.prompts_file.empty())
+    for (std::string& t : read_prompts_file(a.prompts_file)) texts.push_back(std::move(t));
+  if (texts.empty()) fail("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE");
+  const Device device = parse_device(a.device);
+  const std::string preset = in_file(model_dir / "config.json", [&] { return preset_for_checkpoint(model_dir); });
+  std::string spec = a.tokenizer;
+  if (spec.empty()) spec = fs::exists(model_dir / "tokenizer.json") ? (model_dir / "tokenizer.json").string() : "bytes";
+  const Tokenizer tokenizer = load_tokenizer(spec);
+  std::vector<std::vector<std::int32_t>> prompts;
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    prompts.push_back(tokenizer.encode(texts[i]));
+    if (prompts.back().empty()) fail("prompt {} is empty (it encodes to no token)", i);
+  }
+  a.g.stop_strings = a.stops;
+  if (!a.ignore_eos) a.g.eos_ids = {tokenizer.end_of_text_id()};
+  std::vector<GeneratedRow> rows;
+  if (device.is_cuda()) {
+#ifdef DOREMI_CLI_CUDA
+    rows = doremi_cli::generate_cuda(preset, device.index, model_dir, prompts, a.g, tokenizer);
+#else
+    fail("--device {}: this doremi was built without the CUDA backend (configure with -DDOREMI_CUDA=ON on a machine "
+         "with nvcc)",
+         device.str());
+#endif
+  } else {
+    rows = dispatch_preset<float>(preset, [&]<class Cfg>() {
+      Model<Cfg> model;
+      load_model(model, model_dir);
+      return generate(model, prompts, a.g, &tokenizer);
+    });
+  }
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const GeneratedRow& r = rows[i];
+    if (a.json) {
+      const nlohmann::json j{{"prompt", texts[i]}, {"text", r.text}, {"tokens", r.tokens}, {"stop", to_string(r.stop)}};
+      fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    } else {
+      if (rows.size() > 1) fmt::print("--- prompt {} ({} new tokens, stop: {})\n", i, r.tokens.size(), to_string(r.stop));
+      fmt::print("{}\n", r.text);
+    }
+  }
+  return 0;
+}
+
+void add_generate(CLI::App& app, Action& action) {
+  auto a = std::make_shared<GenerateArgs>();
+  auto* cmd = app.add_subcommand("generate", "Continue prompts with a checkpoint (greedy, or sampled with --sample)");
+  cmd->add_option("--model", a->model, "Checkpoint folder (model.safetensors + config.json; doremi's or transformers')")
+      ->required();
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "tokenizer.json, a tokenizer folder, or 'bytes' (default: the model folder's tokenizer.json if "
+                  "present, else bytes)");
+  cmd->add_option("--prompt", a->prompts, "Prompt text (repeatable; the prompts run as one batch)");
+  cmd->add_option("--prompts-file", a->prompts_file, "File of prompts, one JSON string per line (after any --prompt)");
+  cmd->add_option("--max-new-tokens", a->g.max_new_tokens, "New tokens per prompt at most")->capture_default_str();
+  cmd->add_flag("--sample", a->g.do_sample, "Sample instead of greedy decoding");
+  cmd->add_option("--temperature", a->g.temperature, "Sampling temperature (> 0)")->capture_default_str();
+  cmd->add_option("--top-k", a->g.top_k, "Sample among the k most likely tokens (0: off)")->capture_default_str();
+  cmd->add_option("--top-p", a->g.top_p, "Sample among the most likely tokens of mass >= p (1: off)")
+      ->capture_default_str();
+  cmd->add_option("--seed", a->g.seed, "Sampling seed (the same seed repeats)")->capture_default_str();
+  cmd->add_option("--stop", a->stops, "Stop string (repeatable): the text is cut before it");
+  cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the tokenizer's end-of-text token");
+  cmd->add_flag("--json", a->json, "One JSON object per prompt: prompt, text, tokens, stop (length, eos, stop_string)");
+  cmd->add_option("--device", a->device, device_help)->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads (0: OMP_NUM_THREADS or all cores)");
+  cmd->callback([a, &action] { action = [a] { return run_generate(*a); }; });
+}
+
 struct PipelineArgs {
   std::string config, device;
   bool overwrite = false;
@@ -882,6 +1000,7 @@ int main(int argc, char** argv) {
   add_train(app, action);
   add_dro(app, action);
   add_eval(app, action);
+  add_generate(app, action);
   add_pipeline(app, action);
   add_downstream(app, action);
   CLI11_PARSE(app, argc, argv);

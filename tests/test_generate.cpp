@@ -369,6 +369,28 @@ TEST_CASE("generate: eos ids and stop strings end a row without changing the oth
   CHECK(cut[0].stop == GeneratedRow::Stop::stop_string);
 }
 
+TEST_CASE("generate: prefill in groups and chunks of positions gives the same continuations and logits") {
+  SmallModel& m = sampling_model();
+  const auto prompts = random_prompts({3, 17, 1, 9, 9, 30}, gen_parallel.vocab, 71);
+  GenerationConfig g;
+  g.max_new_tokens = 8;
+  StepLogits whole, parts;
+  const auto a = generate_logged(m, prompts, g, whole);
+  for (int budget : {40, 7, 1}) {  // groups of a few rows; single rows in chunks of 7 positions; one token a call
+    g.prefill_tokens = budget;
+    const auto b = generate_logged(m, prompts, g, parts);
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+      INFO("budget " << budget << ", prompt " << r);
+      CHECK(b[r].tokens == a[r].tokens);
+      double worst = 0;
+      for (std::size_t s = 0; s < whole[r].size(); ++s)
+        for (std::size_t v = 0; v < whole[r][s].size(); ++v)
+          worst = std::max(worst, std::abs(whole[r][s][v] - parts[r][s][v]));
+      CHECK(worst < 1e-12);
+    }
+  }
+}
+
 TEST_CASE("generate: bad prompts and settings are errors naming what is wrong") {
   SmallModel& m = sampling_model();
   GenerationConfig g;
@@ -396,6 +418,9 @@ TEST_CASE("generate: bad prompts and settings are errors naming what is wrong") 
   g = {};
   g.max_new_tokens = -1;
   CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "max_new_tokens"));
+  g = {};
+  g.prefill_tokens = 0;
+  CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "prefill_tokens"));
   g = {};
   g.stop_strings = {"x"};
   CHECK(has(error_of([&] { generate(m, {{1}}, g); }), "stop strings need a tokenizer"));

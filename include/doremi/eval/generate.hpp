@@ -42,6 +42,7 @@ struct GenerationConfig {
   std::uint64_t seed = 0;   // sampling repeats for the same seed
   std::vector<std::int32_t> eos_ids;      // a row stops at the first of these; the id is not returned
   std::vector<std::string> stop_strings;  // needs the tokenizer argument; text is cut before the match
+  int prefill_tokens = 8192;  // most tokens (padding included) one prefill call runs: its activation memory
 
   // Raises doremi::Error naming the bad field.
   void validate() const {
@@ -50,6 +51,7 @@ struct GenerationConfig {
       fail("generation: temperature must be a finite number > 0 (got {})", temperature);
     if (top_k < 0) fail("generation: top_k must be >= 0 (0: off; got {})", top_k);
     if (!(top_p > 0 && top_p <= 1)) fail("generation: top_p must lie in (0, 1] (got {})", top_p);
+    if (prefill_tokens < 1) fail("generation: prefill_tokens must be >= 1 (got {})", prefill_tokens);
     for (const std::string& s : stop_strings)
       if (s.empty()) fail("generation: a stop string is empty");
   }
@@ -199,36 +201,58 @@ std::vector<GeneratedRow> generate(M& model, const std::vector<std::vector<std::
     return sampling::next_token(logits, config, r, step);
   };
 
-  // Prefill in chunks of positions (all rows per call, each padded after its
-  // end with its last token): the cache positions a row's padding writes lie
-  // beyond its prompt and are overwritten by its own new tokens before they
-  // are read. Row r's first logits come from the chunk holding its last token.
+  // Cache row i holds prompt order[i], the prompts sorted by length, so that
+  // prompts of similar lengths prefill together: groups of consecutive rows,
+  // each group padded to its longest prompt (padding at most an eighth of its
+  // real tokens, at most config.prefill_tokens a call), long groups in chunks of
+  // positions. A row's padding (its last token again) writes cache positions
+  // beyond its prompt, which its own new tokens overwrite before anything
+  // reads them. Row i's first logits come from the chunk holding its last
+  // prompt token.
+  std::vector<int> order(R);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return prompts[std::size_t(a)].size() < prompts[std::size_t(b)].size(); });
   std::vector<std::int32_t> next(R);
   {
-    const int chunk = std::max(1, std::min(longest, 8192 / int(R)));
-    std::vector<std::int32_t> tokens, start(R), pick(R);
-    for (int c0 = 0; c0 < longest; c0 += chunk) {
-      const int Tn = std::min(chunk, longest - c0);
-      tokens.assign(R * std::size_t(Tn), 0);
-      for (std::size_t r = 0; r < R; ++r) {
-        const auto& p = prompts[r];
-        for (int t = 0; t < Tn; ++t) tokens[r * Tn + t] = p[std::min(std::size_t(c0 + t), p.size() - 1)];
-        start[r] = c0;
-        const int last = int(p.size()) - 1 - c0;
-        pick[r] = std::clamp(last, 0, Tn - 1);
+    const auto budget = std::size_t(config.prefill_tokens);
+    std::vector<std::int32_t> tokens, start, pick;
+    for (std::size_t g0 = 0; g0 < R;) {
+      std::size_t g1 = g0 + 1, real = prompts[std::size_t(order[g0])].size();
+      while (g1 < R) {
+        const std::size_t len = prompts[std::size_t(order[g1])].size();
+        const std::size_t padded = (g1 + 1 - g0) * len;
+        if (8 * padded > 9 * (real + len) || padded > budget) break;
+        real += len;
+        ++g1;
       }
-      const std::span<const S> logits = model.forward_cached(tokens, start, pick, int(R), Tn);
-      for (std::size_t r = 0; r < R; ++r) {
-        const int last = int(prompts[r].size()) - 1;
-        if (last >= c0 && last < c0 + Tn)
-          next[r] = choose(logits.subspan(r * V, vocab), r, 0);
+      const int k = int(g1 - g0), longest_g = int(prompts[std::size_t(order[g1 - 1])].size());
+      const int chunk = std::max(1, std::min(longest_g, int(budget) / k));
+      start.assign(std::size_t(k), 0);
+      pick.assign(std::size_t(k), 0);
+      for (int c0 = 0; c0 < longest_g; c0 += chunk) {
+        const int Tn = std::min(chunk, longest_g - c0);
+        tokens.assign(std::size_t(k) * Tn, 0);
+        for (int i = 0; i < k; ++i) {
+          const auto& p = prompts[std::size_t(order[g0 + std::size_t(i)])];
+          for (int t = 0; t < Tn; ++t)
+            tokens[std::size_t(i) * Tn + t] = p[std::min(std::size_t(c0 + t), p.size() - 1)];
+          start[std::size_t(i)] = c0;
+          pick[std::size_t(i)] = std::clamp(int(p.size()) - 1 - c0, 0, Tn - 1);
+        }
+        const std::span<const S> logits = model.forward_cached(tokens, start, pick, k, Tn, int(g0));
+        for (int i = 0; i < k; ++i) {
+          const auto r = std::size_t(order[g0 + std::size_t(i)]);
+          const int last = int(prompts[r].size()) - 1;
+          if (last >= c0 && last < c0 + Tn) next[r] = choose(logits.subspan(std::size_t(i) * V, vocab), r, 0);
+        }
       }
+      g0 = g1;
     }
   }
 
-  // Decoding: the active rows (original indices) at once, each at its own position.
-  std::vector<int> active(R);
-  std::iota(active.begin(), active.end(), 0);
+  // Decoding: the active rows at once (active[i]: the prompt in cache row i), each at its own position.
+  std::vector<int> active = order;
   std::vector<std::int32_t> tokens, start, pick;
   auto text_of = [&](const GeneratedRow& row) { return tokenizer ? tokenizer->decode(row.tokens) : std::string(); };
   for (int step = 0;; ++step) {

@@ -273,8 +273,8 @@ class Model {
   int generation_rows() const { return gen_rows_; }
   int generation_capacity() const { return gen_capacity_; }
 
-  // Tn new tokens for each of the first `rows` cache rows (rows <= the rows
-  // started, Tn >= 1): tokens [rows·Tn] row-major; start[b] = positions row b
+  // Tn new tokens for each of the cache rows [first_row, first_row + rows)
+  // (within the rows started; Tn >= 1): tokens [rows·Tn] row-major; start[b] = positions row b
   // already holds (its new tokens sit at start[b] + t, all < capacity);
   // pick[b] < Tn: the new token whose next-token logits row b returns (rows of
   // different lengths share one call: shorter ones padded at the end with any
@@ -284,11 +284,11 @@ class Model {
   // valid until the next call. The final LayerNorm and the output product run
   // on the picked tokens only.
   std::span<const scalar> forward_cached(std::span<const std::int32_t> tokens, std::span<const std::int32_t> start,
-                                         std::span<const std::int32_t> pick, int rows, int Tn) {
+                                         std::span<const std::int32_t> pick, int rows, int Tn, int first_row = 0) {
     if (gen_rows_ == 0) fail("Model<{}>::forward_cached: call start_generation first", Cfg::name);
-    if (rows <= 0 || rows > gen_rows_ || Tn <= 0)
-      fail("Model<{}>::forward_cached: {} rows of {} tokens (need 0 < rows <= {} started, Tn > 0)", Cfg::name, rows,
-           Tn, gen_rows_);
+    if (rows <= 0 || first_row < 0 || first_row + rows > gen_rows_ || Tn <= 0)
+      fail("Model<{}>::forward_cached: rows [{}, {}) of {} tokens (need rows within the {} started, Tn > 0)",
+           Cfg::name, first_row, first_row + rows, Tn, gen_rows_);
     const int N = rows * Tn;
     if (tokens.size() != std::size_t(N) || start.size() != std::size_t(rows) || pick.size() != std::size_t(rows))
       fail("Model<{}>::forward_cached: {} tokens, {} starts and {} picks for {} rows of {} tokens", Cfg::name,
@@ -339,7 +339,8 @@ class Model {
     const auto& lay = layout();
     embedding_forward_at(be_, x, tok, positions, P + lay.embed_in, Cfg::learned_positions ? P + lay.embed_pos : nullptr,
                          N, C);
-    const std::size_t per_layer = std::size_t(gen_rows_) * H * gen_capacity_ * (C / H);
+    const std::size_t per_row = std::size_t(H) * gen_capacity_ * (C / H), per_layer = gen_rows_ * per_row;
+    const std::size_t first = std::size_t(first_row) * per_row;
     for (int l = 0; l < L; ++l) {
       const BlockOffsets& w = lay.blocks[std::size_t(l)];
       if constexpr (Cfg::parallel_residual)
@@ -349,7 +350,8 @@ class Model {
         layernorm_forward(be_, o_ln1, stats, stats + N, x, P + w.ln1_w, P + w.ln1_b, N, C, Cfg::ln_eps);
       matmul_forward<Cfg::matmul>(be_, o_qkv, o_ln1, weight(w.qkv_w), weight(w.qkv_b), N, C, 3 * C);
       attention_cached<Cfg::matmul, Cfg::head_dim>(be_, o_atty, static_cast<const operand_type*>(o_qkv),
-                                                    k_cache_.data() + l * per_layer, v_cache_.data() + l * per_layer,
+                                                    k_cache_.data() + l * per_layer + first,
+                                                    v_cache_.data() + l * per_layer + first,
                                                     starts, rope_cos_.data(), rope_sin_.data(), rows, Tn, C, H,
                                                     Cfg::rotary_dim, gen_capacity_);
       matmul_forward<Cfg::matmul>(be_, h, o_atty, weight(w.proj_w), P + w.proj_b, N, C, C, static_cast<const scalar*>(x));

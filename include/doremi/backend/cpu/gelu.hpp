@@ -18,7 +18,9 @@ template <class Xs, class F>
 void for_each_part(const Xs* x, std::size_t n, F&& f) {
   using T = compute_t<Xs>;
   using A = Eigen::Array<T, Eigen::Dynamic, 1>;
-#pragma omp parallel
+  // Small buffers (a decoding step's few tokens) on one thread: a parallel
+  // region costs more than the work there, and far more on a busy machine.
+#pragma omp parallel if (n > 65536)
   {
     const std::size_t nt = std::size_t(omp_get_num_threads()), t = std::size_t(omp_get_thread_num());
     const std::size_t lo = n * t / nt, hi = n * (t + 1) / nt;

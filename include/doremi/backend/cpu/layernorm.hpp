@@ -23,7 +23,7 @@ template <std::size_t K, class T, class O>
 void layernorm_forward_k(const std::array<O*, K>& out, T* mean, T* rstd, const T* x,
                          const std::array<const T*, K>& w, const std::array<const T*, K>& b, int N, int C,
                          double eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (std::size_t(N) * std::size_t(C) > 65536)  // few rows: one thread
   for (int n = 0; n < N; ++n) {
     const T* xn = x + std::size_t(n) * C;
     double s = 0;
