@@ -12,7 +12,11 @@ usage:
                                                 bytes.decode("utf-8", "replace")
   downstream_reference.py unicode OUT           {"lower": {cp: lower(chr(cp))} where it differs,
                                                  "space": [cp where chr(cp).isspace()]}
+  downstream_reference.py all DIR               all of the above in one process: DIR/strings.json and
+                                                DIR/lossy.json in, DIR/permutations.json,
+                                                DIR/strings.out.json, DIR/lossy.out.json, DIR/unicode.json out
 """
+import os
 import json
 import string
 import sys
@@ -29,6 +33,16 @@ def post(pred):  # the public pred_postprocess_default
 
 
 def main(argv):
+    if argv and argv[0] == 'all':
+        d = argv[1]
+        stdout = sys.stdout
+        with open(os.path.join(d, 'permutations.json'), 'w') as f:
+            sys.stdout = f
+            main(['permutations'])
+        sys.stdout = stdout
+        main(['strings', os.path.join(d, 'strings.json'), os.path.join(d, 'strings.out.json')])
+        main(['lossy', os.path.join(d, 'lossy.json'), os.path.join(d, 'lossy.out.json')])
+        return main(['unicode', os.path.join(d, 'unicode.json')])
     if argv and argv[0] == 'permutations':
         from datasets import Dataset
         out = []

@@ -6,6 +6,7 @@ tests/test_downstream.cpp.
 usage: downstream_twin.py --data DIR --tasks T[,T...] --tokenizer PATH|bytes --context N --out FILE
                           [--shots K] [--seed S] [--max-samples N] [--max-new-tokens M]
                           [--model DIR | --continuations FILE]
+       downstream_twin.py --jobs FILE     FILE: a JSON list of argument lists, run in one process
 
 It follows the public code line by line, with these changes, all documented in
 docs/downstream.md:
@@ -205,7 +206,7 @@ def main(argv=None):
         # Debian's torch 1.13 cannot import torch.distributed.fsdp under Python 3.11 (a dataclass
         # error), which generate() imports only to ask whether the model is FSDP-wrapped: it is not.
         generation_utils.is_fsdp_managed_module = lambda module: False
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)
         model = GPTNeoXForCausalLM.from_pretrained(a.model, attn_implementation='eager').float().eval()
         model.config.pad_token_id = model.config.eos_token_id
     continuations = json.load(open(a.continuations)) if a.continuations else None
@@ -265,4 +266,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    if len(sys.argv) == 3 and sys.argv[1] == '--jobs':
+        for job in json.load(open(sys.argv[2])):
+            main(job)
+        sys.exit(0)
     sys.exit(main())

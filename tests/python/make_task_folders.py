@@ -3,6 +3,8 @@
 each task's real schema, for tests/test_downstream.cpp and downstream_twin.py.
 
 usage: make_task_folders.py OUT
+       make_task_folders.py --from-jsonl SRC OUT   SRC/<task>/<split>.jsonl -> OUT/<task>/ save_to_disk
+                                                   folders with the task's real features
 
 OUT/arrow/<task>/  DatasetDict.save_to_disk folders (trivia_qa's validation in
                    two shards, so rows span files)
@@ -172,7 +174,25 @@ def squad():
     return DatasetDict({"train": train, "validation": val})
 
 
+FEATURES = {"trivia_qa": TRIVIA, "natural_questions": NQ, "web_questions": WEBQ, "lambada": LAMBADA,
+            "squad_v2": SQUAD}
+
+
+def from_jsonl(src, out):
+    for task in sorted(os.listdir(src)):
+        splits = {}
+        for f in sorted(os.listdir(os.path.join(src, task))):
+            if f.endswith(".jsonl"):
+                splits[f[:-len(".jsonl")]] = Dataset.from_json(os.path.join(src, task, f), features=FEATURES[task],
+                                                              cache_dir=os.path.join(out, "_cache"),
+                                                              keep_in_memory=True)
+        DatasetDict(splits).save_to_disk(os.path.join(out, task))
+    return 0
+
+
 def main(argv):
+    if len(argv) == 3 and argv[0] == "--from-jsonl":
+        return from_jsonl(argv[1], argv[2])
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
