@@ -812,12 +812,10 @@ std::vector<std::pair<fs::path, std::optional<long>>> downstream_models(const Do
   return out;
 }
 
-// The tokenizer of a checkpoint: its tokenizer.json (a transformers
-// checkpoint's), or its run's, else the byte tokenizer.
+// The tokenizer of a checkpoint, as `doremi generate` picks it: the folder's
+// tokenizer.json (a transformers checkpoint's), else the byte tokenizer.
 std::string default_tokenizer_for(const fs::path& dir) {
-  for (const fs::path& d : {dir, dir.parent_path()})
-    if (fs::exists(d / "tokenizer.json")) return (d / "tokenizer.json").string();
-  return "bytes";
+  return fs::exists(dir / "tokenizer.json") ? (dir / "tokenizer.json").string() : "bytes";
 }
 
 int run_downstream(const DownstreamArgs& a) {
@@ -904,7 +902,7 @@ void add_downstream(CLI::App& app, Action& action) {
   cmd->add_option("--max-samples", a->max_samples, "The first N evaluation examples per task (0: all)");
   cmd->add_option("--seed", a->seed, "Seed of the shot selection")->capture_default_str();
   cmd->add_option("--batch", a->batch, "Prompts decoded at once")->capture_default_str();
-  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json, tokenizer folder or 'bytes' (default: the model's, else bytes)");
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json, a tokenizer folder, or 'bytes' (default: the (first) model folder's tokenizer.json if present, else bytes)");
   cmd->add_option("--device", a->device, device_help)->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
   cmd->add_option("--output", a->output, "Results JSON file (default: standard output)");
