@@ -506,6 +506,15 @@ TEST_CASE("report: downstream accuracy against step, one small chart per task an
   CHECK(html.find(fmt::format(">{:.2f}<", (2.0 + 14 + 5) / 3)) != std::string::npos);     // the baseline's
   CHECK(html.find("<td>a&lt;b&gt;</td>") != std::string::npos);
 
+  SUBCASE("all-zero accuracies: the value axis runs from 0 up, not around 0") {
+    ReportData r0 = r;
+    for (auto& c : r0.downstream)
+      for (auto& row : c.accuracy) std::fill(row.begin(), row.end(), 0.0);
+    write_report(out, r0);
+    const std::string svg = read_bytes(out / "downstream_average.svg");
+    CHECK(svg.find(">-") == std::string::npos);  // no negative tick label
+    CHECK(svg.find(">1.0<") != std::string::npos);
+  }
   SUBCASE("a rewrite without downstream removes its charts") {
     ReportData r2 = r;
     r2.downstream.clear();

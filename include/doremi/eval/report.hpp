@@ -195,6 +195,7 @@ inline std::vector<std::pair<std::string, std::string>> downstream_charts(const 
     o.height = 300;
     o.legend_value = LegendValue::last;
     o.value_format = "{:.1f}";
+    o.y_from_zero = true;
     return svg_line_chart(steps, m, names, o);
   };
   for (std::size_t t = 0; t < nt; ++t)
