@@ -9,6 +9,8 @@
 //   doremi eval --model DIR --data DIR
 //   doremi generate --model DIR (--prompt TEXT... | --prompts-file FILE) [--max-new-tokens N] [--sample ...]
 //   doremi pipeline --config FILE [--device D]
+//   doremi downstream (--model DIR | --run DIR --all-checkpoints) --data DIR [--tasks a,b] [--shots 1]
+//                     [--max-samples N] [--output FILE] [--predictions FILE]
 //
 // --device is cpu (default), cuda or cuda:N on train --data, dro, eval,
 // generate, pipeline and quickstart; the GPU stages are compiled in when the build has
@@ -25,15 +27,19 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <set>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 
+#include <omp.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -741,6 +747,169 @@ void add_pipeline(CLI::App& app, Action& action) {
   cmd->callback([a, &action] { action = [a] { return run_pipeline_command(*a); }; });
 }
 
+// ---- downstream: one-shot task accuracy of checkpoints ------------------------
+
+struct DownstreamArgs {
+  std::string model, run, data, tokenizer, device = "cpu", output, predictions, tasks;
+  bool all_checkpoints = false;
+  int shots = 1, batch = 16, threads = 0;
+  std::uint64_t seed = 42;
+  long long max_samples = 0;
+};
+
+// An output file we can create: its folder exists and is writable (checked
+// before the evaluation, so a typo does not cost the run).
+void check_writable_file(const std::string& path, const char* flag) {
+  if (path.empty()) return;
+  const fs::path p(path);
+  std::error_code ec;
+  if (fs::is_directory(p, ec)) fail("{} {}: is a folder; give a file name", flag, path);
+  const fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  if (!fs::is_directory(dir, ec)) fail("{} {}: the folder {} does not exist", flag, path, dir.string());
+  // The file is written as a temporary beside it, then renamed: try that.
+  const fs::path probe = dir / fmt::format(".doremi-probe-{}", long(::getpid()));
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{} {}: cannot write in {}: {}", flag, path, dir.string(), std::strerror(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+// The step a checkpoint folder was written at (trainer_state.json), if known.
+std::optional<long> checkpoint_step(const fs::path& dir) {
+  const fs::path state = dir / "trainer_state.json";
+  if (!fs::exists(state)) return std::nullopt;
+  const auto j = read_json_file(state);
+  if (!j.is_object() || !j.contains("step") || !j.at("step").is_number_integer()) return std::nullopt;
+  return j.at("step").get<long>();
+}
+
+// The folders to evaluate with their steps: --model's (DIR or DIR/final), or
+// every checkpoint of --run in step order and its final/ unless a checkpoint
+// holds the same weights.
+std::vector<std::pair<fs::path, std::optional<long>>> downstream_models(const DownstreamArgs& a) {
+  std::vector<std::pair<fs::path, std::optional<long>>> out;
+  if (!a.model.empty()) {
+    fs::path dir = a.model;
+    if (!fs::exists(dir / "config.json") && fs::exists(dir / "final/config.json")) dir /= "final";
+    if (!fs::exists(dir / "config.json"))
+      fail("--model {}: no config.json there or in its final/ (give a checkpoint folder)", a.model);
+    out.emplace_back(dir, checkpoint_step(dir));
+    return out;
+  }
+  if (!fs::is_directory(a.run)) fail("--run {}: not a folder", a.run);
+  for (const auto& c : list_checkpoints(a.run)) out.emplace_back(c, std::stol(c.filename().string().substr(11)));
+  const fs::path final_dir = fs::path(a.run) / "final";
+  if (fs::exists(final_dir / "model.safetensors")) {
+    const bool same = !out.empty() && fs::file_size(out.back().first / "model.safetensors") ==
+                                          fs::file_size(final_dir / "model.safetensors") &&
+                      content_hash(out.back().first / "model.safetensors") == content_hash(final_dir / "model.safetensors");
+    if (!same) out.emplace_back(final_dir, out.empty() ? std::nullopt : std::optional<long>());
+  }
+  if (out.empty())
+    fail("--run {}: no checkpoints (checkpoint-NNNNNNNN folders) and no final/ model; give the output folder of "
+         "`doremi train` or of a pipeline stage",
+         a.run);
+  return out;
+}
+
+// The tokenizer of a checkpoint, as `doremi generate` picks it: the folder's
+// tokenizer.json (a transformers checkpoint's), else the byte tokenizer.
+std::string default_tokenizer_for(const fs::path& dir) {
+  return fs::exists(dir / "tokenizer.json") ? (dir / "tokenizer.json").string() : "bytes";
+}
+
+int run_downstream(const DownstreamArgs& a) {
+  if (a.model.empty() == a.run.empty()) fail("give either --model DIR or --run DIR --all-checkpoints");
+  if (!a.run.empty() && !a.all_checkpoints)
+    fail("--run {} needs --all-checkpoints (to evaluate one checkpoint, give it as --model)", a.run);
+  if (a.all_checkpoints && a.run.empty()) fail("--all-checkpoints needs --run DIR (a training output folder)");
+  if (a.shots < 0) fail("--shots must be >= 0 (got {})", a.shots);
+  if (a.batch <= 0) fail("--batch must be positive (got {})", a.batch);
+  if (a.max_samples < 0) fail("--max-samples must be positive (got {})", a.max_samples);
+  check_threads(a.threads, "--threads");
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  check_writable_file(a.output, "--output");
+  check_writable_file(a.predictions, "--predictions");
+  if (!fs::is_directory(a.data)) fail("--data {}: not a folder (it holds one folder per task)", a.data);
+  DownstreamOptions options;
+  options.tasks = downstream_task_names();
+  if (!a.tasks.empty()) {
+    options.tasks.clear();
+    std::stringstream ss(a.tasks);
+    for (std::string t; std::getline(ss, t, ',');)
+      if (!t.empty()) options.tasks.push_back(t);
+    if (options.tasks.empty()) fail("--tasks {}: no task named", a.tasks);
+  }
+  options.data_dir = a.data;
+  options.shots = a.shots;
+  if (a.max_samples > 0) options.max_samples = std::size_t(a.max_samples);
+  options.seed = a.seed;
+  options.batch_size = a.batch;
+  const auto models = downstream_models(a);
+  const std::string tokenizer_spec = a.tokenizer.empty() ? default_tokenizer_for(models.front().first) : a.tokenizer;
+  const Tokenizer tokenizer = load_tokenizer(tokenizer_spec);
+  const Device device = parse_device(a.device);
+  const std::string preset = in_file(models.front().first / "config.json", [&] { return preset_for_checkpoint(models.front().first); });
+  auto stages = stages_on(preset, device);
+
+  nlohmann::json results{{"tasks", options.tasks},
+                         {"settings", {{"data", a.data}, {"tokenizer", tokenizer_spec}, {"shots", a.shots},
+                                       {"max_samples", a.max_samples}, {"seed", a.seed}, {"batch_size", a.batch},
+                                       {"preset", preset}}},
+                         {"checkpoints", nlohmann::json::array()}};
+  std::string predictions;
+  std::vector<std::pair<std::string, DownstreamResult>> table;
+  for (const auto& [dir, step] : models) {
+    std::vector<DownstreamPrediction> preds;
+    if (models.size() > 1) fmt::print(stderr, "{}\n", dir.string());
+    const DownstreamResult r = in_file(dir / "config.json", [&] {
+      return stages->evaluate_downstream_checkpoint(options, tokenizer, dir, a.predictions.empty() ? nullptr : &preds);
+    });
+    table.emplace_back(dir.filename().string(), r);
+    nlohmann::json entry = to_json(r);
+    entry["checkpoint"] = dir.string();
+    entry["step"] = step ? nlohmann::json(*step) : nlohmann::json();
+    results["checkpoints"].push_back(entry);
+    for (const auto& p : preds) {
+      nlohmann::json line = to_json(p);
+      if (models.size() > 1) line["checkpoint"] = dir.filename().string();
+      predictions += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+  }
+  if (!a.predictions.empty()) write_file_atomic(a.predictions, predictions);
+  const std::string text = results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  if (!a.output.empty()) write_file_atomic(a.output, text);
+  else fmt::print("{}", text);
+  // A table on stderr: accuracy per task and checkpoint.
+  for (const auto& [name, r] : table) {
+    fmt::print(stderr, "{:<20}", name);
+    for (const auto& t : r.tasks) fmt::print(stderr, "  {} {:.2f}%", t.task, t.accuracy);
+    fmt::print(stderr, "  average {:.2f}%\n", r.average);
+  }
+  return 0;
+}
+
+void add_downstream(CLI::App& app, Action& action) {
+  auto a = std::make_shared<DownstreamArgs>();
+  auto* cmd = app.add_subcommand("downstream", "One-shot task accuracy (TriviaQA, NQ, WebQuestions, LAMBADA, SQuAD v2) "
+                                               "of a checkpoint or of every checkpoint of a run, as JSON");
+  cmd->add_option("--model", a->model, "Checkpoint folder (doremi's or transformers')");
+  cmd->add_option("--run", a->run, "Training output folder (with --all-checkpoints)");
+  cmd->add_flag("--all-checkpoints", a->all_checkpoints, "Every checkpoint of --run in step order, and its final/");
+  cmd->add_option("--data", a->data, "Folder of task folders (datasets.save_to_disk or <split>.jsonl)")->required();
+  cmd->add_option("--tasks", a->tasks, "Comma-separated tasks (default: all five)");
+  cmd->add_option("--shots", a->shots, "Examples in each prompt")->capture_default_str();
+  cmd->add_option("--max-samples", a->max_samples, "The first N evaluation examples per task (0: all)");
+  cmd->add_option("--seed", a->seed, "Seed of the shot selection")->capture_default_str();
+  cmd->add_option("--batch", a->batch, "Prompts decoded at once")->capture_default_str();
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.json, a tokenizer folder, or 'bytes' (default: the (first) model folder's tokenizer.json if present, else bytes)");
+  cmd->add_option("--device", a->device, device_help)->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
+  cmd->add_option("--output", a->output, "Results JSON file (default: standard output)");
+  cmd->add_option("--predictions", a->predictions, "JSONL file: one line per example");
+  cmd->callback([a, &action] { action = [a] { return run_downstream(*a); }; });
+}
+
 // Runs the chosen subcommand; errors print one line "error: ..." and exit 1.
 std::atomic<bool> interrupted{false};  // set by the signal thread, which then exits the process
 
@@ -831,6 +1000,7 @@ int main(int argc, char** argv) {
   add_eval(app, action);
   add_generate(app, action);
   add_pipeline(app, action);
+  add_downstream(app, action);
   CLI11_PARSE(app, argc, argv);
   return action ? run_action(action, app.get_subcommands().front()->get_name(), argc, argv) : 0;
 }

@@ -8,6 +8,7 @@ of failure a user can meet (issue: hardening for real users):
   collision   domain names that differ only in characters a file name cannot hold
   late        a run config's invalid later stages fail before any work
   leftovers   SIGINT/SIGTERM remove staging folders; killed runs leave no duplicate metrics
+  downstream  `doremi downstream` on bad task folders, flags and output paths
 
 usage: cli_hardening.py PATH/TO/doremi [GROUP...]
 Prints one line per case and a table of the counts; exits 1 if any case fails.
@@ -23,7 +24,7 @@ import tempfile
 import time
 
 DOREMI = os.path.abspath(sys.argv[1])
-GROUPS = sys.argv[2:] or ["crash", "stale", "concurrent", "collision", "late", "leftovers"]
+GROUPS = sys.argv[2:] or ["crash", "stale", "concurrent", "collision", "late", "leftovers", "downstream"]
 W = tempfile.mkdtemp(prefix="doremi-hardening-")
 RESULTS = {}  # group -> [passed, failed]
 FAILURES = []
@@ -396,6 +397,61 @@ def leftovers():
     steps = metric_steps(out) if r.returncode == 0 else []
     record(g, "rerun after a kill past a checkpoint: metrics.jsonl lists steps 1..400 once",
            steps == list(range(1, 401)), f"rc={r.returncode} {len(steps)} lines")
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def downstream():
+    g = "downstream"
+    tasks = os.path.join(W, "tasks")
+    text = [{"text": f"the quick brown fox jumps over the lazy dog {i}"} for i in range(4)]
+    for split in ["validation", "test"]:
+        write_jsonl(os.path.join(tasks, "lambada", f"{split}.jsonl"), text)
+    out = os.path.join(W, "downstream.json")
+    base = ["downstream", "--model", REF, "--output", out]
+
+    def expect_error_no_output(name, result, *needles):
+        if expect_error(g, name, result, *needles):
+            record(g, f"... and no --output file ({name})", not os.path.exists(out))
+
+    expect_error_no_output("--data folder missing", run(*base, "--data", os.path.join(W, "no-tasks"), "--tasks",
+                                                        "lambada"), "--data", "no-tasks")
+    expect_error_no_output("unknown task", run(*base, "--data", tasks, "--tasks", "lambada,trivia"), "trivia")
+    nosplit = os.path.join(W, "tasks-nosplit")
+    write_jsonl(os.path.join(nosplit, "lambada", "validation.jsonl"), text)
+    expect_error_no_output("a task folder without its evaluation split",
+                           run(*base, "--data", nosplit, "--tasks", "lambada"), "lambada", "test")
+    nofield = os.path.join(W, "tasks-nofield")
+    for split in ["validation", "test"]:
+        write_jsonl(os.path.join(nofield, "lambada", f"{split}.jsonl"), [{"txt": "a b c"}])
+    expect_error_no_output("a task split without its field", run(*base, "--data", nofield, "--tasks", "lambada"),
+                           "text")
+    empty = os.path.join(W, "empty-run")
+    os.makedirs(empty, exist_ok=True)
+    expect_error_no_output("--all-checkpoints on a folder without checkpoints",
+                           run("downstream", "--run", empty, "--all-checkpoints", "--data", tasks, "--tasks", "lambada",
+                               "--output", out), empty, "no checkpoints")
+    for bad_out in [os.path.join(W, "no-such-folder", "r.json"), "/sys/doremi-downstream.json"]:
+        expect_error(g, f"--output {bad_out} cannot be written",
+                     run("downstream", "--model", REF, "--data", tasks, "--tasks", "lambada", "--output", bad_out),
+                     "--output", bad_out)
+    preds = os.path.join(W, "predictions.jsonl")
+    r = run("downstream", "--run", REF, "--all-checkpoints", "--data", tasks, "--tasks", "lambada", "--output", out,
+            "--predictions", preds)
+    expect_ok(g, "--run --all-checkpoints with --output and --predictions", r)
+    if r.returncode == 0:
+        res = json.load(open(out))
+        lines = [json.loads(l) for l in open(preds)]
+        steps = [c["step"] for c in res["checkpoints"]]
+        record(g, "... one result per checkpoint in step order, one prediction line per example and checkpoint",
+               steps == sorted(steps) and len(lines) == 4 * len(steps) and
+               all({"task", "prompt", "raw", "processed", "answers", "correct"} <= set(l) for l in lines),
+               f"steps {steps}, {len(lines)} prediction lines")
 
 
 try:

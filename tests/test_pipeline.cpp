@@ -23,6 +23,28 @@ nlohmann::json run_config_json(const fs::path& data, const fs::path& out) {
           {"rounds", 2}, {"eval_max_tokens", 2000}};
 }
 
+// Two small task folders in the JSONL form (eval/downstream.hpp): a
+// LAMBADA-style last-word task and TriviaQA-style questions.
+fs::path write_task_folders(const fs::path& dir) {
+  const fs::path tasks = dir / "tasks";
+  fs::create_directories(tasks / "lambada");
+  fs::create_directories(tasks / "trivia_qa");
+  auto write = [](const fs::path& f, const std::vector<nlohmann::json>& rows) {
+    std::ofstream out(f);
+    for (const auto& r : rows) out << r.dump() << "\n";
+  };
+  std::vector<nlohmann::json> text;
+  for (int i = 0; i < 6; ++i) text.push_back({{"text", fmt::format("one two three four five six {}", i % 2 ? "seven" : "eight")}});
+  write(tasks / "lambada" / "validation.jsonl", text);
+  write(tasks / "lambada" / "test.jsonl", text);
+  std::vector<nlohmann::json> qa;
+  for (int i = 0; i < 5; ++i)
+    qa.push_back({{"question", fmt::format("What follows {}?", i)}, {"answer", {{"aliases", {std::to_string(i + 1)}}}}});
+  write(tasks / "trivia_qa" / "train.jsonl", qa);
+  write(tasks / "trivia_qa" / "validation.jsonl", qa);
+  return tasks;
+}
+
 }  // namespace
 
 TEST_CASE("pipeline: two rounds, main and baseline models, outputs, and a rerun that skips finished stages") {
@@ -54,6 +76,86 @@ TEST_CASE("pipeline: two rounds, main and baseline models, outputs, and a rerun 
   const PipelineResult again = run_pipeline(cfg, tiny, tiny);
   CHECK(again.doremi_weights == r.doremi_weights);
   CHECK(again.doremi_perplexity->log_perplexity == r.doremi_perplexity->log_perplexity);
+  // Without "downstream": no task results, no such figure, two checkpoints at most.
+  CHECK_FALSE(fs::exists(cfg.output / "main-doremi" / "downstream.json"));
+  CHECK(read_json_file(cfg.output / "summary.json").count("doremi_downstream") == 0);
+  CHECK(test::read_bytes(cfg.output / "report/report.html").find("Downstream accuracy") == std::string::npos);
+}
+
+TEST_CASE("pipeline: with \"downstream\", every main-model checkpoint is evaluated, reused on a rerun, and drawn") {
+  test::TempDir dir("pipeline-downstream");
+  const fs::path data = test::make_corpus(dir.path);
+  const fs::path tasks = write_task_folders(dir.path);
+  nlohmann::json j = run_config_json(data, dir.path / "run");
+  j["rounds"] = 1;
+  j["main"]["checkpoint_every"] = 4;  // checkpoints at steps 4, 8 and 12: all kept
+  j["downstream"] = {{"data", tasks.string()}, {"tokenizer", "bytes"}, {"tasks", {"lambada", "trivia_qa"}},
+                     {"batch_size", 4}};
+  const RunConfig cfg = RunConfig::from_json(j, "test config");
+  StagesFor<presets::Tiny<float>> tiny;
+  const PipelineResult r = run_pipeline(cfg, tiny, tiny);
+  for (const char* stage : {"main-doremi", "main-baseline"}) {
+    CAPTURE(stage);
+    const fs::path sd = cfg.output / stage;
+    CHECK(list_checkpoints(sd).size() == 3);
+    const auto d = read_json_file(sd / "downstream.json");
+    REQUIRE(d.at("checkpoints").size() == 3);  // final/ is checkpoint 12's model: not evaluated twice
+    std::vector<long> steps;
+    for (const auto& e : d.at("checkpoints")) {
+      steps.push_back(e.at("step").get<long>());
+      CHECK(e.at("tasks").at("lambada").at("examples") == 6);
+      CHECK(e.at("tasks").at("trivia_qa").at("examples") == 5);
+      const double a = e.at("tasks").at("lambada").at("accuracy"), b = e.at("tasks").at("trivia_qa").at("accuracy");
+      CHECK(e.at("average").get<double>() == doctest::Approx((a + b) / 2));
+    }
+    CHECK(steps == std::vector<long>{4, 8, 12});
+  }
+  // The stage's results as evaluate_downstream gives them for the final model.
+  const DownstreamResult direct = tiny.evaluate_downstream_checkpoint(downstream_options(*cfg.downstream),
+                                                                      load_tokenizer("bytes"),
+                                                                      cfg.output / "main-doremi/final", nullptr, false);
+  CHECK(r.doremi_downstream.at("checkpoints").back().at("average").get<double>() == direct.average);
+  const std::string html = test::read_bytes(cfg.output / "report/report.html");
+  CHECK(html.find("Downstream accuracy over training") != std::string::npos);
+  for (const char* f : {"downstream_lambada.svg", "downstream_trivia_qa.svg", "downstream_average.svg"})
+    CHECK_MESSAGE(fs::exists(cfg.output / "report" / f), f);
+  CHECK(read_json_file(cfg.output / "summary.json").at("baseline_downstream").size() == 3);
+
+  // A rerun reuses the recorded results: a marked value survives.
+  const fs::path file = cfg.output / "main-doremi/downstream.json";
+  auto marked = read_json_file(file);
+  marked["checkpoints"][0]["average"] = 123.5;
+  write_file_atomic(file, marked.dump(2));
+  run_pipeline(cfg, tiny, tiny);
+  CHECK(read_json_file(file).at("checkpoints")[0].at("average").get<double>() == 123.5);
+  // Other downstream settings: the models are reused (the run's fingerprint
+  // leaves them out), the tasks evaluated again.
+  j["downstream"]["max_samples"] = 3;
+  const PipelineResult fewer = run_pipeline(RunConfig::from_json(j, "test config"), tiny, tiny);
+  const auto d = read_json_file(file);
+  CHECK(d.at("checkpoints")[0].at("average").get<double>() != 123.5);
+  CHECK(d.at("checkpoints")[0].at("tasks").at("lambada").at("examples") == 3);
+  CHECK(fewer.doremi_weights == r.doremi_weights);
+
+  SUBCASE("bad downstream settings fail before any work, naming the field") {
+    auto bad = j;
+    bad["output"] = (dir.path / "other").string();
+    bad["downstream"]["tasks"] = {"lambada", "trivia"};
+    CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("unknown task 'trivia'"), Error);
+    bad["downstream"]["tasks"] = {"lambada", "squad_v2"};  // no such folder
+    CHECK_THROWS_WITH_AS(run_pipeline(RunConfig::from_json(bad, "cfg"), tiny, tiny),
+                         doctest::Contains("cfg: downstream: field 'tasks'"), Error);
+    bad["downstream"]["tasks"] = {"lambada"};
+    bad["downstream"]["data"] = (dir.path / "nowhere").string();
+    CHECK_THROWS_WITH_AS(run_pipeline(RunConfig::from_json(bad, "cfg"), tiny, tiny),
+                         doctest::Contains("cfg: downstream: field 'data'"), Error);
+    CHECK_FALSE(fs::exists(dir.path / "other"));
+    bad["downstream"].erase("tokenizer");
+    CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("'tokenizer'"), Error);
+    bad["downstream"]["tokenizer"] = "bytes";
+    bad["downstream"]["shot"] = 1;
+    CHECK_THROWS_WITH_AS(RunConfig::from_json(bad, "cfg"), doctest::Contains("unknown field 'shot'"), Error);
+  }
 }
 
 TEST_CASE("pipeline: run configs are checked field by field") {

@@ -462,6 +462,77 @@ TEST_CASE("report: write_report writes the charts and a page with all tables") {
   }
 }
 
+TEST_CASE("report: downstream accuracy against step, one small chart per task and the average, and a final table") {
+  test::TempDir dir("report-downstream");
+  const fs::path out = dir.path / "report";
+  ReportData r;
+  r.domains = {"a", "b"};
+  r.reference_weights = {0.5, 0.5};
+  r.doremi_weights = {0.3, 0.7};
+  write_report(out, r);  // no downstream results: no such section or charts
+  const std::string without = read_bytes(out / "report.html");
+  CHECK(without.find("Downstream accuracy") == std::string::npos);
+  CHECK_FALSE(fs::exists(out / "downstream_average.svg"));
+
+  r.downstream_tasks = {"trivia_qa", "lambada", "a<b>"};
+  // The baseline lacks a checkpoint at step 200: its line has no point there.
+  r.downstream = {{"baseline", {100, 300}, {{1, 10, 4}, {2, 14, 5}}},
+                  {"DoReMi", {100, 200, 300}, {{1.5, 11, 4}, {2.5, 13, 6}, {3.25, 17.5, 6}}}};
+  write_report(out, r);
+  const std::string html = read_bytes(out / "report.html");
+  std::vector<fs::path> files{out / "report.html"};
+  for (const char* f : {"downstream_trivia_qa.svg", "downstream_lambada.svg", "downstream_a_b_.svg",
+                        "downstream_average.svg"}) {
+    REQUIRE_MESSAGE(fs::exists(out / f), f);
+    files.push_back(out / f);
+    CHECK(html.find(f) != std::string::npos);
+  }
+  check_well_formed(files);
+  CHECK(html.find("Downstream accuracy over training") != std::string::npos);
+  CHECK(count(html, "<svg ") == 1 + 4);  // the weights chart and the downstream ones
+  // Two lines per chart: 3 points for DoReMi, 2 for the baseline.
+  const auto lines = polylines_points(read_bytes(out / "downstream_lambada.svg"));
+  REQUIRE(lines.size() == 2);
+  std::vector<std::size_t> points;
+  for (const auto& l : lines) points.push_back(std::size_t(count(l, ",")));
+  std::sort(points.begin(), points.end());
+  CHECK(points == std::vector<std::size_t>{2, 3});
+  // The final table: each model's last checkpoint, the average and the difference.
+  CHECK(html.find("baseline (step 300)") != std::string::npos);
+  CHECK(html.find("DoReMi (step 300)") != std::string::npos);
+  CHECK(html.find(">17.50<") != std::string::npos);           // DoReMi on lambada
+  CHECK(html.find(">+3.50<") != std::string::npos);           // 17.5 - 14
+  CHECK(html.find(fmt::format(">{:.2f}<", (3.25 + 17.5 + 6) / 3)) != std::string::npos);  // DoReMi's average
+  CHECK(html.find(fmt::format(">{:.2f}<", (2.0 + 14 + 5) / 3)) != std::string::npos);     // the baseline's
+  CHECK(html.find("<td>a&lt;b&gt;</td>") != std::string::npos);
+
+  SUBCASE("all-zero accuracies: the value axis runs from 0 up, not around 0") {
+    ReportData r0 = r;
+    for (auto& c : r0.downstream)
+      for (auto& row : c.accuracy) std::fill(row.begin(), row.end(), 0.0);
+    write_report(out, r0);
+    const std::string svg = read_bytes(out / "downstream_average.svg");
+    CHECK(svg.find(">-") == std::string::npos);  // no negative tick label
+    CHECK(svg.find(">1.0<") != std::string::npos);
+  }
+  SUBCASE("a rewrite without downstream removes its charts") {
+    ReportData r2 = r;
+    r2.downstream.clear();
+    write_report(out, r2);
+    CHECK_FALSE(fs::exists(out / "downstream_lambada.svg"));
+    CHECK_FALSE(fs::exists(out / "downstream_average.svg"));
+    CHECK(read_bytes(out / "report.html").find("Downstream") == std::string::npos);
+  }
+  SUBCASE("mismatched sizes are errors") {
+    ReportData bad = r;
+    bad.downstream[0].accuracy[1].pop_back();
+    CHECK_THROWS_WITH_AS(write_report(out, bad), doctest::Contains("'baseline'"), Error);
+    bad = r;
+    bad.downstream[1].steps.pop_back();
+    CHECK_THROWS_WITH_AS(write_report(out, bad), doctest::Contains("'DoReMi'"), Error);
+  }
+}
+
 TEST_CASE("report: read_weight_trajectory reads a DRO metrics.jsonl") {
   test::TempDir dir("report");
   const fs::path p = dir.path / "metrics.jsonl";

@@ -13,17 +13,22 @@
 //   r.step_average_weights =   // optional: ᾱ per step, a second (smoother) chart
 //       doremi::read_weight_trajectory("proxy/metrics.jsonl", doremi::TrajectoryWeights::avg_alpha).weights;
 //   r.baseline_log_perplexity = ...;  r.doremi_log_perplexity = ...;   // optional
+//   r.downstream_tasks = {"trivia_qa", "lambada"};                      // optional: task accuracy
+//   r.downstream = {{"baseline", {1000, 2000}, {{1.2, 10.5}, {2.0, 12.1}}}, {"DoReMi", ...}};
 //   doremi::write_report("out/report", r);
 //   // out/report/{weights_over_steps.svg, average_weights_over_steps.svg, final_weights.svg,
-//   //             perplexity.svg, report.html}
+//   //             perplexity.svg, downstream_<task>.svg..., downstream_average.svg, report.html}
 //
 // All text is escaped for XML/HTML (xml_text.hpp: invalid UTF-8 or control
 // characters are replaced), so any domain name is safe.
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
 #include <limits>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -41,6 +46,24 @@
 
 namespace doremi {
 
+// One model's downstream accuracy over its training: accuracy[c][t] is task t
+// (ReportData::downstream_tasks) at checkpoint c (step steps[c]), in percent.
+struct DownstreamCurve {
+  std::string name;  // "DoReMi", "baseline"
+  std::vector<long> steps;
+  std::vector<std::vector<double>> accuracy;
+  // The average over the tasks at each checkpoint (what DoReMi's paper plots).
+  std::vector<double> average() const {
+    std::vector<double> a;
+    for (const auto& row : accuracy) {
+      double s = 0;
+      for (double v : row) s += v;
+      a.push_back(row.empty() ? std::numeric_limits<double>::quiet_NaN() : s / double(row.size()));
+    }
+    return a;
+  }
+};
+
 struct ReportData {
   std::string title = "DoReMi report";
   std::vector<std::pair<std::string, std::string>> settings;  // shown in the page's header, in this order
@@ -56,6 +79,9 @@ struct ReportData {
   std::optional<std::vector<double>> doremi_log_perplexity;
   std::string baseline_name = "baseline";  // how the two models are named in the perplexity chart/table
   std::string doremi_name = "DoReMi";
+  // Downstream accuracy against training step, one curve per model (empty: no such section).
+  std::vector<std::string> downstream_tasks;
+  std::vector<DownstreamCurve> downstream;
 };
 
 namespace report_detail {
@@ -100,6 +126,16 @@ inline void check_report_data(const ReportData& r) {
   check(r.doremi_weights, "DoReMi weights");
   if (r.baseline_log_perplexity) check(*r.baseline_log_perplexity, "baseline log-perplexities");
   if (r.doremi_log_perplexity) check(*r.doremi_log_perplexity, "DoReMi log-perplexities");
+  for (const auto& c : r.downstream) {
+    if (r.downstream_tasks.empty()) fail("write_report: downstream curves but no downstream tasks");
+    if (c.accuracy.size() != c.steps.size())
+      fail("write_report: downstream curve '{}' has {} steps but {} rows of accuracies", c.name, c.steps.size(),
+           c.accuracy.size());
+    for (std::size_t s = 0; s < c.accuracy.size(); ++s)
+      if (c.accuracy[s].size() != r.downstream_tasks.size())
+        fail("write_report: downstream curve '{}' has {} accuracies at step {} for {} tasks", c.name,
+             c.accuracy[s].size(), c.steps[s], r.downstream_tasks.size());
+  }
   for (const auto* m : {&r.step_weights, &r.step_average_weights}) {
     const char* what = m == &r.step_weights ? "per-step weights" : "per-step average weights";
     if (m->empty()) continue;
@@ -115,7 +151,58 @@ inline void check_report_data(const ReportData& r) {
 struct ReportCharts {
   std::string alpha, average, weights, perplexity;
   std::size_t alpha_points = 0, average_points = 0;
+  // Downstream: (file name, SVG) per task, then the average's; empty without curves.
+  std::vector<std::pair<std::string, std::string>> downstream;
 };
+
+// A task's chart file name: downstream_<name>.svg, the name reduced to
+// [A-Za-z0-9_-] (others become '_').
+inline std::string downstream_chart_name(std::string_view task) {
+  std::string n = "downstream_";
+  for (char c : task) n += (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-') ? c : '_';
+  return n + ".svg";
+}
+
+// One small chart per task and one of the average: accuracy against the
+// main models' training step, a line per model (on the union of their steps;
+// a model without a checkpoint at a step has no point there).
+inline std::vector<std::pair<std::string, std::string>> downstream_charts(const ReportData& r) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (r.downstream.empty()) return out;
+  std::vector<long> steps;
+  for (const auto& c : r.downstream) steps.insert(steps.end(), c.steps.begin(), c.steps.end());
+  std::sort(steps.begin(), steps.end());
+  steps.erase(std::unique(steps.begin(), steps.end()), steps.end());
+  std::vector<std::string> names;
+  std::vector<std::vector<double>> averages;
+  for (const auto& c : r.downstream) names.push_back(c.name), averages.push_back(c.average());
+  const std::size_t nt = r.downstream_tasks.size();
+  auto chart = [&](std::size_t task, const std::string& title) {  // task == nt: the average
+    std::vector<std::vector<double>> m(steps.size(), std::vector<double>(names.size(),
+                                                                         std::numeric_limits<double>::quiet_NaN()));
+    for (std::size_t i = 0; i < r.downstream.size(); ++i) {
+      const auto& c = r.downstream[i];
+      for (std::size_t s = 0; s < c.steps.size(); ++s) {
+        const auto at = std::size_t(std::lower_bound(steps.begin(), steps.end(), c.steps[s]) - steps.begin());
+        m[at][i] = task == nt ? averages[i][s] : c.accuracy[s][task];
+      }
+    }
+    LineChartOptions o;
+    o.title = title;
+    o.x_label = "main model's training step";
+    o.y_label = "accuracy (%)";
+    o.width = 500;
+    o.height = 300;
+    o.legend_value = LegendValue::last;
+    o.value_format = "{:.1f}";
+    o.y_from_zero = true;
+    return svg_line_chart(steps, m, names, o);
+  };
+  for (std::size_t t = 0; t < nt; ++t)
+    out.emplace_back(downstream_chart_name(r.downstream_tasks[t]), chart(t, r.downstream_tasks[t]));
+  out.emplace_back("downstream_average.svg", chart(nt, fmt::format("average of {} task{}", nt, nt == 1 ? "" : "s")));
+  return out;
+}
 
 inline ReportCharts report_charts(const ReportData& r) {
   const std::size_t k = r.domains.size();
@@ -159,7 +246,7 @@ inline ReportCharts report_charts(const ReportData& r) {
     po.value_format = "{:.3f}";
     ppl_svg = svg_bar_chart(r.domains, ppl, po);
   }
-  return {alpha_svg, average_svg, weights_svg, ppl_svg, alpha_points, average_points};
+  return {alpha_svg, average_svg, weights_svg, ppl_svg, alpha_points, average_points, downstream_charts(r)};
 }
 
 // The page's head, title, settings and (with both perplexities) summary line.
@@ -183,6 +270,8 @@ p.summary { font-size: 15px; background: #f4f8fc; border-left: 4px solid #1f77b4
 figure { margin: 12px 0; }
 figure svg { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 12px; color: #666; }
+div.small-charts { display: flex; flex-wrap: wrap; gap: 0 2%; }
+div.small-charts figure { width: 49%; margin: 6px 0; }
 </style>
 </head>
 <body>
@@ -308,12 +397,51 @@ inline void html_perplexity(std::string& h, const ReportData& r, const ReportCha
   }
 }
 
+// The downstream accuracy charts and the table of each model's last checkpoint.
+inline void html_downstream(std::string& h, const ReportData& r, const ReportCharts& c) {
+  if (r.downstream.empty()) return;
+  h += "<h2 id=\"downstream\">Downstream accuracy over training</h2>\n<div class=\"small-charts\">\n";
+  for (const auto& [name, svg] : c.downstream)
+    h += "<figure>\n" + inline_svg(svg) + fmt::format("<figcaption>{}</figcaption>\n</figure>\n", xml_escape(name));
+  h += "</div>\n<p>Exact-match accuracy (%) of the main models' checkpoints; the average is over the tasks.</p>\n";
+  // The table: each model's last checkpoint.
+  h += "<table class=\"downstream\">\n<tr><th>task</th>";
+  for (const auto& m : r.downstream) {
+    const std::string step = m.steps.empty() ? std::string("no checkpoint") : fmt::format("step {}", m.steps.back());
+    h += fmt::format("<th class=\"num\">{} ({})</th>", xml_escape(m.name), step);
+  }
+  const bool two = r.downstream.size() == 2;
+  if (two) h += "<th class=\"num\">difference</th>";
+  h += "</tr>\n";
+  const std::size_t nt = r.downstream_tasks.size();
+  for (std::size_t t = 0; t <= nt; ++t) {
+    const bool avg = t == nt;
+    h += fmt::format("<tr{}><td>{}</td>", avg ? " class=\"summary\"" : "",
+                     avg ? std::string("average") : xml_escape(r.downstream_tasks[t]));
+    std::vector<double> last;
+    for (const auto& m : r.downstream) {
+      const double v = m.steps.empty() ? std::numeric_limits<double>::quiet_NaN()
+                                       : (avg ? m.average().back() : m.accuracy.back()[t]);
+      last.push_back(v);
+      h += fmt::format("<td class=\"num\">{}</td>", html_table_number(v, "{:.2f}"));
+    }
+    if (two) {
+      const double diff = last[1] - last[0];
+      const char* cls = diff > 0 ? "num better" : diff < 0 ? "num worse" : "num";
+      h += fmt::format("<td class=\"{}\">{}</td>", cls, html_table_number(diff, "{:+.2f}"));
+    }
+    h += "</tr>\n";
+  }
+  h += "</table>\n";
+}
+
 inline std::string report_html(const ReportData& r, const ReportCharts& c) {
   std::string h;
   html_header(h, r);
   html_weights(h, r, c);
   html_trajectory(h, r, c);
   html_perplexity(h, r, c);
+  html_downstream(h, r, c);
   h += "</body>\n</html>\n";
   return h;
 }
@@ -325,6 +453,8 @@ inline std::string report_html(const ReportData& r, const ReportCharts& c) {
 //   average_weights_over_steps.svg  ᾱ per step (when `step_average_weights` is given)
 //   final_weights.svg       reference against DoReMi weights per domain
 //   perplexity.svg          per-domain log-perplexity (when any is given)
+//   downstream_<task>.svg, downstream_average.svg
+//                           accuracy against step per model (when `downstream` is given)
 //   report.html             one self-contained page: the settings, the charts
 //                           inlined, and tables of weights and perplexities
 //                           (with the uniform average and the worst case).
@@ -346,6 +476,12 @@ inline void write_report(const std::filesystem::path& dir, const ReportData& r) 
   write_or_remove("average_weights_over_steps.svg", c.average);
   write_file_atomic(dir / "final_weights.svg", c.weights);
   write_or_remove("perplexity.svg", c.perplexity);
+  std::set<std::string> written;
+  for (const auto& [name, svg] : c.downstream) write_file_atomic(dir / name, svg), written.insert(name);
+  for (const auto& e : fs::directory_iterator(dir, ec)) {  // a stale task's chart
+    const std::string n = e.path().filename().string();
+    if (n.starts_with("downstream_") && n.ends_with(".svg") && !written.count(n)) fs::remove(e.path(), ec);
+  }
   write_file_atomic(dir / "report.html", h);
 }
 

@@ -214,6 +214,7 @@ struct LineChartOptions {
   std::size_t max_points = 1000;  // per series; more are thinned (see Thinning)
   Thinning thinning = Thinning::mean;
   bool log_y = false;                            // logarithmic value axis (non-positive values are dropped)
+  bool y_from_zero = false;  // linear value axis from 0 (and to at least 1: all-zero data), e.g. accuracies
   LegendValue legend_value = LegendValue::last;  // shown in the legend, which is sorted by it
   std::string value_format = "{:.4f}";
   // Optional dashed horizontal guide (e.g. the uniform weight 1/k) and its label.
@@ -267,6 +268,7 @@ inline std::string svg_line_chart(const std::vector<long>& steps, const std::vec
   const bool empty = !(ymin <= ymax);
   if (empty) ymin = opt.log_y ? 1e-3 : 0, ymax = 1;
   if (!opt.log_y && ymin >= 0 && ymin <= 0.5 * ymax) ymin = 0;  // start at zero unless that wastes the chart
+  if (!opt.log_y && opt.y_from_zero) ymin = std::min(ymin, 0.0), ymax = std::max(ymax, ymin == ymax ? 1.0 : ymax);
   const Axis ya = opt.log_y ? log_axis(ymin, ymax) : linear_axis(ymin, ymax, 6);
   double xmin = 0, xmax = 1;
   if (n > 0) {

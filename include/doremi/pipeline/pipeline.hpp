@@ -7,6 +7,8 @@
 //                    stop early when max |ᾱ_r − ᾱ_{r−1}| < tolerance
 //   main model on ᾱ_R, and a baseline main model on the reference weights
 //   per-domain held-out log-perplexity of both, the report
+//   with "downstream" in the config: every checkpoint of both main models
+//   evaluated on the tasks (<stage>/downstream.json), a figure in the report
 //
 // Model shapes are compile-time, so each stage runs through a ModelStages
 // object for one preset (StagesFor<Config>): the small (reference and proxy)
@@ -24,6 +26,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -39,7 +43,10 @@
 #include "doremi/data/dataset_folder.hpp"
 #include "doremi/data/domain_config.hpp"
 #include "doremi/data/weight_spec.hpp"
+#include "doremi/data/tokenizer.hpp"
 #include "doremi/data/weighted_sampler.hpp"
+#include "doremi/eval/downstream.hpp"
+#include "doremi/eval/generate.hpp"
 #include "doremi/eval/perplexity.hpp"
 #include "doremi/dist/world.hpp"
 #include "doremi/eval/report.hpp"
@@ -76,6 +83,7 @@ inline TrainConfig train_config_for(const StageConfig& s, const std::filesystem:
   t.schedule.warmup_steps = long(std::ceil(double(s.steps) * s.warmup));
   t.max_grad_norm = s.max_grad_norm;
   t.checkpoint_every = s.checkpoint_every;
+  t.keep_checkpoints = s.keep_checkpoints;
   t.output_dir = dir;
   t.log_every = std::max<long>(1, s.steps / 20);
   return t;
@@ -83,6 +91,22 @@ inline TrainConfig train_config_for(const StageConfig& s, const std::filesystem:
 
 // What a stage's result depends on (checkpoint_every excluded: it changes
 // where a run can resume, not what it computes).
+// evaluate_downstream's GenerateFn on `model`: greedy generate(), at most
+// max_new_tokens, stopping at `eos` (not returned). `model` must outlive it.
+template <class M>
+GenerateFn greedy_generate_fn(M& model, std::int32_t eos) {
+  return [&model, eos](const std::vector<std::vector<std::int32_t>>& prompts, int max_new_tokens) {
+    GenerationConfig g;
+    g.max_new_tokens = max_new_tokens;
+    g.eos_ids = {eos};
+    std::vector<GeneratedRow> rows = generate(model, prompts, g);
+    std::vector<std::vector<std::int32_t>> out;
+    out.reserve(rows.size());
+    for (auto& r : rows) out.push_back(std::move(r.tokens));
+    return out;
+  };
+}
+
 inline nlohmann::json stage_fingerprint(std::string_view kind, const std::string& preset, std::string_view backend,
                                         const PipelineData& data, const StageConfig& s) {
   nlohmann::json settings = s.to_json();
@@ -129,6 +153,7 @@ struct ModelStages {
   virtual ~ModelStages() = default;
   virtual std::string preset() const = 0;
   virtual int context() const = 0;  // the preset's context length in tokens
+  virtual int vocab() const = 0;    // the preset's vocabulary size
   // Trains a model on data drawn with `weights`; the result in dir/final.
   virtual void train(const PipelineData& data, const StageConfig& stage, const std::vector<double>& weights,
                      const std::filesystem::path& dir) = 0;
@@ -141,6 +166,13 @@ struct ModelStages {
   // (safetensors + config.json), windows of min(data.seq_len, context) tokens
   // (the context when data.seq_len is 0).
   virtual PerplexityReport evaluate_checkpoint(const PipelineData& data, const std::filesystem::path& checkpoint) = 0;
+  // One-shot task accuracy (eval/downstream.hpp) of the checkpoint in
+  // `checkpoint` (doremi's or transformers'), greedy decoding that stops at the
+  // tokenizer's end-of-text. Fails on a backend without generation.
+  virtual DownstreamResult evaluate_downstream_checkpoint(const DownstreamOptions& options, const Tokenizer& tokenizer,
+                                                          const std::filesystem::path& checkpoint,
+                                                          std::vector<DownstreamPrediction>* predictions = nullptr,
+                                                          bool show_progress = true) = 0;
   // The same for model_dir/final, also written to model_dir/perplexity.json.
   PerplexityReport evaluate(const PipelineData& data, const std::filesystem::path& model_dir) {
     auto r = evaluate_checkpoint(data, model_dir / "final");
@@ -159,6 +191,7 @@ class StagesFor final : public ModelStages {
 
   std::string preset() const override { return std::string(Cfg::name); }
   int context() const override { return Cfg::n_ctx; }
+  int vocab() const override { return Cfg::vocab; }
 
   void train(const PipelineData& data, const StageConfig& stage, const std::vector<double>& weights,
              const std::filesystem::path& dir) override {
@@ -220,6 +253,23 @@ class StagesFor final : public ModelStages {
     return evaluate_perplexity(model, data.validation.domains, data.validation.sources, T, 8, data.eval_max_tokens);
   }
 
+  DownstreamResult evaluate_downstream_checkpoint(const DownstreamOptions& options, const Tokenizer& tokenizer,
+                                                  const std::filesystem::path& checkpoint,
+                                                  std::vector<DownstreamPrediction>* predictions,
+                                                  bool show_progress) override {
+    if constexpr (backend::GenerationBackend<Backend, Cfg>) {
+      if (tokenizer.vocab_size() > Cfg::vocab)
+        fail("{}: the tokenizer has {} tokens, more than the model's vocabulary of {}", checkpoint.string(),
+             tokenizer.vocab_size(), Cfg::vocab);
+      M model(be_);
+      load_model(model, checkpoint);
+      return evaluate_downstream(options, tokenizer, Cfg::n_ctx, greedy_generate_fn(model, tokenizer.end_of_text_id()),
+                                 predictions, show_progress);
+    } else {
+      fail("downstream evaluation of {}: this backend has no text generation", checkpoint.string());
+    }
+  }
+
  private:
   Backend be_;
 
@@ -270,6 +320,8 @@ struct PipelineResult {
   std::vector<std::vector<double>> round_weights;  // ᾱ of each round
   std::vector<double> doremi_weights;              // the last round's
   std::optional<PerplexityReport> doremi_perplexity, baseline_perplexity;
+  // The main models' downstream.json (with "downstream" in the run config), else null.
+  nlohmann::json doremi_downstream, baseline_downstream;
   nlohmann::json to_json() const {
     nlohmann::json j{{"domains", domains},
                      {"reference_weights", reference_weights},
@@ -277,9 +329,139 @@ struct PipelineResult {
                      {"doremi_weights", doremi_weights}};
     if (doremi_perplexity) j["doremi_perplexity"] = doremi_perplexity->to_json();
     if (baseline_perplexity) j["baseline_perplexity"] = baseline_perplexity->to_json();
+    auto results = [](const nlohmann::json& d) {  // per checkpoint: step, accuracies, average
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& e : d.at("checkpoints"))
+        out.push_back({{"step", e.at("step")}, {"tasks", e.at("tasks")}, {"average", e.at("average")}});
+      return out;
+    };
+    if (!doremi_downstream.is_null()) j["doremi_downstream"] = results(doremi_downstream);
+    if (!baseline_downstream.is_null()) j["baseline_downstream"] = results(baseline_downstream);
     return j;
   }
 };
+
+// ---- downstream evaluation of a main stage's checkpoints ----------------------
+
+inline DownstreamOptions downstream_options(const DownstreamStageConfig& d) {
+  DownstreamOptions o;
+  o.tasks = d.tasks;
+  o.data_dir = d.data;
+  o.shots = d.shots;
+  if (d.max_samples > 0) o.max_samples = std::size_t(d.max_samples);
+  o.seed = d.seed;
+  o.batch_size = d.batch_size;
+  return o;
+}
+
+// One model's per-checkpoint results as downstream.json stores them.
+inline nlohmann::json downstream_entry(const std::string& checkpoint, long step, const std::string& signature,
+                                       const DownstreamResult& r) {
+  nlohmann::json tasks = nlohmann::json::object();
+  for (const auto& t : r.tasks)
+    tasks[t.task] = {{"accuracy", t.accuracy}, {"correct", t.correct}, {"examples", t.examples}};
+  return {{"checkpoint", checkpoint}, {"step", step}, {"signature", signature}, {"tasks", tasks}, {"average", r.average}};
+}
+
+// What a stage's downstream.json depends on: the settings, the task data
+// (file_signature per task folder), the tokenizer and the trained stage (its
+// fingerprint). Each checkpoint is also recorded by its weights' signature.
+inline nlohmann::json downstream_fingerprint(const DownstreamStageConfig& d, const std::filesystem::path& stage_dir) {
+  nlohmann::json settings = d.to_json();
+  settings.erase("data");  // its contents are in "task_data"
+  nlohmann::json task_data = nlohmann::json::object();
+  for (const auto& t : d.tasks) task_data[t] = file_signature(d.data / t);
+  const auto stage_fp = stage_dir / std::string(fingerprint_file_name);
+  return {{"stage", "downstream"},
+          {"program", fmt::format("doremi {}", program_version)},
+          {"settings", settings},
+          {"task_data", task_data},
+          {"tokenizer", d.tokenizer == "bytes" ? std::string("bytes") : file_signature(d.tokenizer)},
+          {"model", std::filesystem::exists(stage_fp) ? content_hash(stage_fp) : std::string()}};
+}
+
+// The checkpoints of a finished training stage in step order, with their
+// steps: every checkpoint-NNNNNNNN, and final/ when no checkpoint is at the
+// stage's last step (the trainer always writes one there, equal to final/).
+inline std::vector<std::pair<std::filesystem::path, long>> stage_checkpoints(const std::filesystem::path& dir,
+                                                                             long final_step) {
+  std::vector<std::pair<std::filesystem::path, long>> out;
+  for (const auto& c : list_checkpoints(dir)) out.emplace_back(c, std::stol(c.filename().string().substr(11)));
+  if (std::filesystem::exists(dir / "final") && (out.empty() || out.back().second != final_step))
+    out.emplace_back(dir / "final", final_step);
+  return out;
+}
+
+// Evaluates every checkpoint of the finished main stage in `dir` on the
+// downstream tasks into dir/downstream.json (atomically, after each
+// checkpoint, so an interrupted run keeps what it measured). A rerun reuses
+// the recorded results of checkpoints whose weights are unchanged when the
+// fingerprint matches, and evaluates all again (saying why) otherwise.
+// Rank 0 alone evaluates; every rank returns the file's contents.
+inline nlohmann::json evaluate_stage_downstream(const DownstreamStageConfig& d, ModelStages& stages,
+                                                const std::filesystem::path& dir, long final_step) {
+  namespace fs = std::filesystem;
+  const fs::path file = dir / "downstream.json";
+  if (dist::world().is_root()) {
+    OutputLock lock(dir);
+    const Tokenizer tokenizer = load_tokenizer(d.tokenizer);
+    const nlohmann::json fp = downstream_fingerprint(d, dir);
+    std::map<std::string, nlohmann::json> reusable;  // by checkpoint name
+    if (fs::exists(file)) {
+      const nlohmann::json old = read_json_file(file);
+      if (old.value("fingerprint", nlohmann::json()) == fp && old.contains("checkpoints") &&
+          old.at("checkpoints").is_array()) {
+        for (const auto& e : old.at("checkpoints"))
+          if (e.is_object() && e.contains("checkpoint") && e.at("checkpoint").is_string())
+            reusable[e.at("checkpoint").get<std::string>()] = e;
+      } else {
+        std::vector<std::string> diffs;
+        detail::fingerprint_differences(old.value("fingerprint", nlohmann::json::object()), fp, "", diffs);
+        fmt::print(stderr, "{}: recorded with other settings ({}); evaluating again\n", file.string(),
+                   fmt::join(diffs, "; "));
+      }
+    }
+    nlohmann::json out{{"format", "doremi-downstream-1"}, {"fingerprint", fp}, {"tasks", d.tasks},
+                       {"checkpoints", nlohmann::json::array()}};
+    const DownstreamOptions options = downstream_options(d);
+    for (const auto& [path, step] : stage_checkpoints(dir, final_step)) {
+      const std::string name = path.filename().string();
+      const std::string signature = file_signature(path / "model.safetensors");
+      const auto it = reusable.find(name);
+      if (it != reusable.end() && it->second.value("signature", std::string()) == signature) {
+        out["checkpoints"].push_back(it->second);
+        continue;
+      }
+      fmt::print(stderr, "{}: downstream tasks at step {}\n", (dir / name).string(), step);
+      const DownstreamResult r = stages.evaluate_downstream_checkpoint(options, tokenizer, path);
+      out["checkpoints"].push_back(downstream_entry(name, step, signature, r));
+      write_file_atomic(file, out.dump(2) + "\n");
+    }
+    write_file_atomic(file, out.dump(2) + "\n");
+  }
+  dist::world().barrier();
+  return read_json_file(file);
+}
+
+// A downstream.json's results as a report curve over `tasks` (a task it lacks: NaN).
+inline DownstreamCurve downstream_curve(const nlohmann::json& j, const std::vector<std::string>& tasks,
+                                        const std::string& name, const std::string& where) {
+  DownstreamCurve c;
+  c.name = name;
+  try {
+    for (const auto& e : j.at("checkpoints")) {
+      c.steps.push_back(e.at("step").get<long>());
+      std::vector<double> row;
+      for (const auto& t : tasks)
+        row.push_back(e.at("tasks").contains(t) ? e.at("tasks").at(t).at("accuracy").get<double>()
+                                                : std::numeric_limits<double>::quiet_NaN());
+      c.accuracy.push_back(std::move(row));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not a downstream results file ({})", where, e.what());
+  }
+  return c;
+}
 
 // Reference weights as the config says (a WeightSpec: a domain-config file,
 // "uniform", or by size from a preprocessed folder's manifest times epochs).
@@ -315,6 +497,21 @@ inline void write_pipeline_report(const RunConfig& cfg, const PipelineResult& r,
   }
   if (r.baseline_perplexity) d.baseline_log_perplexity = r.baseline_perplexity->log_perplexity;
   if (r.doremi_perplexity) d.doremi_log_perplexity = r.doremi_perplexity->log_perplexity;
+  if (cfg.downstream) {
+    d.downstream_tasks = cfg.downstream->tasks;
+    d.settings.emplace_back("downstream tasks", fmt::format("{} ({}-shot{})", fmt::join(cfg.downstream->tasks, ", "),
+                                                            cfg.downstream->shots,
+                                                            cfg.downstream->max_samples
+                                                                ? fmt::format(", first {} examples",
+                                                                              cfg.downstream->max_samples)
+                                                                : std::string()));
+    if (!r.baseline_downstream.is_null())
+      d.downstream.push_back(downstream_curve(r.baseline_downstream, d.downstream_tasks, d.baseline_name,
+                                              (cfg.output / "main-baseline/downstream.json").string()));
+    if (!r.doremi_downstream.is_null())
+      d.downstream.push_back(downstream_curve(r.doremi_downstream, d.downstream_tasks, d.doremi_name,
+                                              (cfg.output / "main-doremi/downstream.json").string()));
+  }
   write_report(cfg.output / "report", d);
 }
 
@@ -335,12 +532,32 @@ inline void validate_run(const RunConfig& cfg, const ModelStages& small, const M
            stages->preset(), stages->context());
   }
   WeightSpec::parse(cfg.reference_weights);
+  if (cfg.downstream) {
+    const auto& d = *cfg.downstream;
+    const std::string at = fmt::format("{}: downstream", where);
+    std::error_code ec;
+    if (!std::filesystem::is_directory(d.data, ec))
+      fail("{}: field 'data': {} is not a folder (it holds one folder per task)", at, d.data.string());
+    for (const auto& t : d.tasks)
+      if (!std::filesystem::is_directory(d.data / t, ec))
+        fail("{}: field 'tasks': no folder {} for task '{}' (write it with datasets' save_to_disk, or as "
+             "<split>.jsonl files; see docs/downstream.md)",
+             at, (d.data / t).string(), t);
+    try {
+      const Tokenizer tok = load_tokenizer(d.tokenizer);
+      if (tok.vocab_size() > main.vocab())
+        fail("the tokenizer has {} tokens, more than main preset '{}''s vocabulary of {}", tok.vocab_size(),
+             main.preset(), main.vocab());
+    } catch (const Error& e) {
+      fail("{}: field 'tokenizer': {}", at, e.what());
+    }
+  }
 }
 
 inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, ModelStages& main) {
   namespace fs = std::filesystem;
   validate_run(cfg, small, main);
-  nlohmann::json fp = cfg.to_json();
+  nlohmann::json fp = cfg.training_json();  // "downstream" changes no model: its own fingerprint (downstream.json)
   fp.erase("output");
   fp["device"] = cfg.device.is_cuda() ? "cuda" : "cpu";  // any GPU index resumes
   fp["preset"] = small.preset();
@@ -392,13 +609,20 @@ inline PipelineResult run_pipeline(const RunConfig& cfg, ModelStages& small, Mod
   if (root) write_domain_config(cfg.output / "doremi_weights.json",
                       DomainConfig{{r.domains, r.doremi_weights}, {r.domains, r.reference_weights}});
 
+  StageConfig main_stage = cfg.main;
+  if (cfg.downstream) main_stage.keep_checkpoints = std::numeric_limits<int>::max();  // each one is evaluated
   fmt::print(stderr, "main model ({}) on the DoReMi weights\n", main.preset());
-  main.train(data, cfg.main, r.doremi_weights, cfg.output / "main-doremi");
+  main.train(data, main_stage, r.doremi_weights, cfg.output / "main-doremi");
   r.doremi_perplexity = main.evaluate(data, cfg.output / "main-doremi");
+  if (cfg.downstream) r.doremi_downstream = evaluate_stage_downstream(*cfg.downstream, main, cfg.output / "main-doremi",
+                                                                      cfg.main.steps);
   if (cfg.baseline) {
     fmt::print(stderr, "baseline main model ({}) on the reference weights\n", main.preset());
-    main.train(data, cfg.main, r.reference_weights, cfg.output / "main-baseline");
+    main.train(data, main_stage, r.reference_weights, cfg.output / "main-baseline");
     r.baseline_perplexity = main.evaluate(data, cfg.output / "main-baseline");
+    if (cfg.downstream)
+      r.baseline_downstream = evaluate_stage_downstream(*cfg.downstream, main, cfg.output / "main-baseline",
+                                                        cfg.main.steps);
   }
   if (root) write_file_atomic(cfg.output / "summary.json", r.to_json().dump(2) + "\n");
   if (root) write_pipeline_report(cfg, r, small.preset(), main.preset());

@@ -17,20 +17,33 @@
 //   "rounds": 1, "tolerance": 0.0,   // iterated DoReMi: stop when max |Δᾱ| < tolerance
 //   "baseline": true,                // also train a main model on the reference weights
 //   "eval_max_tokens": 0,            // per domain, 0 = whole validation split
-//   "seed": 1
+//   "seed": 1,
+//   "downstream": {                  // optional: one-shot task accuracy of the main models
+//     "data": "tasks",               //   data/<task>/: datasets.save_to_disk folders or <split>.jsonl
+//     "tokenizer": "bytes",          //   the one the data was preprocessed with ('bytes' or a path)
+//     "tasks": ["trivia_qa", ...],   //   default: all five (trivia_qa, natural_questions,
+//                                    //   web_questions, lambada, squad_v2)
+//     "shots": 1, "max_samples": 500, "seed": 42, "batch_size": 16
+//   }
 // }
 //
 // Every field is checked; an unknown field or a wrong type is an error naming it.
+// With "downstream", the main models keep every checkpoint they write and
+// each is evaluated after its stage (pipeline.hpp, <stage>/downstream.json).
+#include <algorithm>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "doremi/backend/device.hpp"
 #include "doremi/core/error.hpp"
 #include "doremi/core/json.hpp"
+#include "doremi/eval/downstream.hpp"
 #include "doremi/optim/schedule.hpp"
 #include "doremi/train/domain_weights.hpp"
 
@@ -49,6 +62,9 @@ struct StageConfig {
   double max_grad_norm = 1.0;
   long checkpoint_every = 0;
   DroConfig dro{1.0, 1e-3};  // proxy only
+  // How many checkpoints the stage keeps (not a config field: the pipeline
+  // keeps them all for downstream evaluation). Changes no result.
+  int keep_checkpoints = 2;
 
   // The fields on their own (the rest is checked with the preset: validate_run).
   void validate(const std::string& where) const {
@@ -74,6 +90,42 @@ struct StageConfig {
   }
 };
 
+// The run config's optional "downstream" object: which tasks, from where,
+// and how the main models' checkpoints are evaluated on them.
+struct DownstreamStageConfig {
+  std::filesystem::path data;  // data/<task>/ per task
+  std::string tokenizer;       // "bytes" or a tokenizer path: the one the training data was preprocessed with
+  std::vector<std::string> tasks = downstream_task_names();
+  int shots = 1;
+  std::uint64_t max_samples = 0;  // 0: every evaluation example
+  std::uint64_t seed = 42;
+  int batch_size = 16;
+
+  void validate(const std::string& where) const {
+    if (data.empty()) fail("{}: field 'data' is required (the folder of the task folders)", where);
+    if (tokenizer.empty())
+      fail("{}: field 'tokenizer' is required (the tokenizer the training data was preprocessed with: \"bytes\" or "
+           "a tokenizer.json path)",
+           where);
+    if (tasks.empty()) fail("{}: field 'tasks' must name at least one task", where);
+    std::set<std::string> seen;
+    for (const auto& t : tasks) {
+      const auto& known = downstream_task_names();
+      if (std::find(known.begin(), known.end(), t) == known.end())
+        fail("{}: field 'tasks': unknown task '{}' (known: {})", where, t, fmt::join(known, ", "));
+      if (!seen.insert(t).second) fail("{}: field 'tasks' names '{}' twice", where, t);
+    }
+    if (shots < 0) fail("{}: field 'shots' must be >= 0 (got {})", where, shots);
+    if (batch_size <= 0) fail("{}: field 'batch_size' must be positive (got {})", where, batch_size);
+  }
+  // Every field that changes the results (batch_size too: batched decoding
+  // may round differently).
+  nlohmann::json to_json() const {
+    return {{"data", data.string()}, {"tokenizer", tokenizer}, {"tasks", tasks},           {"shots", shots},
+            {"max_samples", max_samples}, {"seed", seed},       {"batch_size", batch_size}};
+  }
+};
+
 struct RunConfig {
   std::filesystem::path data, output;
   std::string preset = "tiny", main_preset;
@@ -89,10 +141,18 @@ struct RunConfig {
   bool baseline = true;
   std::uint64_t eval_max_tokens = 0;
   std::uint64_t seed = 1;
+  std::optional<DownstreamStageConfig> downstream;
   std::string source;  // the file it was read from (names it in errors)
 
-  // Every field that changes a run's result (not `source`).
+  // Every field that changes a run's result (not `source`); "downstream"
+  // only when set (it changes the downstream results, not the models).
   nlohmann::json to_json() const {
+    nlohmann::json j = training_json();
+    if (downstream) j["downstream"] = downstream->to_json();
+    return j;
+  }
+  // The fields that change the trained models (to_json without "downstream").
+  nlohmann::json training_json() const {
     return {{"data", data.string()},          {"output", output.string()},
             {"preset", preset},               {"main_preset", main_preset},
             {"device", device.str()},         {"seq_len", seq_len},
@@ -110,7 +170,7 @@ struct RunConfig {
     const std::set<std::string> known{"data",    "output",          "preset", "main_preset",    "seq_len", "device",
                                       "reference_weights", "domains", "epochs", "reference",    "proxy",
                                       "main",    "proxy_sampling",  "rounds", "tolerance",      "baseline",
-                                      "eval_max_tokens",   "seed",    "comment"};
+                                      "eval_max_tokens",   "seed",    "downstream", "comment"};
     check_known_fields(j, known, where);
     auto get = [&](const char* key, auto& out) { read_field(j, key, out, where); };
     std::string data, output;
@@ -135,6 +195,8 @@ struct RunConfig {
     get("seed", c.seed);
     for (auto [key, stage] : {std::pair{"reference", &c.reference}, {"proxy", &c.proxy}, {"main", &c.main}})
       if (j.contains(key)) *stage = stage_from_json(j.at(key), fmt::format("{}: {}", where, key));
+    if (j.contains("downstream") && !j.at("downstream").is_null())
+      c.downstream = downstream_from_json(j.at("downstream"), fmt::format("{}: downstream", where));
     if (c.main_preset.empty()) c.main_preset = c.preset;
     c.source = where;
     c.validate(where);
@@ -164,6 +226,24 @@ struct RunConfig {
   static void check_known_fields(const nlohmann::json& j, const std::set<std::string>& known, const std::string& where) {
     for (const auto& [key, _] : j.items())
       if (!known.count(key)) fail("{}: unknown field '{}'", where, key);
+  }
+
+  static DownstreamStageConfig downstream_from_json(const nlohmann::json& j, const std::string& where) {
+    if (!j.is_object()) fail("{} must be an object", where);
+    DownstreamStageConfig d;
+    check_known_fields(j, {"data", "tokenizer", "tasks", "shots", "max_samples", "seed", "batch_size"}, where);
+    auto get = [&](const char* key, auto& out) { read_field(j, key, out, where); };
+    std::string data;
+    get("data", data);
+    d.data = data;
+    get("tokenizer", d.tokenizer);
+    get("tasks", d.tasks);
+    get("shots", d.shots);
+    get("max_samples", d.max_samples);
+    get("seed", d.seed);
+    get("batch_size", d.batch_size);
+    d.validate(where);
+    return d;
   }
 
   static StageConfig stage_from_json(const nlohmann::json& j, const std::string& where) {
