@@ -76,12 +76,18 @@ inline const char* to_string(GeneratedRow::Stop s) {
 namespace sampling {
 
 // The lowest id among the largest logits (torch.argmax).
+// NaNs are skipped (0 when logits[0] is NaN). Two passes (the maximum, then
+// its first index) that vectorise: a decoding step's argmax reads B × vocab
+// logits, a tenth of the step as one comparison chain.
 template <class T>
 std::int32_t argmax(std::span<const T> logits) {
-  std::int32_t best = 0;
-  for (std::size_t i = 1; i < logits.size(); ++i)
-    if (logits[i] > logits[std::size_t(best)]) best = std::int32_t(i);
-  return best;
+  if (logits.empty() || logits[0] != logits[0]) return 0;
+  T mx = logits[0];
+#pragma omp simd reduction(max : mx)
+  for (std::size_t i = 1; i < logits.size(); ++i) mx = logits[i] > mx ? logits[i] : mx;
+  for (std::size_t i = 0; i < logits.size(); ++i)
+    if (logits[i] == mx) return std::int32_t(i);
+  return 0;
 }
 
 // The distribution sampling draws from, in transformers' order of logits

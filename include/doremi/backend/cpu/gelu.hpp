@@ -83,13 +83,13 @@ void gelu_backward(Cpu, T* dx, const Xs* x, const T* dout, std::size_t n) {
 
 template <class T>
 void copy(Cpu, T* dst, const T* src, std::size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
 }
 
 template <class T>
 void fill(Cpu, T* dst, T value, std::size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (std::size_t i = 0; i < n; ++i) dst[i] = value;
 }
 

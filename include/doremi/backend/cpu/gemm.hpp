@@ -17,9 +17,17 @@
 #include <mutex>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "doremi/backend/cpu/cpu.hpp"
+
+// The few-rows fp32 kernel below needs AVX-512 (CUDA translation units,
+// whose host code nvcc's front end parses, take the general path).
+#if defined(__AVX512F__) && !defined(__CUDACC__)
+#define DOREMI_GEMM_FEW_ROWS 1
+#include <immintrin.h>
+#endif
 
 #ifdef DOREMI_GEMM_ONEDNN
 // oneDNN's C API: its C++ header crashes nvcc 13, and CUDA translation units
@@ -134,6 +142,59 @@ template <class In, class Out>
 void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In* B, int ldb, Out* C, int ldc,
           bool accumulate);
 
+#ifdef DOREMI_GEMM_FEW_ROWS
+// C[M, N] (+)= A[M, K]·B[N, K]ᵀ in fp32 for M <= 8 rows: a decoding step's
+// products, which only stream the weights B. Each pair of B rows meets all M
+// rows of A in registers (16-lane partial sums), and the next pair is
+// prefetched. oneDNN 2.6 ran these shapes at about half this speed on the
+// machines measured (docs/backend.md, "Few rows").
+template <int M>
+void gemm_few_rows(int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                   bool accumulate) {
+  const __mmask16 tail = __mmask16((1u << (K % 16)) - 1u);
+#pragma omp parallel for schedule(static) if (std::size_t(N) * K > 16384)
+  for (int j0 = 0; j0 < N; j0 += 2) {
+    const int j1 = std::min(j0 + 1, N - 1);
+    const float* b0 = B + std::size_t(j0) * ldb;
+    const float* b1 = B + std::size_t(j1) * ldb;
+    __m512 acc0[M], acc1[M];
+    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(b0 + k + 1024), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(b1 + k + 1024), _MM_HINT_T0);
+      const __m512 w0 = _mm512_loadu_ps(b0 + k), w1 = _mm512_loadu_ps(b1 + k);
+      for (int m = 0; m < M; ++m) {
+        const __m512 a = _mm512_loadu_ps(A + std::size_t(m) * lda + k);
+        acc0[m] = _mm512_fmadd_ps(a, w0, acc0[m]);
+        acc1[m] = _mm512_fmadd_ps(a, w1, acc1[m]);
+      }
+    }
+    if (tail) {
+      const __m512 w0 = _mm512_maskz_loadu_ps(tail, b0 + k), w1 = _mm512_maskz_loadu_ps(tail, b1 + k);
+      for (int m = 0; m < M; ++m) {
+        const __m512 a = _mm512_maskz_loadu_ps(tail, A + std::size_t(m) * lda + k);
+        acc0[m] = _mm512_fmadd_ps(a, w0, acc0[m]);
+        acc1[m] = _mm512_fmadd_ps(a, w1, acc1[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      float* c = C + std::size_t(m) * ldc;
+      c[j0] = (accumulate ? c[j0] : 0.f) + _mm512_reduce_add_ps(acc0[m]);
+      if (j1 != j0) c[j1] = (accumulate ? c[j1] : 0.f) + _mm512_reduce_add_ps(acc1[m]);
+    }
+  }
+}
+
+// gemm_few_rows for a runtime M in [1, 8].
+inline void gemm_few_rows(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                          bool accumulate) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((M == I + 1 ? gemm_few_rows<I + 1>(N, K, A, lda, B, ldb, C, ldc, accumulate) : void()), ...);
+  }(std::make_integer_sequence<int, 8>{});
+}
+#endif
+
 // gemm's bf16 product where there is no bf16 kernel (no oneDNN, or none for
 // this CPU): the operands widened to fp32, then the fp32 product.
 inline void gemm_widened(bool ta, bool tb, int M, int N, int K, const bf16* A, int lda, const bf16* B, int ldb,
@@ -162,6 +223,10 @@ void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In*
       for (int i = 0; i < M; ++i) std::fill(C + std::size_t(i) * ldc, C + std::size_t(i) * ldc + N, Out(0));
     return;
   }
+#ifdef DOREMI_GEMM_FEW_ROWS
+  if constexpr (std::is_same_v<In, float>)
+    if (M <= 8 && !ta && tb) return gemm_few_rows(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+#endif
 #ifdef DOREMI_GEMM_ONEDNN
   if constexpr (!std::is_same_v<In, double>) {
     const onednn::Matmul& p = onednn::primitive<In>(ta, tb, M, N, K, lda, ldb, ldc, accumulate);
