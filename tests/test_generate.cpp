@@ -397,6 +397,15 @@ TEST_CASE("generate: bad prompts and settings are errors naming what is wrong") 
   using test::error_of;
   auto has = [](const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; };
   CHECK(has(error_of([&] { generate(m, {{1, 2}, {}}, g); }), "prompt 1 is empty"));
+  {  // the model's generation calls: -1 (no pick) is for prefill_cached only; logits need kept rows
+    SmallModel fresh;
+    CHECK(has(error_of([&] { fresh.generation_logits(1); }), "generation_logits: 1 rows"));
+    fresh.start_generation(2, 8);
+    const std::vector<std::int32_t> tok{1, 2}, start{0, 0}, pick{-1, 0};
+    CHECK(has(error_of([&] { fresh.forward_cached(tok, start, pick, 2, 1); }), "row 0 picks token -1 of 1"));
+    fresh.prefill_cached(tok, start, pick, 2, 1);
+    CHECK(fresh.generation_logits(2).size() == 2 * std::size_t(SmallModel::V));
+  }
   CHECK(has(error_of([&] { generate(m, {{1, 2, 250}}, g); }), "prompt 0 token 2 is 250"));
   CHECK(has(error_of([&] { generate(m, {{1, -1}}, g); }), "prompt 0 token 1 is -1"));
   g.max_new_tokens = 60;

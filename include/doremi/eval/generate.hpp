@@ -213,8 +213,8 @@ std::vector<GeneratedRow> generate(M& model, const std::vector<std::vector<std::
   // real tokens, at most config.prefill_tokens a call), long groups in chunks of
   // positions. A row's padding (its last token again) writes cache positions
   // beyond its prompt, which its own new tokens overwrite before anything
-  // reads them. Row i's first logits come from the chunk holding its last
-  // prompt token.
+  // reads them. The chunk holding row i's last prompt token keeps its final
+  // hidden row; one output product then gives every row's first logits.
   std::vector<int> order(R);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
@@ -244,16 +244,18 @@ std::vector<GeneratedRow> generate(M& model, const std::vector<std::vector<std::
           for (int t = 0; t < Tn; ++t)
             tokens[std::size_t(i) * Tn + t] = p[std::min(std::size_t(c0 + t), p.size() - 1)];
           start[std::size_t(i)] = c0;
-          pick[std::size_t(i)] = std::clamp(int(p.size()) - 1 - c0, 0, Tn - 1);
+          const int last = int(p.size()) - 1 - c0;  // the chunk's index of the last prompt token
+          pick[std::size_t(i)] = last >= 0 && last < Tn ? last : -1;
         }
-        const std::span<const S> logits = model.forward_cached(tokens, start, pick, k, Tn, int(g0));
-        for (int i = 0; i < k; ++i) {
-          const auto r = std::size_t(order[g0 + std::size_t(i)]);
-          const int last = int(prompts[r].size()) - 1;
-          if (last >= c0 && last < c0 + Tn) next[r] = choose(logits.subspan(std::size_t(i) * V, vocab), r, 0);
-        }
+        model.prefill_cached(tokens, start, pick, k, Tn, int(g0));
       }
       g0 = g1;
+    }
+    // Every row's first logits from one output product.
+    const std::span<const S> logits = model.generation_logits(int(R));
+    for (std::size_t i = 0; i < R; ++i) {
+      const auto r = std::size_t(order[i]);
+      next[r] = choose(logits.subspan(i * V, vocab), r, 0);
     }
   }
 

@@ -285,6 +285,64 @@ class Model {
   // on the picked tokens only.
   std::span<const scalar> forward_cached(std::span<const std::int32_t> tokens, std::span<const std::int32_t> start,
                                          std::span<const std::int32_t> pick, int rows, int Tn, int first_row = 0) {
+    const operand_type* last = cached_forward(tokens, start, pick, rows, Tn, first_row, false);
+    grow(gen_logits_, std::size_t(rows) * V);
+    matmul_forward<Cfg::matmul>(be_, gen_logits_.data(), last, weight(layout().embed_out),
+                                static_cast<const scalar*>(nullptr), rows, C, V);
+    return host_view(gen_logits_, gen_logits_host_, std::size_t(rows) * V);
+  }
+
+  // forward_cached without the output product: keeps the picked token's final
+  // hidden row of each cache row first_row + b with pick[b] >= 0 (pick[b] = -1:
+  // none, as for a row whose last prompt token an earlier chunk held), for
+  // generation_logits. A prefill of several groups of rows then reads the
+  // output embedding (the largest weight) once instead of once per group.
+  void prefill_cached(std::span<const std::int32_t> tokens, std::span<const std::int32_t> start,
+                      std::span<const std::int32_t> pick, int rows, int Tn, int first_row = 0) {
+    const operand_type* last = cached_forward(tokens, start, pick, rows, Tn, first_row, true);
+    grow(gen_hidden_, std::size_t(gen_rows_) * C);
+    for (int b = 0, i = 0; b < rows; ++b)
+      if (pick[b] >= 0) copy(be_, gen_hidden_.data() + std::size_t(first_row + b) * C, last + std::size_t(i++) * C, C);
+  }
+
+  // The logits [rows, padded_vocab] (host-readable, valid until the next call)
+  // of the hidden rows prefill_cached kept for cache rows [0, rows).
+  std::span<const scalar> generation_logits(int rows) {
+    if (rows <= 0 || rows > gen_rows_ || gen_hidden_.size() < std::size_t(rows) * C)
+      fail("Model<{}>::generation_logits: {} rows (need 0 < rows <= the {} started, kept by prefill_cached)",
+           Cfg::name, rows, gen_rows_);
+    grow(gen_logits_, std::size_t(rows) * V);
+    matmul_forward<Cfg::matmul>(be_, gen_logits_.data(), static_cast<const operand_type*>(gen_hidden_.data()),
+                                weight(layout().embed_out), static_cast<const scalar*>(nullptr), rows, C, V);
+    return host_view(gen_logits_, gen_logits_host_, std::size_t(rows) * V);
+  }
+
+  // Keeps cache rows keep[0] < keep[1] < ... (each < the rows started) as rows
+  // 0, 1, ...: finished sequences leave the batch.
+  void keep_generation_rows(std::span<const int> keep) {
+    const std::size_t per_row = std::size_t(H) * gen_capacity_ * (C / H);
+    const std::size_t per_layer = std::size_t(gen_rows_) * per_row;
+    for (std::size_t i = 0; i < keep.size(); ++i) {
+      const int r = keep[i];
+      if (r < int(i) || r >= gen_rows_ || (i > 0 && r <= keep[i - 1]))
+        fail("Model<{}>::keep_generation_rows: rows must ascend within [0, {}) (entry {} is {})", Cfg::name,
+             gen_rows_, i, r);
+      if (r == int(i)) continue;
+      for (int l = 0; l < L; ++l)
+        for (Buffer<scalar>* c : {&k_cache_, &v_cache_}) {
+          scalar* base = c->data() + l * per_layer;
+          copy(be_, base + i * per_row, static_cast<const scalar*>(base + std::size_t(r) * per_row), per_row);
+        }
+    }
+  }
+
+ private:
+  // forward_cached's checks and layers, then the final LayerNorm of the
+  // picked tokens (those with pick >= 0 where optional_pick), in order, as
+  // [picked, C] operands in gen_op_.
+  const operand_type* cached_forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> start,
+                                     std::span<const std::int32_t> pick, int rows, int Tn, int first_row,
+                                     bool optional_pick) {
     if (gen_rows_ == 0) fail("Model<{}>::forward_cached: call start_generation first", Cfg::name);
     if (rows <= 0 || first_row < 0 || first_row + rows > gen_rows_ || Tn <= 0)
       fail("Model<{}>::forward_cached: rows [{}, {}) of {} tokens (need rows within the {} started, Tn > 0)",
@@ -294,7 +352,9 @@ class Model {
       fail("Model<{}>::forward_cached: {} tokens, {} starts and {} picks for {} rows of {} tokens", Cfg::name,
            tokens.size(), start.size(), pick.size(), rows, Tn);
     // One upload of every index: tokens, starts, the picked tokens' rows, (learned) positions.
-    const bool gather = Tn > 1;
+    int picked = 0;
+    for (int b = 0; b < rows; ++b) picked += pick[b] >= 0;
+    const bool gather = Tn > 1 || picked < rows;
     std::vector<std::int32_t>& ids = gen_ids_host_;
     ids.assign(tokens.begin(), tokens.end());
     ids.insert(ids.end(), start.begin(), start.end());
@@ -302,13 +362,13 @@ class Model {
       if (start[b] < 0 || start[b] + Tn > gen_capacity_)
         fail("Model<{}>::forward_cached: row {} holds {} positions; {} more exceed the capacity {}", Cfg::name, b,
              start[b], Tn, gen_capacity_);
-      if (pick[b] < 0 || pick[b] >= Tn)
+      if (pick[b] < (optional_pick ? -1 : 0) || pick[b] >= Tn)
         fail("Model<{}>::forward_cached: row {} picks token {} of {}", Cfg::name, b, pick[b], Tn);
       for (int t = 0; t < Tn; ++t)
         if (const std::int32_t id = tokens[std::size_t(b) * Tn + t]; id < 0 || id >= Cfg::vocab)
           fail("Model<{}>::forward_cached: token {} at row {}, new position {} is outside the vocabulary [0, {})",
                Cfg::name, id, b, t, Cfg::vocab);
-      if (gather) ids.push_back(b * Tn + pick[b]);
+      if (gather && pick[b] >= 0) ids.push_back(b * Tn + pick[b]);
     }
     if constexpr (Cfg::learned_positions)
       for (int b = 0; b < rows; ++b)
@@ -318,13 +378,12 @@ class Model {
     const std::int32_t* tok = gen_ids_.data();
     const std::int32_t* starts = tok + N;
     const std::int32_t* rows_picked = starts + rows;
-    const std::int32_t* positions = rows_picked + (gather ? rows : 0);
+    const std::int32_t* positions = rows_picked + (gather ? picked : 0);
 
     // One layer's activations for N tokens (stride 0, as forward_losses), in place in one residual buffer.
     const std::size_t Nz = std::size_t(N), Cs = C;
     grow(gen_acts_, Nz * Cs * (Cfg::parallel_residual ? 1 : 2) + 2 * Nz + std::size_t(rows) * Cs);
     grow(gen_op_, Nz * Cs * 6 + 2 * Nz * D);
-    grow(gen_logits_, std::size_t(rows) * V);
     scalar* x = gen_acts_.data();
     scalar* stats = x + Nz * Cs;
     scalar* h = Cfg::parallel_residual ? x : stats + 2 * Nz;  // sequential: h = x + attn(x)
@@ -360,39 +419,18 @@ class Model {
       matmul_gelu_forward<Cfg::matmul, Cfg::gelu>(be_, o_gel, o_fc, o_ln2, weight(w.fc_w), weight(w.fc_b), N, C, D);
       matmul_forward<Cfg::matmul>(be_, x, o_gel, weight(w.fc2_w), P + w.fc2_b, N, D, C, static_cast<const scalar*>(h));
     }
-    // The final LayerNorm and the logits of the picked tokens only.
+    // The final LayerNorm of the picked tokens only.
+    if (picked == 0) return o_ln1;
     const scalar* last = x;
     if (gather) {
       embedding_forward_at(be_, final_rows, rows_picked, static_cast<const std::int32_t*>(nullptr),
-                           static_cast<const scalar*>(x), static_cast<const scalar*>(nullptr), rows, C);
+                           static_cast<const scalar*>(x), static_cast<const scalar*>(nullptr), picked, C);
       last = final_rows;
     }
-    layernorm_forward(be_, o_ln1, stats, stats + rows, last, P + lay.lnf_w, P + lay.lnf_b, rows, C, Cfg::ln_eps);
-    matmul_forward<Cfg::matmul>(be_, gen_logits_.data(), static_cast<const operand_type*>(o_ln1),
-                                weight(lay.embed_out), static_cast<const scalar*>(nullptr), rows, C, V);
-    return host_view(gen_logits_, gen_logits_host_, std::size_t(rows) * V);
+    layernorm_forward(be_, o_ln1, stats, stats + rows, last, P + lay.lnf_w, P + lay.lnf_b, picked, C, Cfg::ln_eps);
+    return o_ln1;
   }
 
-  // Keeps cache rows keep[0] < keep[1] < ... (each < the rows started) as rows
-  // 0, 1, ...: finished sequences leave the batch.
-  void keep_generation_rows(std::span<const int> keep) {
-    const std::size_t per_row = std::size_t(H) * gen_capacity_ * (C / H);
-    const std::size_t per_layer = std::size_t(gen_rows_) * per_row;
-    for (std::size_t i = 0; i < keep.size(); ++i) {
-      const int r = keep[i];
-      if (r < int(i) || r >= gen_rows_ || (i > 0 && r <= keep[i - 1]))
-        fail("Model<{}>::keep_generation_rows: rows must ascend within [0, {}) (entry {} is {})", Cfg::name,
-             gen_rows_, i, r);
-      if (r == int(i)) continue;
-      for (int l = 0; l < L; ++l)
-        for (Buffer<scalar>* c : {&k_cache_, &v_cache_}) {
-          scalar* base = c->data() + l * per_layer;
-          copy(be_, base + i * per_row, static_cast<const scalar*>(base + std::size_t(r) * per_row), per_row);
-        }
-    }
-  }
-
- private:
   // The first n elements of a backend buffer readable on the host: the
   // buffer itself, or their copy in `host`.
   template <class U>
@@ -613,7 +651,7 @@ class Model {
   // Generation (start_generation, forward_cached): the key/value caches, one
   // layer's activations and the picked tokens' logits.
   Buffer<scalar> k_cache_, v_cache_, gen_acts_, gen_logits_;
-  Buffer<operand_type> gen_op_;
+  Buffer<operand_type> gen_op_, gen_hidden_;
   Buffer<std::int32_t> gen_ids_;
   std::vector<std::int32_t> gen_ids_host_;
   mutable std::vector<scalar> gen_logits_host_;

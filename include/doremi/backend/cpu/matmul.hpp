@@ -62,7 +62,11 @@ void matmul_forward(Cpu, O* out, const X* x, const W* w, const Bias* bias, int N
   gemm(false, true, N, out_dim, in, operand<P, 0>(x, std::size_t(N) * in), in,
        operand<P, 1>(w, std::size_t(out_dim) * in), in, acc, out_dim, residual != nullptr);
   if constexpr (std::is_same_v<O, T>) {
-    if (bias) MatMap<T>(out, N, out_dim).rowwise() += Eigen::Map<const RowVec<T>>(bias, out_dim);
+    if (bias) {
+#pragma omp parallel for schedule(static) if (std::size_t(N) * out_dim > 65536)
+      for (int n = 0; n < N; ++n)
+        Eigen::Map<RowVec<T>>(out + std::size_t(n) * out_dim, out_dim) += Eigen::Map<const RowVec<T>>(bias, out_dim);
+    }
   } else {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; ++n)
