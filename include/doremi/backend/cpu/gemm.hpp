@@ -145,9 +145,9 @@ void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In*
 #ifdef DOREMI_GEMM_FEW_ROWS
 // C[M, N] (+)= A[M, K]·B[N, K]ᵀ in fp32 for M <= 8 rows: a decoding step's
 // products, which only stream the weights B. Each pair of B rows meets all M
-// rows of A in registers (16-lane partial sums), and the next pair is
-// prefetched. oneDNN 2.6 ran these shapes at about half this speed on the
-// machines measured (docs/backend.md, "Few rows").
+// rows of A in registers (16-lane partial sums), with the weights 8 KB ahead
+// prefetched into L2. oneDNN 2.6's fp32 kernels ran these shapes slower on
+// the machines measured (docs/backend.md, "Few rows").
 template <int M>
 void gemm_few_rows(int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                    bool accumulate) {
@@ -161,8 +161,8 @@ void gemm_few_rows(int N, int K, const float* A, int lda, const float* B, int ld
     for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(b0 + k + 1024), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(b1 + k + 1024), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(b0 + k + 2048), _MM_HINT_T1);  // 8 KB ahead, into L2
+      _mm_prefetch(reinterpret_cast<const char*>(b1 + k + 2048), _MM_HINT_T1);
       const __m512 w0 = _mm512_loadu_ps(b0 + k), w1 = _mm512_loadu_ps(b1 + k);
       for (int m = 0; m < M; ++m) {
         const __m512 a = _mm512_loadu_ps(A + std::size_t(m) * lda + k);
