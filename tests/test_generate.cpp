@@ -19,6 +19,7 @@
 #include "doremi/doremi.hpp"
 #include "doremi/eval/generate.hpp"
 #include "doremi/model/checkpoint.hpp"
+#include "generate_log.hpp"
 #include "python_runner.hpp"
 #include "test_util.hpp"
 
@@ -61,18 +62,8 @@ std::vector<std::vector<std::int32_t>> random_prompts(const std::vector<int>& le
   return out;
 }
 
-// logits[prompt][step]: what the observer saw.
-using StepLogits = std::vector<std::vector<std::vector<double>>>;
-
-template <class M>
-std::vector<GeneratedRow> generate_logged(M& m, const std::vector<std::vector<std::int32_t>>& prompts,
-                                          const GenerationConfig& g, StepLogits& logits) {
-  logits.assign(prompts.size(), {});
-  return generate(m, prompts, g, nullptr, [&](std::size_t r, std::size_t step, std::span<const double> l) {
-    REQUIRE(step == logits[r].size());
-    logits[r].emplace_back(l.begin(), l.end());
-  });
-}
+using test::StepLogits;
+using test::generate_logged;
 
 // Each row's prompt + continuation through forward_losses (no cache) with
 // three targets per decoding step (the chosen token, the least likely one,
@@ -371,7 +362,8 @@ TEST_CASE("generate: eos ids and stop strings end a row without changing the oth
 
 TEST_CASE("generate: prefill in groups and chunks of positions gives the same continuations and logits") {
   SmallModel& m = sampling_model();
-  const auto prompts = random_prompts({3, 17, 1, 9, 9, 30}, gen_parallel.vocab, 71);
+  // 45 tokens: a prefill of two causal blocks of queries (32 + 13), against one token a call.
+  const auto prompts = random_prompts({3, 17, 1, 9, 9, 30, 45}, gen_parallel.vocab, 71);
   GenerationConfig g;
   g.max_new_tokens = 8;
   StepLogits whole, parts;

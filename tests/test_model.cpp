@@ -220,6 +220,19 @@ TEST_CASE("model rejects bad batches with doremi::Error") {
   CHECK_THROWS_AS(fresh.backward(w), Error);  // no forward yet
 }
 
+TEST_CASE("cpu buffers: 64-byte aligned; 4 MiB and more 2 MiB-aligned (huge pages)") {
+  for (const std::size_t n : {std::size_t(1), std::size_t(1000), std::size_t(1) << 20, (std::size_t(3) << 20) + 5}) {
+    backend::Cpu::Buffer<float> b(n, 1.5f);
+    const auto at = reinterpret_cast<std::uintptr_t>(b.data());
+    CHECK(at % 64 == 0);
+    if (n * sizeof(float) >= (std::size_t(4) << 20)) CHECK(at % (std::size_t(2) << 20) == 0);
+    CHECK(b[n - 1] == 1.5f);
+    b.resize(2 * n, 2.5f);  // reallocation keeps the values
+    CHECK(b[n - 1] == 1.5f);
+    CHECK(b[2 * n - 1] == 2.5f);
+  }
+}
+
 TEST_CASE("cpu gemm: bf16 rounding is to nearest even and keeps inf and NaN") {
   using backend::cpu::bf16;
   using backend::cpu::from_bf16;

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "../test_corpus.hpp"
+#include "../generate_log.hpp"
 #include "../test_util.hpp"
 #include "cuda_test_util.hpp"
 #include "doremi/doremi.hpp"
@@ -352,17 +353,8 @@ std::vector<float> generation_weights(std::uint64_t seed) {
   return p;
 }
 
-using StepLogits = std::vector<std::vector<std::vector<double>>>;  // [prompt][step][id]
-
-template <class M>
-std::vector<GeneratedRow> generate_logged(M& m, const std::vector<std::vector<std::int32_t>>& prompts,
-                                          const GenerationConfig& g, StepLogits& logits) {
-  logits.assign(prompts.size(), {});
-  return generate(m, prompts, g, nullptr, [&](std::size_t r, std::size_t step, std::span<const double> l) {
-    REQUIRE(step == logits[r].size());
-    logits[r].emplace_back(l.begin(), l.end());
-  });
-}
+using test::StepLogits;
+using test::generate_logged;
 
 // Greedy generation of prompts of different lengths on both backends: the
 // same tokens, and the logits of every step within tol of the CPU's largest
