@@ -253,8 +253,9 @@ TEST_CASE("cpu gemm: every transpose, strides and accumulation against a double 
   struct Shape {
     int M, N, K;
   };
-  // {8, 301, 70}: the few-rows kernel's threaded path (odd N, K with a tail).
-  for (const Shape s : {Shape{5, 7, 300}, Shape{64, 130, 257}, Shape{1, 50, 3}, Shape{8, 301, 70}}) {
+  // {8, 301, 70}, {13, 301, 37}: the few-rows kernel's threaded path (odd N, K with a tail; 13 rows: 8 + 5).
+  for (const Shape s :
+       {Shape{5, 7, 300}, Shape{64, 130, 257}, Shape{1, 50, 3}, Shape{8, 301, 70}, Shape{13, 301, 37}}) {
     for (int variant = 0; variant < 8; ++variant) {
       const bool ta = variant & 1, tb = variant & 2, acc = variant & 4;
       const int ar = ta ? s.K : s.M, ac = ta ? s.M : s.K, br = tb ? s.N : s.K, bc = tb ? s.K : s.N;

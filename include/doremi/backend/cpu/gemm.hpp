@@ -143,55 +143,69 @@ void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In*
           bool accumulate);
 
 #ifdef DOREMI_GEMM_FEW_ROWS
-// C[M, N] (+)= A[M, K]·B[N, K]ᵀ in fp32 for M <= 8 rows: a decoding step's
-// products, which only stream the weights B. Each pair of B rows meets all M
-// rows of A in registers (16-lane partial sums), with the weights 8 KB ahead
-// prefetched into L2. oneDNN 2.6's fp32 kernels ran these shapes slower on
-// the machines measured (docs/backend.md, "Few rows").
-template <int M>
-void gemm_few_rows(int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
-                   bool accumulate) {
-  const __mmask16 tail = __mmask16((1u << (K % 16)) - 1u);
-#pragma omp parallel for schedule(static) if (std::size_t(N) * K > 16384)
-  for (int j0 = 0; j0 < N; j0 += 2) {
-    const int j1 = std::min(j0 + 1, N - 1);
-    const float* b0 = B + std::size_t(j0) * ldb;
-    const float* b1 = B + std::size_t(j1) * ldb;
-    __m512 acc0[M], acc1[M];
-    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(b0 + k + 2048), _MM_HINT_T1);  // 8 KB ahead, into L2
+// C[m0 + m, j0 + r] (+)= A[m0 + m, ·]·B[j0 + r, ·] for m < MB <= 8 and the
+// weight rows b0, b1 (r < 2; b1 == b0 when j0 is the last row): the M·2
+// 16-lane partial sums stay in registers. `ahead`: prefetch the weights 8 KB
+// ahead into L2 (the first pass over a pair; a second finds them in L1).
+template <int MB>
+inline void few_rows_pair(int K, const float* A, int lda, const float* b0, const float* b1, float* C, int ldc,
+                          int j0, bool accumulate, bool ahead) {
+  __m512 acc0[MB], acc1[MB];
+  for (int m = 0; m < MB; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= K; k += 16) {
+    if (ahead) {
+      _mm_prefetch(reinterpret_cast<const char*>(b0 + k + 2048), _MM_HINT_T1);
       _mm_prefetch(reinterpret_cast<const char*>(b1 + k + 2048), _MM_HINT_T1);
-      const __m512 w0 = _mm512_loadu_ps(b0 + k), w1 = _mm512_loadu_ps(b1 + k);
-      for (int m = 0; m < M; ++m) {
-        const __m512 a = _mm512_loadu_ps(A + std::size_t(m) * lda + k);
-        acc0[m] = _mm512_fmadd_ps(a, w0, acc0[m]);
-        acc1[m] = _mm512_fmadd_ps(a, w1, acc1[m]);
-      }
     }
-    if (tail) {
-      const __m512 w0 = _mm512_maskz_loadu_ps(tail, b0 + k), w1 = _mm512_maskz_loadu_ps(tail, b1 + k);
-      for (int m = 0; m < M; ++m) {
-        const __m512 a = _mm512_maskz_loadu_ps(tail, A + std::size_t(m) * lda + k);
-        acc0[m] = _mm512_fmadd_ps(a, w0, acc0[m]);
-        acc1[m] = _mm512_fmadd_ps(a, w1, acc1[m]);
-      }
+    const __m512 w0 = _mm512_loadu_ps(b0 + k), w1 = _mm512_loadu_ps(b1 + k);
+    for (int m = 0; m < MB; ++m) {
+      const __m512 a = _mm512_loadu_ps(A + std::size_t(m) * lda + k);
+      acc0[m] = _mm512_fmadd_ps(a, w0, acc0[m]);
+      acc1[m] = _mm512_fmadd_ps(a, w1, acc1[m]);
     }
-    for (int m = 0; m < M; ++m) {
-      float* c = C + std::size_t(m) * ldc;
-      c[j0] = (accumulate ? c[j0] : 0.f) + _mm512_reduce_add_ps(acc0[m]);
-      if (j1 != j0) c[j1] = (accumulate ? c[j1] : 0.f) + _mm512_reduce_add_ps(acc1[m]);
+  }
+  if (const __mmask16 tail = __mmask16((1u << (K % 16)) - 1u)) {
+    const __m512 w0 = _mm512_maskz_loadu_ps(tail, b0 + k), w1 = _mm512_maskz_loadu_ps(tail, b1 + k);
+    for (int m = 0; m < MB; ++m) {
+      const __m512 a = _mm512_maskz_loadu_ps(tail, A + std::size_t(m) * lda + k);
+      acc0[m] = _mm512_fmadd_ps(a, w0, acc0[m]);
+      acc1[m] = _mm512_fmadd_ps(a, w1, acc1[m]);
     }
+  }
+  for (int m = 0; m < MB; ++m) {
+    float* c = C + std::size_t(m) * ldc;
+    c[j0] = (accumulate ? c[j0] : 0.f) + _mm512_reduce_add_ps(acc0[m]);
+    if (b1 != b0) c[j0 + 1] = (accumulate ? c[j0 + 1] : 0.f) + _mm512_reduce_add_ps(acc1[m]);
   }
 }
 
-// gemm_few_rows for a runtime M in [1, 8].
+// C[M, N] (+)= A[M, K]·B[N, K]ᵀ in fp32 for M <= 16 rows: a decoding step's
+// products, which only stream the weights B. Each pair of B rows is read
+// from memory once and meets up to 8 rows of A at a time in registers
+// (few_rows_pair). oneDNN 2.6's fp32 kernels ran these shapes slower on the
+// machines measured (docs/backend.md, "Few rows").
+template <int M>
+void gemm_few_rows(int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                   bool accumulate) {
+  constexpr int first = M < 8 ? M : 8;
+#pragma omp parallel for schedule(static) if (std::size_t(N) * K > 16384)
+  for (int j0 = 0; j0 < N; j0 += 2) {
+    const float* b0 = B + std::size_t(j0) * ldb;
+    const float* b1 = j0 + 1 < N ? b0 + ldb : b0;
+    few_rows_pair<first>(K, A, lda, b0, b1, C, ldc, j0, accumulate, true);
+    if constexpr (M > 8)
+      few_rows_pair<M - 8>(K, A + std::size_t(8) * lda, lda, b0, b1, C + std::size_t(8) * ldc, ldc, j0, accumulate,
+                           false);
+  }
+}
+
+// gemm_few_rows for a runtime M in [1, 16].
 inline void gemm_few_rows(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                           bool accumulate) {
   [&]<int... I>(std::integer_sequence<int, I...>) {
     ((M == I + 1 ? gemm_few_rows<I + 1>(N, K, A, lda, B, ldb, C, ldc, accumulate) : void()), ...);
-  }(std::make_integer_sequence<int, 8>{});
+  }(std::make_integer_sequence<int, 16>{});
 }
 #endif
 
@@ -225,7 +239,7 @@ void gemm(bool ta, bool tb, int M, int N, int K, const In* A, int lda, const In*
   }
 #ifdef DOREMI_GEMM_FEW_ROWS
   if constexpr (std::is_same_v<In, float>)
-    if (M <= 8 && !ta && tb) return gemm_few_rows(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    if (M <= 16 && !ta && tb) return gemm_few_rows(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 #endif
 #ifdef DOREMI_GEMM_ONEDNN
   if constexpr (!std::is_same_v<In, double>) {
